@@ -1,0 +1,1 @@
+"""homelab-ops: control-machine code (lab tool, alert compiler, config validation, vault)."""

@@ -1,0 +1,1 @@
+"""The local lab: systemd-nspawn nodes that stand in for the reference cluster on one machine."""
