@@ -12,12 +12,28 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pyinfra.api.exceptions import PyinfraError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class ConfigError(Exception):
-    """A user-facing, one-line configuration error."""
+class FieldError(ValueError):
+    """Raised by a model's validators to blame a key below the validated field.
+
+    ``FieldError("net.core.somaxconn", "expected an integer in 128..65535")`` raised while
+    validating ``sysctl`` is reported as ``sysctl.net.core.somaxconn: expected ...``.
+    """
+
+    def __init__(self, key: str, expected: str):
+        self.key, self.expected = key, expected
+        super().__init__(f"{key}: {expected}")
+
+
+class ConfigError(PyinfraError):
+    """A user-facing, one-line configuration error.
+
+    A PyinfraError, so that pyinfra's CLI prints it as one line and stops before touching any host.
+    """
 
     def __init__(self, file: str | Path, key: str, expected: str):
         self.file, self.key, self.expected = str(file), key, expected
@@ -40,8 +56,13 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(path, where, f"invalid YAML ({problem})") from None
 
 
+_UNION_MEMBER_TAGS = {"int", "str", "float", "bool", "dict", "list", "none"}
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    # pydantic appends the union member it tried ("int", "literal['auto']"): not a key the user wrote.
+    keys = [str(part) for part in loc if not (str(part) in _UNION_MEMBER_TAGS or "[" in str(part))]
+    return ".".join(keys)
 
 
 def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
@@ -51,6 +72,9 @@ def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _dotted(err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            raise ConfigError(path, f"{key}.{cause.key}" if key else cause.key, cause.expected) from None
         if err["type"] == "extra_forbidden":
             raise ConfigError(path, key, "unknown key") from None
         if err["type"] == "missing":
@@ -59,7 +83,9 @@ def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
         message = err["msg"]
         # pydantic prefixes custom errors with "Value error, "; the user needs only the reason.
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        raise ConfigError(path, key, f"{message} (got {given!r})") from None
+        message = message.replace("Input should be ", "expected ")
+        shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) or given is None else ""
+        raise ConfigError(path, key, f"{message}{shown}") from None
 
 
 def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:

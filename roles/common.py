@@ -1,0 +1,101 @@
+"""What every role shares: settings from host data, local template rendering, checked config swaps.
+
+Configs are rendered on the control machine (so tests can render them without a host), compared
+with the live file by checksum, and only when they differ are they uploaded to a staged path,
+checked with the service's own checker, and moved into place. A config that fails its check never
+replaces the live one, and the failed operation stops the deploy for that host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jinja2
+from pydantic import BaseModel
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import Sha1File
+from pyinfra.operations import files
+
+from homelab.config import ConfigError, model_from_data
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = REPO_ROOT / "templates"
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def role_settings(role: str, model: type[SettingsT], data: Any = None) -> SettingsT:
+    """A role's settings: its model's defaults overridden by the host data key named after it.
+
+    Group data (inventory/group_data/*.py) sets e.g. ``prometheus = {"retention": "30d"}``.
+    """
+    if data is None:
+        data = host.data.get(role)
+    where = f"inventory data for {host.name}"
+    try:
+        return model_from_data(where, model, data)
+    except ConfigError as exc:
+        # Prefix the role so the key reads as it is written in group data: prometheus.retention
+        raise ConfigError(exc.file, f"{role}.{exc.key}" if exc.key else role, exc.expected) from None
+
+
+@cache
+def _jinja_env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,  # a typo in a template fails the render, not the service
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, **context: Any) -> str:
+    """Render templates/<template> with ``context``; any template error names the template."""
+    try:
+        return _jinja_env().get_template(template).render(**context)
+    except jinja2.TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"line {line}" if line else ""
+        raise ConfigError(f"templates/{template}", where, f"template error: {exc.message}") from None
+
+
+def sha1(content: str | bytes) -> str:
+    data = content.encode() if isinstance(content, str) else content
+    return hashlib.sha1(data).hexdigest()
+
+
+@operation()
+def checked_file(
+    dest: str,
+    content: str | bytes,
+    check: str | None = None,
+    user: str = "root",
+    group: str = "root",
+    mode: str = "0644",
+):
+    """Ensure ``dest`` holds ``content``; when it must change, ``check`` the staged file first.
+
+    + dest: the live path the service reads
+    + content: the wanted file content, rendered on the control machine
+    + check: shell command run against the staged copy, ``{staged}`` replaced by its path; the swap
+      only happens if it exits 0, otherwise the operation fails with the checker's output
+    """
+    data = content.encode() if isinstance(content, str) else content
+    staged = f"{dest}.staged"
+    if host.get_fact(Sha1File, path=dest) == sha1(data):
+        yield from files.file._inner(path=dest, user=user, group=group, mode=mode)
+        # A staged copy left by a run whose check failed is stale once the live file is right.
+        yield from files.file._inner(path=staged, present=False)
+        return
+    yield from files.put._inner(src=BytesIO(data), dest=staged, user=user, group=group, mode=mode)
+    if check:
+        yield check.format(staged=shlex.quote(staged))
+    yield f"mv -f {shlex.quote(staged)} {shlex.quote(dest)}"
