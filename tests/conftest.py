@@ -1,0 +1,114 @@
+"""Fixtures shared by the lab tests: the booted lab, a deploy of deploys/all.py, testinfra hosts.
+
+The lab is brought up once per session (reused if it is already running, and then left running);
+a lab this session started is taken down at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+LAB_INVENTORY = REPO / "inventory" / "lab.py"
+
+
+def lab_unavailable_reason() -> str | None:
+    """Why lab tests cannot run on this machine, or None when they can."""
+    if os.geteuid() != 0:
+        return "lab tests need root to boot systemd-nspawn nodes (run ./dev test as root)"
+    for tool, package in (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap")):
+        if not shutil.which(tool):
+            return f"{tool} is missing: apt-get install {package} (./dev setup does it)"
+    return None
+
+
+def inventory_groups(path: Path = LAB_INVENTORY) -> dict[str, set[str]]:
+    """host name -> inventory groups, read the way pyinfra reads an inventory file."""
+    hosts: dict[str, set[str]] = {}
+    for group, members in runpy.run_path(str(path)).items():
+        if group.startswith("_") or not isinstance(members, list):
+            continue
+        for name, _data in members:
+            hosts.setdefault(name, set()).add(group)
+    return hosts
+
+
+def hosts_in(group: str) -> list[str]:
+    return sorted(name for name, groups in inventory_groups().items() if group in groups)
+
+
+ALL_HOSTS = sorted(inventory_groups())
+
+
+@dataclass
+class PyinfraRun:
+    returncode: int
+    report: dict | None
+    stderr: str
+
+    def changed(self) -> list[tuple[str, list[str]]]:
+        """(operation name, hosts it changed) for every operation that changed something."""
+        ops = (self.report or {}).get("results", {}).get("operations", [])
+        return [(op["name"], op["success"]) for op in ops if op["success"]]
+
+    def failed(self) -> list[tuple[str, list[str]]]:
+        ops = (self.report or {}).get("results", {}).get("operations", [])
+        return [(op["name"], op["error"]) for op in ops if op["error"]]
+
+
+def run_pyinfra(*args: str, inventory: Path = LAB_INVENTORY, timeout: int = 1200) -> PyinfraRun:
+    """Run the pyinfra CLI from the repo root, as a user would, with its JSON report."""
+    result = subprocess.run(
+        [str(VENV_BIN / "pyinfra"), "-y", "--json", str(inventory), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    try:
+        report = json.loads(result.stdout) if result.stdout.strip() else None
+    except json.JSONDecodeError:
+        report = None
+    return PyinfraRun(result.returncode, report, result.stderr + ("" if report else result.stdout))
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab booted from inventory/lab.py; its LabSettings."""
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from homelab.lab import api
+    from homelab.lab.settings import lab_settings
+
+    was_running = api.is_up(LAB_INVENTORY)
+    api.up(LAB_INVENTORY)
+    yield lab_settings()
+    if not was_running and not os.environ.get("HOMELAB_KEEP_LAB"):
+        api.down()
+
+
+@pytest.fixture(scope="session")
+def deployed(lab) -> PyinfraRun:
+    """deploys/all.py applied to the lab once per session."""
+    run = run_pyinfra("deploys/all.py")
+    assert run.returncode == 0 and not run.failed(), f"deploy failed:\n{run.stderr[-4000:]}"
+    return run
+
+
+@pytest.fixture(scope="session")
+def testinfra_hosts(lab):
+    """host name -> testinfra host over SSH with the lab's ssh_config (strict host keys)."""
+    import testinfra
+
+    return {
+        name: testinfra.get_host(f"ssh://{name}", ssh_config=str(lab.ssh_config))
+        for name in ALL_HOSTS
+    }
