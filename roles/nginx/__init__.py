@@ -1,0 +1,175 @@
+"""nginx with socket settings from the tuning file, its exporters, and sites other roles add.
+
+Worker, connection, file-limit and backlog settings come from the tuning file's `nginx:` section
+(inventory/tuning.yaml), where the backlog is checked against net.core.somaxconn. Upstreams on unix
+sockets work only if nginx's user may open the socket: `socket_groups` lists the groups that own
+such sockets (e.g. grafana), and www-data is added to them.
+
+Other roles add a site with `site(name, content)`: the staged site is checked with `nginx -t`
+together with the live config and the other sites before it is enabled, then nginx reloads.
+"""
+
+from __future__ import annotations
+
+import shlex
+from io import StringIO
+
+from pydantic import Field
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Groups
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from homelab.config import StrictModel
+from roles.common import checked_file, render, role_settings
+from roles.install import Install, install_packages
+from roles.tuning import host_tuning, tuning_path
+
+SITES_DIR = "/etc/nginx/sites-enabled"
+ACCESS_LOG = "/var/log/nginx/access.log"
+MTAIL_PROGRAM = "/etc/mtail/nginx-responses.mtail"
+NGINX_USER = "www-data"
+
+
+class Upstream(StrictModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    # "unix:/run/grafana/grafana.sock" or "127.0.0.1:3000"
+    server: str
+
+
+class Settings(StrictModel):
+    """Group data key `nginx`."""
+
+    install: Install = Install()
+    listen_port: int = Field(80, ge=1, le=65535)
+    status_port: int = Field(8081, ge=1, le=65535)
+    exporter_port: int = Field(9113, ge=1, le=65535)
+    mtail_port: int = Field(3903, ge=1, le=65535)
+    static_root: str = "/var/www/homelab"
+    upstreams: list[Upstream] = []
+    # Groups owning unix sockets nginx proxies to; nginx's user joins those that exist.
+    socket_groups: list[str] = []
+
+
+def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
+    return render(
+        "nginx/nginx.conf.j2",
+        nginx=tuning.nginx,
+        upstreams=settings.upstreams,
+        status_port=settings.status_port,
+        access_log=ACCESS_LOG,
+        sites_dir=SITES_DIR,
+        tuning_source=tuning_source,
+    )
+
+
+def render_default_site(settings: Settings, tuning) -> str:
+    return render(
+        "nginx/default-site.conf.j2",
+        nginx=tuning.nginx,
+        listen_port=settings.listen_port,
+        static_root=settings.static_root,
+    )
+
+
+def site_check_command(name: str) -> str:
+    """Shell that runs `nginx -t` on the live config with ``{staged}`` standing in for site ``name``.
+
+    The check runs in a scratch copy of the sites folder, so neither a half-written live site nor
+    the staged file itself is ever seen by the running nginx.
+    """
+    site = shlex.quote(f"{name}.conf")
+    return (
+        "scratch=$(mktemp -d) && mkdir \"$scratch\"/sites && "
+        f"cp -p {SITES_DIR}/*.conf \"$scratch\"/sites/ 2>/dev/null; "
+        f"cp {{staged}} \"$scratch\"/sites/{site} && "
+        f"sed 's#include {SITES_DIR}/#include '\"$scratch\"'/sites/#' /etc/nginx/nginx.conf > \"$scratch\"/nginx.conf.test && "
+        "nginx -t -q -c \"$scratch\"/nginx.conf.test; "
+        "status=$?; rm -rf \"$scratch\"; exit $status"
+    )
+
+
+def site(name: str, content: str):
+    """Enable site ``name`` (a server block) once it passes `nginx -t`; reload nginx if it changed."""
+    changed = checked_file(
+        name=f"nginx site {name}",
+        dest=f"{SITES_DIR}/{name}.conf",
+        content=content,
+        check=site_check_command(name),
+    )
+    systemd.service(name=f"Reload nginx for site {name}", service="nginx", reloaded=True, _if=changed.did_change)
+    return changed
+
+
+MTAIL_CHECK = (
+    "scratch=$(mktemp -d) && cp {staged} \"$scratch\"/check.mtail && "
+    "mtail --compile_only --address 127.0.0.1 --port 0 --logtostderr --progs \"$scratch\" >/dev/null 2>\"$scratch\"/err; "
+    "status=$?; cat \"$scratch\"/err | grep -v '^I' >&2; rm -rf \"$scratch\"; exit $status"
+)
+
+
+@deploy("nginx")
+def apply() -> None:
+    settings = role_settings("nginx", Settings)
+    tuning = host_tuning()
+    install_packages("nginx", ["nginx"], settings.install)
+    install_packages("nginx", ["prometheus-nginx-exporter", "mtail"], Install())
+
+    # The permission trap: a unix-socket upstream owned by another group refuses nginx's workers.
+    existing_groups = host.get_fact(Groups)
+    joined = [group for group in settings.socket_groups if group in existing_groups]
+    if joined:
+        server.user(
+            name=f"{NGINX_USER} joins socket groups {', '.join(joined)}",
+            user=NGINX_USER, groups=joined, append=True, create_home=False, ensure_home=False,
+        )
+    # mtail reads nginx's access log, which Debian writes as www-data:adm 0640.
+    server.user(name="mtail may read nginx logs", user="mtail", groups=["adm"], append=True,
+                create_home=False, ensure_home=False)
+
+    files.directory(name="Static files folder", path=settings.static_root, mode="0755")
+    files.put(
+        name="Static index page",
+        src=StringIO(render("nginx/index.html.j2", host_name=host.name)),
+        dest=f"{settings.static_root}/index.html",
+        mode="0644",
+    )
+    # Debian's own default site would claim default_server on :80 beside ours.
+    files.file(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
+
+    main_conf = checked_file(
+        name="nginx.conf",
+        dest="/etc/nginx/nginx.conf",
+        content=render_nginx_conf(settings, tuning, str(tuning_path().name)),
+        check="nginx -t -q -c {staged}",
+    )
+    systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)
+    systemd.service(name="Reload nginx for nginx.conf", service="nginx", reloaded=True, _if=main_conf.did_change)
+    site("default", render_default_site(settings, tuning))
+
+    exporter = checked_file(
+        name="nginx exporter flags",
+        dest="/etc/default/prometheus-nginx-exporter",
+        content=render("nginx/nginx-exporter.default.j2", status_port=settings.status_port,
+                       exporter_port=settings.exporter_port),
+    )
+    systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter", running=True, enabled=True)
+    systemd.service(name="Restart nginx exporter for new flags", service="prometheus-nginx-exporter",
+                    restarted=True, _if=exporter.did_change)
+
+    program = checked_file(
+        name="mtail program for nginx responses",
+        dest=MTAIL_PROGRAM,
+        content=render("nginx/responses.mtail.j2"),
+        check=MTAIL_CHECK,
+    )
+    mtail_flags = checked_file(
+        name="mtail flags",
+        dest="/etc/default/mtail",
+        content=render("nginx/mtail.default.j2", access_log=ACCESS_LOG, mtail_port=settings.mtail_port),
+    )
+    systemd.service(name="mtail running", service="mtail", running=True, enabled=True)
+    systemd.service(name="Restart mtail for new program or flags", service="mtail", restarted=True,
+                    _if=any_changed(program, mtail_flags))
+
