@@ -11,7 +11,7 @@ from importlib import import_module
 
 from pyinfra import host
 
-BASE_ROLES = ["tuning", "node_exporter"]
+BASE_ROLES = ["base", "tuning", "node_exporter"]
 
 # inventory group -> role module under roles/, in the order they are applied on a host
 # (nginx before grafana: Grafana's site is checked against the installed nginx).

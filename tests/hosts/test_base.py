@@ -21,7 +21,7 @@ def test_node_exporter_enabled_and_serving(node):
     assert service.is_running
     assert service.is_enabled
     assert node.socket("tcp://0.0.0.0:9100").is_listening or node.socket("tcp://:::9100").is_listening
-    metrics = node.check_output("curl -sf http://127.0.0.1:9100/metrics || wget -qO- http://127.0.0.1:9100/metrics")
+    metrics = node.check_output("curl -sf http://127.0.0.1:9100/metrics")
     assert "node_load1 " in metrics
 
 

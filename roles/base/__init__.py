@@ -1,0 +1,32 @@
+"""What every node needs before the other roles: the tools they and their checks call.
+
+A minimal Debian lacks procps (sysctl, pgrep), curl (health checks) and logrotate.
+"""
+
+from pydantic import Field
+
+from pyinfra.api import deploy
+from pyinfra.operations import apt
+
+from homelab.config import StrictModel
+from roles.common import role_settings
+
+BASE_PACKAGES = ["procps", "iproute2", "curl", "ca-certificates", "logrotate"]
+
+
+class Settings(StrictModel):
+    """Group data key `base`."""
+
+    extra_packages: list[str] = Field(default_factory=list)
+
+
+@deploy("Base packages")
+def apply() -> None:
+    settings = role_settings("base", Settings)
+    apt.packages(
+        name="Base tools",
+        packages=BASE_PACKAGES + settings.extra_packages,
+        update=True,
+        cache_time=3600,
+        no_recommends=True,
+    )
