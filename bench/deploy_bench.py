@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""How the lab and the deploy scale with node count.
+
+Prints, for 4 nodes (inventory/lab.py) and for 16 (a generated inventory): `lab up` cold (base
+image built from scratch, only when --cold) and warm (image cached), the first deploy on fresh nodes
+and a no-op rerun; then the 16/4 ratios. The base roles are deployed on both sizes so the two
+figures compare the same work; `--stack` also times the whole stack (deploys/all.py) on the 4-node lab.
+
+Targets (issue 2, 4): warm `lab up` of 4 nodes <= 10 s; no-op rerun on 4 nodes <= 5 s (base
+roles) and <= 10 s (whole stack); on 16 nodes at most 2x the 4-node figure.
+
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack]
+It takes the lab down at the start and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BASE_ROLES = "base,tuning,node_exporter"
+
+
+def timed(*cmd: str) -> float:
+    start = time.monotonic()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
+    return elapsed
+
+
+def generated_inventory(nodes: int) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="homelab-bench-")) / f"bench{nodes}.py"
+    lines = ["from homelab.lab.settings import lab_host", "", "nodes = ["]
+    lines += [f'    lab_host("bench-node-{i:02d}", {10 + i}),' for i in range(1, nodes + 1)]
+    lines += ["]", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def measure(inventory: Path, roles: str, cold: bool) -> dict[str, float]:
+    lab, pyinfra = str(BIN / "lab"), str(BIN / "pyinfra")
+    deploy = [pyinfra, "-y", str(inventory), "deploys/all.py", "--data", f"only_roles={roles}"] if roles else \
+             [pyinfra, "-y", str(inventory), "deploys/all.py"]
+    figures = {}
+    timed(lab, "down", *(["--purge"] if cold else []))
+    figures["lab up (cold)" if cold else "lab up (first)"] = timed(lab, "up", str(inventory))
+    figures["first deploy"] = timed(*deploy)
+    figures["no-op rerun"] = timed(*deploy)
+    timed(lab, "down")
+    figures["lab up (warm)"] = timed(lab, "up", str(inventory))
+    timed(lab, "down")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true", help="also rebuild the base image (about a minute)")
+    parser.add_argument("--stack", action="store_true", help="also time the whole stack on 4 nodes")
+    args = parser.parse_args()
+
+    results = {
+        "4 nodes": measure(REPO / "inventory" / "lab.py", BASE_ROLES, args.cold),
+        "16 nodes": measure(generated_inventory(16), BASE_ROLES, False),
+    }
+    if args.stack:
+        results["4 nodes, whole stack"] = measure(REPO / "inventory" / "lab.py", "", False)
+
+    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
+    print(f"{'':24}" + "".join(f"{name:>16}" for name in names))
+    for label, figures in results.items():
+        print(f"{label:24}" + "".join(f"{figures[n]:>15.2f}s" if n in figures else f"{'-':>16}" for n in names))
+    four, sixteen = results["4 nodes"], results["16 nodes"]
+    for name in ("lab up (warm)", "first deploy", "no-op rerun"):
+        print(f"16/4 ratio, {name}: {sixteen[name] / four[name]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
