@@ -15,12 +15,18 @@ from pathlib import Path
 # Not 192.168.1.0/24: that is the reference cluster's range and many home networks'.
 DEFAULT_SUBNET = "10.77.0.0/24"
 DEFAULT_STATE_DIR = "/var/lib/homelab-lab"
+# Base images outlive `lab down` so the next `lab up` is warm; `lab down --purge` removes them.
+DEFAULT_CACHE_DIR = "/var/cache/homelab-lab"
+DEFAULT_BRIDGE = "hlab0"
+APT_PROXY_PORT = 3142
 
 
 @dataclass(frozen=True)
 class LabSettings:
     subnet: ipaddress.IPv4Network
     state_dir: Path
+    cache_dir: Path
+    bridge: str
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -33,6 +39,14 @@ class LabSettings:
         if addr not in self.subnet or addr in (self.gateway, self.subnet.broadcast_address):
             raise ValueError(f"lab subnet {self.subnet}: host index {index} is outside it")
         return str(addr)
+
+    @property
+    def prefix_length(self) -> int:
+        return self.subnet.prefixlen
+
+    @property
+    def apt_proxy(self) -> str:
+        return f"http://{self.gateway}:{APT_PROXY_PORT}"
 
     @property
     def ssh_config(self) -> Path:
@@ -56,7 +70,11 @@ def lab_settings() -> LabSettings:
     if subnet.num_addresses < 16:
         raise SystemExit(f"HOMELAB_LAB_SUBNET: {subnet} is too small, expected at least a /28")
     state_dir = Path(os.environ.get("HOMELAB_LAB_STATE", DEFAULT_STATE_DIR))
-    return LabSettings(subnet=subnet, state_dir=state_dir)
+    cache_dir = Path(os.environ.get("HOMELAB_LAB_CACHE", DEFAULT_CACHE_DIR))
+    bridge = os.environ.get("HOMELAB_LAB_BRIDGE", DEFAULT_BRIDGE)
+    if not (0 < len(bridge) <= 15):
+        raise SystemExit(f"HOMELAB_LAB_BRIDGE: {bridge!r} is not a valid interface name (1-15 characters)")
+    return LabSettings(subnet=subnet, state_dir=state_dir, cache_dir=cache_dir, bridge=bridge)
 
 
 def lab_host(name: str, index: int, **data) -> tuple[str, dict]:

@@ -1,0 +1,172 @@
+"""What `lab up`, `lab down` and `lab status` do; also used by the test fixtures and the bench.
+
+`up` converges: the nodes the inventory lists are booted (running ones are kept), nodes it does
+not list are stopped and removed, the shared plumbing is created or reused. `down` removes all of
+it but the cached base image (and that too with purge=True).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from homelab.lab import image, network, nodes, ssh
+from homelab.lab.errors import LabError
+from homelab.lab.inventory import LabNode, read_nodes
+from homelab.lab.settings import LabSettings, lab_settings
+
+REQUIRED_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "apt-cacher-ng": "apt-cacher-ng",
+}
+
+
+def check_host() -> None:
+    """Fail with one line when this machine cannot run the lab."""
+    if os.geteuid() != 0:
+        raise LabError("needs root to create the bridge and boot nodes: run it as root (e.g. sudo lab up)")
+    for tool, package in REQUIRED_TOOLS.items():
+        if not shutil.which(tool):
+            raise LabError(f"{tool} not found: apt-get install {package} (./dev setup installs all of them)")
+
+
+def _log(message: str) -> None:
+    print(f"lab: {message}", flush=True)
+
+
+def _save_nodes(settings: LabSettings, wanted: list[LabNode]) -> None:
+    data = [{"name": n.name, "address": n.address} for n in wanted]
+    (settings.state_dir / "nodes.json").write_text(json.dumps(data, indent=1))
+
+
+def _saved_nodes(settings: LabSettings) -> list[LabNode]:
+    try:
+        return [LabNode(**item) for item in json.loads((settings.state_dir / "nodes.json").read_text())]
+    except FileNotFoundError:
+        return []
+
+
+def up(inventory: Path, log=_log) -> list[LabNode]:
+    check_host()
+    settings = lab_settings()
+    wanted = read_nodes(Path(inventory))
+    for node in wanted:
+        if node.address not in map(str, settings.subnet.hosts()) or node.address == str(settings.gateway):
+            raise LabError(f"{inventory}: {node.name}'s address {node.address} is not a node address in the "
+                           f"lab subnet {settings.subnet}")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.chmod(0o700)  # holds the client's private key
+
+    base = image.ensure_base_image(settings.cache_dir, log)
+    wanted_names = {node.name for node in wanted}
+    for name in nodes.known_nodes(settings):
+        if name not in wanted_names:
+            log(f"removing {name}: not in {inventory}")
+            nodes.stop(settings, name)
+            nodes.remove(settings, name)
+
+    network.ensure_bridge(settings)
+    network.ensure_apt_proxy(settings)
+    network.raise_inotify_limit(settings, len(wanted))
+    client_key = ssh.ensure_client_key(settings)
+    running = {node for node in wanted if nodes.running_pid(settings, node.name) is not None}
+    # A running node's upper layer is mounted: leave it alone (overlayfs forbids changing it under
+    # the mount) and only read its host key.
+    host_keys = {node: nodes.host_public_key(settings, node) if node in running
+                 else nodes.prepare(settings, node, wanted, client_key) for node in wanted}
+    ssh.write_client_files(settings, host_keys)
+    _save_nodes(settings, wanted)
+
+    started = [node for node in wanted if node not in running]
+    for node in started:
+        nodes.start(settings, node, base)
+    if started:
+        log(f"booting {', '.join(n.name for n in started)}")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        states = dict(zip(wanted, pool.map(lambda n: _wait_ready(settings, n), wanted)))
+    not_ready = [f"{node.name} ({state or 'no ssh'})" for node, state in states.items()
+                 if state not in ("running", "degraded")]
+    if not_ready:
+        raise LabError(f"nodes not ready: {', '.join(not_ready)}; see {settings.state_dir}/nodes/<name>/console.log")
+    for node, state in states.items():
+        if state == "degraded":
+            log(f"{node.name} is up but degraded: lab ssh {node.name} systemctl --failed")
+    log(f"{len(wanted)} nodes up; ssh config: {settings.ssh_config}")
+    return wanted
+
+
+def _wait_ready(settings: LabSettings, node: LabNode) -> str | None:
+    import time
+
+    deadline = time.monotonic() + ssh.READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if nodes.running_pid(settings, node.name) is None:
+            return "down"
+        state = ssh.system_state(settings, node.name, wait=True)
+        if state is not None:
+            return state
+        time.sleep(0.2)  # sshd not listening yet
+    return None
+
+
+def down(purge: bool = False, log=_log) -> None:
+    check_host()
+    settings = lab_settings()
+    names = nodes.known_nodes(settings)
+    ssh.close_master_connections(settings, names)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda name: nodes.stop(settings, name), names))
+    network.stop_apt_proxy(settings)
+    network.remove_bridge(settings)
+    network.restore_inotify_limit(settings)
+    for cgroup_parent in {path.parent for path in nodes.cgroup_dirs("x")}:
+        try:
+            cgroup_parent.rmdir()
+        except OSError:
+            pass
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    if purge:
+        shutil.rmtree(settings.cache_dir, ignore_errors=True)
+    if names:
+        log(f"stopped and removed {', '.join(names)}")
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    address: str
+    state: str  # running / degraded / starting / ... as systemd says, or down
+    ssh: bool
+
+
+def status() -> list[NodeStatus]:
+    settings = lab_settings()
+    saved = _saved_nodes(settings)
+
+    def one(node: LabNode) -> NodeStatus:
+        if nodes.running_pid(settings, node.name) is None:
+            return NodeStatus(node.name, node.address, "down", False)
+        state = ssh.system_state(settings, node.name)
+        return NodeStatus(node.name, node.address, state or "booted", state is not None)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(one, saved))
+
+
+def is_up(inventory: Path) -> bool:
+    """True when every node of the inventory runs and answers over ssh."""
+    try:
+        wanted = {node.name for node in read_nodes(Path(inventory))}
+    except LabError:
+        return False
+    states = {s.name: s for s in status()}
+    return all(name in states and states[name].ssh and states[name].state in ("running", "degraded")
+               for name in wanted)

@@ -1,0 +1,2 @@
+class LabError(Exception):
+    """Something the user must fix; `lab` prints it as one line and exits non-zero."""

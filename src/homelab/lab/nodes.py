@@ -1,0 +1,188 @@
+"""One lab node: an overlay on the base image, booted by systemd-nspawn in its own cgroup.
+
+The overlay's upper layer holds everything that makes the node itself (hostname, machine-id, host
+key, address, apt proxy, root's authorized key) and whatever deploys install later. Each node gets
+its own cgroup before nspawn starts; without that, nodes share one and stopping one can kill
+another's services (measured, see ../shared/notes/lab.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from homelab.lab.errors import LabError
+from homelab.lab.inventory import LabNode
+from homelab.lab.settings import LabSettings
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "homelab-lab"
+STOP_TIMEOUT_S = 15
+
+
+def node_dir(settings: LabSettings, name: str) -> Path:
+    return settings.state_dir / "nodes" / name
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """The node's cgroup in every hierarchy systemd inside it needs (v2, or v1 named + unified)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure cgroup v2
+        return [CGROUP_ROOT / CGROUP_PARENT / name]
+    return [CGROUP_ROOT / hierarchy / CGROUP_PARENT / name
+            for hierarchy in ("systemd", "unified") if (CGROUP_ROOT / hierarchy).is_dir()]
+
+
+def remove_cgroups(name: str) -> None:
+    for top in cgroup_dirs(name):
+        if not top.exists():
+            continue
+        # Children first: systemd inside the node made its own sub-cgroups.
+        for folder, _subdirs, _files in os.walk(top, topdown=False):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
+def running_pid(settings: LabSettings, name: str) -> int | None:
+    """The pid of the node's systemd-nspawn if it runs, from the pid file or by looking for it."""
+    pid_file = node_dir(settings, name) / "pid"
+    try:
+        pid = int(pid_file.read_text())
+        if _is_nspawn_for(pid, name):
+            return pid
+    except (FileNotFoundError, ValueError):
+        pass
+    # The pid file can be stale or gone (crash, state dir removed) while the node still runs.
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _is_nspawn_for(int(proc.name), name):
+            return int(proc.name)
+    return None
+
+
+def _is_nspawn_for(pid: int, name: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return bool(argv) and argv[0].endswith(b"systemd-nspawn") and name.encode() in argv \
+        and b"-M" in argv and argv[argv.index(b"-M") + 1] == name.encode()
+
+
+def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], client_public_key: str) -> str:
+    """Write the node's identity into its overlay's upper layer; returns its public host key line.
+
+    An existing upper layer (the node ran before and was not taken down) is kept with what was
+    installed on it; only the identity files are made to match the inventory again.
+    """
+    upper = node_dir(settings, node.name) / "upper"
+    upper.mkdir(parents=True, exist_ok=True)
+
+    def write(relative: str, content: str, mode: int = 0o644) -> None:
+        path = upper / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
+
+    write("etc/hostname", node.name + "\n")
+    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    hosts += [f"{other.address} {other.name}" for other in all_nodes]
+    write("etc/hosts", "\n".join(hosts) + "\n")
+    if not (upper / "etc/machine-id").exists():
+        write("etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    dbus_id = upper / "var/lib/dbus/machine-id"
+    if not dbus_id.is_symlink():
+        dbus_id.parent.mkdir(parents=True, exist_ok=True)
+        dbus_id.unlink(missing_ok=True)
+        dbus_id.symlink_to("/etc/machine-id")
+    write("etc/systemd/network/10-lab.network",
+          f"[Match]\nName=host0\n\n[Network]\nAddress={node.address}/{settings.prefix_length}\n"
+          f"Gateway={settings.gateway}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+    write("etc/apt/apt.conf.d/01lab-proxy", f'Acquire::http::Proxy "{settings.apt_proxy}";\n')
+    ssh_dir = upper / "root/.ssh"
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    write("root/.ssh/authorized_keys", client_public_key, 0o600)
+    host_key = upper / "etc/ssh/ssh_host_ed25519_key"
+    if not host_key.exists():
+        host_key.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{node.name}", "-f", str(host_key)],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise LabError(f"ssh-keygen for {node.name}'s host key failed: {result.stderr.strip()}")
+    return host_public_key(settings, node)
+
+
+def host_public_key(settings: LabSettings, node: LabNode) -> str:
+    """The node's host key as known_hosts wants it: "ssh-ed25519 AAAA..."."""
+    pub = node_dir(settings, node.name) / "upper/etc/ssh/ssh_host_ed25519_key.pub"
+    try:
+        key_type, key_data = pub.read_text().split()[:2]
+    except (FileNotFoundError, ValueError):
+        raise LabError(f"{node.name} runs but its host key {pub} is missing: run lab down, then lab up") from None
+    return f"{key_type} {key_data}"
+
+
+def start(settings: LabSettings, node: LabNode, base: Path) -> int:
+    """Boot the node; returns the nspawn pid. Does not wait for it to be ready."""
+    folder = node_dir(settings, node.name)
+    cgroups = cgroup_dirs(node.name)
+    remove_cgroups(node.name)  # left over from a node that died without cleaning up
+    for cgroup in cgroups:
+        cgroup.mkdir(parents=True, exist_ok=True)
+
+    def enter_own_cgroup() -> None:  # runs in the child between fork and exec
+        for cgroup in cgroups:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    command = [
+        "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", node.name, "-D", str(base),
+        f"--overlay={base}:{folder / 'upper'}:/", "-b", "--console=pipe",
+        f"--network-bridge={settings.bridge}",
+    ]
+    with open(folder / "console.log", "wb") as console:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            preexec_fn=enter_own_cgroup, start_new_session=True,
+        )
+    (folder / "pid").write_text(str(process.pid))
+    return process.pid
+
+
+def stop(settings: LabSettings, name: str) -> None:
+    """Shut the node down cleanly (SIGTERM to nspawn powers the node off), then kill if it hangs."""
+    pid = running_pid(settings, name)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _is_nspawn_for(pid, name) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.1)
+        if _is_nspawn_for(pid, name):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+    (node_dir(settings, name) / "pid").unlink(missing_ok=True)
+    remove_cgroups(name)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def remove(settings: LabSettings, name: str) -> None:
+    shutil.rmtree(node_dir(settings, name), ignore_errors=True)
+
+
+def known_nodes(settings: LabSettings) -> list[str]:
+    nodes_dir = settings.state_dir / "nodes"
+    return sorted(p.name for p in nodes_dir.iterdir()) if nodes_dir.is_dir() else []
