@@ -1,0 +1,119 @@
+"""blackbox_exporter on the blackbox group: probe modules and the probe list from group data.
+
+Group data key `blackbox` holds the exporter's `modules` (blackbox_exporter's own module format)
+and the `probes`: which URL to probe with which module on every host of an inventory group, e.g.
+``{"module": "http_2xx", "group": "nginx", "url": "http://{host}/healthz"}``. The exporter only
+knows the modules; roles/prometheus turns the probes into the `blackbox` scrape job, so adding a
+host to a group adds its probes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+
+from homelab.config import FieldError, StrictModel
+from roles.common import checked_file, render, role_settings
+from roles.install import Install, install_packages
+from roles.prometheus.durations import Duration
+
+PACKAGE = "prometheus-blackbox-exporter"
+SERVICE = "prometheus-blackbox-exporter"
+CONFIG_FILE = "/etc/prometheus/blackbox.yml"
+DEFAULTS_FILE = "/etc/default/prometheus-blackbox-exporter"
+CONFIG_CHECK = "prometheus-blackbox-exporter --config.check --config.file={staged}"
+
+Prober = Literal["http", "tcp", "icmp", "dns", "grpc"]
+
+
+class Module(StrictModel):
+    """One blackbox_exporter module; the prober's own section is passed through as written.
+
+    The exporter's `--config.check` validates the prober sections in full before a swap.
+    """
+
+    prober: Prober
+    timeout: Duration | None = None
+    http: dict[str, Any] | None = None
+    tcp: dict[str, Any] | None = None
+    icmp: dict[str, Any] | None = None
+    dns: dict[str, Any] | None = None
+    grpc: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _only_its_probers_section(self) -> "Module":
+        for other in ("http", "tcp", "icmp", "dns", "grpc"):
+            if other != self.prober and getattr(self, other) is not None:
+                raise FieldError(other, f"a {self.prober!r} module takes no {other!r} section")
+        return self
+
+
+class Probe(StrictModel):
+    module: str
+    # Every host of this inventory group is probed.
+    group: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    # "{host}" stands for each host's address (its ssh_hostname, else its name).
+    url: str = Field(pattern=r"\{host\}")
+
+
+DEFAULT_MODULES = {
+    "http_2xx": Module(prober="http", timeout="5s", http={"preferred_ip_protocol": "ip4"}),
+    "tcp_connect": Module(prober="tcp", timeout="5s", tcp={"preferred_ip_protocol": "ip4"}),
+}
+
+
+class Settings(StrictModel):
+    """Group data key `blackbox`."""
+
+    install: Install = Install()
+    listen_port: int = Field(9115, ge=1, le=65535)
+    modules: dict[str, Module] = DEFAULT_MODULES
+    probes: list[Probe] = []
+
+    @model_validator(mode="after")
+    def _probes_use_known_modules(self) -> "Settings":
+        for index, probe in enumerate(self.probes):
+            if probe.module not in self.modules:
+                raise FieldError(
+                    f"probes.{index}.module",
+                    f"expected one of the modules {sorted(self.modules)}, got {probe.module!r}",
+                )
+        return self
+
+
+def render_config(settings: Settings) -> str:
+    modules = {name: module.model_dump(exclude_none=True) for name, module in settings.modules.items()}
+    body = yaml.safe_dump({"modules": modules}, sort_keys=False, default_flow_style=False)
+    return render("blackbox/blackbox.yml.j2", body=body)
+
+
+def render_defaults(settings: Settings) -> str:
+    return render("blackbox/blackbox-exporter.default.j2", config_file=CONFIG_FILE,
+                  listen_port=settings.listen_port)
+
+
+@deploy("blackbox")
+def apply() -> None:
+    settings = role_settings("blackbox", Settings)
+    install_packages("blackbox", [PACKAGE], settings.install)
+    config = checked_file(
+        name=f"blackbox modules in {CONFIG_FILE}",
+        dest=CONFIG_FILE,
+        content=render_config(settings),
+        check=CONFIG_CHECK,
+    )
+    flags = checked_file(
+        name=f"blackbox flags in {DEFAULTS_FILE}",
+        dest=DEFAULTS_FILE,
+        content=render_defaults(settings),
+    )
+    systemd.service(name=f"{SERVICE} enabled and running", service=SERVICE, running=True, enabled=True)
+    # Flags are read only at start; modules are re-read on reload (SIGHUP).
+    systemd.service(name=f"Restart {SERVICE} for new flags", service=SERVICE, restarted=True,
+                    _if=flags.did_change)
+    systemd.service(name=f"Reload {SERVICE} for new modules", service=SERVICE, reloaded=True,
+                    _if=lambda: config.did_change() and not flags.did_change())

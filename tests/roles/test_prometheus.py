@@ -1,0 +1,264 @@
+"""Prometheus's scrape config generated from the inventory, checked by the real promtool and run."""
+
+from __future__ import annotations
+
+import runpy
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import requests
+import yaml
+from pyinfra.api.inventory import Inventory
+from pyinfra.context import ctx_host
+
+from homelab.config import ConfigError
+from roles.common import role_settings
+from roles.prometheus import (
+    CONFIG_CHECK,
+    RULES_CHECK,
+    Settings,
+    render_config,
+    render_defaults,
+    rule_files,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="needs Debian's prometheus (promtool)")
+needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus"), reason="needs Debian's prometheus")
+
+
+def lab_inventory() -> Inventory:
+    """inventory/lab.py with inventory/group_data, as `pyinfra inventory/lab.py` loads it.
+
+    Built here rather than with pyinfra_cli, whose import monkey-patches the test process (gevent).
+    """
+    def public(path: Path) -> dict:
+        return {key: value for key, value in runpy.run_path(str(path)).items()
+                if not key.startswith("_") and not isinstance(value, ModuleType)}
+
+    group_data = {path.stem: public(path) for path in sorted((REPO / "inventory" / "group_data").glob("*.py"))}
+    groups = {name: members for name, members in public(REPO / "inventory" / "lab.py").items()
+              if isinstance(members, list)}
+    names = list({name: (name, data) for members in groups.values() for name, data in members}.values())
+    return Inventory((names, group_data.get("all", {})),
+                     **{group: (members, group_data.get(group, {})) for group, members in groups.items()})
+
+
+def inventory_of(hosts: dict[str, dict], **groups: list[str]) -> Inventory:
+    """An inventory of ``hosts`` (name -> data) with ``groups`` (group -> host names)."""
+    names = [(name, data) for name, data in hosts.items()]
+    return Inventory((names, {}), **{group: (members, {}) for group, members in groups.items()})
+
+
+def scrape_jobs(config_text: str) -> dict[str, dict[str, str]]:
+    """job -> {instance label: address scraped}, every static target of the rendered config."""
+    config = yaml.safe_load(config_text)
+    jobs: dict[str, dict[str, str]] = {}
+    for job in config["scrape_configs"]:
+        targets = jobs.setdefault(job["job_name"], {})
+        for static in job["static_configs"]:
+            for address in static["targets"]:
+                assert static["labels"]["instance"] not in targets, f"{job['job_name']} lists it twice"
+                targets[static["labels"]["instance"]] = address
+    return jobs
+
+
+def flag_args(defaults_file: str) -> list[str]:
+    """The arguments an /etc/default file's ARGS line passes, split as systemd's $ARGS does."""
+    [line] = [line for line in defaults_file.splitlines() if line.startswith("ARGS=")]
+    return shlex.split(line.removeprefix("ARGS="))[0].split()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+LAB = lab_inventory()
+LAB_ADDRESS = {host.name: host.data.ssh_hostname for host in LAB}
+
+
+def test_lab_config_scrapes_every_component_where_the_inventory_puts_it():
+    jobs = scrape_jobs(render_config(Settings(), LAB))
+    assert jobs["node"] == {f"{name}:9100": f"{address}:9100" for name, address in LAB_ADDRESS.items()}
+    assert jobs["toy-redis"] == {"worker-node-12:8080": f"{LAB_ADDRESS['worker-node-12']}:8080"}
+    assert jobs["nginx"] == {"master-node:9113": f"{LAB_ADDRESS['master-node']}:9113"}
+    assert jobs["mtail"] == {"master-node:3903": f"{LAB_ADDRESS['master-node']}:3903"}
+    assert jobs["alertmanager"] == {"worker-node-14:9093": f"{LAB_ADDRESS['worker-node-14']}:9093"}
+    assert jobs["alert-relay"] == {"worker-node-14:9095": f"{LAB_ADDRESS['worker-node-14']}:9095"}
+    assert jobs["prometheus"] == {"worker-node-14:9090": f"{LAB_ADDRESS['worker-node-14']}:9090"}
+    assert jobs["blackbox"]["http://master-node/healthz"] == f"http://{LAB_ADDRESS['master-node']}/healthz"
+
+
+def test_probes_go_through_the_blackbox_host_with_their_module():
+    config = yaml.safe_load(render_config(Settings(), LAB))
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == "blackbox"]
+    assert job["metrics_path"] == "/probe"
+    assert {static["labels"]["module"] for static in job["static_configs"]} == {"http_2xx"}
+    relabel = {rule["target_label"]: rule for rule in job["relabel_configs"]}
+    assert relabel["__param_target"]["source_labels"] == ["__address__"]
+    assert relabel["__param_module"]["source_labels"] == ["module"]
+    assert relabel["__address__"]["replacement"] == f"{LAB_ADDRESS['worker-node-14']}:9115"
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        f"{LAB_ADDRESS['worker-node-14']}:9093"
+    ]
+
+
+def test_a_host_added_to_a_group_gains_its_targets_and_none_is_listed_twice():
+    hosts = {"web-1": {"ssh_hostname": "192.0.2.1"}, "web-2": {}, "mon": {"ssh_hostname": "192.0.2.9"}}
+    # mon is in two groups and listed twice in one: each of its targets still appears once.
+    inv = inventory_of(hosts, nginx=["web-1"], prometheus=["mon", "mon"], alertmanager=["mon"],
+                       blackbox=["mon"])
+    before = scrape_jobs(render_config(Settings(), inv))
+    inv = inventory_of(hosts, nginx=["web-1", "web-2"], prometheus=["mon", "mon"], alertmanager=["mon"],
+                       blackbox=["mon"])
+    after = scrape_jobs(render_config(Settings(), inv))
+    assert set(after["nginx"]) - set(before["nginx"]) == {"web-2:9113"}
+    assert set(after["mtail"]) - set(before["mtail"]) == {"web-2:3903"}
+    # Without an ssh_hostname, a host is reached by its inventory name.
+    assert after["node"]["web-2:9100"] == "web-2:9100"
+    assert after["node"]["mon:9100"] == "192.0.2.9:9100"
+    assert list(after["prometheus"]) == ["mon:9090"]
+    assert "toy-redis" not in after  # no toy_redis group, no job
+
+
+def test_ports_follow_the_serving_roles_group_data():
+    hosts = {"web-1": {"nginx": {"exporter_port": 9999}, "node_exporter": {"listen_port": 9200}},
+             "relay": {"alert_relay": {"listen": "0.0.0.0:9500"}}}
+    jobs = scrape_jobs(render_config(Settings(), inventory_of(hosts, nginx=["web-1"], alert_relay=["relay"])))
+    assert jobs["nginx"] == {"web-1:9999": "web-1:9999"}
+    assert jobs["node"]["web-1:9200"] == "web-1:9200"
+    assert jobs["alert-relay"] == {"relay:9500": "relay:9500"}
+
+
+def test_a_probe_of_an_unknown_group_is_a_one_line_error():
+    hosts = {"mon": {"blackbox": {"probes": [{"module": "http_2xx", "group": "ngnix", "url": "http://{host}/"}]}}}
+    with pytest.raises(ConfigError) as error:
+        render_config(Settings(), inventory_of(hosts, blackbox=["mon"]))
+    assert str(error.value) == "inventory data for mon: blackbox.probes.0: group: no inventory group 'ngnix'"
+
+
+def settings_error(data: dict) -> str:
+    with ctx_host.use(LAB.get_host("worker-node-14")):
+        with pytest.raises(ConfigError) as error:
+            role_settings("prometheus", Settings, data)
+    return str(error.value)
+
+
+def test_bad_settings_give_one_line_errors_naming_the_key():
+    assert settings_error({"scrape_interval": "often"}) == (
+        "inventory data for worker-node-14: prometheus.scrape_interval: "
+        "expected a duration like 30s, 5m, 1h30m or 15d (got 'often')"
+    )
+    assert settings_error({"scrape_interval": "5s"}) == (
+        "inventory data for worker-node-14: prometheus.scrape_timeout: "
+        "expected at most scrape_interval (5s), got '10s'"
+    )
+    assert settings_error({"retention": "30d"}) == "inventory data for worker-node-14: prometheus.retention: unknown key"
+    assert "prometheus.retention_size" in settings_error({"retention_size": "lots"})
+
+
+def test_group_data_settings_reach_the_config_and_the_flags():
+    with ctx_host.use(LAB.get_host("worker-node-14")):
+        settings = role_settings("prometheus", Settings)
+    config = yaml.safe_load(render_config(settings, LAB))
+    assert config["global"]["scrape_interval"] == settings.scrape_interval
+    assert config["global"]["evaluation_interval"] == settings.evaluation_interval
+    assert f"--storage.tsdb.retention.time={settings.retention_time}" in flag_args(render_defaults(settings))
+    assert "--storage.tsdb.retention.size=20GB" in flag_args(render_defaults(Settings(retention_size="20GB")))
+
+
+def run_check(command: str, staged: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command.format(staged=shlex.quote(str(staged)))],
+                          capture_output=True, text=True, timeout=60)
+
+
+GOOD_RULES = """groups:
+  - name: example
+    rules:
+      - alert: AlwaysQuiet
+        expr: vector(0) > 1
+        labels: {severity: warning}
+"""
+
+
+@needs_promtool
+def test_rendered_config_passes_promtool_with_the_generated_rules(tmp_path):
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    generated = rule_files()
+    for name, content in generated.items():
+        (rules_dir / name).write_text(content)
+    (rules_dir / "example.rules.yml").write_text(GOOD_RULES)
+    staged = tmp_path / "prometheus.yml.staged"
+    staged.write_text(render_config(Settings(), LAB, rules_dir=str(rules_dir)))
+    result = run_check(CONFIG_CHECK, staged)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The glob reached the rule files: promtool loaded and checked each of them.
+    assert f"SUCCESS: {len(generated) + 1} rule files found" in result.stdout
+    assert f"Checking {rules_dir / 'example.rules.yml'}" in result.stdout
+
+
+@needs_promtool
+def test_checks_refuse_a_broken_rule_file_and_a_broken_config(tmp_path):
+    rules = tmp_path / "example.rules.yml.staged"
+    rules.write_text(GOOD_RULES)
+    assert run_check(RULES_CHECK, rules).returncode == 0
+    rules.write_text(GOOD_RULES.replace("vector(0) > 1", "vector(0) >"))
+    result = run_check(RULES_CHECK, rules)
+    assert result.returncode != 0 and "parse error" in result.stdout + result.stderr
+
+    config = tmp_path / "prometheus.yml.staged"
+    config.write_text(render_config(Settings(), LAB, rules_dir=str(tmp_path)).replace("scrape_interval", "scrape_intervall", 1))
+    result = run_check(CONFIG_CHECK, config)
+    assert result.returncode != 0 and "scrape_intervall" in result.stdout + result.stderr
+
+
+@needs_prometheus
+def test_prometheus_runs_with_the_rendered_flags_and_config(tmp_path):
+    """Prometheus itself loads what we render: retention from settings, one target per inventory entry."""
+    # Only loopback addresses: the test must not send traffic to the lab's or anyone's network.
+    hosts = {"web-1": {"ssh_hostname": "127.0.0.1"}, "mon": {"ssh_hostname": "127.0.0.2"}}
+    inv = inventory_of(hosts, nginx=["web-1"], prometheus=["mon"])
+    settings = Settings(retention_time="3d", scrape_interval="1h", scrape_timeout="10s")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render_config(settings, inv, rules_dir=str(tmp_path)))
+    port = free_port()
+    args = [arg for arg in flag_args(render_defaults(settings)) if not arg.startswith(("--config.file", "--storage.tsdb.path", "--web.listen"))]
+    process = subprocess.Popen(
+        ["prometheus", *args, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "prometheus did not become ready in 30s"
+            assert process.poll() is None, "prometheus exited"
+            time.sleep(0.2)
+        info = requests.get(f"http://127.0.0.1:{port}/api/v1/status/runtimeinfo", timeout=5).json()["data"]
+        assert info["storageRetention"] == "3d"
+        # Discovered targets show up a few seconds after ready.
+        while not (targets := requests.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["data"])["activeTargets"]:
+            assert time.monotonic() < deadline, "prometheus listed no targets in 30s"
+            time.sleep(0.5)
+        seen = {(t["labels"]["job"], t["labels"]["instance"], t["scrapeUrl"]) for t in targets["activeTargets"]}
+        assert ("nginx", "web-1:9113", "http://127.0.0.1:9113/metrics") in seen
+        assert ("node", "mon:9100", "http://127.0.0.2:9100/metrics") in seen
+        assert len(seen) == len(targets["activeTargets"]) == 5  # node x2, nginx, mtail, prometheus
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
