@@ -1,0 +1,127 @@
+"""alert-relay: `alert-relay --config FILE` runs the relay; `--check-config FILE` validates and exits.
+
+Exit status: 0 on SIGTERM or a valid config, 2 for a config problem (one line on stderr naming the
+file and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alert_relay import metrics
+from alert_relay.config import ConfigFileError, RelayConfig, load_yaml_model, read_secret
+from alert_relay.routes import SlackRoutes, load_routes
+from alert_relay.server import RelayServer
+from alert_relay.slack import Slack
+from alert_relay.store import Store
+from alert_relay.worker import Worker
+
+log = logging.getLogger("alert_relay")
+
+TOKEN_KEYS = ("slack_token_file", "faxplus_token_file", "alertmanager_token_file", "fax_webhook_token_file")
+
+
+class JsonLines(logging.Formatter):
+    """{ts, level, event, ...fields} per line, for journald and Loki."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: RelayConfig
+    routes: SlackRoutes
+    tokens: dict[str, str]
+
+
+def load(config_path: str) -> Loaded:
+    """Config, routes and token files, all checked; any problem is one ConfigFileError line."""
+    config = load_yaml_model(config_path, RelayConfig)
+    routes = load_routes(config.routes_file)
+    tokens = {key: read_secret(config_path, key, getattr(config, key)) for key in TOKEN_KEYS}
+    queue_dir = Path(config.queue_path).parent
+    if not queue_dir.is_dir():
+        raise ConfigFileError(config_path, "queue_path", f"expected a file in an existing directory ({queue_dir} is missing)")
+    return Loaded(config, routes, tokens)
+
+
+def run(loaded: Loaded) -> int:
+    config = loaded.config
+    store = Store(config.queue_path)
+    metrics.watch(store)
+    slack = Slack(
+        store, loaded.tokens["slack_token_file"], config.slack_base_url,
+        loaded.tokens["faxplus_token_file"], config.faxplus_base_url, config.alertmanager_url,
+    )
+    worker = Worker(store, slack, max_attempts=config.max_attempts, retry_initial_s=config.retry_initial_s,
+                    retry_max_s=config.retry_max_s, channel_interval_s=config.channel_interval_s)
+    server = RelayServer(
+        config.listen_address, store=store, routes=loaded.routes, on_queued=worker.notify,
+        alertmanager_token=loaded.tokens["alertmanager_token_file"], fax_token=loaded.tokens["fax_webhook_token_file"],
+        max_body_bytes=config.max_body_bytes, healthy=worker.is_alive,
+    )
+
+    def stop(signum, _frame):
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        worker.stop()
+        # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.start()
+    host, port = server.server_address[:2]
+    log.info("listening", extra={"fields": {"address": host, "port": port, "queued": store.queue_depth(),
+                                            "dead_letters": store.dead_letter_count()}})
+    server.serve_forever()
+    server.server_close()
+    worker.join(timeout=20)  # an in-flight Slack call finishes (or times out) before exit
+    log.info("stopped", extra={"fields": {"queued": store.queue_depth()}})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alert-relay", description="Alertmanager alerts and FAX.PLUS faxes to Slack")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", metavar="FILE", help="run the relay with this config")
+    group.add_argument("--check-config", metavar="FILE", help="check the config, its routes and token files, then exit")
+    group.add_argument("--check-routes", metavar="FILE", help="check a routes file (alerts/routes.yaml format), then exit")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.check_routes:
+            load_routes(args.check_routes)
+            return 0
+        loaded = load(args.check_config or args.config)
+    except ConfigFileError as exc:
+        print(f"alert-relay: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        return 0
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=loaded.config.log_level.upper(), handlers=[handler])
+    logging.getLogger("slack_sdk").setLevel(logging.WARNING)  # its debug logs print request bodies
+    return run(loaded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

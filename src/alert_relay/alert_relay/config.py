@@ -1,0 +1,137 @@
+"""The relay's config file and one-line config errors.
+
+The same rules as the control machine's homelab.config (unknown keys are errors, one line naming
+the file, the key and what was expected), restated here because the relay runs on a node from
+its own wheel, where homelab and pyinfra are not installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ConfigFileError(ValueError):
+    """One line: ``file: key: expected``."""
+
+    def __init__(self, file: str | Path, key: str, expected: str):
+        self.file, self.key, self.expected = str(file), key, expected
+        super().__init__(f"{self.file}: {key}: {expected}" if key else f"{self.file}: {expected}")
+
+
+class FieldError(ValueError):
+    """Raised by validators to blame a key below the validated field (``0.match.alertname``)."""
+
+    def __init__(self, key: str, expected: str):
+        self.key, self.expected = key, expected
+        super().__init__(f"{key}: {expected}")
+
+
+class StrictModel(BaseModel):
+    model_config = {"extra": "forbid", "strict": True, "frozen": True}
+
+
+_UNION_MEMBER_TAGS = {"int", "str", "float", "bool", "dict", "list", "none"}
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not (str(part) in _UNION_MEMBER_TAGS or "[" in str(part)))
+
+
+def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
+    """Validate parsed YAML against ``model``; the first problem becomes a ConfigFileError."""
+    try:
+        return model.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _dotted(err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            raise ConfigFileError(path, f"{key}.{cause.key}" if key else cause.key, cause.expected) from None
+        if err["type"] == "extra_forbidden":
+            raise ConfigFileError(path, key, "unknown key") from None
+        if err["type"] == "missing":
+            raise ConfigFileError(path, key, "required key is missing") from None
+        given = err.get("input")
+        message = err["msg"].removeprefix("Value error, ").replace("Input should be ", "expected ")
+        shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) or given is None else ""
+        raise ConfigFileError(path, key, f"{message}{shown}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigFileError(path, "", f"cannot read file ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigFileError(path, f"line {mark.line + 1}" if mark else "", f"invalid YAML ({problem})") from None
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
+    return model_from_data(path, model, read_yaml(path))
+
+
+class RelayConfig(StrictModel):
+    """The relay's YAML config (``alert-relay --config FILE``)."""
+
+    listen: str = "0.0.0.0:9095"
+    routes_file: str
+    queue_path: str
+    # Secrets are read from files (written 0600 by roles.secrets), never from this file or argv.
+    slack_token_file: str
+    faxplus_token_file: str
+    alertmanager_token_file: str
+    fax_webhook_token_file: str
+    slack_base_url: str = "https://slack.com/api/"
+    faxplus_base_url: str = "https://restapi.fax.plus"
+    # For "silence" links; defaults to the externalURL Alertmanager sends with each notification.
+    alertmanager_url: str | None = None
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    # Delivery: a message failing this many times (429s do not count) moves to the dead letters.
+    max_attempts: int = Field(12, ge=1, le=1000)
+    retry_initial_s: float = Field(1.0, gt=0, le=3600)
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    # Slack allows about one message per second per channel.
+    channel_interval_s: float = Field(1.0, ge=0, le=60)
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, e.g. 0.0.0.0:9095 (got {value!r})")
+        return value
+
+    @field_validator("slack_base_url", "faxplus_base_url", "alertmanager_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def read_secret(config_path: str | Path, key: str, path: str) -> str:
+    """The content of a token file named by config key ``key``, stripped; errors never show content."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigFileError(config_path, key, f"cannot read {path} ({exc.strerror})") from None
+    if not value:
+        raise ConfigFileError(config_path, key, f"{path} is empty")
+    return value

@@ -1,0 +1,34 @@
+"""The relay's Prometheus metrics (served at /metrics on the webhook port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from alert_relay.store import Store
+
+KINDS = ("alert", "fax")
+
+ACCEPTED = Counter("alert_relay_accepted", "Notifications queued (repeats not counted)", ["kind"])
+DUPLICATES = Counter("alert_relay_duplicates", "Notifications already queued before (resends), not queued again", ["kind"])
+REJECTED = Counter("alert_relay_rejected_requests", "Requests refused", ["reason"])
+DROPPED_FAXES = Counter("alert_relay_dropped_faxes", "Faxes from senders no route lists")
+DELIVERED = Counter("alert_relay_delivered", "Messages delivered to Slack", ["kind"])
+FAILURES = Counter("alert_relay_delivery_failures", "Failed delivery attempts (429s not counted)", ["kind"])
+RATE_LIMITED = Counter("alert_relay_rate_limited", "429 answers from Slack or FAX.PLUS")
+DELIVERY_SECONDS = Histogram("alert_relay_delivery_seconds", "Time to deliver one message", ["kind"])
+ACCEPT_SECONDS = Histogram(
+    "alert_relay_accept_seconds", "Time from request to durable queueing",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+QUEUE_DEPTH = Gauge("alert_relay_queue_depth", "Messages waiting for delivery")
+DEAD_LETTERS = Gauge("alert_relay_dead_letters", "Messages given up on (see the dead_letters table)")
+
+for _kind in KINDS:  # export zeros from the start, so rate() and alert rules see the series
+    for _counter in (ACCEPTED, DUPLICATES, DELIVERED, FAILURES):
+        _counter.labels(_kind)
+
+
+def watch(store: Store) -> None:
+    """Read the queue gauges from the queue file at scrape time, so they survive restarts."""
+    QUEUE_DEPTH.set_function(store.queue_depth)
+    DEAD_LETTERS.set_function(store.dead_letter_count)

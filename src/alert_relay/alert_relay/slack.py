@@ -1,0 +1,258 @@
+"""Turning queued messages into Slack calls: Block Kit alert messages, their threads, fax uploads.
+
+Every outcome is one of: success, RateLimited (wait, not a failed attempt), PermanentError (no
+retry can help: straight to the dead letters) or any other exception (a failed attempt, retried
+with backoff).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from alert_relay.store import Message, Store
+
+# Slack answers these whatever we retry; the message goes to the dead letters at once.
+PERMANENT_SLACK_ERRORS = {
+    "channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "not_authed",
+    "account_inactive", "token_revoked", "token_expired", "missing_scope", "invalid_blocks",
+    "invalid_blocks_format", "msg_too_long", "no_text", "invalid_arguments", "restricted_action",
+    "too_many_attachments", "file_uploads_disabled",
+}
+# chat.update cannot edit the original any more (deleted, too old): post a fresh message instead.
+UNEDITABLE = {"message_not_found", "cant_update_message", "edit_window_closed"}
+
+MAX_ALERTS_SHOWN = 10  # Slack allows 50 blocks per message; a summary line covers the rest
+SECTION_LIMIT = 2900   # Slack's section text limit is 3000 characters
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float):
+        super().__init__(f"rate limited for {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    pass
+
+
+def _retry_after(headers: Any) -> float:
+    value = None
+    if headers is not None:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(float(value), 0.0)
+    except (TypeError, ValueError):
+        return 1.0  # Slack always sends it; be polite if a proxy dropped it
+
+
+def _clip(text: str, limit: int = SECTION_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def silence_url(base: str, labels: dict[str, str]) -> str:
+    matchers = ",".join(f'{name}="{value}"' for name, value in sorted(labels.items()))
+    return f"{base.rstrip('/')}/#/silences/new?filter={quote('{' + matchers + '}', safe='')}"
+
+
+def render_alert(payload: dict[str, Any], alertmanager_url: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """(fallback text, Block Kit blocks) for one Alertmanager notification (this channel's alerts)."""
+    alerts = payload["alerts"]
+    firing = [alert for alert in alerts if alert["status"] == "firing"]
+    resolved = payload["status"] == "resolved"
+    common = payload["common_labels"]
+    annotations = payload["common_annotations"]
+    name = common.get("alertname") or alerts[0]["labels"].get("alertname", "alert")
+    severity = common.get("severity", "")
+    state = "RESOLVED" if resolved else f"FIRING:{len(firing)}"
+    icon = ":large_green_circle:" if resolved else (":red_circle:" if severity == "critical" else ":large_orange_circle:")
+    summary = annotations.get("summary") or alerts[0]["annotations"].get("summary", "")
+    title = f"[{state}] {name}" + (f" ({severity})" if severity else "")
+    text = f"{title}: {summary}" if summary else title
+
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _clip(f"{title}", 150), "emoji": True}},
+    ]
+    head = [f"{icon} *{state.split(':')[0].capitalize()}*" + (f" · severity *{severity}*" if severity else "")]
+    if summary:
+        head.append(f"*{summary}*")
+    if annotations.get("description"):
+        head.append(annotations["description"])
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(head))}})
+
+    for alert in alerts[:MAX_ALERTS_SHOWN]:
+        own = {k: v for k, v in alert["labels"].items() if common.get(k) != v}
+        lines = [f"{'*resolved*' if alert['status'] == 'resolved' else '*firing*'} since {alert['startsAt'][:19].replace('T', ' ')} UTC"]
+        for key in ("summary", "description"):
+            value = alert["annotations"].get(key)
+            if value and value != annotations.get(key):
+                lines.append(value)
+        if own:
+            lines.append(" ".join(f"`{k}={v}`" for k, v in sorted(own.items())))
+        links = []
+        if alert["annotations"].get("runbook_url") and alert["annotations"]["runbook_url"] != annotations.get("runbook_url"):
+            links.append(f"<{alert['annotations']['runbook_url']}|Runbook>")
+        if alert.get("generatorURL"):
+            links.append(f"<{alert['generatorURL']}|Graph>")
+        if links:
+            lines.append(" · ".join(links))
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(lines))}})
+    if len(alerts) > MAX_ALERTS_SHOWN:
+        blocks.append({"type": "context", "elements": [
+            {"type": "mrkdwn", "text": f"and {len(alerts) - MAX_ALERTS_SHOWN} more alerts"}]})
+
+    blocks.append({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": _clip(" ".join(f"`{k}={v}`" for k, v in sorted(common.items())) or "no common labels")}]})
+    links = []
+    if annotations.get("runbook_url"):
+        links.append(f"<{annotations['runbook_url']}|:book: Runbook>")
+    if len({alert.get("generatorURL") for alert in alerts}) == 1 and alerts[0].get("generatorURL"):
+        links.append(f"<{alerts[0]['generatorURL']}|:chart_with_upwards_trend: Graph>")
+    base = alertmanager_url or payload.get("external_url")
+    if base and not resolved:
+        links.append(f"<{silence_url(base, common)}|:no_bell: Silence>")
+    if links:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "  ·  ".join(links)}})
+    return text, blocks
+
+
+def render_thread_reply(payload: dict[str, Any]) -> str:
+    alerts = payload["alerts"]
+    if payload["status"] == "resolved":
+        ended = max((alert.get("endsAt") or "" for alert in alerts), default="")[:19].replace("T", " ")
+        return f":white_check_mark: Resolved" + (f" at {ended} UTC" if ended else "")
+    firing = [alert for alert in alerts if alert["status"] == "firing"]
+    return f":rotating_light: Now {len(firing)} firing, {len(alerts) - len(firing)} resolved"
+
+
+def fax_comment(payload: dict[str, Any]) -> str:
+    pages = payload.get("pages")
+    when = payload.get("start_time") or ""
+    parts = [f":fax: Fax from {payload['sender']}"]
+    if pages is not None:
+        parts.append(f"{pages} page{'s' if pages != 1 else ''}")
+    if when:
+        parts.append(f"received {when}")
+    return ", ".join(parts) + (f" (to {payload['to']})" if payload.get("to") else "")
+
+
+class Slack:
+    """Sends queued messages; one instance, used by the one delivery worker."""
+
+    def __init__(self, store: Store, token: str, base_url: str, faxplus_token: str, faxplus_base_url: str,
+                 alertmanager_url: str | None, timeout: int = 15):
+        self.store = store
+        # No SDK retry handlers: the worker owns retries, so a 429 waits there and is never a failure.
+        self.client = WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
+        self.faxplus_token = faxplus_token
+        self.faxplus_base_url = faxplus_base_url.rstrip("/")
+        self.alertmanager_url = alertmanager_url
+        self.timeout = timeout
+        self._channel_ids: dict[str, str] = {}
+
+    def send(self, message: Message) -> None:
+        try:
+            if message.kind == "alert":
+                self._send_alert(message)
+            else:
+                self._send_fax(message)
+        except SlackApiError as exc:
+            raise self._classify(exc) from None
+
+    @staticmethod
+    def _classify(exc: SlackApiError) -> Exception:
+        response = exc.response
+        if response.status_code == 429:
+            return RateLimited(_retry_after(response.headers))
+        error = response.get("error") if isinstance(response.data, dict) else None
+        if error == "ratelimited":
+            return RateLimited(_retry_after(response.headers))
+        if error in PERMANENT_SLACK_ERRORS:
+            return PermanentError(f"slack: {error}")
+        return RuntimeError(f"slack: HTTP {response.status_code} {error or ''}".strip())
+
+    # Alerts: one message per alert group and channel, updated in place and replied to in its thread.
+    def _send_alert(self, message: Message) -> None:
+        payload = message.payload
+        text, blocks = render_alert(payload, self.alertmanager_url)
+        thread_key = payload["thread_key"]
+        resolved = payload["status"] == "resolved"
+        open_thread = self.store.thread(thread_key)
+        if open_thread:
+            channel_id, ts = open_thread
+            try:
+                self.client.chat_update(channel=channel_id, ts=ts, text=text, blocks=blocks)
+            except SlackApiError as exc:
+                if not (isinstance(exc.response.data, dict) and exc.response.get("error") in UNEDITABLE):
+                    raise
+                open_thread = None
+            else:
+                # Last call: if it fails, the retry repeats the harmless update, then replies once.
+                self.client.chat_postMessage(channel=channel_id, thread_ts=ts, text=render_thread_reply(payload))
+                self.store.delivered(message, close_thread=thread_key if resolved else None)
+                return
+        response = self.client.chat_postMessage(channel=message.channel, text=text, blocks=blocks)
+        thread = None if resolved else (thread_key, response["channel"], response["ts"])
+        self.store.delivered(message, thread=thread, close_thread=thread_key if resolved else None)
+
+    # Faxes: the PDF from FAX.PLUS, uploaded to the channel with who sent it, pages and time.
+    def _send_fax(self, message: Message) -> None:
+        payload = message.payload
+        pdf = self._download_fax(payload["file_id"])
+        self.client.files_upload_v2(
+            channel=self._channel_id(message.channel),
+            content=pdf,
+            filename=payload["file_name"],
+            title=f"Fax from {payload['sender']}",
+            initial_comment=fax_comment(payload),
+        )
+        self.store.delivered(message)
+
+    def _download_fax(self, file_id: str) -> bytes:
+        url = f"{self.faxplus_base_url}/v3/accounts/self/files/{quote(file_id, safe='')}?format=pdf"
+        request = urllib.request.Request(url, headers={
+            "Authorization": f"Bearer {self.faxplus_token}", "Accept": "application/pdf"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429:
+                raise RateLimited(_retry_after(exc.headers)) from None
+            if exc.code in (400, 401, 403):
+                raise PermanentError(f"fax.plus: HTTP {exc.code} for file {file_id}") from None
+            raise RuntimeError(f"fax.plus: HTTP {exc.code} for file {file_id}") from None
+
+    def _channel_id(self, channel: str) -> str:
+        """files.completeUploadExternal wants a channel ID; routes may name channels as #name."""
+        if not channel.startswith("#"):
+            return channel
+        if channel not in self._channel_ids:
+            cursor = None
+            while True:
+                page = self.client.conversations_list(
+                    types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor)
+                for conv in page["channels"]:
+                    self._channel_ids[f"#{conv['name']}"] = conv["id"]
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    break
+        if channel not in self._channel_ids:
+            raise PermanentError(f"slack: channel {channel} not found (invite the bot, or use the channel ID)")
+        return self._channel_ids[channel]
+
+
+def describe(exc: BaseException) -> str:
+    """A short error text for logs and the dead-letter table (never request bodies or tokens)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return json.dumps(f"{type(exc).__name__}: {text}")[1:-1][:300]
+
+
+def now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")

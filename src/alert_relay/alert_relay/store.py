@@ -1,0 +1,180 @@
+"""The durable queue: SQLite in WAL mode, one file.
+
+A notification is acknowledged only after the transaction that queues it commits (synchronous=FULL,
+so a power cut after the 2xx loses nothing). The same transaction records its dedup key, so a
+resend of an already-queued notification queues nothing. Messages of one channel are delivered in
+queue order; one that keeps failing moves to `dead_letters` (counted in /metrics).
+
+A message being sent when the process is killed is sent again after restart: Slack cannot tell us
+whether a request cut off mid-way was posted, and a repeat is better than a loss.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,               -- alert | fax
+    channel TEXT NOT NULL,
+    payload TEXT NOT NULL,            -- JSON: what to send
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (channel, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    created REAL NOT NULL,
+    failed REAL NOT NULL
+);
+-- Keys of notifications already queued, so that resends are delivered once.
+CREATE TABLE IF NOT EXISTS seen (
+    dedup_key TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+-- The Slack message of each open alert group, updated and replied to when it resolves.
+CREATE TABLE IF NOT EXISTS threads (
+    thread_key TEXT PRIMARY KEY,
+    channel_id TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+# Dedup keys older than this are forgotten; Alertmanager and FAX.PLUS retry within hours.
+SEEN_RETENTION_S = 14 * 86400
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    kind: str
+    channel: str
+    payload: dict[str, Any]
+    attempts: int
+    next_attempt: float
+
+
+class Store:
+    """Thread-safe access to the queue file; each thread gets its own SQLite connection."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._local = threading.local()
+        # SQLite allows one writer at a time; queuing in a Python lock is cheaper than busy-waiting.
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            self._db().executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    def enqueue(self, dedup_key: str, messages: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Queue (kind, channel, payload) messages unless ``dedup_key`` was seen; False for a repeat.
+
+        Returns only after the commit, so a True means the messages survive a crash.
+        """
+        now = time.time()
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO seen (dedup_key, created) VALUES (?, ?)", (dedup_key, now)
+                ).rowcount
+                if inserted:
+                    db.executemany(
+                        "INSERT INTO messages (kind, channel, payload, created) VALUES (?, ?, ?, ?)",
+                        [(kind, channel, json.dumps(payload), now) for kind, channel, payload in messages],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return bool(inserted)
+
+    def channel_heads(self) -> list[Message]:
+        """The oldest queued message of each channel: the only one of its channel that may be sent."""
+        rows = self._db().execute(
+            "SELECT id, kind, channel, payload, attempts, next_attempt FROM messages "
+            "WHERE id IN (SELECT MIN(id) FROM messages GROUP BY channel) ORDER BY id"
+        ).fetchall()
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def delivered(self, message: Message, thread: tuple[str, str, str] | None = None,
+                  close_thread: str | None = None) -> None:
+        """Remove a sent message; open (thread_key, channel_id, ts) or close a thread in the same commit."""
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM messages WHERE id = ?", (message.id,))
+            if thread:
+                db.execute(
+                    "INSERT OR REPLACE INTO threads (thread_key, channel_id, ts, created) VALUES (?, ?, ?, ?)",
+                    (*thread, time.time()),
+                )
+            if close_thread:
+                db.execute("DELETE FROM threads WHERE thread_key = ?", (close_thread,))
+            db.execute("COMMIT")
+
+    def failed(self, message: Message, error: str, retry_at: float | None) -> None:
+        """Count a failed attempt: retry at ``retry_at``, or move to the dead letters when None."""
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            if retry_at is None:
+                db.execute(
+                    "INSERT INTO dead_letters (id, kind, channel, payload, attempts, last_error, created, failed) "
+                    "SELECT id, kind, channel, payload, attempts + 1, ?, created, ? FROM messages WHERE id = ?",
+                    (error, time.time(), message.id),
+                )
+                db.execute("DELETE FROM messages WHERE id = ?", (message.id,))
+            else:
+                db.execute(
+                    "UPDATE messages SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
+                    (retry_at, error, message.id),
+                )
+            db.execute("COMMIT")
+
+    def thread(self, thread_key: str) -> tuple[str, str] | None:
+        """(channel_id, ts) of the open Slack message for an alert group."""
+        row = self._db().execute("SELECT channel_id, ts FROM threads WHERE thread_key = ?", (thread_key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def queue_depth(self) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    def dead_letter_count(self) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self._db().execute(
+            "SELECT id, kind, channel, attempts, last_error FROM dead_letters ORDER BY id").fetchall()
+        return [dict(zip(("id", "kind", "channel", "attempts", "last_error"), row)) for row in rows]
+
+    def forget_old_keys(self) -> None:
+        with self._write_lock:
+            self._db().execute("DELETE FROM seen WHERE created < ?", (time.time() - SEEN_RETENTION_S,))
+
+    def ping(self) -> None:
+        self._db().execute("SELECT 1").fetchone()

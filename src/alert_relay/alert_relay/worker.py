@@ -1,0 +1,110 @@
+"""The one delivery worker: channel by channel in queue order, paced, with backoff and dead letters.
+
+Only the oldest message of a channel may be sent, so a channel's messages arrive in order even
+across outages. Each channel gets at most one message per `channel_interval_s` (Slack's limit is
+about one per second per channel). A 429 pauses all sending for its Retry-After and is not a
+failed attempt; other failures back off exponentially and, after `max_attempts`, the message moves
+to the dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from alert_relay import metrics
+from alert_relay.slack import PermanentError, RateLimited, Slack, describe
+from alert_relay.store import Message, Store
+
+log = logging.getLogger("alert_relay")
+
+IDLE_WAKEUP_S = 30.0  # also the period for housekeeping when nothing arrives
+
+
+class Worker(threading.Thread):
+    def __init__(self, store: Store, slack: Slack, *, max_attempts: int, retry_initial_s: float,
+                 retry_max_s: float, channel_interval_s: float):
+        super().__init__(name="delivery", daemon=True)
+        self.store, self.slack = store, slack
+        self.max_attempts = max_attempts
+        self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self.channel_interval_s = channel_interval_s
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._channel_free_at: dict[str, float] = {}
+        self._paused_until = 0.0
+        self._last_housekeeping = 0.0
+
+    def notify(self) -> None:
+        """Called after a commit that queued messages."""
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def stop(self) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+
+    def run(self) -> None:
+        while not self._stopping:
+            try:
+                wait = self._step()
+            except Exception:  # the worker must outlive any bug in one delivery; the message stays queued
+                log.exception("delivery loop error")
+                wait = 1.0
+            if wait > 0:
+                with self._wakeup:
+                    if not self._stopping:
+                        self._wakeup.wait(wait)
+
+    def _step(self) -> float:
+        """Send at most one message; return how long to wait before the next look (0: look again now)."""
+        now = time.time()
+        if now - self._last_housekeeping > 3600:
+            self.store.forget_old_keys()
+            self._last_housekeeping = now
+        if now < self._paused_until:
+            return self._paused_until - now
+        soonest = IDLE_WAKEUP_S
+        for message in self.store.channel_heads():
+            ready_at = max(message.next_attempt, self._channel_free_at.get(message.channel, 0.0))
+            if ready_at <= now:
+                self._deliver(message)
+                return 0
+            soonest = min(soonest, ready_at - now)
+        return soonest
+
+    def _deliver(self, message: Message) -> None:
+        started = time.time()
+        try:
+            self.slack.send(message)
+        except RateLimited as exc:
+            self._paused_until = time.time() + exc.retry_after
+            metrics.RATE_LIMITED.inc()
+            log.warning("rate limited", extra={"fields": {"retry_after_s": exc.retry_after, "channel": message.channel}})
+            return
+        except PermanentError as exc:
+            self._failed(message, describe(exc), permanent=True)
+        except Exception as exc:  # network errors, 5xx, unexpected answers: retry with backoff
+            self._failed(message, describe(exc), permanent=False)
+        else:
+            metrics.DELIVERED.labels(message.kind).inc()
+            metrics.DELIVERY_SECONDS.labels(message.kind).observe(time.time() - started)
+            log.info("delivered", extra={"fields": {"id": message.id, "kind": message.kind, "channel": message.channel,
+                                                    "attempts": message.attempts + 1}})
+        finally:
+            self._channel_free_at[message.channel] = time.time() + self.channel_interval_s
+
+    def _failed(self, message: Message, error: str, permanent: bool) -> None:
+        metrics.FAILURES.labels(message.kind).inc()
+        attempts = message.attempts + 1
+        if permanent or attempts >= self.max_attempts:
+            self.store.failed(message, error, retry_at=None)
+            log.error("dead letter", extra={"fields": {"id": message.id, "kind": message.kind,
+                                                       "channel": message.channel, "attempts": attempts, "error": error}})
+            return
+        delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempts - 1))
+        self.store.failed(message, error, retry_at=time.time() + delay)
+        log.warning("delivery failed", extra={"fields": {"id": message.id, "kind": message.kind, "channel": message.channel,
+                                                         "attempts": attempts, "retry_in_s": round(delay, 3), "error": error}})

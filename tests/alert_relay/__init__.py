@@ -1,0 +1,1 @@
+"""alert-relay: the relay process between fake Slack/FAX.PLUS and real Alertmanager."""
