@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
@@ -57,7 +57,14 @@ class Probe(StrictModel):
     # Every host of this inventory group is probed.
     group: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     # "{host}" stands for each host's address (its ssh_hostname, else its name).
-    url: str = Field(pattern=r"\{host\}")
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _names_the_host(cls, url: str) -> str:
+        if "{host}" not in url:
+            raise ValueError("expected a URL containing {host}, which stands for each host of the group")
+        return url
 
 
 DEFAULT_MODULES = {

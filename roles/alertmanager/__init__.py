@@ -1,0 +1,110 @@
+"""Alertmanager on the alertmanager group: routing from alerts/routes.yaml, alerts to the relay's webhook.
+
+The route tree (grouping, waits, repeat intervals, label matchers -> receiver) is generated from
+the `alertmanager:` section of alerts/routes.yaml (see roles/alertmanager/routing.py). Every
+notification goes to one webhook, the alert relay's, which is authenticated with a bearer token
+that Alertmanager reads from a file on the node; that file is written from the vault secret
+`alertmanager_webhook_token`, so the token is in neither the config nor any command line.
+The config is swapped only after `amtool check-config` passes, then Alertmanager reloads.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pyinfra import inventory
+from pyinfra.api import deploy
+from pyinfra.api.inventory import Inventory
+from pyinfra.operations import systemd
+
+from homelab.config import ConfigError, StrictModel
+from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routing, load_routing
+from roles.common import REPO_ROOT, checked_file, render, role_settings
+from roles.install import Install, install_packages
+from roles.prometheus import host_address, service_port
+from roles.prometheus.durations import Duration
+
+PACKAGE = "prometheus-alertmanager"
+SERVICE = "prometheus-alertmanager"
+CONFIG_FILE = "/etc/prometheus/alertmanager.yml"
+DEFAULTS_FILE = "/etc/default/prometheus-alertmanager"
+# Debian's default; kept so silences and the notification log survive the switch to managed flags.
+STORAGE_PATH = "/var/lib/prometheus/alertmanager/"
+CONFIG_CHECK = "amtool check-config {staged}"
+WEBHOOK_PATH = "/alertmanager"
+TOKEN_SECRET = "alertmanager_webhook_token"
+# Alertmanager runs as the prometheus user (Debian's unit); it only needs to read the token.
+SERVICE_GROUP = "prometheus"
+
+
+class Settings(StrictModel):
+    """Group data key `alertmanager`."""
+
+    install: Install = Install()
+    listen_port: int = Field(9093, ge=1, le=65535)
+    # Repo-relative; its `alertmanager:` section becomes the route tree.
+    routes_file: str = "alerts/routes.yaml"
+    # None: the first alert_relay host, http://<its address>:<its port>/alertmanager.
+    webhook_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    webhook_token_file: str = Field("/etc/prometheus/alertmanager-webhook.token", pattern=r"^/[^\s]+$")
+    resolve_timeout: Duration = "5m"
+
+
+def webhook_url(settings: Settings, inv: Inventory) -> str:
+    if settings.webhook_url:
+        return settings.webhook_url
+    relays = inv.get_group("alert_relay", [])
+    if not relays:
+        raise ConfigError("inventory/group_data/alertmanager.py", "alertmanager.webhook_url",
+                          "required when the inventory has no alert_relay host")
+    relay = relays[0]
+    return f"http://{host_address(relay)}:{service_port(relay, 'alert_relay', 'listen', 9095)}{WEBHOOK_PATH}"
+
+
+def routing(settings: Settings) -> Routing:
+    return load_routing(REPO_ROOT / settings.routes_file, settings.routes_file)
+
+
+def render_config(settings: Settings, inv: Inventory, routes: Routing | None = None) -> str:
+    return render(
+        "alertmanager/alertmanager.yml.j2",
+        settings=settings,
+        routing=routes or routing(settings),
+        relay_receiver=RELAY_RECEIVER,
+        blackhole_receiver=BLACKHOLE_RECEIVER,
+        webhook_url=webhook_url(settings, inv),
+        routes_file=settings.routes_file,
+    )
+
+
+def render_defaults(settings: Settings) -> str:
+    return render("alertmanager/prometheus-alertmanager.default.j2", config_file=CONFIG_FILE,
+                  storage_path=STORAGE_PATH, listen_port=settings.listen_port)
+
+
+@deploy("alertmanager")
+def apply() -> None:
+    from roles.secrets import secret_file
+
+    settings = role_settings("alertmanager", Settings)
+    # Rendered before anything is installed: a broken routes file stops the run with no change.
+    config_text = render_config(settings, inventory)
+    install_packages("alertmanager", [PACKAGE], settings.install)
+
+    secret_file(
+        name=f"Webhook bearer token {settings.webhook_token_file}",
+        dest=settings.webhook_token_file,
+        secret=TOKEN_SECRET,
+        user="root",
+        group=SERVICE_GROUP,
+        mode="0640",
+    )
+    config = checked_file(name=f"Routing {CONFIG_FILE}", dest=CONFIG_FILE, content=config_text,
+                          check=CONFIG_CHECK)
+    flags = checked_file(name=f"Alertmanager flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
+                         content=render_defaults(settings))
+    systemd.service(name=f"{SERVICE} enabled and running", service=SERVICE, running=True, enabled=True)
+    systemd.service(name=f"Restart {SERVICE} for new flags", service=SERVICE, restarted=True,
+                    _if=flags.did_change)
+    # The token file is read on every notification, so a new token needs no reload.
+    systemd.service(name=f"Reload {SERVICE} for new routing", service=SERVICE, reloaded=True,
+                    _if=lambda: config.did_change() and not flags.did_change())

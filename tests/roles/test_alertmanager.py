@@ -1,0 +1,199 @@
+"""Alertmanager's routing from alerts/routes.yaml: validated, checked by amtool, routed and delivered."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import queue
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from homelab.config import ConfigError
+from roles.alertmanager import CONFIG_CHECK, Settings, render_config, render_defaults
+from roles.alertmanager.routing import load_routing
+from roles.common import REPO_ROOT, role_settings
+from tests.roles.test_prometheus import LAB, flag_args, free_port, inventory_of
+
+needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="needs Debian's prometheus-alertmanager (amtool)")
+needs_alertmanager = pytest.mark.skipif(not shutil.which("prometheus-alertmanager"),
+                                        reason="needs Debian's prometheus-alertmanager")
+LAB_RELAY = LAB.get_group("alert_relay")[0]
+
+
+def routes_file(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    return Settings(routes_file=str(path))
+
+
+def rendered(settings: Settings = Settings(), inv=LAB) -> dict:
+    return yaml.safe_load(render_config(settings, inv))
+
+
+def test_repo_routes_become_the_route_tree_and_the_relay_is_the_receiver():
+    source = yaml.safe_load((REPO_ROOT / "alerts" / "routes.yaml").read_text())["alertmanager"]
+    config = rendered()
+    route = config["route"]
+    assert route["receiver"] == "alert-relay"
+    assert route["group_by"] == source["group_by"]
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        source["group_wait"], source["group_interval"], source["repeat_interval"])
+    assert [child["matchers"] for child in route["routes"]] == [
+        [f'{label}="{value}"' for label, value in wanted["match"].items()] for wanted in source["routes"]
+    ]
+    [webhook] = next(r for r in config["receivers"] if r["name"] == "alert-relay")["webhook_configs"]
+    assert webhook["url"] == f"http://{LAB_RELAY.data.ssh_hostname}:9095/alertmanager"
+    assert webhook["http_config"]["authorization"] == {
+        "type": "Bearer", "credentials_file": "/etc/prometheus/alertmanager-webhook.token"}
+    assert "--cluster.listen-address=" in flag_args(render_defaults(Settings()))
+
+
+def test_webhook_from_group_data_and_the_relays_own_port():
+    custom = Settings(webhook_url="https://relay.example/hook", webhook_token_file="/etc/relay.token")
+    [webhook] = rendered(custom)["receivers"][0]["webhook_configs"]
+    assert (webhook["url"], webhook["http_config"]["authorization"]["credentials_file"]) == (
+        "https://relay.example/hook", "/etc/relay.token")
+    relay_elsewhere = inventory_of({"relay": {"alert_relay": {"listen": "0.0.0.0:9500"}}}, alert_relay=["relay"])
+    assert rendered(inv=relay_elsewhere)["receivers"][0]["webhook_configs"][0]["url"] == "http://relay:9500/alertmanager"
+    with pytest.raises(ConfigError) as error:
+        render_config(Settings(), inventory_of({"mon": {}}, alertmanager=["mon"]))
+    assert str(error.value) == ("inventory/group_data/alertmanager.py: alertmanager.webhook_url: "
+                                "required when the inventory has no alert_relay host")
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t: t.replace("group_wait: 30s", "group_wait: soon"),
+     "alertmanager.group_wait: expected a duration like 30s, 5m, 1h30m or 15d (got 'soon')"),
+    (lambda t: t.replace("repeat_interval: 1h", "repeat_intervals: 1h"),
+     "alertmanager.routes.0.repeat_intervals: unknown key"),
+    (lambda t: t.replace("{severity: critical}", "{severity: critical, alertname: 'Toy(Redis'}"),
+     "alertmanager.routes.0.match.alertname: expected a valid regex, got 'Toy(Redis'"),
+    (lambda t: t.replace("{severity: critical}", "{}"),
+     "alertmanager.routes.0.match: expected at least one label: value pair"),
+    (lambda t: t.replace("{severity: warning}", "{severity: warning}\n      receiver: pager"),
+     "alertmanager.routes.1.receiver: expected 'alert-relay' or 'blackhole' (got 'pager')"),
+    (lambda t: t.replace("alertmanager:", "alertmanagr:", 1), "alertmanager: required key is missing"),
+    (lambda t: t.replace("group_by: [alertname, instance]", "group_by: [alertname, instance"), "line "),
+])
+def test_a_broken_routes_file_is_one_line_naming_the_file_and_key(tmp_path, edit, expected):
+    settings = routes_file(tmp_path, edit((REPO_ROOT / "alerts" / "routes.yaml").read_text()))
+    with pytest.raises(ConfigError) as error:
+        render_config(settings, LAB)
+    message = str(error.value)
+    assert message.startswith(f"{settings.routes_file}: {expected}"), message
+    assert "\n" not in message
+
+
+def test_bad_settings_give_one_line_errors_naming_the_key():
+    from pyinfra.context import ctx_host
+
+    with ctx_host.use(LAB.get_group("alertmanager")[0]):
+        with pytest.raises(ConfigError) as error:
+            role_settings("alertmanager", Settings, {"webhook_token_file": "relative.token"})
+    assert str(error.value).startswith("inventory data for worker-node-14: alertmanager.webhook_token_file: ")
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=60)
+
+
+@needs_amtool
+def test_amtool_accepts_the_config_and_routes_labels_as_the_file_says(tmp_path):
+    settings = routes_file(tmp_path, """
+alertmanager:
+  group_by: [alertname]
+  routes:
+    - match: {alertname: "Watchdog|Heartbeat"}
+      receiver: blackhole
+    - match: {alertname: "ToyRedis.*", severity: critical}
+      repeat_interval: 15m
+slack: {default_channel: "#x"}
+""")
+    staged = tmp_path / "alertmanager.yml.staged"
+    staged.write_text(render_config(settings, LAB))
+    check = subprocess.run(["sh", "-c", CONFIG_CHECK.format(staged=shlex.quote(str(staged)))],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def receiver(*labels: str) -> str:
+        return amtool("config", "routes", "test", f"--config.file={staged}", *labels).stdout.strip()
+
+    assert receiver("alertname=Watchdog") == "blackhole"
+    assert receiver("alertname=WatchdogX") == "alert-relay"  # regex matches the whole value
+    assert receiver("alertname=ToyRedisDown", "severity=critical") == "alert-relay"
+    tree = amtool("config", "routes", f"--config.file={staged}").stdout
+    assert '{alertname=~"ToyRedis.*",severity="critical"}  receiver: alert-relay' in tree
+
+    staged.write_text(staged.read_text().replace("receiver: \"blackhole\"", "receiver: \"nobody\""))
+    check = subprocess.run(["sh", "-c", CONFIG_CHECK.format(staged=shlex.quote(str(staged)))],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0 and "nobody" in check.stdout + check.stderr
+
+
+class _Webhook(http.server.BaseHTTPRequestHandler):
+    received: queue.Queue = queue.Queue()
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.put((self.path, self.headers.get("Authorization"), json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_alertmanager
+def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_token(tmp_path):
+    webhook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    token = tmp_path / "webhook.token"
+    token.write_text("s3cret-token\n")
+    token.chmod(0o600)
+    settings = Settings(
+        routes_file=str(tmp_path / "routes.yaml"),
+        webhook_url=f"http://127.0.0.1:{webhook.server_port}/alertmanager",
+        webhook_token_file=str(token),
+    )
+    Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_by: [alertname]\n"
+                                          "  routes:\n    - match: {severity: critical}\n")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(render_config(settings, LAB))
+    port = free_port()
+    args = [arg for arg in flag_args(render_defaults(settings))
+            if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]
+    process = subprocess.Popen(
+        ["prometheus-alertmanager", *args, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        alert = [{"labels": {"alertname": "ToyRedisDown", "severity": "critical", "instance": "worker-node-12:8080"},
+                  "annotations": {"summary": "toy-redis is down"}}]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=alert, timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
+            time.sleep(0.2)
+        path, authorization, payload = _Webhook.received.get(timeout=30)
+        assert path == "/alertmanager"
+        assert authorization == "Bearer s3cret-token"
+        assert payload["status"] == "firing"
+        assert payload["alerts"][0]["labels"]["alertname"] == "ToyRedisDown"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        webhook.shutdown()
+        webhook.server_close()
