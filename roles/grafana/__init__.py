@@ -1,0 +1,184 @@
+"""Grafana on a unix socket behind nginx, with datasources and dashboards provisioned from the repo.
+
+Grafana listens on /run/grafana/grafana.sock only (tmpfiles.d recreates the folder at boot); the
+nginx on the same node serves it on port 80, or on 443 with a redirect from 80 when certificate
+files are set in group data. Datasources (Prometheus, Loki, Alertmanager) point at the hosts of
+those inventory groups; dashboards are the JSON files in templates/grafana/dashboards/, and a
+dashboard removed there is removed from Grafana on the next deploy.
+
+The admin password is the vault secret grafana_admin_password, written to a 0640 root:grafana
+file that grafana.ini reads with $__file{}; a changed secret is applied with `grafana cli`, fed on
+standard input, so it is never on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from homelab.config import ConfigError, FieldError, StrictModel
+from roles.common import TEMPLATES_DIR, checked_file, render, role_settings
+from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.nginx import NGINX_USER, site
+from roles.secrets import secret_file
+from roles.tuning import host_tuning
+
+PACKAGES = ["grafana"]
+SERVICE = "grafana-server"
+CONFIG_FILE = "/etc/grafana/grafana.ini"
+PROVISIONING_DIR = "/etc/grafana/provisioning"
+ADMIN_PASSWORD_FILE = "/etc/grafana/admin_password"
+SOCKET_DIR = "/run/grafana"
+SOCKET = f"{SOCKET_DIR}/grafana.sock"
+# The group that owns the socket (the service's own group); nginx's user joins it.
+SOCKET_GROUP = "grafana"
+TMPFILES_FILE = "/etc/tmpfiles.d/grafana.conf"
+DASHBOARDS_SOURCE = TEMPLATES_DIR / "grafana" / "dashboards"
+DASHBOARDS_DIR = "/var/lib/grafana/dashboards/homelab"
+SITE_NAME = "grafana"
+
+
+class Settings(StrictModel):
+    """Group data key `grafana`."""
+
+    install: GrafanaInstall
+    # The name users type in the browser; nginx serves Grafana for it. Default: the host's name.
+    server_name: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+    admin_user: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]+$")
+    http_port: int = Field(80, ge=1, le=65535)
+    https_port: int = Field(443, ge=1, le=65535)
+    # Paths on the node; both set = TLS on https_port, with port 80 redirecting to it.
+    tls_certificate: str | None = Field(None, pattern=r"^/\S+$")
+    tls_certificate_key: str | None = Field(None, pattern=r"^/\S+$")
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    loki_port: int = Field(3100, ge=1, le=65535)
+    alertmanager_port: int = Field(9093, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> "Settings":
+        if bool(self.tls_certificate) != bool(self.tls_certificate_key):
+            missing = "tls_certificate_key" if self.tls_certificate else "tls_certificate"
+            raise FieldError(missing, "required when the other TLS file is set (both or neither)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate)
+
+
+def root_url(settings: Settings, server_name: str) -> str:
+    scheme, port, default = ("https", settings.https_port, 443) if settings.tls else ("http", settings.http_port, 80)
+    return f"{scheme}://{server_name}{'' if port == default else f':{port}'}/"
+
+
+def render_grafana_ini(settings: Settings, server_name: str) -> str:
+    return render(
+        "grafana/grafana.ini.j2",
+        provisioning_dir=PROVISIONING_DIR,
+        socket=SOCKET,
+        server_name=server_name,
+        root_url=root_url(settings, server_name),
+        admin_user=settings.admin_user,
+        admin_password_ref=f"$__file{{{ADMIN_PASSWORD_FILE}}}",
+        tls=settings.tls,
+    )
+
+
+def render_datasources(prometheus_url: str, loki_url: str, alertmanager_url: str) -> str:
+    return render("grafana/datasources.yaml.j2", prometheus_url=prometheus_url, loki_url=loki_url,
+                  alertmanager_url=alertmanager_url)
+
+
+def render_dashboard_provider() -> str:
+    return render("grafana/dashboards.yaml.j2", dashboards_dir=DASHBOARDS_DIR)
+
+
+def render_tmpfiles() -> str:
+    return render("grafana/tmpfiles.conf.j2", socket_dir=SOCKET_DIR)
+
+
+def render_site(settings: Settings, server_name: str, keepalive: int) -> str:
+    return render(
+        "grafana/nginx-site.conf.j2",
+        socket=SOCKET,
+        server_name=server_name,
+        keepalive=keepalive,
+        tls=settings.tls,
+        http_port=settings.http_port,
+        https_port=settings.https_port,
+        tls_certificate=settings.tls_certificate,
+        tls_certificate_key=settings.tls_certificate_key,
+    )
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(DASHBOARDS_SOURCE.glob("*.json"))
+
+
+def group_address(group: str) -> str:
+    """The address of the (first) host in an inventory group, as this control machine reaches it."""
+    members = inventory.get_group(group, [])
+    if not members:
+        raise ConfigError(f"inventory for {host.name}", "grafana",
+                          f"a datasource needs a host in inventory group {group!r}, which is empty or missing")
+    member = members[0]
+    return member.data.get("ssh_hostname") or member.name
+
+
+def datasource_urls(settings: Settings) -> dict[str, str]:
+    return {
+        "prometheus_url": f"http://{group_address('prometheus')}:{settings.prometheus_port}",
+        "loki_url": f"http://{group_address('loki')}:{settings.loki_port}",
+        "alertmanager_url": f"http://{group_address('alertmanager')}:{settings.alertmanager_port}",
+    }
+
+
+@deploy("grafana")
+def apply() -> None:
+    settings = role_settings("grafana", Settings)
+    server_name = settings.server_name or host.name
+    urls = datasource_urls(settings)
+    for dashboard in dashboard_files():
+        json.loads(dashboard.read_text())  # a broken file fails here, before any host changes
+    if not install_grafana_packages("grafana", PACKAGES, settings.install):
+        return
+
+    runtime_dir = checked_file(name="Grafana socket folder at boot (tmpfiles.d)", dest=TMPFILES_FILE,
+                               content=render_tmpfiles())
+    server.shell(name="Create Grafana's socket folder", commands=[f"systemd-tmpfiles --create {TMPFILES_FILE}"],
+                 _if=runtime_dir.did_change)
+    password = secret_file(name="Grafana admin password", dest=ADMIN_PASSWORD_FILE,
+                           secret="grafana_admin_password", user="root", group="grafana", mode="0640")
+    config = checked_file(name="grafana.ini", dest=CONFIG_FILE, content=render_grafana_ini(settings, server_name),
+                          group="grafana", mode="0640")
+    datasources = checked_file(name="Grafana datasources", dest=f"{PROVISIONING_DIR}/datasources/homelab.yaml",
+                               content=render_datasources(**urls), group="grafana", mode="0640")
+    provider = checked_file(name="Grafana dashboard provider", dest=f"{PROVISIONING_DIR}/dashboards/homelab.yaml",
+                            content=render_dashboard_provider(), group="grafana", mode="0640")
+    files.directory(name="Dashboards folder", path=DASHBOARDS_DIR, user="root", group="grafana", mode="0750")
+    # Grafana rereads this folder on its own (updateIntervalSeconds); deleted files leave Grafana too.
+    files.sync(name="Dashboards from the repo", src=str(DASHBOARDS_SOURCE), dest=DASHBOARDS_DIR,
+               user="root", group="grafana", mode="0640", dir_mode="0750", delete=True)
+
+    systemd.service(name="Grafana enabled and running", service=SERVICE, running=True, enabled=True)
+    systemd.service(name="Restart Grafana for new settings", service=SERVICE, restarted=True,
+                    _if=any_changed(config, datasources, provider))
+    # grafana.ini's admin_password only seeds a new database; a changed secret must be set explicitly.
+    server.shell(
+        name="Apply a changed Grafana admin password",
+        commands=[f"runuser -u grafana -- grafana cli --homepath /usr/share/grafana --config {CONFIG_FILE} "
+                  f"admin reset-admin-password --password-from-stdin < {ADMIN_PASSWORD_FILE}"],
+        _if=password.did_change,
+    )
+
+    # nginx runs first on this node, before the grafana group existed: join it here and reload.
+    joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],
+                         append=True, create_home=False, ensure_home=False)
+    systemd.service(name="Reload nginx for its new group", service="nginx", reloaded=True, _if=joined.did_change)
+    site(SITE_NAME, render_site(settings, server_name, host_tuning().nginx.upstream_keepalive))

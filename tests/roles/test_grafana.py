@@ -1,0 +1,293 @@
+"""Grafana's rendered config, its nginx site (checked and driven through a real nginx), and its apt source."""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import json
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homelab.config import ConfigError, model_from_data
+from homelab.vault import load_vault
+from roles import grafana, grafana_repo
+from roles.grafana import Settings
+from roles.nginx import site_check_command
+from roles.tuning.settings import load_tuning
+
+REPO = Path(__file__).resolve().parents[2]
+TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
+PINNED = {"install": {"version": "11.6.0"}}
+
+needs_nginx = pytest.mark.skipif(
+    not shutil.which("nginx") or os.geteuid() != 0 or not Path("/etc/nginx/mime.types").exists(),
+    reason="needs Debian's nginx installed and root for `nginx -t` (./dev setup installs it)",
+)
+
+
+def settings(**data) -> Settings:
+    return model_from_data("inventory data for master-node", Settings, {**PINNED, **data})
+
+
+def ini(settings_: Settings, server_name: str = "master-node") -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(grafana.render_grafana_ini(settings_, server_name))
+    return parser
+
+
+def test_grafana_listens_only_on_its_socket_with_anonymous_access_off():
+    conf = ini(settings())
+    assert conf["server"]["protocol"] == "socket"
+    assert conf["server"]["socket"] == "/run/grafana/grafana.sock"
+    assert conf["server"]["socket_mode"] == "0660"
+    assert "http_port" not in conf["server"]
+    assert conf["auth.anonymous"]["enabled"] == "false"
+    assert conf["users"]["allow_sign_up"] == "false"
+    assert conf["server"]["root_url"] == "http://master-node/"
+
+
+def test_admin_password_is_read_from_the_secret_file_and_never_rendered():
+    conf = ini(settings())
+    assert conf["security"]["admin_password"] == "$__file{/etc/grafana/admin_password}"
+    secrets = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
+    assert secrets["grafana_admin_password"] not in grafana.render_grafana_ini(settings(), "master-node")
+
+
+def test_tls_changes_the_public_url_and_secures_cookies():
+    tls = settings(tls_certificate="/etc/ssl/grafana.pem", tls_certificate_key="/etc/ssl/private/grafana.key",
+                   server_name="grafana.home.arpa")
+    conf = ini(tls, "grafana.home.arpa")
+    assert conf["server"]["root_url"] == "https://grafana.home.arpa/"
+    assert conf["security"]["cookie_secure"] == "true"
+    assert ini(settings(http_port=8080))["server"]["root_url"] == "http://master-node:8080/"
+
+
+def test_one_tls_file_without_the_other_is_a_one_line_error():
+    with pytest.raises(ConfigError) as exc:
+        settings(tls_certificate="/etc/ssl/grafana.pem")
+    assert str(exc.value) == (
+        "inventory data for master-node: tls_certificate_key: required when the other TLS file is set (both or neither)"
+    )
+
+
+def test_the_grafana_version_must_be_pinned():
+    with pytest.raises(ConfigError) as exc:
+        model_from_data("inventory data for master-node", Settings, {"install": {"source": "grafana-apt"}})
+    assert str(exc.value) == "inventory data for master-node: install.version: required key is missing"
+
+
+def test_datasources_point_at_the_given_hosts_with_the_uids_dashboards_use():
+    doc = yaml.safe_load(grafana.render_datasources("http://10.0.0.14:9090", "http://10.0.0.11:3100",
+                                                    "http://10.0.0.14:9093"))
+    by_uid = {source["uid"]: source for source in doc["datasources"]}
+    assert {uid: (s["type"], s["url"]) for uid, s in by_uid.items()} == {
+        "prometheus": ("prometheus", "http://10.0.0.14:9090"),
+        "loki": ("loki", "http://10.0.0.11:3100"),
+        "alertmanager": ("alertmanager", "http://10.0.0.14:9093"),
+    }
+    assert [s["uid"] for s in doc["datasources"] if s.get("isDefault")] == ["prometheus"]
+
+
+def test_dashboard_provider_reads_the_folder_the_repo_dashboards_are_synced_to():
+    doc = yaml.safe_load(grafana.render_dashboard_provider())
+    [provider] = doc["providers"]
+    assert provider["options"]["path"] == grafana.DASHBOARDS_DIR
+    assert provider["allowUiUpdates"] is False
+    assert {path.stem for path in grafana.dashboard_files()} >= {"toy-redis", "node-overview", "nginx"}
+
+
+def test_socket_folder_is_recreated_at_boot_for_grafana_only():
+    lines = [line for line in grafana.render_tmpfiles().splitlines() if line and not line.startswith("#")]
+    assert lines == [f"d {Path(grafana.SOCKET).parent} 0750 grafana grafana -"]
+
+
+def test_site_proxies_to_the_socket_with_websocket_and_forwarded_headers():
+    site = grafana.render_site(settings(), "master-node", TUNING.nginx.upstream_keepalive)
+    assert "server unix:/run/grafana/grafana.sock;" in site
+    assert f"keepalive {TUNING.nginx.upstream_keepalive};" in site
+    assert "location /api/live/ {" in site
+    for header in ("Upgrade $http_upgrade", "X-Forwarded-For $proxy_add_x_forwarded_for",
+                   "X-Forwarded-Proto $scheme", "Host $host"):
+        assert f"proxy_set_header {header};" in site
+    assert "listen 80;" in site and "ssl" not in site
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "grafana.pem", tmp_path / "grafana.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=grafana.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def run_site_check(tmp_path: Path, content: str) -> subprocess.CompletedProcess:
+    staged = tmp_path / "grafana.conf.staged"
+    staged.write_text(content)
+    return subprocess.run(["sh", "-c", site_check_command("grafana").format(staged=staged)],
+                          capture_output=True, text=True)
+
+
+@needs_nginx
+def test_site_passes_nginx_t_plain_and_with_tls(tmp_path, self_signed):
+    plain = grafana.render_site(settings(), "master-node", TUNING.nginx.upstream_keepalive)
+    result = run_site_check(tmp_path, plain)
+    assert result.returncode == 0, result.stderr
+    cert, key = self_signed
+    tls = grafana.render_site(settings(tls_certificate=str(cert), tls_certificate_key=str(key)), "grafana.test", 8)
+    assert "return 301 https://$host$request_uri;" in tls
+    result = run_site_check(tmp_path, tls)
+    assert result.returncode == 0, result.stderr
+    # nginx -t really reads the certificate: a missing one fails the check.
+    missing = tls.replace(str(cert), str(tmp_path / "absent.pem"))
+    assert run_site_check(tmp_path, missing).returncode != 0
+
+
+class EchoGrafana(BaseHTTPRequestHandler):
+    """Stands in for Grafana on the unix socket: answers with the headers nginx sent, or a websocket echo."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            self.wfile.flush()
+            self.wfile.write(self.rfile.read(5))  # echo one fixed-size frame's worth of bytes
+            self.close_connection = True
+            return
+        body = json.dumps({"path": self.path, "headers": dict(self.headers.items())}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # unix-socket peers have no address to log
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def nginx_in_front_of_socket(tmp_path):
+    """A real nginx serving the rendered site on a free loopback port, Grafana's socket replaced by a stand-in."""
+    sock = tmp_path / "grafana.sock"
+    upstream = socketserver.ThreadingUnixStreamServer(str(sock), EchoGrafana)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = free_port()
+    site = grafana.render_site(settings(http_port=port), "grafana.test", 4).replace(grafana.SOCKET, str(sock))
+    site = site.replace(f"listen [::]:{port};", "").replace(f"listen {port};", f"listen 127.0.0.1:{port};")
+    (tmp_path / "grafana.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
+        f"events {{}}\nhttp {{ access_log off; include {tmp_path}/grafana.conf; }}\n"
+    )
+    nginx = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port
+    nginx.terminate()
+    nginx.wait(timeout=10)
+    upstream.shutdown()
+    upstream.server_close()
+
+
+@needs_nginx
+def test_site_proxies_requests_and_websockets_to_the_unix_socket(nginx_in_front_of_socket):
+    import requests
+
+    port = nginx_in_front_of_socket
+    answer = requests.get(f"http://127.0.0.1:{port}/api/health", headers={"Host": "grafana.test"}, timeout=5).json()
+    assert answer["path"] == "/api/health"
+    sent = {name.lower(): value for name, value in answer["headers"].items()}
+    assert sent["host"] == "grafana.test"
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+    assert sent["x-forwarded-proto"] == "http"
+    # No Upgrade from the client: the upstream connection is kept alive, not closed.
+    assert sent.get("connection", "") == ""
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"GET /api/live/ws HTTP/1.1\r\nHost: grafana.test\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += client.recv(1024)
+        assert head.startswith(b"HTTP/1.1 101")
+        client.sendall(b"hello")
+        echoed = head.split(b"\r\n\r\n", 1)[1]
+        while len(echoed) < 5:
+            echoed += client.recv(1024)
+        assert echoed == b"hello"
+
+
+def test_vendored_apt_key_is_grafanas_and_only_grafanas():
+    assert grafana_repo.key_fingerprints(grafana_repo.KEY_FILE.read_text()) == [grafana_repo.KEY_FINGERPRINT]
+    assert grafana_repo.checked_key().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+
+
+@pytest.mark.skipif(not shutil.which("gpg"), reason="needs gpg to cross-check the fingerprint reader")
+def test_fingerprint_reader_agrees_with_gpg_on_a_multi_key_file(tmp_path):
+    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+    if not keyring.exists():
+        pytest.skip("needs Debian's archive keyring as a second, multi-key sample")
+    armored = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n" + base64.encodebytes(keyring.read_bytes()).decode() \
+        + "-----END PGP PUBLIC KEY BLOCK-----\n"
+    listing = subprocess.run(["gpg", "--homedir", str(tmp_path), "--show-keys", "--with-colons", str(keyring)],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    # A primary key's fingerprint is the first "fpr" record after its "pub" record (revokers come between).
+    expected = []
+    for i, line in enumerate(listing):
+        if line.startswith("pub:"):
+            expected.append(next(rec for rec in listing[i:] if rec.startswith("fpr:")).split(":")[9])
+    assert len(expected) > 1
+    assert grafana_repo.key_fingerprints(armored) == expected
+
+
+def test_a_swapped_apt_key_stops_the_deploy_with_one_line(tmp_path, monkeypatch):
+    other = Path("/usr/share/keyrings/debian-archive-bookworm-stable.gpg")
+    if not other.exists():
+        pytest.skip("needs one of Debian's archive keys as the wrong key")
+    wrong = tmp_path / "grafana-apt-key.asc"
+    wrong.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n" + base64.encodebytes(other.read_bytes()).decode()
+                     + "-----END PGP PUBLIC KEY BLOCK-----\n")
+    monkeypatch.setattr(grafana_repo, "KEY_FILE", wrong)
+    monkeypatch.setattr(grafana_repo, "REPO_ROOT", tmp_path)
+    with pytest.raises(ConfigError) as exc:
+        grafana_repo.checked_key()
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith("grafana-apt-key.asc: expected exactly the key B53AE77BADB630A683046005963FA27710458545")
+
+
+def test_apt_source_is_deb822_signed_by_the_vendored_keyring():
+    fields = dict(line.split(": ", 1) for line in grafana_repo.render_sources().splitlines()
+                  if line and not line.startswith("#"))
+    assert fields == {"Types": "deb", "URIs": "https://apt.grafana.com", "Suites": "stable",
+                      "Components": "main", "Signed-By": "/etc/apt/keyrings/grafana.asc"}
+
+
+def test_unreachable_repository_message_says_what_to_do_in_one_line():
+    install = grafana_repo.GrafanaInstall(version="3.5.0")
+    message = grafana_repo.unreachable_message("loki", install, "worker-node-11")
+    assert "\n" not in message
+    assert message.startswith("loki: source grafana-apt: https://apt.grafana.com is not reachable from worker-node-11;")
+    assert "artifacts/loki/" in message and "loki.install.source = 'offline'" in message
