@@ -1,0 +1,433 @@
+"""Every alert: the keys it reads from alerts/thresholds.yaml, its PromQL, and its test input.
+
+Runbooks live in docs/runbooks/<name>.md. Metric names come from node_exporter, blackbox_exporter,
+mtail's nginx program (templates/nginx/responses.mtail.j2), toy-redis and the alert relay.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import model_validator
+
+from homelab.config import FieldError
+from homelab.alerts.base import (
+    TEST_INTERVAL_S,
+    Alert,
+    BinaryAlert,
+    Level,
+    Percent,
+    Positive,
+    Severity,
+    ThresholdAlert,
+    WarningCritical,
+    Window,
+    constant,
+    linear,
+    num,
+    series,
+    _check,
+)
+
+MIB = 1048576
+
+# Jobs that have their own "down" alert; InstanceDown leaves them out so one outage pages once.
+JOBS_WITH_OWN_DOWN_ALERT = ("toy-redis", "alert-relay")
+
+
+# --- every node ---------------------------------------------------------------------------------
+
+
+class InstanceDown(BinaryAlert):
+    name = "InstanceDown"
+    group = "node"
+    expr = f'up{{job!~"{"|".join(JOBS_WITH_OWN_DOWN_ALERT)}"}} == 0'
+    summary = "$instance ($job) is down"
+
+    def description(self, level: Level) -> str:
+        return f"Prometheus has not been able to scrape job $job at $instance for {self.for_}."
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("up", self.test_labels, constant(0, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        # toy-redis being down is ToyRedisDown's to report, not this alert's.
+        return [
+            series("up", self.test_labels, constant(1, samples)),
+            series("up", {"instance": "worker-node-12:8080", "job": "toy-redis"}, constant(0, samples)),
+        ]
+
+
+class HostMemoryHigh(WarningCritical):
+    name = "HostMemoryHigh"
+    group = "node"
+    warning_key, critical_key = "warning_percent", "critical_percent"
+    value_ceiling = 100
+    summary = "Memory use high on $instance"
+
+    warning_percent: Percent
+    critical_percent: Percent
+
+    def value_expr(self) -> str:
+        return "100 * (1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)"
+
+    def description(self, level: Level) -> str:
+        return (f"$instance has had $value% of its memory in use for {self.for_} "
+                f"({level.severity} above {num(level.threshold)}%).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        total = 8_000_000_000
+        return [
+            series("node_memory_MemTotal_bytes", self.test_labels, constant(total, samples)),
+            series("node_memory_MemAvailable_bytes", self.test_labels, constant(total * (1 - value / 100), samples)),
+        ]
+
+
+class HostLoadHigh(WarningCritical):
+    name = "HostLoadHigh"
+    group = "node"
+    warning_key, critical_key = "warning_per_core", "critical_per_core"
+    value_format = "%.2f"
+    summary = "Load high on $instance"
+
+    warning_per_core: Positive
+    critical_per_core: Positive
+
+    def value_expr(self) -> str:
+        return 'node_load5 / count without (cpu, mode) (node_cpu_seconds_total{mode="idle"})'
+
+    def description(self, level: Level) -> str:
+        return (f"$instance has had a 5-minute load average of $value per core for {self.for_} "
+                f"({level.severity} above {num(level.threshold)} per core).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        cpus = 2
+        idle = [
+            series("node_cpu_seconds_total", {**self.test_labels, "cpu": str(cpu), "mode": "idle"}, linear(0, 10, samples))
+            for cpu in range(cpus)
+        ]
+        return [*idle, series("node_load5", self.test_labels, constant(value * cpus, samples))]
+
+
+class HostDiskFillingUp(Alert):
+    """Fires when the last `window` of a filesystem's free space, extrapolated, reaches zero
+    within warning_hours (warning) or critical_hours (critical), and less than
+    free_percent_below percent is free now (a nearly empty disk filling is not urgent)."""
+
+    name = "HostDiskFillingUp"
+    group = "node"
+    test_labels = {"device": "/dev/sda1", "fstype": "ext4", "instance": "node-a:9100", "job": "node", "mountpoint": "/"}
+    summary = "$mountpoint on $instance is filling up"
+
+    window: Window
+    warning_hours: Positive
+    critical_hours: Positive
+    free_percent_below: Percent
+
+    @model_validator(mode="after")
+    def _warning_horizon_longer(self):
+        if not self.warning_hours > self.critical_hours:
+            raise FieldError("warning_hours", f"expected above critical_hours ({num(self.critical_hours)}), got {num(self.warning_hours)}")
+        return self
+
+    def levels(self) -> list[Level]:
+        return [Level("warning", self.warning_hours), Level("critical", self.critical_hours)]
+
+    def description(self, level: Level) -> str:
+        return (f"At the rate of the last {self.window}, $mountpoint ($device) on $instance will be full "
+                f"within {num(level.threshold)}h; less than {num(self.free_percent_below)}% of it is free.")
+
+    def expr(self, hours: float) -> str:
+        avail = 'node_filesystem_avail_bytes{fstype!~"tmpfs|ramfs|squashfs|nsfs"}'
+        return (
+            f"{avail} / node_filesystem_size_bytes * 100 < {num(self.free_percent_below)}"
+            f" and predict_linear({avail}[{self.window}], {num(hours)} * 3600) < 0"
+            " and node_filesystem_readonly == 0"
+        )
+
+    def rules(self, runbook_base: str) -> list[dict[str, Any]]:
+        return [self._rule(self.expr(level.threshold), level, runbook_base, None) for level in self.levels()]
+
+    def _disk(self, hours_left: float, samples: int, free_percent: float) -> list[dict[str, str]]:
+        """A disk with free_percent free that, falling steadily, is empty after hours_left."""
+        size = 100_000_000_000
+        avail = size * free_percent / 100
+        per_step = avail / (hours_left * 3600) * TEST_INTERVAL_S
+        return [
+            series("node_filesystem_size_bytes", self.test_labels, constant(size, samples)),
+            series("node_filesystem_readonly", self.test_labels, constant(0, samples)),
+            series("node_filesystem_avail_bytes", self.test_labels, linear(avail, -per_step, samples)),
+        ]
+
+    def tests(self, runbook_base: str) -> list[dict[str, Any]]:
+        pending, firing, samples = self._timing()
+        warning, critical = self.levels()
+        elapsed_h = samples * TEST_INTERVAL_S / 3600
+        low_free = self.free_percent_below / 2
+        checks = [] if pending is None else [_check(pending, self.name, [])]
+        expected_warning = self._expected(warning, runbook_base)
+        expected_critical = self._expected(critical, runbook_base)
+
+        def case(name: str, hours_left: float, free: float, alerts: list, with_pending: bool = True):
+            return {
+                "name": f"{self.name}: {name}",
+                "interval": f"{TEST_INTERVAL_S}s",
+                "input_series": self._disk(hours_left, samples, free),
+                "alert_rule_test": [*(checks if with_pending else []), _check(firing, self.name, alerts)],
+            }
+
+        tests = [
+            case(f"silent when full only after {num(warning.threshold * 2)}h", warning.threshold * 2 + elapsed_h,
+                 low_free, [], with_pending=False),
+            case(f"silent with {num(self.free_percent_below)}% or more free", critical.threshold / 2,
+                 min(100.0, self.free_percent_below + (100 - self.free_percent_below) / 2), [], with_pending=False),
+            case(f"both fire when full within {num(critical.threshold / 2)}h, after {self.for_}",
+                 critical.threshold / 2, low_free, [expected_warning, expected_critical]),
+        ]
+        # While the test runs the time left shrinks by elapsed_h: only with room between the two
+        # horizons can a disk sit inside the warning one and outside the critical one throughout.
+        if warning.threshold - critical.threshold > elapsed_h:
+            between = critical.threshold + elapsed_h + (warning.threshold - critical.threshold - elapsed_h) / 2
+            tests.insert(2, case(f"warning fires when full within {num(round(between, 2))}h, after {self.for_}",
+                                 between, low_free, [expected_warning]))
+        return tests
+
+
+# --- HTTP probes (blackbox_exporter) ------------------------------------------------------------
+
+
+class ProbeFailed(BinaryAlert):
+    name = "ProbeFailed"
+    group = "blackbox"
+    test_labels = {"instance": "http://master-node/", "job": "blackbox"}
+    expr = "probe_success == 0"
+    summary = "Probe of $instance is failing"
+
+    def description(self, level: Level) -> str:
+        return f"blackbox_exporter's probe of $instance has failed for {self.for_}."
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("probe_success", self.test_labels, constant(0, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("probe_success", self.test_labels, constant(1, samples))]
+
+
+class ProbeSlow(WarningCritical):
+    """The average probe duration over `window`: at a 15 s probe interval, 25m is the last 100 probes."""
+
+    name = "ProbeSlow"
+    group = "blackbox"
+    warning_key, critical_key = "warning_ms", "critical_ms"
+    test_labels = {"instance": "http://master-node/", "job": "blackbox"}
+    value_format = "%.0f"
+    summary = "Probe of $instance is slow"
+
+    window: Window
+    warning_ms: Positive
+    critical_ms: Positive
+
+    def value_expr(self) -> str:
+        return f"avg_over_time(probe_duration_seconds[{self.window}]) * 1000"
+
+    def description(self, level: Level) -> str:
+        return (f"Probes of $instance took $value ms on average over the last {self.window}, for {self.for_} "
+                f"({level.severity} above {num(level.threshold)} ms).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        return [series("probe_duration_seconds", self.test_labels, constant(value / 1000, samples))]
+
+
+# --- toy-redis ----------------------------------------------------------------------------------
+
+TOY_REDIS = {"instance": "worker-node-12:8080", "job": "toy-redis"}
+
+
+class ToyRedisDown(BinaryAlert):
+    name = "ToyRedisDown"
+    group = "toy-redis"
+    test_labels = TOY_REDIS
+    expr = 'up{job="toy-redis"} == 0'
+    summary = "toy-redis on $instance is down"
+
+    def description(self, level: Level) -> str:
+        return f"Prometheus has not been able to scrape toy-redis's metrics at $instance for {self.for_}."
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("up", self.test_labels, constant(0, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("up", self.test_labels, constant(1, samples))]
+
+
+class ToyRedisLatencyHigh(WarningCritical):
+    name = "ToyRedisLatencyHigh"
+    group = "toy-redis"
+    warning_key, critical_key = "warning_ms", "critical_ms"
+    test_labels = TOY_REDIS
+    value_format = "%.2f"
+    summary = "toy-redis on $instance answers slowly"
+    quantile: ClassVar[float] = 0.99
+
+    window: Window
+    warning_ms: Positive
+    critical_ms: Positive
+
+    def value_expr(self) -> str:
+        return (f"histogram_quantile({self.quantile}, sum by (instance, job, le) "
+                f'(rate(toy_redis_command_duration_seconds_bucket{{job="toy-redis"}}[{self.window}]))) * 1000')
+
+    def description(self, level: Level) -> str:
+        return (f"The 99th percentile of toy-redis command latency on $instance over {self.window} "
+                f"has been $value ms for {self.for_} ({level.severity} above {num(level.threshold)} ms).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        # Every command lands in one bucket from 0 to `upper`; the quantile interpolates to
+        # quantile * upper, which is chosen to be `value` ms.
+        upper = value / 1000 / self.quantile
+        labels = {**self.test_labels, "command": "get"}
+        return [
+            series("toy_redis_command_duration_seconds_bucket", {**labels, "le": num(upper)}, linear(0, 60, samples)),
+            series("toy_redis_command_duration_seconds_bucket", {**labels, "le": "+Inf"}, linear(0, 60, samples)),
+        ]
+
+
+class ToyRedisMemoryGrowing(ThresholdAlert):
+    """A leak shows as resident memory growing steadily; `window` must be long enough to
+    smooth out normal allocation swings."""
+
+    name = "ToyRedisMemoryGrowing"
+    group = "toy-redis"
+    test_labels = TOY_REDIS
+    summary = "toy-redis memory on $instance keeps growing"
+
+    window: Window
+    mib_per_hour: Positive
+    severity: Severity
+
+    def levels(self) -> list[Level]:
+        return [Level(self.severity, self.mib_per_hour)]
+
+    def value_expr(self) -> str:
+        return f'deriv(process_resident_memory_bytes{{job="toy-redis"}}[{self.window}]) * 3600 / {MIB}'
+
+    def description(self, level: Level) -> str:
+        return (f"toy-redis's resident memory on $instance has grown by $value MiB/h over the last {self.window} "
+                f"for {self.for_} (above {num(level.threshold)} MiB/h): a leak, or data growing without bound.")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        per_step = value * MIB / 3600 * TEST_INTERVAL_S
+        return [series("process_resident_memory_bytes", self.test_labels, linear(50 * MIB, per_step, samples))]
+
+
+class ToyRedisExpiredKeysNotReclaimed(ThresholdAlert):
+    name = "ToyRedisExpiredKeysNotReclaimed"
+    group = "toy-redis"
+    test_labels = TOY_REDIS
+    value_ceiling = 100
+    summary = "toy-redis on $instance keeps expired keys"
+
+    stale_percent: Percent
+    severity: Severity
+
+    def levels(self) -> list[Level]:
+        return [Level(self.severity, self.stale_percent)]
+
+    def value_expr(self) -> str:
+        return "100 * toy_redis_expired_stale_ratio"
+
+    def description(self, level: Level) -> str:
+        return (f"$value% of toy-redis's keys with a TTL on $instance have expired but still hold memory, "
+                f"for {self.for_} (above {num(level.threshold)}%).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        return [series("toy_redis_expired_stale_ratio", self.test_labels, constant(value / 100, samples))]
+
+
+# --- nginx (mtail counts responses by status class) ---------------------------------------------
+
+
+class Nginx5xxRatioHigh(WarningCritical):
+    name = "Nginx5xxRatioHigh"
+    group = "nginx"
+    warning_key, critical_key = "warning_percent", "critical_percent"
+    test_labels = {"instance": "master-node:3903", "job": "mtail"}
+    value_ceiling = 100
+    summary = "nginx on $instance answers with server errors"
+
+    window: Window
+    warning_percent: Percent
+    critical_percent: Percent
+
+    def value_expr(self) -> str:
+        def rate(selector: str) -> str:
+            return f"sum by (instance, job) (rate(nginx_http_responses_total{selector}[{self.window}]))"
+
+        server_errors = rate('{code_class="5xx"}')
+        return f"100 * {server_errors} / {rate('')}"
+
+    def description(self, level: Level) -> str:
+        return (f"$value% of nginx's responses on $instance over the last {self.window} were 5xx, "
+                f"for {self.for_} ({level.severity} above {num(level.threshold)}%).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        def responses(code_class: str, per_step: float) -> dict[str, str]:
+            return series("nginx_http_responses_total", {**self.test_labels, "code_class": code_class},
+                          linear(0, per_step, samples))
+
+        return [responses("2xx", 100 - value), responses("5xx", value)]
+
+
+# --- the alert relay ----------------------------------------------------------------------------
+
+ALERT_RELAY = {"instance": "worker-node-14:9095", "job": "alert-relay"}
+
+
+class AlertRelayDown(BinaryAlert):
+    name = "AlertRelayDown"
+    group = "alert-relay"
+    test_labels = ALERT_RELAY
+    expr = 'up{job="alert-relay"} == 0'
+    summary = "The alert relay on $instance is down"
+
+    def description(self, level: Level) -> str:
+        return (f"Prometheus has not been able to scrape the alert relay at $instance for {self.for_}: "
+                "alerts and faxes are not reaching Slack.")
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("up", self.test_labels, constant(0, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("up", self.test_labels, constant(1, samples))]
+
+
+class AlertRelayDeadLetters(ThresholdAlert):
+    name = "AlertRelayDeadLetters"
+    group = "alert-relay"
+    test_labels = ALERT_RELAY
+    value_format = "%.0f"
+    summary = "The alert relay on $instance gave up on messages"
+
+    severity: Severity
+
+    def levels(self) -> list[Level]:
+        return [Level(self.severity, 0)]
+
+    def value_expr(self) -> str:
+        return "alert_relay_dead_letters"
+
+    def description(self, level: Level) -> str:
+        return (f"$value alerts or faxes on $instance could not be delivered after all retries "
+                f"(dead letters), for {self.for_}.")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        return [series("alert_relay_dead_letters", self.test_labels, constant(value, samples))]
+
+
+CATALOG: tuple[type[Alert], ...] = (
+    InstanceDown, HostMemoryHigh, HostLoadHigh, HostDiskFillingUp,
+    ProbeFailed, ProbeSlow,
+    ToyRedisDown, ToyRedisLatencyHigh, ToyRedisMemoryGrowing, ToyRedisExpiredKeysNotReclaimed,
+    Nginx5xxRatioHigh,
+    AlertRelayDown, AlertRelayDeadLetters,
+)

@@ -1,0 +1,84 @@
+"""`alerts check [FILE]`, `alerts render [FILE] [--out DIR]`, `alerts test [DIR]`.
+
+Exit status: 0 when all is well, 1 when promtool reports a failure, 2 for a bad thresholds file
+(one line on stderr naming the file and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from homelab.alerts.render import (
+    GENERATED_DIR,
+    RULES_GLOB,
+    TESTS_GLOB,
+    THRESHOLDS_FILE,
+    generated_files,
+    load_thresholds,
+    shown_path,
+    write_generated,
+)
+from homelab.config import ConfigError
+
+
+def check(args: argparse.Namespace) -> int:
+    thresholds = load_thresholds(args.file)
+    print(f"{shown_path(args.file)}: OK, {len(thresholds.enabled())} alerts enabled")
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    thresholds = load_thresholds(args.file)
+    for path in write_generated(generated_files(thresholds), args.out):
+        print(f"wrote {shown_path(path)}")
+    return 0
+
+
+def promtool_test(args: argparse.Namespace) -> int:
+    promtool = shutil.which("promtool")
+    if not promtool:
+        print("promtool not found: install Debian's prometheus package (apt-get install prometheus)", file=sys.stderr)
+        return 2
+    rules = sorted(args.dir.glob(RULES_GLOB))
+    tests = sorted(args.dir.glob(TESTS_GLOB))
+    if not rules or not tests:
+        print(f"{shown_path(args.dir)}: no rule files or tests: run `alerts render` first", file=sys.stderr)
+        return 2
+    for command in ([promtool, "check", "rules", *map(str, rules)], [promtool, "test", "rules", *map(str, tests)]):
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alerts", description="Compile alerts/thresholds.yaml into tested Prometheus rules.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check_cmd = commands.add_parser("check", help="validate the thresholds file")
+    check_cmd.add_argument("file", nargs="?", type=Path, default=THRESHOLDS_FILE)
+    check_cmd.set_defaults(run=check)
+
+    render_cmd = commands.add_parser("render", help="write rule files and promtool tests")
+    render_cmd.add_argument("file", nargs="?", type=Path, default=THRESHOLDS_FILE)
+    render_cmd.add_argument("--out", type=Path, default=GENERATED_DIR, help="output folder (default alerts/generated)")
+    render_cmd.set_defaults(run=render)
+
+    test_cmd = commands.add_parser("test", help="promtool check rules and test rules on the generated files")
+    test_cmd.add_argument("dir", nargs="?", type=Path, default=GENERATED_DIR)
+    test_cmd.set_defaults(run=promtool_test)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""A bad thresholds file: one line naming the file and key, exit 2, and nothing rendered."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homelab.alerts.cli import main
+from homelab.alerts.render import THRESHOLDS_FILE
+
+ALERTS_CLI = Path(sys.executable).with_name("alerts")
+
+
+def write_with(tmp_path: Path, dotted_key: str, value) -> Path:
+    """The committed thresholds file with one key set (or, for value ..., removed)."""
+    data = yaml.safe_load(THRESHOLDS_FILE.read_text())
+    *parents, last = dotted_key.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    path = tmp_path / "thresholds.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+BAD_INPUTS = {
+    "unknown key": ("alerts.HostMemoryHigh.warn_percent", 60,
+                    "alerts.HostMemoryHigh.warn_percent: unknown key"),
+    "unknown alert": ("alerts.DiskFull", {"enabled": True},
+                      "alerts.DiskFull: unknown key"),
+    "wrong type": ("alerts.HostMemoryHigh.warning_percent", "sixty",
+                   "alerts.HostMemoryHigh.warning_percent: expected a valid number (got 'sixty')"),
+    "wrong type (bool)": ("alerts.ToyRedisDown.enabled", "yes",
+                          "alerts.ToyRedisDown.enabled: expected a valid boolean (got 'yes')"),
+    "percent above 100": ("alerts.HostMemoryHigh.critical_percent", 150,
+                          "alerts.HostMemoryHigh.critical_percent: expected a percent above 0 and below 100 (got 150)"),
+    "percent below 0": ("alerts.Nginx5xxRatioHigh.warning_percent", -5,
+                        "alerts.Nginx5xxRatioHigh.warning_percent: expected a percent above 0 and below 100 (got -5)"),
+    "warning not below critical": ("alerts.HostMemoryHigh.warning_percent", 95,
+                                   "alerts.HostMemoryHigh.warning_percent: expected below critical_percent (90), got 95"),
+    "warning equal to critical": ("alerts.ToyRedisLatencyHigh.warning_ms", 50,
+                                  "alerts.ToyRedisLatencyHigh.warning_ms: expected below critical_ms (50), got 50"),
+    "disk warning horizon not beyond critical": (
+        "alerts.HostDiskFillingUp.warning_hours", 2,
+        "alerts.HostDiskFillingUp.warning_hours: expected above critical_hours (4), got 2"),
+    "bad duration": ("alerts.HostMemoryHigh.for", "5 minutes",
+                     "alerts.HostMemoryHigh.for: expected a duration like 30s, 5m or 1h (got '5 minutes')"),
+    "empty window": ("alerts.ProbeSlow.window", "0s",
+                     "alerts.ProbeSlow.window: expected a window longer than 0s, like 5m (got '0s')"),
+    "bad severity": ("alerts.ToyRedisDown.severity", "page",
+                     "alerts.ToyRedisDown.severity: expected 'warning' or 'critical' (got 'page')"),
+    "negative rate": ("alerts.ToyRedisMemoryGrowing.mib_per_hour", -1,
+                      "alerts.ToyRedisMemoryGrowing.mib_per_hour: expected a number above 0 (got -1)"),
+    "missing alert": ("alerts.HostLoadHigh", ...,
+                      "alerts.HostLoadHigh: required key is missing"),
+    "repo_url not a web address": ("repo_url", "github.com/me/homelab",
+                                   "repo_url: expected the repository's web address, like "
+                                   "https://github.com/OWNER/REPO/blob/main (got 'github.com/me/homelab')"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_naming_file_and_key(case, tmp_path, capsys):
+    key, value, expected = BAD_INPUTS[case]
+    path = write_with(tmp_path, key, value)
+    assert main(["check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"{path}: {expected}\n"
+    assert captured.out == ""
+
+
+def test_invalid_yaml_names_the_line(tmp_path, capsys):
+    path = tmp_path / "thresholds.yaml"
+    path.write_text("repo_url: https://example.org\nalerts: [\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}: line 3: invalid YAML") and err.count("\n") == 1
+
+
+def test_render_with_a_bad_file_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["render", str(THRESHOLDS_FILE), "--out", str(out)]) == 0
+    before = {path: path.read_bytes() for path in out.rglob("*.yml")}
+    bad = write_with(tmp_path, "alerts.HostMemoryHigh.warning_percent", 95)
+    capsys.readouterr()
+    assert main(["render", str(bad), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert {path: path.read_bytes() for path in out.rglob("*.yml")} == before
+
+
+def test_console_script_exits_2_with_one_line(tmp_path):
+    bad = write_with(tmp_path, "alerts.HostMemoryHigh.critical_percent", 150)
+    result = subprocess.run([str(ALERTS_CLI), "check", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{bad}: alerts.HostMemoryHigh.critical_percent: expected a percent above 0 and below 100 (got 150)"]
+    assert "Traceback" not in result.stderr
+
+
+def test_committed_file_checks_ok():
+    result = subprocess.run([str(ALERTS_CLI), "check"], capture_output=True, text=True, timeout=60,
+                            cwd=THRESHOLDS_FILE.parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "alerts/thresholds.yaml: OK, 13 alerts enabled\n"
