@@ -1,0 +1,179 @@
+"""alert-relay (src/alert_relay) next to Alertmanager: alerts and faxes to Slack, nothing lost.
+
+Installed like toy-redis (roles.python_app: wheels from the control machine, a venv, a hardened
+unit run as its own user). Its config comes from group data `alert_relay`; its routes are
+alerts/routes.yaml, validated here first and uploaded as is. The four tokens come from the vault
+as files readable only by root and the service's group. The queue lives in /var/lib/alert-relay.
+Both config files are checked with the node's own `alert-relay --check-config` before they
+replace the live ones; a change to either, to a token, the unit or the wheels restarts the relay.
+
+Alertmanager (roles/alertmanager) sends to http://<this host>:<listen port>/alertmanager with the
+bearer token alertmanager_webhook_token.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Literal
+
+import yaml
+from pydantic import Field, field_validator
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from homelab.config import ConfigError, StrictModel
+from roles import python_app
+from roles.common import REPO_ROOT, checked_file, render, role_settings
+from roles.tuning import host_tuning
+
+APP = python_app.PythonApp(source="alert_relay", distribution="alert-relay", service="alert-relay")
+CONFIG_DIR = "/etc/alert-relay"
+CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
+ROUTES_PATH = f"{CONFIG_DIR}/routes.yaml"
+DATA_DIR = "/var/lib/alert-relay"
+QUEUE_PATH = f"{DATA_DIR}/queue.sqlite3"
+# config key -> vault secret written to CONFIG_DIR/<secret>
+TOKEN_FILES = {
+    "slack_token_file": "slack_bot_token",
+    "faxplus_token_file": "faxplus_token",
+    "alertmanager_token_file": "alertmanager_webhook_token",
+    "fax_webhook_token_file": "fax_webhook_token",
+}
+# Stands for the staged routes file in the config that checks it (see routes_check_command).
+_STAGED_ROUTES = "@STAGED_ROUTES@"
+
+
+class Settings(StrictModel):
+    """Group data key `alert_relay`: the relay's config keys, except the paths the role owns."""
+
+    listen: str = "0.0.0.0:9095"
+    # Repo-relative; its `slack:` section routes alerts and faxes to channels.
+    routes: str = "alerts/routes.yaml"
+    slack_base_url: str = "https://slack.com/api/"
+    faxplus_base_url: str = "https://restapi.fax.plus"
+    # For silence links in Slack; None: the externalURL Alertmanager sends with each notification.
+    alertmanager_url: str | None = None
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or " " in host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("expected host:port with a port in 1..65535, e.g. 0.0.0.0:9095")
+        return value
+
+    @field_validator("slack_base_url", "faxplus_base_url", "alertmanager_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+def token_path(secret: str) -> str:
+    return f"{CONFIG_DIR}/{secret}"
+
+
+def config_values(settings: Settings, routes_file: str = ROUTES_PATH) -> dict:
+    values = {
+        "listen": settings.listen,
+        "routes_file": routes_file,
+        "queue_path": QUEUE_PATH,
+        **{key: token_path(secret) for key, secret in TOKEN_FILES.items()},
+        "slack_base_url": settings.slack_base_url,
+        "faxplus_base_url": settings.faxplus_base_url,
+        "max_body_bytes": settings.max_body_bytes,
+        "log_level": settings.log_level,
+    }
+    if settings.alertmanager_url:
+        values["alertmanager_url"] = settings.alertmanager_url
+    return values
+
+
+def render_config(settings: Settings, routes_file: str = ROUTES_PATH) -> str:
+    config_yaml = yaml.safe_dump(config_values(settings, routes_file), sort_keys=False).rstrip("\n")
+    return render("alert_relay/config.yaml.j2", config_yaml=config_yaml)
+
+
+def render_unit(nofile: int) -> str:
+    return render(
+        "alert_relay/alert-relay.service.j2",
+        user=APP.service,
+        binary=APP.binary(),
+        config_path=CONFIG_PATH,
+        nofile=nofile,
+        data_dir=DATA_DIR,
+        state_dir_name=DATA_DIR.removeprefix("/var/lib/"),
+    )
+
+
+def read_routes(settings: Settings) -> str:
+    """The routes file's text, once the relay's own loader accepts it (one-line error otherwise)."""
+    from alert_relay.config import ConfigFileError
+    from alert_relay.routes import load_routes
+
+    path = REPO_ROOT / settings.routes
+    try:
+        load_routes(path)
+    except ConfigFileError as exc:
+        raise ConfigError(settings.routes, exc.key, exc.expected) from None
+    return path.read_text()
+
+
+def routes_check_command(settings: Settings) -> str:
+    """`alert-relay --check-config` on the new config with routes_file pointing at the staged routes."""
+    config = render_config(settings, routes_file=_STAGED_ROUTES)
+    # checked_file formats the command with {staged}: literal braces in the config must be doubled.
+    quoted = shlex.quote(config).replace("{", "{{").replace("}", "}}")
+    return (
+        "scratch=$(mktemp -d) && "
+        f"printf '%s' {quoted} | sed \"s#{_STAGED_ROUTES}#\"{{staged}}\"#\" > \"$scratch\"/config.yaml && "
+        f"{APP.binary()} --check-config \"$scratch\"/config.yaml; "
+        "status=$?; rm -rf \"$scratch\"; exit $status"
+    )
+
+
+@deploy("alert-relay")
+def apply() -> None:
+    from roles.secrets import secret_file
+
+    settings = role_settings("alert_relay", Settings)
+    routes = read_routes(settings)
+    nofile = host_tuning().limits.nofile
+
+    python_app.service_account(APP)
+    installed = python_app.install(APP)
+
+    files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
+    # systemd would create it at start, but the config check before that wants the queue's folder.
+    files.directory(name=f"{DATA_DIR} folder", path=DATA_DIR, user=APP.service, group=APP.service, mode="0750")
+    tokens = [
+        secret_file(name=f"alert-relay token {secret}", dest=token_path(secret), secret=secret,
+                    user="root", group=APP.service, mode="0640")
+        for secret in TOKEN_FILES.values()
+    ]
+    routes_changed = checked_file(
+        name=f"alert-relay routes (from {settings.routes})",
+        dest=ROUTES_PATH,
+        content=routes,
+        check=routes_check_command(settings),
+        group=APP.service,
+        mode="0640",
+    )
+    config = checked_file(
+        name="alert-relay config",
+        dest=CONFIG_PATH,
+        content=render_config(settings),
+        check=f"{APP.binary()} --check-config {{staged}}",
+        group=APP.service,
+        mode="0640",
+    )
+    unit = python_app.unit(APP, render_unit(nofile))
+    python_app.running(APP, restart_when_changed=[*tokens, routes_changed, config, unit], installed=installed)

@@ -1,0 +1,257 @@
+"""The project's own Python services on nodes: wheels built here, a venv there, a hardened unit.
+
+Nodes have no PyPI, so the control machine builds the service's wheel and every dependency's
+(`pip wheel`, once per source state, cached under build/wheels/), uploads them and installs them
+into a fresh venv on the node with `pip install --no-index`. Each wheel set gets its own venv,
+/opt/<service>/venvs/<digest>, and /opt/<service>/current points at the live one: a failed install
+never touches the running service, and a rerun with the same wheels changes nothing.
+
+Dependencies are resolved when the cache entry is built, i.e. when the service's source changes;
+delete build/wheels/ to pick up newer dependency releases without a source change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from io import BytesIO
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from homelab.config import ConfigError
+from roles.common import REPO_ROOT, checked_file
+from roles.install import Install, install_packages
+
+WHEEL_CACHE = REPO_ROOT / "build" / "wheels"
+# Never part of a build's input: build output and the editable install's metadata.
+_NOT_SOURCE = {"build", "dist", "__pycache__", ".pytest_cache"}
+# Fixed zip timestamps make a rebuild of unchanged source byte-identical (same digest, no reinstall).
+_SOURCE_DATE_EPOCH = "315532800"
+# In a venv on a node: the manifest of the wheel set it was installed from, written last.
+INSTALLED_MARKER = "homelab-wheels.manifest"
+# In a wheel cache folder: written once pip has built every wheel.
+BUILT_MARKER = ".complete"
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class PythonApp:
+    """One of our services: its source distribution and the names it has on a node."""
+
+    # Folder under src/ holding the distribution's pyproject.toml, e.g. "toy_redis"
+    source: str
+    # Distribution name pip installs, e.g. "toy-redis"
+    distribution: str
+    # systemd unit, system user and group, and the folder under /opt
+    service: str
+
+    @property
+    def source_dir(self) -> Path:
+        return REPO_ROOT / "src" / self.source
+
+    @property
+    def home(self) -> str:
+        return f"/opt/{self.service}"
+
+    @property
+    def current(self) -> str:
+        """The live venv (a symlink to one of venvs/<digest>)."""
+        return f"{self.home}/current"
+
+    def binary(self, name: str | None = None) -> str:
+        return f"{self.current}/bin/{name or self.service}"
+
+    @property
+    def unit_path(self) -> str:
+        return f"/etc/systemd/system/{self.service}.service"
+
+
+@dataclass(frozen=True)
+class WheelSet:
+    """The wheels a service installs from: its own and all its dependencies', for one Python."""
+
+    folder: Path
+    wheels: tuple[Path, ...]
+
+    @property
+    def manifest(self) -> str:
+        """One line per wheel: file name and sha256; what the node records for the installed set."""
+        return "".join(f"{wheel.name} {_file_sha256(wheel)}\n" for wheel in self.wheels)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.manifest.encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _source_files(source_dir: Path) -> list[Path]:
+    found = []
+    for path in sorted(source_dir.rglob("*")):
+        relative = path.relative_to(source_dir)
+        if any(part in _NOT_SOURCE or part.endswith(".egg-info") for part in relative.parts):
+            continue
+        if path.is_file() and path.suffix not in (".pyc", ".pyo"):
+            found.append(path)
+    return found
+
+
+def source_digest(source_dir: Path) -> str:
+    """Hash of the distribution's source files and the Python the wheels are for."""
+    digest = hashlib.sha256(f"cp{PYTHON_VERSION}\n".encode())
+    for path in _source_files(source_dir):
+        digest.update(f"{path.relative_to(source_dir)}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def build_wheels(source_dir: Path) -> WheelSet:
+    """Wheels for the distribution in ``source_dir`` and its dependencies, built once per source state.
+
+    The build runs on a clean copy of the source, so neither stale build/ output nor the editable
+    install's metadata in the tree leaks into the wheel.
+    """
+    source_dir = Path(source_dir)
+    where = source_dir.relative_to(REPO_ROOT) if source_dir.is_relative_to(REPO_ROOT) else source_dir
+    if not (source_dir / "pyproject.toml").is_file():
+        raise ConfigError(where, "", "expected a Python distribution (pyproject.toml) to build wheels from")
+    folder = WHEEL_CACHE / f"{source_dir.name}-py{PYTHON_VERSION}-{source_digest(source_dir)}"
+    if not (folder / BUILT_MARKER).is_file():
+        WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=WHEEL_CACHE, prefix=".building-") as scratch:
+            copy = Path(scratch) / "src"
+            copy.mkdir()
+            for path in _source_files(source_dir):
+                target = copy / path.relative_to(source_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            out = Path(scratch) / "wheels"
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                 "--wheel-dir", str(out), str(copy)],
+                capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH},
+            )
+            if result.returncode != 0:
+                errors = [line for line in result.stderr.splitlines() if line.strip()]
+                reason = errors[-1].strip() if errors else f"exit status {result.returncode}"
+                raise ConfigError(where, "", f"building wheels with pip failed: {reason}")
+            (out / BUILT_MARKER).write_text(f"built for CPython {PYTHON_VERSION}\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            out.rename(folder)
+    return WheelSet(folder, tuple(sorted(folder.glob("*.whl"))))
+
+
+def install_script(app: PythonApp, wheel_set: WheelSet) -> str:
+    """Shell run on the node: a new venv from the uploaded wheels, then switch `current` to it."""
+    wheels = f"{app.home}/wheels/{wheel_set.digest}"
+    venv = f"{app.home}/venvs/{wheel_set.digest}"
+    expected_python = f"Python {PYTHON_VERSION}."
+    return " && ".join([
+        "set -e",
+        # Our wheels carry cp3XY tags: a node with another Python would fail deep inside pip.
+        f"case \"$(python3 --version)\" in '{expected_python}'*) ;; *) echo \"{app.service}: wheels were built "
+        f"for Python {PYTHON_VERSION} on the control machine, this node has $(python3 --version)\" >&2; exit 1;; esac",
+        f"rm -rf {venv}",
+        f"python3 -m venv {venv}",
+        f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --no-index "
+        f"--find-links {wheels} {shlex.quote(app.distribution)}",
+        f"cp {wheels}/{INSTALLED_MARKER} {venv}/{INSTALLED_MARKER}",
+        # Atomic switch: the unit's ExecStart goes through `current`.
+        f"ln -sfn venvs/{wheel_set.digest} {app.current}.new",
+        f"mv -T {app.current}.new {app.current}",
+        f"rm -rf {wheels}",
+    ])
+
+
+def installed_digest_command(app: PythonApp) -> str:
+    """Prints the digest of the live wheel set, or nothing if no complete install is live."""
+    return (f"test -f {app.current}/{INSTALLED_MARKER} && basename \"$(readlink {app.current})\" || true")
+
+
+@operation()
+def wheels_installed(app: PythonApp, wheel_set: WheelSet):
+    """Ensure the node's live venv for ``app`` was installed from exactly ``wheel_set``.
+
+    + app: the service
+    + wheel_set: wheels built on the control machine (build_wheels)
+    """
+    if (host.get_fact(Command, installed_digest_command(app)) or "").strip() == wheel_set.digest:
+        return
+    wheels = f"{app.home}/wheels/{wheel_set.digest}"
+    yield from files.directory._inner(path=wheels, mode="0755")
+    for wheel in wheel_set.wheels:
+        yield from files.put._inner(src=str(wheel), dest=f"{wheels}/{wheel.name}", mode="0644")
+    yield from files.put._inner(src=BytesIO(wheel_set.manifest.encode()), dest=f"{wheels}/{INSTALLED_MARKER}",
+                                mode="0644")
+    yield install_script(app, wheel_set)
+
+
+def service_account(app: PythonApp) -> None:
+    """The service's own system user and group: no login, no home."""
+    server.group(name=f"{app.service} group", group=app.service, system=True)
+    server.user(
+        name=f"{app.service} user", user=app.service, group=app.service, system=True,
+        shell="/usr/sbin/nologin", home="/nonexistent", create_home=False, ensure_home=False,
+    )
+
+
+def install(app: PythonApp) -> OperationMeta:
+    """Python and venv support from Debian, then the app's wheels into a fresh venv when they changed."""
+    wheel_set = build_wheels(app.source_dir)
+    install_packages("python", ["python3", "python3-venv"], Install())
+    files.directory(name=f"{app.home} folder", path=app.home, mode="0755")
+    return wheels_installed(name=f"{app.service} wheels ({wheel_set.digest})", app=app, wheel_set=wheel_set)
+
+
+def unit_check_command(app: PythonApp) -> str:
+    """`systemd-analyze verify` on a staged unit (it insists on the unit's real file name)."""
+    return (
+        "scratch=$(mktemp -d) && "
+        f"cp {{staged}} \"$scratch\"/{app.service}.service && "
+        f"systemd-analyze verify \"$scratch\"/{app.service}.service; "
+        "status=$?; rm -rf \"$scratch\"; exit $status"
+    )
+
+
+def unit(app: PythonApp, content: str) -> OperationMeta:
+    """The service's systemd unit, verified before it is swapped in; systemd re-reads it on change."""
+    changed = checked_file(
+        name=f"{app.service} systemd unit",
+        dest=app.unit_path,
+        content=content,
+        check=unit_check_command(app),
+    )
+    systemd.daemon_reload(name=f"systemd reads the {app.service} unit", _if=changed.did_change)
+    return changed
+
+
+def running(app: PythonApp, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
+    """Enabled and running; restarted when its wheels, unit or config changed (neither service reloads)."""
+    systemd.service(name=f"{app.service} enabled and running", service=app.service, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {app.service} for new wheels, unit or config",
+        service=app.service, restarted=True, _if=any_changed(installed, *restart_when_changed),
+    )
+    # Only now is no process running from the old venvs.
+    server.shell(
+        name=f"Remove {app.service}'s previous venvs",
+        commands=[f"cd {app.home}/venvs && for venv in *; do [ \"$venv\" = \"$(basename \"$(readlink {app.current})\")\" ] "
+                  "|| rm -rf \"$venv\"; done"],
+        _if=installed.did_change,
+    )

@@ -1,0 +1,161 @@
+"""toy-redis, the project's Redis-protocol server (src/toy_redis), on the toy_redis group.
+
+Installed from wheels built on the control machine into a venv (roles.python_app), run by a
+hardened systemd unit as its own user. Its config file is rendered from group data `toy_redis` and
+checked with the node's own `toy-redis --check-config` before it replaces the live one. A changed
+config, unit or wheel set restarts the server (it reloads nothing; SIGHUP only reopens its log).
+
+Logs go to /var/log/toy-redis/toy-redis.log, rotated by logrotate, with /var/log/toy-redis.log
+linking to it: the sandbox may only write inside its own log folder, and logrotate's new file must
+appear inside that folder for the reopened log to be writable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import yaml
+from pydantic import Field
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from homelab.config import ConfigError, StrictModel
+from roles import python_app
+from roles.common import checked_file, render, role_settings
+from roles.tuning import host_tuning
+
+APP = python_app.PythonApp(source="toy_redis", distribution="toy-redis", service="toy-redis")
+CONFIG_DIR = "/etc/toy-redis"
+CONFIG_PATH = f"{CONFIG_DIR}/toy-redis.yaml"
+REQUIREPASS_PATH = f"{CONFIG_DIR}/requirepass"
+PASSWORD_SECRET = "toy_redis_password"
+DATA_DIR = "/var/lib/toy-redis"
+LOG_DIR = "/var/log/toy-redis"
+LOG_FILE = f"{LOG_DIR}/toy-redis.log"
+LOG_LINK = "/var/log/toy-redis.log"
+LOGROTATE_PATH = "/etc/logrotate.d/toy-redis"
+# Descriptors the server needs besides one per client: listeners, AOF, log, metrics.
+RESERVED_FDS = 32
+
+
+class Settings(StrictModel):
+    """Group data key `toy_redis`: toy-redis's own config keys, except the paths the role owns."""
+
+    bind: str = "0.0.0.0"
+    port: int = Field(6379, ge=1, le=65535)
+    # Require a password (the vault's toy_redis_password, in a file only the service can read):
+    # the server listens beyond localhost. Off only for a node nobody else can reach.
+    auth: bool = True
+    maxclients: int = Field(10000, ge=1)
+    # Bytes; 0 = no limit.
+    maxmemory: int = Field(0, ge=0)
+    maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = "noeviction"
+    appendonly: bool = True
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    metrics_bind: str = "0.0.0.0"
+    metrics_port: int = Field(8080, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    slowlog_log_slower_than_us: int = Field(10000, ge=0)
+    slowlog_max_len: int = Field(128, ge=0)
+    # logrotate: rotated files kept, and the size that rotates early.
+    log_keep: int = Field(7, ge=1, le=365)
+    log_max_size: str = Field("100M", pattern=r"^[0-9]+[kMG]?$")
+
+
+def config_values(settings: Settings) -> dict:
+    """The server's config file as a mapping (toy-redis's keys, in the order its docs list them)."""
+    values = {
+        "bind": settings.bind,
+        "port": settings.port,
+        "maxclients": settings.maxclients,
+        "maxmemory": settings.maxmemory,
+        "maxmemory_policy": settings.maxmemory_policy,
+        "appendonly": settings.appendonly,
+        "appendfsync": settings.appendfsync,
+        "dir": DATA_DIR,
+        "metrics_bind": settings.metrics_bind,
+        "metrics_port": settings.metrics_port,
+        "log_file": LOG_FILE,
+        "log_level": settings.log_level,
+        "slowlog_log_slower_than_us": settings.slowlog_log_slower_than_us,
+        "slowlog_max_len": settings.slowlog_max_len,
+    }
+    if settings.auth:
+        values["requirepass_file"] = REQUIREPASS_PATH
+    return values
+
+
+def render_config(settings: Settings) -> str:
+    return render("toy_redis/toy-redis.yaml.j2",
+                  config_yaml=yaml.safe_dump(config_values(settings), sort_keys=False).rstrip("\n"))
+
+
+def render_unit(nofile: int) -> str:
+    return render(
+        "toy_redis/toy-redis.service.j2",
+        user=APP.service,
+        binary=APP.binary(),
+        config_path=CONFIG_PATH,
+        nofile=nofile,
+        data_dir=DATA_DIR,
+        log_dir=LOG_DIR,
+        state_dir_name=DATA_DIR.removeprefix("/var/lib/"),
+        logs_dir_name=LOG_DIR.removeprefix("/var/log/"),
+    )
+
+
+def render_logrotate(settings: Settings) -> str:
+    return render("toy_redis/logrotate.j2", log_file=LOG_FILE, keep=settings.log_keep,
+                  max_size=settings.log_max_size, user=APP.service, service=APP.service)
+
+
+def check_maxclients_fit(settings: Settings, nofile: int, where: str) -> None:
+    """Refuse a maxclients the open-file limit cannot hold: clients would fail at accept() instead."""
+    if settings.maxclients + RESERVED_FDS > nofile:
+        raise ConfigError(
+            where, "toy_redis.maxclients",
+            f"expected at most {nofile - RESERVED_FDS} (limits.nofile {nofile} from the tuning file, "
+            f"minus {RESERVED_FDS} for the server's own files), got {settings.maxclients}",
+        )
+
+
+@deploy("toy-redis")
+def apply() -> None:
+    settings = role_settings("toy_redis", Settings)
+    nofile = host_tuning().limits.nofile
+    check_maxclients_fit(settings, nofile, f"inventory data for {host.name}")
+
+    python_app.service_account(APP)
+    installed = python_app.install(APP)
+
+    files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
+    # systemd would create them at start, but the config check before that may look for them.
+    files.directory(name=f"{DATA_DIR} folder", path=DATA_DIR, user=APP.service, group=APP.service, mode="0750")
+    files.directory(name=f"{LOG_DIR} folder", path=LOG_DIR, user=APP.service, group=APP.service, mode="0755")
+    if settings.auth:
+        from roles.secrets import secret_file
+
+        password = secret_file(name="toy-redis password file", dest=REQUIREPASS_PATH, secret=PASSWORD_SECRET,
+                               user="root", group=APP.service, mode="0640")
+    else:
+        password = files.file(name="No toy-redis password file (auth off)", path=REQUIREPASS_PATH, present=False)
+
+    config = checked_file(
+        name="toy-redis config",
+        dest=CONFIG_PATH,
+        content=render_config(settings),
+        check=f"{APP.binary()} --check-config {{staged}}",
+        group=APP.service,
+        mode="0640",
+    )
+    unit = python_app.unit(APP, render_unit(nofile))
+    checked_file(
+        name="toy-redis logrotate",
+        dest=LOGROTATE_PATH,
+        content=render_logrotate(settings),
+        check="logrotate --debug {staged}",
+    )
+    files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
+
+    python_app.running(APP, restart_when_changed=[config, unit, password], installed=installed)

@@ -1,0 +1,227 @@
+"""Our services' wheels: built once per source state, complete, and installed offline into a venv."""
+
+import os
+import shutil
+import subprocess
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from roles import python_app
+from roles.alert_relay import render_unit as render_relay_unit
+from roles.python_app import PythonApp, build_wheels, install_script, installed_digest_command, unit_check_command
+from roles.toy_redis import render_unit as render_toy_redis_unit
+
+REPO = Path(__file__).resolve().parents[2]
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+
+needs_systemd_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+
+
+def wheel_requirements(wheel: Path) -> list[Requirement]:
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        message = Parser().parsestr(archive.read(metadata).decode())
+    return [Requirement(text) for text in message.get_all("Requires-Dist") or []]
+
+
+def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
+    names = {canonicalize_name(parse_wheel_filename(w.name)[0]): w for w in wheel_set.wheels}
+    assert canonicalize_name(distribution) in names
+    for wheel in wheel_set.wheels:
+        for requirement in wheel_requirements(wheel):
+            # Requirements behind extras or for other platforms are not installed on the node.
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            name = canonicalize_name(requirement.name)
+            assert name in names, f"{wheel.name} needs {requirement}, missing from the wheel set"
+            version = parse_wheel_filename(names[name].name)[1]
+            assert requirement.specifier.contains(version, prereleases=True), f"{names[name].name} does not satisfy {requirement}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, distribution, expected", [
+    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml"}),
+    ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core"}),
+])
+def test_wheel_set_holds_the_service_and_all_its_dependencies(source, distribution, expected):
+    wheel_set = build_wheels(REPO / "src" / source)
+    names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheel_set.wheels}
+    assert expected <= names
+    assert_complete(wheel_set, distribution)
+    # The node's Python is the control machine's: every binary wheel must be for this CPython.
+    tag = f"cp{python_app.PYTHON_VERSION.replace('.', '')}"
+    for wheel in wheel_set.wheels:
+        interpreters = {t.interpreter for t in parse_wheel_filename(wheel.name)[3]}
+        assert interpreters & {tag, "py3", "py2.py3"} or any(i.startswith("py3") for i in interpreters), wheel.name
+
+
+def make_distribution(root: Path, version: str = "1.0") -> Path:
+    source = root / "demo_app"
+    (source / "demo_app").mkdir(parents=True)
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "demo-app"\nversion = "{version}"\n'
+        '[project.scripts]\ndemo-app = "demo_app:main"\n'
+        '[tool.setuptools.packages.find]\ninclude = ["demo_app"]\n'
+    )
+    (source / "demo_app" / "__init__.py").write_text(f"def main():\n    print('demo {version}')\n")
+    return source
+
+
+@pytest.fixture
+def wheel_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "wheel-cache"
+    monkeypatch.setattr(python_app, "WHEEL_CACHE", cache)
+    build_wheels.cache_clear()
+    yield cache
+    build_wheels.cache_clear()
+
+
+@pytest.mark.slow
+def test_unchanged_source_gives_the_same_wheel_set_and_a_change_a_new_one(tmp_path, wheel_cache):
+    source = make_distribution(tmp_path)
+    first = build_wheels(source)
+    # Rebuilt from scratch (cache gone, files touched): byte-identical wheels, so no reinstall on nodes.
+    shutil.rmtree(wheel_cache)
+    build_wheels.cache_clear()
+    (source / "demo_app" / "__init__.py").touch()
+    again = build_wheels(source)
+    assert again.digest == first.digest
+    # Editable-install metadata and build output in the tree are not part of the source.
+    (source / "demo_app.egg-info").mkdir()
+    (source / "demo_app.egg-info" / "PKG-INFO").write_text("stale")
+    (source / "build" / "lib" / "demo_app").mkdir(parents=True)
+    (source / "build" / "lib" / "demo_app" / "old.py").write_text("stale = True\n")
+    build_wheels.cache_clear()
+    assert build_wheels(source).digest == first.digest
+    (source / "demo_app" / "__init__.py").write_text("def main():\n    print('changed')\n")
+    build_wheels.cache_clear()
+    assert build_wheels(source).digest != first.digest
+
+
+def test_a_failing_build_names_the_source_in_one_line(tmp_path, wheel_cache):
+    source = make_distribution(tmp_path)
+    (source / "pyproject.toml").write_text("[project]\nname = \n")
+    with pytest.raises(python_app.ConfigError) as failure:
+        build_wheels(source)
+    message = str(failure.value)
+    assert message.startswith(f"{source}: building wheels with pip failed: ")
+    assert "\n" not in message
+    assert not list(wheel_cache.glob("demo_app-*"))
+
+
+def run_on_fake_node(script: str, opt: Path, path_dirs: str) -> subprocess.CompletedProcess:
+    # The script's absolute /opt paths, redirected into the test's folder.
+    return subprocess.run(["sh", "-c", script.replace("/opt/", f"{opt}/")], capture_output=True, text=True,
+                          env={"PATH": path_dirs, "HOME": str(opt)}, timeout=300)
+
+
+def upload(wheel_set: python_app.WheelSet, app: PythonApp, opt: Path) -> None:
+    """What wheels_installed uploads before it runs the install script."""
+    folder = opt / app.home.removeprefix("/opt/") / "wheels" / wheel_set.digest
+    folder.mkdir(parents=True)
+    for wheel in wheel_set.wheels:
+        shutil.copy(wheel, folder)
+    (folder / python_app.INSTALLED_MARKER).write_text(wheel_set.manifest)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_PYTHON.exists(), reason="needs Debian's python3 with venv support, as on nodes")
+def test_install_script_installs_offline_and_switches_only_when_complete(tmp_path, wheel_cache):
+    app = PythonApp(source="demo_app", distribution="demo-app", service="demo-app")
+    opt = tmp_path / "opt"
+    first = build_wheels(make_distribution(tmp_path / "v1", "1.0"))
+    upload(first, app, opt)
+    result = run_on_fake_node(install_script(app, first), opt, "/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    current = opt / "demo-app" / "current"
+    assert subprocess.run([current / "bin" / "demo-app"], capture_output=True, text=True).stdout == "demo 1.0\n"
+    digest = run_on_fake_node(installed_digest_command(app), opt, "/usr/bin:/bin").stdout.strip()
+    assert digest == first.digest  # what the next run compares: same wheels, nothing to do
+    assert not (opt / "demo-app" / "wheels" / first.digest).exists()
+
+    # A failed install (here: a wheel missing) leaves the live venv in place.
+    build_wheels.cache_clear()
+    second = build_wheels(make_distribution(tmp_path / "v2", "2.0"))
+    upload(second, app, opt)
+    for wheel in (opt / "demo-app" / "wheels" / second.digest).glob("*.whl"):
+        wheel.unlink()
+    result = run_on_fake_node(install_script(app, second), opt, "/usr/bin:/bin")
+    assert result.returncode != 0
+    assert os.readlink(current) == f"venvs/{first.digest}"
+
+    shutil.rmtree(opt / "demo-app" / "wheels" / second.digest)
+    upload(second, app, opt)
+    result = run_on_fake_node(install_script(app, second), opt, "/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([current / "bin" / "demo-app"], capture_output=True, text=True).stdout == "demo 2.0\n"
+    assert run_on_fake_node(installed_digest_command(app), opt, "/usr/bin:/bin").stdout.strip() == second.digest
+
+
+def test_install_script_refuses_a_node_with_another_python(tmp_path):
+    app = PythonApp(source="demo_app", distribution="demo-app", service="demo-app")
+    wheel_set = python_app.WheelSet(tmp_path, ())
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text("#!/bin/sh\necho 'Python 3.9.2'\n")
+    (fake_bin / "python3").chmod(0o755)
+    result = run_on_fake_node(install_script(app, wheel_set), tmp_path / "opt", f"{fake_bin}:/usr/bin:/bin")
+    assert result.returncode != 0
+    assert result.stderr.strip() == (f"demo-app: wheels were built for Python {python_app.PYTHON_VERSION} "
+                                     "on the control machine, this node has Python 3.9.2")
+    assert not (tmp_path / "opt" / "demo-app" / "venvs").exists()
+
+
+HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "Restart=on-failure"]
+
+
+def unit_directives(unit: str) -> dict[str, str]:
+    directives = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            directives[key] = value
+    return directives
+
+
+@pytest.mark.parametrize("render_unit, service, writable", [
+    (render_toy_redis_unit, "toy-redis", {"/var/lib/toy-redis", "/var/log/toy-redis"}),
+    (render_relay_unit, "alert-relay", {"/var/lib/alert-relay"}),
+])
+def test_units_are_hardened_and_run_as_the_service_user(render_unit, service, writable):
+    unit = render_unit(12345)
+    directives = unit_directives(unit)
+    for line in HARDENING:
+        assert line in unit.splitlines(), line
+    assert directives["User"] == service and directives["Group"] == service
+    assert directives["LimitNOFILE"] == "12345"
+    assert set(directives["ReadWritePaths"].split()) == writable
+    assert directives["ExecStart"].startswith(f"/opt/{service}/current/bin/{service} ")
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("render_unit, service", [(render_toy_redis_unit, "toy-redis"), (render_relay_unit, "alert-relay")])
+def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path, render_unit, service):
+    # The binary exists only on nodes; verify insists that ExecStart's does.
+    unit = render_unit(65536).replace(f"/opt/{service}/current/bin/{service}", "/bin/true")
+    staged = tmp_path / f"{service}.service.staged"
+    staged.write_text(unit)
+    check = unit_check_command(PythonApp(source="x", distribution="x", service=service))
+    result = subprocess.run(["sh", "-c", check.format(staged=staged)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+@needs_systemd_analyze
+def test_unit_check_refuses_a_unit_whose_binary_is_missing(tmp_path):
+    staged = tmp_path / "toy-redis.service.staged"
+    staged.write_text(render_toy_redis_unit(65536))
+    check = unit_check_command(PythonApp(source="x", distribution="x", service="toy-redis"))
+    result = subprocess.run(["sh", "-c", check.format(staged=staged)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "/opt/toy-redis/current/bin/toy-redis" in result.stderr

@@ -1,0 +1,125 @@
+"""toy-redis's rendered config, logrotate file and group data: what the server and logrotate will read."""
+
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homelab.config import ConfigError, model_from_data
+from roles.toy_redis import (
+    LOG_FILE,
+    REQUIREPASS_PATH,
+    RESERVED_FDS,
+    Settings,
+    check_maxclients_fit,
+    config_values,
+    render_config,
+    render_logrotate,
+)
+from roles.tuning.settings import load_tuning
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
+TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
+# Every key of toy-redis's config file (the shared contract), nothing else.
+CONTRACT_KEYS = {
+    "bind", "port", "requirepass_file", "maxclients", "maxmemory", "maxmemory_policy", "appendonly",
+    "appendfsync", "dir", "metrics_bind", "metrics_port", "log_file", "log_level",
+    "slowlog_log_slower_than_us", "slowlog_max_len",
+}
+
+
+def test_group_data_renders_a_config_with_its_values():
+    settings = model_from_data("inventory/group_data/toy_redis.py", Settings, GROUP_DATA)
+    config = yaml.safe_load(render_config(settings))
+    assert set(config) == CONTRACT_KEYS
+    assert config["port"] == 6379 and config["metrics_port"] == 8080
+    assert config["maxmemory"] == GROUP_DATA["maxmemory"]
+    assert config["maxmemory_policy"] == GROUP_DATA["maxmemory_policy"]
+    assert config["requirepass_file"] == REQUIREPASS_PATH
+    assert config["dir"] == "/var/lib/toy-redis"
+    assert config["log_file"] == LOG_FILE
+    check_maxclients_fit(settings, TUNING.limits.nofile, "inventory data for worker-node-12")
+
+
+def test_without_auth_no_password_file_is_configured():
+    config = yaml.safe_load(render_config(Settings(auth=False)))
+    assert "requirepass_file" not in config
+    assert set(config) == CONTRACT_KEYS - {"requirepass_file"}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"maxmemory_policy": "lru"}, "toy-redis group data: maxmemory_policy: expected 'noeviction', 'allkeys-lru' or 'volatile-ttl' (got 'lru')"),
+    ({"port": 70000}, "toy-redis group data: port: expected less than or equal to 65535 (got 70000)"),
+    ({"appendonly": "yes"}, "toy-redis group data: appendonly: expected a valid boolean (got 'yes')"),
+    ({"requirepass": "secret"}, "toy-redis group data: requirepass: unknown key"),
+])
+def test_bad_group_data_is_one_line_naming_the_key(data, message):
+    with pytest.raises(ConfigError) as failure:
+        model_from_data("toy-redis group data", Settings, data)
+    assert str(failure.value) == message
+
+
+def test_maxclients_beyond_the_open_file_limit_is_refused():
+    nofile = 4096
+    check_maxclients_fit(Settings(maxclients=nofile - RESERVED_FDS), nofile, "here")
+    with pytest.raises(ConfigError) as failure:
+        check_maxclients_fit(Settings(maxclients=nofile), nofile, "inventory data for worker-node-12")
+    assert str(failure.value) == (
+        f"inventory data for worker-node-12: toy_redis.maxclients: expected at most {nofile - RESERVED_FDS} "
+        f"(limits.nofile {nofile} from the tuning file, minus {RESERVED_FDS} for the server's own files), got {nofile}"
+    )
+
+
+def test_config_values_are_the_settings_and_the_role_s_paths():
+    values = config_values(Settings(bind="127.0.0.1", appendfsync="always", slowlog_max_len=5))
+    assert values["bind"] == "127.0.0.1" and values["appendfsync"] == "always" and values["slowlog_max_len"] == 5
+
+
+def toy_redis_check_config(path: Path) -> subprocess.CompletedProcess | None:
+    binary = shutil.which("toy-redis", path=str(Path(__import__("sys").executable).parent))
+    if not binary:
+        return None
+    return subprocess.run([binary, "--check-config", str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_toy_redis_own_check_accepts_the_rendered_config_and_refuses_a_bad_one(tmp_path):
+    pytest.importorskip("toy_redis.__main__", reason="toy-redis's CLI is not written yet")
+    good = tmp_path / "toy-redis.yaml"
+    good.write_text(render_config(Settings(auth=False)))
+    result = toy_redis_check_config(good)
+    if result is None:
+        pytest.skip("the toy-redis console script is not installed in this venv")
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(render_config(Settings(auth=False)).replace("appendfsync: everysec", "appendfsync: sometimes"))
+    result = toy_redis_check_config(bad)
+    assert result.returncode == 2
+    assert "appendfsync" in (result.stdout + result.stderr)
+
+
+def test_logrotate_signals_the_server_to_reopen_its_log():
+    conf = render_logrotate(Settings(log_keep=3, log_max_size="50M"))
+    assert conf.splitlines()[1] == f"{LOG_FILE} {{"
+    assert "    rotate 3" in conf.splitlines() and "    maxsize 50M" in conf.splitlines()
+    assert "    create 0644 toy-redis toy-redis" in conf.splitlines()
+    postrotate = conf[conf.index("postrotate"):conf.index("endscript")]
+    assert "systemctl kill --kill-whom=main --signal=HUP toy-redis.service" in postrotate
+
+
+@pytest.mark.skipif(not shutil.which("logrotate"), reason="needs logrotate (apt-get install logrotate)")
+def test_logrotate_accepts_the_rendered_file(tmp_path):
+    # The service user exists only on nodes; root stands in for it here.
+    conf = render_logrotate(Settings()).replace("create 0644 toy-redis toy-redis", "create 0644 root root")
+    staged = tmp_path / "toy-redis"
+    staged.write_text(conf)
+    result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(staged)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    staged.write_text(conf.replace("maxsize 100M", "maxsize lots"))
+    result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(staged)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
