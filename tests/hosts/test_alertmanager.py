@@ -1,0 +1,81 @@
+"""Alertmanager on its lab host: the deployed routing, a private token file, and alerts arriving."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from roles.alertmanager import CONFIG_FILE, Settings, render_config
+from tests.hosts.test_prometheus import skip_unless_deployed
+from tests.conftest import REPO, hosts_in
+from tests.roles.test_prometheus import LAB
+
+pytestmark = pytest.mark.lab
+
+TOKEN_FILE = Settings().webhook_token_file
+
+
+@pytest.fixture(params=hosts_in("alertmanager"))
+def node(request):
+    # Skipped before the lab fixtures run: no lab boot or deploy for a role that is not wired in.
+    skip_unless_deployed("alertmanager")
+    request.getfixturevalue("deployed")
+    return request.getfixturevalue("testinfra_hosts")[request.param]
+
+
+def alerts(node, alertname: str) -> list[dict]:
+    answer = node.check_output(f"curl -sf 'http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D{alertname}'")
+    return json.loads(answer)
+
+
+def test_alertmanager_runs_the_routing_from_routes_yaml(node):
+    service = node.service("prometheus-alertmanager")
+    assert service.is_running and service.is_enabled
+    status = json.loads(node.check_output("curl -sf http://127.0.0.1:9093/api/v2/status"))
+    loaded = yaml.safe_load(status["config"]["original"])
+    wanted = yaml.safe_load(render_config(Settings(), LAB))
+    # What Alertmanager loaded (it reports the parsed config, defaults filled in) is our route tree.
+    for key in ("receiver", "group_by", "group_wait", "group_interval", "repeat_interval"):
+        assert loaded["route"][key] == wanted["route"][key], key
+    assert [(r["matchers"], r["receiver"]) for r in loaded["route"]["routes"]] == [
+        (r["matchers"], r["receiver"]) for r in wanted["route"]["routes"]]
+    assert node.file(CONFIG_FILE).content_string == render_config(Settings(), LAB)
+    # Single node: no cluster gossip port.
+    assert not node.socket("tcp://0.0.0.0:9094").is_listening
+
+
+def test_webhook_token_is_a_private_file_outside_the_config(node):
+    token = node.file(TOKEN_FILE)
+    assert token.exists and token.user == "root" and token.group == "prometheus" and token.mode == 0o640
+    assert token.size > 0
+    assert TOKEN_FILE in node.file(CONFIG_FILE).content_string
+    # The config names the file; the token itself appears in neither the config nor the flags.
+    secret = node.check_output(f"cat {TOKEN_FILE}").strip()
+    assert secret not in node.file(CONFIG_FILE).content_string
+    assert secret not in node.file("/etc/default/prometheus-alertmanager").content_string
+
+
+def test_stopping_toy_redis_makes_its_down_alert_reach_alertmanager(node, testinfra_hosts):
+    # Needs roles/toy_redis deployed: until then nothing runs toy-redis to stop.
+    skip_unless_deployed("toy_redis")
+    rule = yaml.safe_load((REPO / "alerts" / "generated" / "toy-redis.rules.yml").read_text())
+    [down] = [r for group in rule["groups"] for r in group["rules"] if r.get("alert") == "ToyRedisDown"]
+    for_s = int(down["for"].rstrip("m")) * 60 if down["for"].endswith("m") else int(down["for"].rstrip("s"))
+    [redis_host] = hosts_in("toy_redis")
+    redis = testinfra_hosts[redis_host]
+    assert not alerts(node, "ToyRedisDown"), "ToyRedisDown already active before toy-redis was stopped"
+    redis.run_expect([0], "systemctl stop toy-redis")
+    try:
+        # Scrape and evaluation intervals, then `for:`, then Prometheus's send to Alertmanager.
+        deadline = time.monotonic() + for_s + 120
+        while not (arrived := alerts(node, "ToyRedisDown")):
+            assert time.monotonic() < deadline, f"ToyRedisDown did not reach Alertmanager within {for_s + 120}s"
+            time.sleep(5)
+        assert arrived[0]["labels"]["instance"] == f"{redis_host}:8080"
+        assert arrived[0]["labels"]["severity"] == "critical"
+        assert arrived[0]["status"]["state"] == "active"
+    finally:
+        redis.run_expect([0], "systemctl start toy-redis")

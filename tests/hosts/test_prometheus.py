@@ -1,0 +1,99 @@
+"""Prometheus on its lab host: running as deployed, scraping every target the inventory implies, quiet."""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+
+import pytest
+
+from roles.prometheus import RULES_DIR, Settings, render_config, rule_files
+from tests.conftest import REPO, hosts_in
+from tests.roles.test_prometheus import LAB, scrape_jobs
+
+pytestmark = pytest.mark.lab
+
+
+def skip_unless_deployed(role: str) -> None:
+    """Skip while deploys/all.py does not apply ``role`` yet (the lead wires roles into GROUP_ROLES)."""
+    tree = ast.parse((REPO / "deploys" / "all.py").read_text())
+    group_roles = next(
+        (ast.literal_eval(node.value) for node in tree.body
+         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "GROUP_ROLES" for t in node.targets)),
+        {},
+    )
+    if role not in group_roles.values():
+        pytest.skip(f"deploys/all.py GROUP_ROLES does not apply roles/{role} yet")
+
+
+# Lab targets are scraped every scrape_interval; a freshly deployed stack needs a few rounds.
+TARGETS_UP_WITHIN_S = 120
+
+
+@pytest.fixture(params=hosts_in("prometheus"))
+def node(request):
+    # Skipped before the lab fixtures run: no lab boot or deploy for a role that is not wired in.
+    skip_unless_deployed("prometheus")
+    request.getfixturevalue("deployed")
+    return request.getfixturevalue("testinfra_hosts")[request.param]
+
+
+def api(node, path: str) -> dict:
+    """GET Prometheus's HTTP API on the node itself; the `data` of its answer."""
+    answer = json.loads(node.check_output(f"curl -sf 'http://127.0.0.1:9090/api/v1/{path}'"))
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def expected_targets() -> set[tuple[str, str]]:
+    """(job, instance) for every target the lab inventory implies."""
+    jobs = scrape_jobs(render_config(Settings(), LAB))
+    return {(job, instance) for job, targets in jobs.items() for instance in targets}
+
+
+def test_prometheus_runs_with_the_deployed_rules(node):
+    service = node.service("prometheus")
+    assert service.is_running and service.is_enabled
+    assert node.socket("tcp://0.0.0.0:9090").is_listening or node.socket("tcp://:::9090").is_listening
+    deployed = set(node.check_output(f"ls {RULES_DIR}").split())
+    assert deployed == set(rule_files())
+    loaded = {group["file"].rsplit("/", 1)[-1] for group in api(node, "rules")["groups"]}
+    assert loaded == set(rule_files())
+
+
+def wait_for_targets(node) -> tuple[dict, dict]:
+    """Poll until every expected target is up (bounded); (health by target, the ones not up)."""
+    expected = expected_targets()
+    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
+    while True:
+        active = api(node, "targets?state=active")["activeTargets"]
+        health = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in active}
+        not_up = {target: health.get(target, ("missing", "")) for target in expected
+                  if health.get(target, ("missing",))[0] != "up"}
+        if not not_up or time.monotonic() > deadline:
+            return health, not_up
+        time.sleep(5)
+
+
+def test_every_expected_target_is_up(node):
+    health, not_up = wait_for_targets(node)
+    assert not not_up, f"targets not up after {TARGETS_UP_WITHIN_S}s: {not_up}"
+    # Nothing beyond what the inventory implies, and worker-node-12's toy-redis among them.
+    assert set(health) == expected_targets()
+    assert ("toy-redis", "worker-node-12:8080") in health
+
+
+def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
+    _, not_up = wait_for_targets(node)
+    assert not not_up, f"targets not up: {not_up}"
+    # Every rule group evaluated again after all targets were up: a rule true on the healthy lab
+    # shows as pending at once, long before its `for:` would let it fire.
+    up_at = node.check_output("date -u +%Y-%m-%dT%H:%M:%S")
+    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
+    while any(group["lastEvaluation"][:19] <= up_at for group in api(node, "rules")["groups"]):
+        assert time.monotonic() < deadline, "rules were not evaluated again"
+        time.sleep(5)
+    alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
+              for alert in api(node, "alerts")["alerts"]]
+    assert alerts == []
