@@ -11,5 +11,7 @@ blackbox = {
         {"module": "http_2xx", "group": "nginx", "url": "http://{host}/healthz"},
         {"module": "http_2xx", "group": "prometheus", "url": "http://{host}:9090/-/healthy"},
         {"module": "http_2xx", "group": "alertmanager", "url": "http://{host}:9093/-/healthy"},
+        {"module": "http_2xx", "group": "alert_relay", "url": "http://{host}:9095/healthz"},
+        {"module": "http_2xx", "group": "loki", "url": "http://{host}:3100/ready"},
     ],
 }

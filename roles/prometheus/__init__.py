@@ -74,6 +74,8 @@ class Exporter:
     data_key: str
     port_key: str
     default_port: int
+    # Only hosts whose `log_shipper` data names this shipper (promtail or alloy) run it.
+    log_shipper: str | None = None
 
 
 EXPORTERS = [
@@ -85,7 +87,11 @@ EXPORTERS = [
     Exporter("mtail", "nginx", "nginx", "mtail_port", 3903),
     # The relay's config names its listen address as host:port.
     Exporter("alert-relay", "alert_relay", "alert_relay", "listen", 9095),
+    Exporter("loki", "loki", "loki", "listen_port", 3100),
+    Exporter("promtail", "log_shipper", "promtail", "listen_port", 9080, log_shipper="promtail"),
+    Exporter("alloy", "log_shipper", "alloy", "listen_port", 12345, log_shipper="alloy"),
 ]
+DEFAULT_LOG_SHIPPER = "promtail"
 PROBE_JOB = "blackbox"
 
 
@@ -134,6 +140,8 @@ def exporter_jobs(inv: Inventory) -> list[ScrapeJob]:
     for exporter in EXPORTERS:
         targets = []
         members = list(inv) if exporter.group is None else inv.get_group(exporter.group, [])
+        if exporter.log_shipper:
+            members = [m for m in members if m.data.get("log_shipper", DEFAULT_LOG_SHIPPER) == exporter.log_shipper]
         for member in members:
             port = service_port(member, exporter.data_key, exporter.port_key, exporter.default_port)
             targets.append(Target(instance=f"{member.name}:{port}", address=f"{host_address(member)}:{port}"))

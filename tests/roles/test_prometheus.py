@@ -95,7 +95,15 @@ def test_lab_config_scrapes_every_component_where_the_inventory_puts_it():
     assert jobs["alertmanager"] == {"worker-node-14:9093": f"{LAB_ADDRESS['worker-node-14']}:9093"}
     assert jobs["alert-relay"] == {"worker-node-14:9095": f"{LAB_ADDRESS['worker-node-14']}:9095"}
     assert jobs["prometheus"] == {"worker-node-14:9090": f"{LAB_ADDRESS['worker-node-14']}:9090"}
+    assert jobs["loki"] == {"worker-node-11:3100": f"{LAB_ADDRESS['worker-node-11']}:3100"}
     assert jobs["blackbox"]["http://master-node/healthz"] == f"http://{LAB_ADDRESS['master-node']}/healthz"
+
+
+def test_the_log_shipper_job_follows_the_hosts_choice():
+    hosts = {"a": {"log_shipper": "alloy"}, "b": {"log_shipper": "promtail", "promtail": {"listen_port": 9081}}}
+    jobs = scrape_jobs(render_config(Settings(), inventory_of(hosts, log_shipper=["a", "b"])))
+    assert jobs["alloy"] == {"a:12345": "a:12345"}
+    assert jobs["promtail"] == {"b:9081": "b:9081"}
 
 
 def test_probes_go_through_the_blackbox_host_with_their_module():
