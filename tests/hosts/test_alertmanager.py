@@ -10,7 +10,7 @@ import yaml
 
 from roles.alertmanager import CONFIG_FILE, Settings, render_config
 from tests.hosts.test_prometheus import skip_unless_deployed
-from tests.conftest import REPO, hosts_in
+from tests.conftest import REPO, hosts_in, run_pyinfra
 from tests.roles.test_prometheus import LAB
 
 pytestmark = pytest.mark.lab
@@ -79,3 +79,19 @@ def test_stopping_toy_redis_makes_its_down_alert_reach_alertmanager(node, testin
         assert arrived[0]["status"]["state"] == "active"
     finally:
         redis.run_expect([0], "systemctl start toy-redis")
+
+
+def test_a_broken_routes_file_stops_the_deploy_before_any_change(tmp_path):
+    skip_unless_deployed("alertmanager")
+    broken = tmp_path / "routes.yaml"
+    broken.write_text((REPO / "alerts" / "routes.yaml").read_text().replace("group_wait: 30s", "group_wait: soon"))
+    [host] = hosts_in("alertmanager")[:1]
+    # --dry: the error must come while operations are prepared, before anything could run.
+    run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, "--data", "only_roles=alertmanager",
+                      "--data", json.dumps({"routes_file": str(broken)}).join(["alertmanager=", ""]))
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "alertmanager.group_wait" in line]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].endswith(f"{broken}: alertmanager.group_wait: "
+                              "expected a duration like 30s, 5m, 1h30m or 15d (got 'soon')")
+    assert "Traceback" not in run.stderr

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from roles.prometheus import RULES_DIR, Settings, render_config, rule_files
-from tests.conftest import REPO, hosts_in
+from tests.conftest import REPO, hosts_in, run_pyinfra
 from tests.roles.test_prometheus import LAB, scrape_jobs
 
 pytestmark = pytest.mark.lab
@@ -97,3 +97,17 @@ def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
     alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
               for alert in api(node, "alerts")["alerts"]]
     assert alerts == []
+
+
+def test_bad_prometheus_settings_stop_the_deploy_before_any_change():
+    skip_unless_deployed("prometheus")
+    [host] = hosts_in("prometheus")[:1]
+    # --dry: the error must come while operations are prepared, before anything could run.
+    run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, "--data", "only_roles=prometheus",
+                      "--data", 'prometheus={"scrape_interval": "often"}')
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "prometheus.scrape_interval" in line]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].endswith(f"inventory data for {host}: prometheus.scrape_interval: "
+                              "expected a duration like 30s, 5m, 1h30m or 15d (got 'often')")
+    assert "Traceback" not in run.stderr
