@@ -114,7 +114,7 @@ class Relay:
         def listening():
             if self.process.poll() is not None:
                 raise AssertionError(f"relay exited {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
-            for event in self.events():
+            for event in self.events(run=self.runs):
                 if event["event"] == "listening":
                     return event["port"]
             return None
@@ -123,9 +123,10 @@ class Relay:
         self.url = f"http://127.0.0.1:{port}"
         return self
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, run: int | None = None) -> list[dict[str, Any]]:
+        """JSON log lines of one run of the process, or of all its runs."""
         events = []
-        for run in range(1, self.runs + 1):
+        for run in [run] if run else range(1, self.runs + 1):
             for line in (self.directory / f"relay-{run}.log").read_text().splitlines():
                 try:
                     events.append(json.loads(line))

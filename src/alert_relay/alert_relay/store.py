@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS threads (
 );
 """
 
+# How long a write waits for another writer (e.g. an operator's sqlite3 shell) before the request
+# is answered 503, well within the sender's own timeout, so that it retries rather than hangs.
+BUSY_TIMEOUT_S = 2.0
+
 # Dedup keys older than this are forgotten; Alertmanager and FAX.PLUS retry within hours.
 SEEN_RETENTION_S = 14 * 86400
 
@@ -83,7 +87,7 @@ class Store:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             self._local.db = db

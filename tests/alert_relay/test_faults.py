@@ -1,0 +1,127 @@
+"""Nothing lost, nothing doubled: Slack outages, a SIGKILLed relay, a 429 storm, dead letters.
+
+The issue's outage is 30 s; here Slack is down for 5 s with the relay's backoff capped at 1 s
+(retry_max_s), which exercises the same path (failed attempts, backoff, recovery) in less time.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from tests.alert_relay.conftest import notification, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def post_numbered(relay, count: int, channels=("warning", "critical")) -> dict[str, list[int]]:
+    """Post alerts Alert0..Alert<count-1>, alternating between two channels; what each channel should get."""
+    expected: dict[str, list[int]] = {}
+    for number in range(count):
+        severity = channels[number % len(channels)]
+        answer = relay.post_alerts(notification(f"Alert{number}", severity=severity))
+        assert answer.status_code == 200, answer.text
+        channel = "#homelab-critical" if severity == "critical" else "#homelab-alerts"
+        expected.setdefault(channel, []).append(number)
+    return expected
+
+
+def delivered(slack) -> dict[str, list[int]]:
+    got: dict[str, list[int]] = {}
+    for call in slack.calls_of("chat.postMessage"):
+        number = int(re.search(r"Alert(\d+)", call.params["text"]).group(1))
+        got.setdefault(call.params["channel"], []).append(number)
+    return got
+
+
+def wait_all_delivered(slack, expected: dict[str, list[int]], timeout: float) -> None:
+    total = sum(len(numbers) for numbers in expected.values())
+    wait_for(lambda: len(slack.calls_of("chat.postMessage")) >= total, timeout, f"{total} messages")
+    time.sleep(0.5)  # a duplicate would show up right behind the last message
+
+
+def test_slack_outage_then_back_delivers_each_message_once_in_order(relay, slack):
+    slack.outage(5)
+    expected = post_numbered(relay, 8)
+    wait_for(lambda: len(slack.refused) >= 3, 10, "attempts during the outage")
+    assert not slack.calls_of("chat.postMessage")
+    wait_all_delivered(slack, expected, 20)
+    assert delivered(slack) == expected
+    assert relay.metric("alert_relay_delivery_failures_total", 'kind="alert"') >= 3
+    assert relay.metric("alert_relay_dead_letters") == 0
+    assert relay.metric("alert_relay_queue_depth") == 0
+
+
+def test_sigkill_with_queued_messages_loses_nothing(relay, slack):
+    slack.outage(3600)
+    expected = post_numbered(relay, 10)
+    wait_for(lambda: slack.refused, 10, "a delivery attempt")
+    relay.kill()
+    slack.outage(0)
+    relay.start()
+    wait_all_delivered(slack, expected, 20)
+    assert delivered(slack) == expected
+    # What was answered 2xx before the kill is a repeat after it: still delivered once.
+    assert relay.post_alerts(notification("Alert3", severity="critical")).json()["status"] == "duplicate"
+
+
+def test_sigkill_while_delivering_loses_nothing(relay, slack):
+    expected = post_numbered(relay, 12)
+    wait_for(lambda: len(slack.calls_of("chat.postMessage")) >= 3, 10, "deliveries to start")
+    relay.kill()
+    relay.start()
+    wait_all_delivered(slack, expected, 20)
+    got = delivered(slack)
+    for channel, numbers in expected.items():
+        # Each message at least once and in order; a message cut off mid-request may be sent twice.
+        assert sorted(set(got[channel])) == numbers
+        assert [n for i, n in enumerate(got[channel]) if i == 0 or got[channel][i - 1] != n] == numbers
+
+
+def test_429_storm_delivers_everything_paced_and_counts_no_failure(make_relay, slack):
+    relay = make_relay(channel_interval_s=0.5, max_attempts=2)
+    slack.storm(3, retry_after=1)
+    expected = post_numbered(relay, 6, channels=("warning",))
+    wait_all_delivered(slack, expected, 30)
+    assert delivered(slack) == expected
+    assert len(slack.refused) >= 2, "the storm did not hit"
+    # max_attempts=2: had a 429 counted as a failure, messages would be dead letters by now.
+    assert relay.metric("alert_relay_delivery_failures_total", 'kind="alert"') == 0
+    assert relay.metric("alert_relay_dead_letters") == 0
+    times = [call.at for call in slack.calls_of("chat.postMessage")]
+    assert all(later - earlier >= 0.45 for earlier, later in zip(times, times[1:])), times
+    # Retry-After was honoured: after each 429 nothing was sent for about a second.
+    refused_at = slack.refused[0].at
+    assert all(call.at - refused_at >= 0.9 for call in slack.calls_of("chat.postMessage"))
+
+
+def test_message_failing_max_attempts_becomes_a_counted_dead_letter(make_relay, slack):
+    relay = make_relay(max_attempts=3, retry_initial_s=0.1, retry_max_s=0.2)
+    slack.outage(1.5)
+    relay.post_alerts(notification("Doomed"))
+    wait_for(lambda: relay.metric("alert_relay_dead_letters") == 1, 10, "the dead letter")
+    assert relay.metric("alert_relay_queue_depth") == 0
+    assert relay.metric("alert_relay_delivery_failures_total", 'kind="alert"') == 3
+    dead = [event for event in relay.events() if event["event"] == "dead letter"]
+    assert dead and dead[0]["attempts"] == 3 and "503" in dead[0]["error"]
+    # The channel is not blocked behind it.
+    time.sleep(1.5)
+    relay.post_alerts(notification("Next"))
+    wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the next message")
+    assert "Next" in slack.calls_of("chat.postMessage")[0].params["text"]
+
+
+def test_cannot_queue_answers_503_so_the_sender_retries(relay):
+    holder = sqlite3.connect(relay.config["queue_path"], isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the queue file
+    try:
+        answer = relay.post_alerts(notification("Blocked"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer.status_code == 503 and "cannot queue" in answer.json()["error"]
+    assert relay.post_alerts(notification("Blocked")).json()["status"] == "queued"
