@@ -4,8 +4,9 @@ Installed like toy-redis (roles.python_app: wheels from the control machine, a v
 unit run as its own user). Its config comes from group data `alert_relay`; its routes are
 alerts/routes.yaml, validated here first and uploaded as is. The four tokens come from the vault
 as files readable only by root and the service's group. The queue lives in /var/lib/alert-relay.
-Both config files are checked with the node's own `alert-relay --check-config` before they
-replace the live ones; a change to either, to a token, the unit or the wheels restarts the relay.
+The routes and the config are checked with the node's own `alert-relay --check-routes` and
+`--check-config` before they replace the live ones; a change to either, to a token, the unit or
+the wheels restarts the relay.
 
 Alertmanager (roles/alertmanager) sends to http://<this host>:<listen port>/alertmanager with the
 bearer token alertmanager_webhook_token.
@@ -14,7 +15,6 @@ bearer token alertmanager_webhook_token.
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Literal
 
 import yaml
@@ -40,8 +40,6 @@ TOKEN_FILES = {
     "alertmanager_token_file": "alertmanager_webhook_token",
     "fax_webhook_token_file": "fax_webhook_token",
 }
-# Stands for the staged routes file in the config that checks it (see routes_check_command).
-_STAGED_ROUTES = "@STAGED_ROUTES@"
 
 
 class Settings(StrictModel):
@@ -127,17 +125,13 @@ def read_routes(settings: Settings) -> str:
     return path.read_text()
 
 
-def routes_check_command(settings: Settings) -> str:
-    """`alert-relay --check-config` on the new config with routes_file pointing at the staged routes."""
-    config = render_config(settings, routes_file=_STAGED_ROUTES)
-    # checked_file formats the command with {staged}: literal braces in the config must be doubled.
-    quoted = shlex.quote(config).replace("{", "{{").replace("}", "}}")
-    return (
-        "scratch=$(mktemp -d) && "
-        f"printf '%s' {quoted} | sed \"s#{_STAGED_ROUTES}#\"{{staged}}\"#\" > \"$scratch\"/config.yaml && "
-        f"{APP.binary()} --check-config \"$scratch\"/config.yaml; "
-        "status=$?; rm -rf \"$scratch\"; exit $status"
-    )
+def routes_check_command() -> str:
+    return f"{APP.binary()} --check-routes {{staged}}"
+
+
+def config_check_command() -> str:
+    """Checks the config with the routes and token files it names (so those go first)."""
+    return f"{APP.binary()} --check-config {{staged}}"
 
 
 @deploy("alert-relay")
@@ -163,7 +157,7 @@ def apply() -> None:
         name=f"alert-relay routes (from {settings.routes})",
         dest=ROUTES_PATH,
         content=routes,
-        check=routes_check_command(settings),
+        check=routes_check_command(),
         group=APP.service,
         mode="0640",
     )
@@ -171,7 +165,7 @@ def apply() -> None:
         name="alert-relay config",
         dest=CONFIG_PATH,
         content=render_config(settings),
-        check=f"{APP.binary()} --check-config {{staged}}",
+        check=config_check_command(),
         group=APP.service,
         mode="0640",
     )

@@ -12,10 +12,11 @@ appear inside that folder for the reopened log to be writable.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
@@ -35,6 +36,8 @@ LOG_DIR = "/var/log/toy-redis"
 LOG_FILE = f"{LOG_DIR}/toy-redis.log"
 LOG_LINK = "/var/log/toy-redis.log"
 LOGROTATE_PATH = "/etc/logrotate.d/toy-redis"
+# The server's own validation, run on the node with the venv's binary before a config goes live.
+CONFIG_CHECK = f"{APP.binary()} --check-config {{staged}}"
 # Descriptors the server needs besides one per client: listeners, AOF, log, metrics.
 RESERVED_FDS = 32
 
@@ -56,11 +59,21 @@ class Settings(StrictModel):
     metrics_bind: str = "0.0.0.0"
     metrics_port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    slowlog_log_slower_than_us: int = Field(10000, ge=0)
+    # -1 turns the slow log off.
+    slowlog_log_slower_than_us: int = Field(10000, ge=-1)
     slowlog_max_len: int = Field(128, ge=0)
     # logrotate: rotated files kept, and the size that rotates early.
     log_keep: int = Field(7, ge=1, le=365)
     log_max_size: str = Field("100M", pattern=r"^[0-9]+[kMG]?$")
+
+    @field_validator("bind", "metrics_bind")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("expected an IP address such as 0.0.0.0 or 127.0.0.1") from None
+        return value
 
 
 def config_values(settings: Settings) -> dict:
@@ -145,7 +158,7 @@ def apply() -> None:
         name="toy-redis config",
         dest=CONFIG_PATH,
         content=render_config(settings),
-        check=f"{APP.binary()} --check-config {{staged}}",
+        check=CONFIG_CHECK,
         group=APP.service,
         mode="0640",
     )

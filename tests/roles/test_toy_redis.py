@@ -3,6 +3,7 @@
 import runpy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 
 from homelab.config import ConfigError, model_from_data
 from roles.toy_redis import (
+    APP,
+    CONFIG_CHECK,
     LOG_FILE,
     REQUIREPASS_PATH,
     RESERVED_FDS,
@@ -56,6 +59,7 @@ def test_without_auth_no_password_file_is_configured():
     ({"port": 70000}, "toy-redis group data: port: expected less than or equal to 65535 (got 70000)"),
     ({"appendonly": "yes"}, "toy-redis group data: appendonly: expected a valid boolean (got 'yes')"),
     ({"requirepass": "secret"}, "toy-redis group data: requirepass: unknown key"),
+    ({"bind": "worker-node-12"}, "toy-redis group data: bind: expected an IP address such as 0.0.0.0 or 127.0.0.1 (got 'worker-node-12')"),
 ])
 def test_bad_group_data_is_one_line_naming_the_key(data, message):
     with pytest.raises(ConfigError) as failure:
@@ -79,26 +83,31 @@ def test_config_values_are_the_settings_and_the_role_s_paths():
     assert values["bind"] == "127.0.0.1" and values["appendfsync"] == "always" and values["slowlog_max_len"] == 5
 
 
-def toy_redis_check_config(path: Path) -> subprocess.CompletedProcess | None:
-    binary = shutil.which("toy-redis", path=str(Path(__import__("sys").executable).parent))
+def run_check(config: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The node-side check, run with this venv's toy-redis, the node's paths moved under ``tmp_path``."""
+    binary = shutil.which("toy-redis", path=str(Path(sys.executable).parent))
     if not binary:
-        return None
-    return subprocess.run([binary, "--check-config", str(path)], capture_output=True, text=True, timeout=30)
+        pytest.skip("the toy-redis console script is not installed in this venv")
+    for node_dir in ("/var/lib/toy-redis", "/var/log/toy-redis", "/etc/toy-redis"):
+        (tmp_path / node_dir.strip("/")).mkdir(parents=True, exist_ok=True)
+        config = config.replace(node_dir + "/", f"{tmp_path}{node_dir}/").replace(f" {node_dir}\n", f" {tmp_path}{node_dir}\n")
+    staged = tmp_path / "toy-redis.yaml.staged"
+    staged.write_text(config)
+    command = CONFIG_CHECK.replace(APP.binary(), binary).format(staged=staged)
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
 
 
 def test_toy_redis_own_check_accepts_the_rendered_config_and_refuses_a_bad_one(tmp_path):
-    pytest.importorskip("toy_redis.__main__", reason="toy-redis's CLI is not written yet")
-    good = tmp_path / "toy-redis.yaml"
-    good.write_text(render_config(Settings(auth=False)))
-    result = toy_redis_check_config(good)
-    if result is None:
-        pytest.skip("the toy-redis console script is not installed in this venv")
+    config = render_config(model_from_data("group data", Settings, GROUP_DATA))
+    # With auth on, the check needs the password file (written from the vault before the config).
+    result = run_check(config, tmp_path)
+    assert result.returncode == 2 and "requirepass_file" in result.stderr
+    (tmp_path / REQUIREPASS_PATH.strip("/")).write_text("lab-password\n")
+    result = run_check(config, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(render_config(Settings(auth=False)).replace("appendfsync: everysec", "appendfsync: sometimes"))
-    result = toy_redis_check_config(bad)
+    result = run_check(config.replace("appendfsync: everysec", "appendfsync: sometimes"), tmp_path)
     assert result.returncode == 2
-    assert "appendfsync" in (result.stdout + result.stderr)
+    assert "appendfsync" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_logrotate_signals_the_server_to_reopen_its_log():
