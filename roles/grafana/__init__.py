@@ -25,6 +25,7 @@ from pyinfra.operations.util import any_changed
 from homelab.config import ConfigError, FieldError, StrictModel
 from roles.common import TEMPLATES_DIR, checked_file, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.loki import loki_url
 from roles.nginx import NGINX_USER, site
 from roles.secrets import secret_file
 from roles.tuning import host_tuning
@@ -57,7 +58,6 @@ class Settings(StrictModel):
     tls_certificate: str | None = Field(None, pattern=r"^/\S+$")
     tls_certificate_key: str | None = Field(None, pattern=r"^/\S+$")
     prometheus_port: int = Field(9090, ge=1, le=65535)
-    loki_port: int = Field(3100, ge=1, le=65535)
     alertmanager_port: int = Field(9093, ge=1, le=65535)
 
     @model_validator(mode="after")
@@ -134,7 +134,7 @@ def group_address(group: str) -> str:
 def datasource_urls(settings: Settings) -> dict[str, str]:
     return {
         "prometheus_url": f"http://{group_address('prometheus')}:{settings.prometheus_port}",
-        "loki_url": f"http://{group_address('loki')}:{settings.loki_port}",
+        "loki_url": loki_url(),
         "alertmanager_url": f"http://{group_address('alertmanager')}:{settings.alertmanager_port}",
     }
 

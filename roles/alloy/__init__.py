@@ -1,0 +1,67 @@
+"""Grafana Alloy on the log_shipper hosts: the same toy-redis pipeline as the promtail role.
+
+Chosen by group data `log_shipper = "alloy"`. Tails toy-redis's JSON log, makes level and event
+labels (the rest stays in the line), and pushes to Loki. Read positions live under Alloy's storage
+path, /var/lib/alloy/data. The config passes `alloy validate` before it replaces the live one; Alloy
+reloads it on SIGHUP, so a new config needs no restart.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+from pyinfra.operations.util import any_changed
+
+from homelab.config import ConfigError, StrictModel
+from roles.common import checked_file, render, role_settings
+from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.loki import loki_url
+from roles.promtail import chosen_log_shipper, stop_other_shipper
+
+PACKAGES = ["alloy"]
+SERVICE = "alloy"
+CONFIG_FILE = "/etc/alloy/config.alloy"
+DEFAULTS_FILE = "/etc/default/alloy"
+# Fixed by the package's alloy.service (--storage.path); positions are kept there.
+STORAGE_PATH = "/var/lib/alloy/data"
+CHECK = "/usr/bin/alloy validate {staged}"
+
+
+class Settings(StrictModel):
+    """Group data key `alloy`."""
+
+    install: GrafanaInstall
+    listen_port: int = Field(12345, ge=1, le=65535)
+    toy_redis_log: str = Field("/var/log/toy-redis.log", pattern=r"^/\S+$")
+
+
+def render_config(settings: Settings, host_name: str, loki: str) -> str:
+    return render("alloy/config.alloy.j2", settings=settings, host_name=host_name, storage_path=STORAGE_PATH,
+                  push_url=f"{loki}/loki/api/v1/push")
+
+
+def render_defaults(settings: Settings) -> str:
+    return render("alloy/alloy.default.j2", config_file=CONFIG_FILE,
+                  listen_address=f"0.0.0.0:{settings.listen_port}")
+
+
+@deploy("alloy")
+def apply() -> None:
+    if chosen_log_shipper() != "alloy":
+        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
+                          "is 'promtail': apply the promtail role on this host, not alloy")
+    settings = role_settings("alloy", Settings)
+    config_content = render_config(settings, host.name, loki_url())
+    if not install_grafana_packages("alloy", PACKAGES, settings.install):
+        return
+    stop_other_shipper("promtail", "alloy")
+    # The package adds the alloy user to group adm, which may read toy-redis's log.
+    config = checked_file(name="Alloy config", dest=CONFIG_FILE, content=config_content, check=CHECK,
+                          group="alloy", mode="0640")
+    flags = checked_file(name="Alloy flags", dest=DEFAULTS_FILE, content=render_defaults(settings))
+    systemd.service(name="Alloy enabled and running", service=SERVICE, running=True, enabled=True)
+    systemd.service(name="Restart Alloy for new flags", service=SERVICE, restarted=True, _if=flags.did_change)
+    systemd.service(name="Reload Alloy for its new config", service=SERVICE, reloaded=True,
+                    _if=lambda: config.did_change() and not flags.did_change())

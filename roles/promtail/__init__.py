@@ -1,0 +1,82 @@
+"""Promtail on the log_shipper hosts: tails toy-redis's JSON log and pushes it to Loki.
+
+Chosen by group data `log_shipper = "promtail"` (the alloy role is the other choice; Promtail
+reached end of life, Alloy replaces it). Only level and event become labels, both with a few fixed
+values; every other field stays in the line. Read positions are kept under /var/lib/promtail so a
+restart neither loses nor repeats lines. The config passes `promtail -check-syntax` before it
+replaces the live one.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import files, server, systemd
+
+from homelab.config import ConfigError, StrictModel
+from roles.common import checked_file, render, role_settings
+from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.loki import loki_url
+
+PACKAGES = ["promtail"]
+SERVICE = "promtail"
+CONFIG_FILE = "/etc/promtail/config.yml"
+POSITIONS_DIR = "/var/lib/promtail"
+POSITIONS_FILE = f"{POSITIONS_DIR}/positions.yaml"
+# Grafana's package installs the binary under /usr/local/bin.
+CHECK = "/usr/local/bin/promtail -check-syntax -config.file={staged}"
+LOG_SHIPPERS = ("promtail", "alloy")
+
+
+class Settings(StrictModel):
+    """Group data key `promtail`."""
+
+    install: GrafanaInstall
+    listen_port: int = Field(9080, ge=1, le=65535)
+    toy_redis_log: str = Field("/var/log/toy-redis.log", pattern=r"^/\S+$")
+
+
+def chosen_log_shipper() -> str:
+    """The role named by host data `log_shipper`: "promtail" or "alloy"."""
+    chosen = host.data.get("log_shipper")
+    if chosen not in LOG_SHIPPERS:
+        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
+                          f"expected 'promtail' or 'alloy' (got {chosen!r})")
+    return chosen
+
+
+def stop_other_shipper(other: str, chosen: str) -> None:
+    """Two shippers tailing one file would send every line twice: stop the one not chosen."""
+    if other in host.get_fact(DebPackages):
+        systemd.service(name=f"{other} stopped: {chosen} ships the logs", service=other,
+                        running=False, enabled=False)
+
+
+def render_config(settings: Settings, host_name: str, loki: str) -> str:
+    return render("promtail/config.yml.j2", settings=settings, host_name=host_name,
+                  positions_file=POSITIONS_FILE, push_url=f"{loki}/loki/api/v1/push")
+
+
+@deploy("promtail")
+def apply() -> None:
+    if chosen_log_shipper() != "promtail":
+        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
+                          "is 'alloy': apply the alloy role on this host, not promtail")
+    settings = role_settings("promtail", Settings)
+    config_content = render_config(settings, host.name, loki_url())
+    if not install_grafana_packages("promtail", PACKAGES, settings.install):
+        return
+    stop_other_shipper("alloy", "promtail")
+    # The package's unit runs as promtail:promtail, but its `adduser --system` makes no such group.
+    server.group(name="promtail group", group="promtail", system=True)
+    # Debian's log files are group adm; toy-redis's log is too.
+    server.user(name="promtail may read logs (group adm)", user="promtail", groups=["adm"], append=True,
+                create_home=False, ensure_home=False)
+    files.directory(name="Promtail positions folder", path=POSITIONS_DIR, user="promtail", group="promtail",
+                    mode="0750")
+    config = checked_file(name="Promtail config", dest=CONFIG_FILE, content=config_content, check=CHECK)
+    systemd.service(name="Promtail enabled and running", service=SERVICE, running=True, enabled=True)
+    systemd.service(name="Restart Promtail for its new config", service=SERVICE, restarted=True,
+                    _if=config.did_change)
