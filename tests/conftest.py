@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from homelab.lab.inventory import inventory_groups as read_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -34,13 +35,7 @@ def lab_unavailable_reason() -> str | None:
 
 def inventory_groups(path: Path = LAB_INVENTORY) -> dict[str, set[str]]:
     """host name -> inventory groups, read the way pyinfra reads an inventory file."""
-    hosts: dict[str, set[str]] = {}
-    for group, members in runpy.run_path(str(path)).items():
-        if group.startswith("_") or not isinstance(members, list):
-            continue
-        for name, _data in members:
-            hosts.setdefault(name, set()).add(group)
-    return hosts
+    return {name: groups for name, (_data, groups) in read_inventory(path).items()}
 
 
 def hosts_in(group: str) -> list[str]:

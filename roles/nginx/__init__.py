@@ -136,7 +136,7 @@ def apply() -> None:
         mode="0644",
     )
     # Debian's own default site would claim default_server on :80 beside ours.
-    files.file(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
+    files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
     main_conf = checked_file(
         name="nginx.conf",
@@ -154,9 +154,14 @@ def apply() -> None:
         content=render("nginx/nginx-exporter.default.j2", status_port=settings.status_port,
                        exporter_port=settings.exporter_port),
     )
+    # The package starts the exporter at install with its stock flags, which point at a status port
+    # nobody serves, so it fails into systemd's start limit: clear that before restarting it.
+    server.shell(
+        name="Restart nginx exporter for new flags",
+        commands=["systemctl reset-failed prometheus-nginx-exporter", "systemctl restart prometheus-nginx-exporter"],
+        _if=exporter.did_change,
+    )
     systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter", running=True, enabled=True)
-    systemd.service(name="Restart nginx exporter for new flags", service="prometheus-nginx-exporter",
-                    restarted=True, _if=exporter.did_change)
 
     program = checked_file(
         name="mtail program for nginx responses",

@@ -31,7 +31,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 def test_nginx_serves_static_files_and_health(node):
     assert node.service("nginx").is_running and node.service("nginx").is_enabled
     assert http_get(node, "http://127.0.0.1/healthz") == "200"
-    assert node.name in node.check_output("curl -sf http://127.0.0.1/")
+    assert node.check_output("hostname") in node.check_output("curl -sf http://127.0.0.1/")
 
 
 def test_listen_backlog_and_file_limit_follow_the_tuning_file(node):

@@ -23,6 +23,7 @@ from homelab.lab.settings import LabSettings
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "homelab-lab"
 STOP_TIMEOUT_S = 15
+NODE_NOFILE_HARD = 524288
 
 
 def node_dir(settings: LabSettings, name: str) -> Path:
@@ -35,6 +36,25 @@ def cgroup_dirs(name: str) -> list[Path]:
         return [CGROUP_ROOT / CGROUP_PARENT / name]
     return [CGROUP_ROOT / hierarchy / CGROUP_PARENT / name
             for hierarchy in ("systemd", "unified") if (CGROUP_ROOT / hierarchy).is_dir()]
+
+
+def kill_leftover_processes(name: str) -> None:
+    """SIGKILL whatever still runs in the node's cgroup: after nspawn itself was killed, the
+    node's systemd and services live on, holding its address and answering ssh."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = [int(pid) for top in cgroup_dirs(name) if top.exists()
+                for folder, _subdirs, _files in os.walk(top)
+                for pid in (Path(folder) / "cgroup.procs").read_text().split()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    raise LabError(f"processes of node {name} survive SIGKILL; see {cgroup_dirs(name)[0]}/cgroup.procs")
 
 
 def remove_cgroups(name: str) -> None:
@@ -134,7 +154,9 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
     """Boot the node; returns the nspawn pid. Does not wait for it to be ready."""
     folder = node_dir(settings, node.name)
     cgroups = cgroup_dirs(node.name)
-    remove_cgroups(node.name)  # left over from a node that died without cleaning up
+    # Left over from a node whose nspawn died without shutting it down.
+    kill_leftover_processes(node.name)
+    remove_cgroups(node.name)
     for cgroup in cgroups:
         cgroup.mkdir(parents=True, exist_ok=True)
 
@@ -146,6 +168,9 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
         "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", node.name, "-D", str(base),
         f"--overlay={base}:{folder / 'upper'}:/", "-b", "--console=pipe",
         f"--network-bridge={settings.bridge}",
+        # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
+        # and no tuning inside a node could raise a service's open-file limit past it.
+        f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
     ]
     with open(folder / "console.log", "wb") as console:
         process = subprocess.Popen(
@@ -169,6 +194,7 @@ def stop(settings: LabSettings, name: str) -> None:
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
     (node_dir(settings, name) / "pid").unlink(missing_ok=True)
+    kill_leftover_processes(name)
     remove_cgroups(name)
 
 

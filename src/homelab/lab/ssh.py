@@ -8,11 +8,14 @@ name and its address, so either way of connecting is checked.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from homelab.lab.errors import LabError
 from homelab.lab.inventory import LabNode
 from homelab.lab.settings import LabSettings
 
 READY_TIMEOUT_S = 120
+# Not under the state folder: a unix socket path must stay under 108 bytes wherever that is.
+CONTROL_DIR = Path("/run/homelab-lab-ssh")
 
 
 def ensure_client_key(settings: LabSettings) -> str:
@@ -29,6 +32,7 @@ def ensure_client_key(settings: LabSettings) -> str:
 
 
 def write_client_files(settings: LabSettings, host_keys: dict[LabNode, str]) -> None:
+    CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
     known = [f"{node.name},{node.address} {key}" for node, key in sorted(host_keys.items())]
     settings.known_hosts.write_text("\n".join(known) + "\n")
     blocks = [f"Host {node.name}\n    HostName {node.address}\n" for node in sorted(host_keys)]
@@ -43,7 +47,7 @@ def write_client_files(settings: LabSettings, host_keys: dict[LabNode, str]) -> 
         "    LogLevel ERROR\n"
         # Reused connections make testinfra's many small commands fast (4.3 s -> 0.8 s measured).
         "    ControlMaster auto\n"
-        f"    ControlPath {settings.state_dir}/ssh-%C\n"
+        f"    ControlPath {CONTROL_DIR}/%C\n"
         "    ControlPersist 60\n"
     )
     settings.ssh_config.write_text("\n".join(blocks))

@@ -1,0 +1,132 @@
+"""alert-relay on its lab hosts: accepting Alertmanager's webhook with the vault's token, sandboxed, idempotent."""
+
+import re
+import runpy
+import time
+
+import pytest
+import requests
+
+from homelab.vault import load_vault
+from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, token_path
+from roles.python_app import build_wheels
+from roles.tuning.settings import load_tuning
+from tests.conftest import LAB_INVENTORY, REPO, hosts_in, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
+GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "alert_relay.py"))["alert_relay"]
+PORT = int(GROUP_DATA["listen"].rpartition(":")[2])
+
+
+def lab_address(name: str) -> str:
+    for members in runpy.run_path(str(LAB_INVENTORY)).values():
+        if isinstance(members, list):
+            for member_name, data in members:
+                if member_name == name:
+                    return data["ssh_hostname"]
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="module")
+def vault() -> dict[str, str]:
+    return load_vault("secrets/lab.vault.yml", "secrets/lab.vault-password")
+
+
+@pytest.fixture(params=hosts_in("alert_relay"))
+def node(request, deployed, testinfra_hosts):
+    return testinfra_hosts[request.param]
+
+
+@pytest.fixture
+def relay_url(node) -> str:
+    return f"http://{lab_address(node.backend.hostname)}:{PORT}"
+
+
+def main_pid(node) -> int:
+    return int(node.check_output(f"systemctl show -p MainPID --value {APP.service}"))
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE):
+        if labels in (match.group(1) or ""):
+            total += float(match.group(2))
+    return total
+
+
+def alert_payload(name: str) -> dict:
+    return {
+        "version": "4", "groupKey": f"{{}}:{{alertname=\"{name}\"}}", "truncatedAlerts": 0, "status": "firing",
+        "receiver": "alert-relay", "groupLabels": {"alertname": name}, "commonLabels": {"alertname": name},
+        "commonAnnotations": {}, "externalURL": "http://worker-node-14:9093",
+        "alerts": [{
+            "status": "firing", "labels": {"alertname": name, "severity": "warning", "instance": "lab"},
+            "annotations": {"summary": "lab test", "description": "sent by tests/hosts/test_alert_relay.py"},
+            "startsAt": "2024-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://worker-node-14:9090/graph", "fingerprint": f"{abs(hash(name)):016x}",
+        }],
+    }
+
+
+def test_service_enabled_and_running_as_its_own_user(node):
+    service = node.service(APP.service)
+    assert service.is_running and service.is_enabled
+    assert node.check_output(f"ps -o user= -p {main_pid(node)}") == APP.service
+
+
+def test_sandboxed_with_the_tuned_file_limit(node):
+    shown = dict(line.split("=", 1) for line in node.check_output(
+        f"systemctl show {APP.service} -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
+        "-p ReadWritePaths -p Restart").splitlines())
+    assert shown["NoNewPrivileges"] == "yes" and shown["ProtectSystem"] == "strict"
+    assert shown["ProtectHome"] == "yes" and shown["PrivateTmp"] == "yes" and shown["Restart"] == "on-failure"
+    assert shown["ReadWritePaths"].split() == ["/var/lib/alert-relay"]
+    limits = node.check_output(f"grep 'Max open files' /proc/{main_pid(node)}/limits").split()
+    assert int(limits[3]) == TUNING.limits.nofile
+
+
+def test_healthz_and_metrics_answer_over_the_lab_network(relay_url):
+    assert requests.get(f"{relay_url}/healthz", timeout=5).status_code == 200
+    text = requests.get(f"{relay_url}/metrics", timeout=5).text
+    assert "alert_relay_queue_depth" in text and "alert_relay_dead_letters" in text
+
+
+def test_alertmanager_webhook_takes_the_vault_token_and_refuses_others(node, relay_url, vault):
+    name = f"LabRelayTest{time.time_ns()}"
+    wrong = requests.post(f"{relay_url}/alertmanager", json=alert_payload(name), timeout=5,
+                          headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 401
+    before = metric(requests.get(f"{relay_url}/metrics", timeout=5).text, "alert_relay_accepted_total")
+    accepted = requests.post(f"{relay_url}/alertmanager", json=alert_payload(name), timeout=5,
+                             headers={"Authorization": f"Bearer {vault['alertmanager_webhook_token']}"})
+    assert accepted.status_code == 200, accepted.text
+    after = metric(requests.get(f"{relay_url}/metrics", timeout=5).text, "alert_relay_accepted_total")
+    assert after == before + 1
+    # Durably queued in the service's state folder.
+    queue = node.file(QUEUE_PATH)
+    assert queue.exists and queue.user == APP.service
+
+
+def test_token_files_readable_only_by_root_and_the_service(node, vault):
+    processes = node.check_output("ps -eo args")
+    for secret in TOKEN_FILES.values():
+        token = node.file(token_path(secret))
+        assert (token.user, token.group, token.mode) == ("root", APP.service, 0o640), secret
+        assert token.content_string.strip() == vault[secret]
+        assert vault[secret] not in processes
+    assert node.file("/etc/alert-relay").mode == 0o750
+
+
+def test_runs_the_wheels_built_on_the_control_machine(node):
+    expected = build_wheels(APP.source_dir).digest
+    assert node.check_output(f"readlink {APP.current}") == f"venvs/{expected}"
+    assert node.check_output(f"ls {APP.home}/venvs") == expected
+
+
+def test_second_deploy_changes_nothing(node):
+    rerun = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=alert_relay")
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert rerun.failed() == []
+    assert rerun.changed() == [], f"a second run changed: {rerun.changed()}"

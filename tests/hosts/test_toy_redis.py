@@ -1,0 +1,131 @@
+"""toy-redis on its lab hosts: serving clients over the lab network, sandboxed, logging, idempotent."""
+
+import json
+import runpy
+import time
+
+import pytest
+import redis
+import requests
+
+from homelab.vault import load_vault
+from roles.python_app import build_wheels
+from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH
+from roles.tuning.settings import load_tuning
+from tests.conftest import LAB_INVENTORY, REPO, hosts_in, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
+GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
+PORT = GROUP_DATA["port"]
+METRICS_PORT = GROUP_DATA["metrics_port"]
+
+
+def lab_address(name: str) -> str:
+    for members in runpy.run_path(str(LAB_INVENTORY)).values():
+        if isinstance(members, list):
+            for member_name, data in members:
+                if member_name == name:
+                    return data["ssh_hostname"]
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="module")
+def password() -> str:
+    return load_vault("secrets/lab.vault.yml", "secrets/lab.vault-password")["toy_redis_password"]
+
+
+@pytest.fixture(params=hosts_in("toy_redis"))
+def node(request, deployed, testinfra_hosts):
+    return testinfra_hosts[request.param]
+
+
+@pytest.fixture
+def client(node, password):
+    client = redis.Redis(host=lab_address(node.backend.hostname), port=PORT, password=password, socket_timeout=5)
+    yield client
+    client.close()
+
+
+def main_pid(node) -> int:
+    return int(node.check_output(f"systemctl show -p MainPID --value {APP.service}"))
+
+
+def test_service_enabled_and_running_as_its_own_user(node):
+    service = node.service(APP.service)
+    assert service.is_running and service.is_enabled
+    assert node.check_output(f"ps -o user= -p {main_pid(node)}") == APP.service
+    assert node.user(APP.service).shell == "/usr/sbin/nologin"
+
+
+def test_sandboxed_with_the_tuned_file_limit(node):
+    shown = dict(line.split("=", 1) for line in node.check_output(
+        f"systemctl show {APP.service} -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
+        "-p ReadWritePaths -p Restart").splitlines())
+    assert shown["NoNewPrivileges"] == "yes" and shown["ProtectSystem"] == "strict"
+    assert shown["ProtectHome"] == "yes" and shown["PrivateTmp"] == "yes" and shown["Restart"] == "on-failure"
+    assert set(shown["ReadWritePaths"].split()) == {"/var/lib/toy-redis", "/var/log/toy-redis"}
+    limits = node.check_output(f"grep 'Max open files' /proc/{main_pid(node)}/limits").split()
+    assert int(limits[3]) == TUNING.limits.nofile
+
+
+def test_set_and_get_from_the_control_machine_with_the_vault_password(node, client):
+    key = f"lab-test:{time.time_ns()}"
+    assert client.set(key, "hello", ex=60)
+    assert client.get(key) == b"hello"
+    anonymous = redis.Redis(host=lab_address(node.backend.hostname), port=PORT, socket_timeout=5)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.get(key)
+    anonymous.close()
+
+
+def test_password_file_readable_only_by_root_and_the_service(node, password):
+    secret = node.file(REQUIREPASS_PATH)
+    assert (secret.user, secret.group, secret.mode) == ("root", APP.service, 0o640)
+    # Never on a command line.
+    assert password not in node.check_output("ps -eo args")
+
+
+def test_metrics_served_to_prometheus(node, client):
+    client.set(f"lab-test:metrics:{time.time_ns()}", "1", ex=60)
+    text = requests.get(f"http://{lab_address(node.backend.hostname)}:{METRICS_PORT}/metrics", timeout=5).text
+    assert 'toy_redis_commands_total{command="set"}' in text
+    assert "toy_redis_command_duration_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text
+
+
+def test_json_log_written_and_reopened_after_logrotate(node):
+    log = node.file(LOG_FILE)
+    assert log.exists and log.user == APP.service
+    assert node.file(LOG_LINK).linked_to == LOG_FILE
+    first = json.loads(log.content_string.splitlines()[0])
+    assert {"ts", "level", "event"} <= set(first)
+
+    pid = main_pid(node)
+    node.check_output("logrotate --force /etc/logrotate.d/toy-redis")
+    assert main_pid(node) == pid  # SIGHUP reopened the log; it did not restart the server
+    assert node.file(f"{LOG_FILE}.1").exists
+    # The server writes to the new file: logrotate created it inside the sandbox's writable folder.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fresh = node.file(LOG_FILE)
+        if fresh.exists and "log_reopened" in fresh.content_string:
+            break
+        time.sleep(0.5)
+    events = [json.loads(line)["event"] for line in node.file(LOG_FILE).content_string.splitlines()]
+    assert "log_reopened" in events
+    assert node.file(LOG_FILE).user == APP.service
+
+
+def test_runs_the_wheels_built_on_the_control_machine(node):
+    expected = build_wheels(APP.source_dir).digest
+    assert node.check_output(f"readlink {APP.current}") == f"venvs/{expected}"
+    assert node.check_output(f"ls {APP.home}/venvs") == expected  # older venvs removed
+
+
+def test_second_deploy_changes_nothing(node):
+    rerun = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=toy_redis")
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert rerun.failed() == []
+    assert rerun.changed() == [], f"a second run changed: {rerun.changed()}"
