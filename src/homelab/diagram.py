@@ -198,8 +198,9 @@ def probe_flows(cluster: Cluster) -> list[str]:
             if role is None:
                 continue
             for host in cluster.members(probe["group"]):
-                url = probe["url"].replace("{host}", host)
-                lines.append(f'  {node_id(prober, "blackbox")} -.->|"{probe["module"]} {url}"| {node_id(host, role.key)}')
+                # "http://{host}:9090/-/healthy" -> ":9090/-/healthy": the arrow already names the host.
+                where = re.sub(r"^\w+://\{host\}", "", probe["url"]) or "/"
+                lines.append(f'  {node_id(prober, "blackbox")} -.->|"probe {probe["module"]} {where}"| {node_id(host, role.key)}')
     return lines
 
 

@@ -153,3 +153,45 @@ def test_deploy_refuses_rules_not_rendered_from_the_current_thresholds(tmp_path)
     with pytest.raises(ConfigError, match=r"out of date with .*thresholds.yaml \(node.rules.yml, "
                                           r"tests/node.test.yml\): run `alerts render`"):
         require_current_rules(edited, out)
+
+
+# Thresholds a user may well write that strain the test generator: levels a hair apart, tiny
+# values, `for: 0s`, durations that are not whole test steps, disk horizons closer than a test run.
+UNUSUAL_THRESHOLDS = {
+    "levels close together": {
+        "HostMemoryHigh": {"warning_percent": 60, "critical_percent": 60.1},
+        "Nginx5xxRatioHigh": {"warning_percent": 0.01, "critical_percent": 99.99},
+        "ToyRedisLatencyHigh": {"warning_ms": 0.05, "critical_ms": 0.051},
+        "ProbeSlow": {"warning_ms": 299.95, "critical_ms": 300.05},
+        "HostLoadHigh": {"warning_per_core": 0.001, "critical_per_core": 0.002},
+    },
+    "odd durations": {
+        "HostMemoryHigh": {"for": "0s"},
+        "InstanceDown": {"for": "10s"},
+        "ProbeSlow": {"for": "1m30s"},
+        "AlertRelayDeadLetters": {"for": "0s"},
+        "ToyRedisExpiredKeysNotReclaimed": {"stale_percent": 99.99},
+        "ToyRedisMemoryGrowing": {"mib_per_hour": 0.001, "window": "5m", "for": "7s"},
+    },
+    "disk horizons close together": {
+        "HostDiskFillingUp": {"warning_hours": 5, "critical_hours": 4.5, "for": "30m",
+                              "free_percent_below": 99.5, "window": "1h"},
+    },
+    "disk horizons far apart": {
+        "HostDiskFillingUp": {"warning_hours": 1000, "critical_hours": 0.1, "for": "0s", "free_percent_below": 0.5},
+    },
+}
+
+
+@needs_promtool
+@pytest.mark.parametrize("variant", UNUSUAL_THRESHOLDS, ids=list(UNUSUAL_THRESHOLDS))
+def test_generated_unit_tests_pass_for_unusual_thresholds(variant, tmp_path):
+    def apply(data):
+        for alert, keys in UNUSUAL_THRESHOLDS[variant].items():
+            data["alerts"][alert].update(keys)
+
+    out = tmp_path / "out"
+    write_generated(generated_files(load_thresholds(edited_thresholds(tmp_path, apply))), out)
+    tests = sorted(map(str, out.glob("tests/*.test.yml")))
+    result = subprocess.run([PROMTOOL, "test", "rules", *tests], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr

@@ -179,16 +179,20 @@ class HostDiskFillingUp(Alert):
         tests = [
             case(f"silent when full only after {num(warning.threshold * 2)}h", warning.threshold * 2 + elapsed_h,
                  low_free, [], with_pending=False),
-            case(f"silent with {num(self.free_percent_below)}% or more free", critical.threshold / 2,
-                 min(100.0, self.free_percent_below + (100 - self.free_percent_below) / 2), [], with_pending=False),
             case(f"both fire when full within {num(critical.threshold / 2)}h, after {self.for_}",
                  critical.threshold / 2, low_free, [expected_warning, expected_critical]),
         ]
+        # A disk emptying fast but with more than free_percent_below free: silent. Possible only
+        # if, falling that fast, it stays above free_percent_below for the whole test.
+        high_free, fast = self.free_percent_below + (100 - self.free_percent_below) * 0.9, critical.threshold * 0.9
+        if high_free * (1 - elapsed_h / fast) > self.free_percent_below:
+            tests.insert(1, case(f"silent with {num(self.free_percent_below)}% or more free", fast,
+                                 high_free, [], with_pending=False))
         # While the test runs the time left shrinks by elapsed_h: only with room between the two
         # horizons can a disk sit inside the warning one and outside the critical one throughout.
         if warning.threshold - critical.threshold > elapsed_h:
             between = critical.threshold + elapsed_h + (warning.threshold - critical.threshold - elapsed_h) / 2
-            tests.insert(2, case(f"warning fires when full within {num(round(between, 2))}h, after {self.for_}",
+            tests.insert(-1, case(f"warning fires when full within {num(round(between, 2))}h, after {self.for_}",
                                  between, low_free, [expected_warning]))
         return tests
 
