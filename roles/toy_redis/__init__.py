@@ -35,6 +35,7 @@ DATA_DIR = "/var/lib/toy-redis"
 LOG_DIR = "/var/log/toy-redis"
 LOG_FILE = f"{LOG_DIR}/toy-redis.log"
 LOG_LINK = "/var/log/toy-redis.log"
+LOG_GROUP = "adm"
 LOGROTATE_PATH = "/etc/logrotate.d/toy-redis"
 # The server's own validation, run on the node with the venv's binary before a config goes live.
 CONFIG_CHECK = f"{APP.binary()} --check-config {{staged}}"
@@ -120,7 +121,7 @@ def render_unit(nofile: int) -> str:
 
 def render_logrotate(settings: Settings) -> str:
     return render("toy_redis/logrotate.j2", log_file=LOG_FILE, keep=settings.log_keep,
-                  max_size=settings.log_max_size, user=APP.service, service=APP.service)
+                  max_size=settings.log_max_size, user=APP.service, group=LOG_GROUP, service=APP.service)
 
 
 def check_maxclients_fit(settings: Settings, nofile: int, where: str) -> None:
@@ -169,6 +170,9 @@ def apply() -> None:
         content=render_logrotate(settings),
         check="logrotate --debug {staged}",
     )
+    # Readable by group adm like Debian's own logs (the log shippers' users are in it); logrotate
+    # recreates it the same way.
+    files.file(name="toy-redis log file", path=LOG_FILE, user=APP.service, group=LOG_GROUP, mode="0640")
     files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
 
     python_app.running(APP, restart_when_changed=[config, unit, password], installed=installed)

@@ -114,7 +114,7 @@ def test_logrotate_signals_the_server_to_reopen_its_log():
     conf = render_logrotate(Settings(log_keep=3, log_max_size="50M"))
     assert conf.splitlines()[1] == f"{LOG_FILE} {{"
     assert "    rotate 3" in conf.splitlines() and "    maxsize 50M" in conf.splitlines()
-    assert "    create 0644 toy-redis toy-redis" in conf.splitlines()
+    assert "    create 0640 toy-redis adm" in conf.splitlines()
     postrotate = conf[conf.index("postrotate"):conf.index("endscript")]
     assert "systemctl kill --kill-whom=main --signal=HUP toy-redis.service" in postrotate
 
@@ -122,7 +122,7 @@ def test_logrotate_signals_the_server_to_reopen_its_log():
 @pytest.mark.skipif(not shutil.which("logrotate"), reason="needs logrotate (apt-get install logrotate)")
 def test_logrotate_accepts_the_rendered_file(tmp_path):
     # The service user exists only on nodes; root stands in for it here.
-    conf = render_logrotate(Settings()).replace("create 0644 toy-redis toy-redis", "create 0644 root root")
+    conf = render_logrotate(Settings()).replace("create 0640 toy-redis adm", "create 0640 root root")
     staged = tmp_path / "toy-redis"
     staged.write_text(conf)
     result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(staged)],
