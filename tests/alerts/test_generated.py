@@ -99,6 +99,12 @@ def test_every_alert_has_severity_summary_description_and_an_existing_runbook(re
             assert section in text, f"{runbook.name} lacks '{section}'"
 
 
+def test_every_runbook_belongs_to_an_alert(rendered):
+    alerts = {rule["alert"] for rule in all_rules(rendered)}
+    pages = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
+    assert pages == alerts
+
+
 def test_memory_warning_is_the_notes_sixty_percent(rendered):
     memory = [rule for rule in all_rules(rendered) if rule["alert"] == "HostMemoryHigh"]
     assert {rule["labels"]["severity"]: rule["expr"].rsplit(" ", 1)[-1] for rule in memory} == \

@@ -53,8 +53,9 @@ BAD_INPUTS = {
         "alerts.HostDiskFillingUp.warning_hours: expected above critical_hours (4), got 2"),
     "bad duration": ("alerts.HostMemoryHigh.for", "5 minutes",
                      "alerts.HostMemoryHigh.for: expected a duration like 30s, 5m or 1h (got '5 minutes')"),
-    "empty window": ("alerts.ProbeSlow.window", "0s",
-                     "alerts.ProbeSlow.window: expected a window longer than 0s, like 5m (got '0s')"),
+    "window too short for rate()": ("alerts.Nginx5xxRatioHigh.window", "30s",
+                                    "alerts.Nginx5xxRatioHigh.window: expected a window of at least 1m, "
+                                    "so that it holds several scrapes (got '30s')"),
     "bad severity": ("alerts.ToyRedisDown.severity", "page",
                      "alerts.ToyRedisDown.severity: expected 'warning' or 'critical' (got 'page')"),
     "negative rate": ("alerts.ToyRedisMemoryGrowing.mib_per_hour", -1,

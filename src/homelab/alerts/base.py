@@ -47,10 +47,15 @@ def _check_duration(value: str) -> str:
     return value
 
 
+# rate(), deriv() and predict_linear() need at least two scrapes inside the window, or the alert
+# silently never fires; a minute holds several at any usual scrape interval.
+MIN_WINDOW_S = 60
+
+
 def _check_window(value: str) -> str:
     _check_duration(value)
-    if seconds(value) <= 0:
-        raise ValueError("expected a window longer than 0s, like 5m")
+    if seconds(value) < MIN_WINDOW_S:
+        raise ValueError("expected a window of at least 1m, so that it holds several scrapes")
     return value
 
 
