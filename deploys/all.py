@@ -13,10 +13,19 @@ from pyinfra import host
 
 BASE_ROLES = ["base", "tuning", "node_exporter"]
 
-# inventory group -> role module under roles/, in the order they are applied on a host
-# (nginx before grafana: Grafana's site is checked against the installed nginx).
+# inventory group -> role module under roles/, in the order they are applied on a host.
+# nginx before grafana: Grafana's site is checked against the installed nginx. The relay before
+# Alertmanager, whose webhook points at it; Prometheus last, once what it scrapes exists.
 GROUP_ROLES = {
     "nginx": "nginx",
+    "grafana": "grafana",
+    "loki": "loki",
+    "toy_redis": "toy_redis",
+    "log_shipper": host.data.get("log_shipper", "promtail"),  # "promtail" or "alloy"
+    "alert_relay": "alert_relay",
+    "alertmanager": "alertmanager",
+    "blackbox": "blackbox",
+    "prometheus": "prometheus",
 }
 
 only = host.data.get("only_roles")
