@@ -10,6 +10,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -291,3 +292,73 @@ def test_unreachable_repository_message_says_what_to_do_in_one_line():
     assert "\n" not in message
     assert message.startswith("loki: source grafana-apt: https://apt.grafana.com is not reachable from worker-node-11;")
     assert "artifacts/loki/" in message and "loki.install.source = 'offline'" in message
+
+
+# --- what a deploy plans -------------------------------------------------------------------------
+
+DRY_DEPLOY = """
+from importlib import import_module
+from pyinfra import host
+for role in host.data.get("roles").split(","):
+    import_module(f"roles.{role}").apply()
+"""
+
+
+def dry_plan(tmp_path: Path, roles: str, offline: dict[str, str], *data: str) -> tuple[list[str], str]:
+    """Operation names `pyinfra --dry` plans for ``roles`` on @local (nothing is executed), and its output.
+
+    Components in ``offline`` (name -> version) install from empty stand-in .deb files.
+    """
+    vault = {"vault_file": "secrets/lab.vault.yml", "vault_password_file": "secrets/lab.vault-password"}
+    groups = ["grafana", "nginx", "loki", "log_shipper", "prometheus", "alertmanager"]
+    (tmp_path / "inventory.py").write_text(
+        f"_local = ('@local', {vault!r})\n" + "".join(f"{group} = [_local]\n" for group in groups))
+    (tmp_path / "deploy.py").write_text(DRY_DEPLOY)
+    overrides = tmp_path / "group_data"
+    overrides.mkdir()
+    group_of = {"grafana": "grafana", "loki": "loki", "promtail": "log_shipper", "alloy": "log_shipper"}
+    for component, version in offline.items():
+        (tmp_path / "artifacts" / component).mkdir(parents=True)
+        (tmp_path / "artifacts" / component / f"{component}_{version}_amd64.deb").write_bytes(b"")
+        install = {"source": "offline", "version": version, "artifacts_dir": str(tmp_path / "artifacts")}
+        with (overrides / f"{group_of[component]}.py").open("a") as data_file:
+            data_file.write(f"{component} = {{'install': {install!r}}}\n")
+    extra = [arg for pair in (("--data", item) for item in data) for arg in pair]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "-y", "--dry", "--json", "--group-data", "inventory/group_data",
+         "--group-data", str(overrides), "--data", f"roles={roles}", *extra,
+         str(tmp_path / "inventory.py"), str(tmp_path / "deploy.py")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [op["name"] for op in json.loads(result.stdout)["plan"]], result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dpkg"),
+                    reason="plans against this machine as a Debian node (root, dpkg), as the lab's nodes are")
+def test_dry_run_plans_every_role_and_never_shows_the_admin_password(tmp_path):
+    offline = {"grafana": "11.6.0", "loki": "3.5.0", "alloy": "1.10.0"}
+    plan, output = dry_plan(tmp_path, "grafana,loki,alloy", offline, "log_shipper=alloy")
+    for expected in ("grafana | Install grafana_11.6.0_amd64.deb", "grafana | Grafana admin password",
+                     "grafana | grafana.ini", "grafana | Dashboards from the repo",
+                     "grafana | www-data may open Grafana's socket", "grafana | nginx site grafana",
+                     "loki | Install loki_3.5.0_amd64.deb", "loki | Loki config",
+                     "alloy | Install alloy_1.10.0_amd64.deb", "alloy | Alloy config"):
+        assert expected in plan
+    # Grafana is configured only after it is installed, and its site only once nginx may open the socket.
+    assert plan.index("grafana | Install grafana_11.6.0_amd64.deb") < plan.index("grafana | grafana.ini")
+    assert plan.index("grafana | www-data may open Grafana's socket") < plan.index("grafana | nginx site grafana")
+    secrets = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
+    assert secrets["grafana_admin_password"] not in output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dpkg"),
+                    reason="plans against this machine as a Debian node (root, dpkg), as the lab's nodes are")
+def test_without_the_repository_a_component_plans_one_failing_step_and_nothing_else(tmp_path):
+    reachable = subprocess.run(["/usr/lib/apt/apt-helper", "download-file",
+                                "https://apt.grafana.com/dists/stable/InRelease", str(tmp_path / "InRelease")],
+                               capture_output=True, timeout=60).returncode == 0
+    if reachable:
+        pytest.skip("apt.grafana.com is reachable from this machine: the unreachable path cannot be shown here")
+    plan, _ = dry_plan(tmp_path, "promtail", {})
+    assert plan == ["promtail | promtail: Grafana's apt repository is reachable"]
