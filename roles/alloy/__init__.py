@@ -12,7 +12,6 @@ from pydantic import Field
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
-from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, StrictModel
 from roles.common import checked_file, render, role_settings

@@ -1,0 +1,52 @@
+"""Loki on its lab host: ready, retention as configured, and a pushed line can be queried back."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import hosts_in
+from tests.hosts.test_grafana import deployed_node
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(params=hosts_in("loki"))
+def node(request):
+    return deployed_node(request, "loki")
+
+
+def wait_ready(node, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.run("curl -sf http://127.0.0.1:3100/ready").stdout.strip() == "ready":
+            return
+        time.sleep(1)
+    raise AssertionError(f"Loki on {node.backend.host} not ready after {timeout}s")
+
+
+def test_loki_is_ready_with_retention_from_group_data(node):
+    assert node.service("loki").is_running and node.service("loki").is_enabled
+    wait_ready(node)
+    config = node.check_output("curl -sf http://127.0.0.1:3100/config")
+    assert "retention_period: 31d" in config
+    assert "retention_enabled: true" in config
+
+
+def test_a_pushed_line_can_be_queried_back(node):
+    wait_ready(node)
+    marker = f"lab-check-{time.time_ns()}"
+    stream = {"streams": [{"stream": {"job": "lab-check"}, "values": [[str(time.time_ns()), marker]]}]}
+    node.check_output(f"curl -sf -H 'Content-Type: application/json' --data-binary '{json.dumps(stream)}' "
+                      "http://127.0.0.1:3100/loki/api/v1/push")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = json.loads(node.check_output(
+            "curl -sfG --data-urlencode 'query={job=\"lab-check\"}' --data-urlencode 'since=5m' "
+            "http://127.0.0.1:3100/loki/api/v1/query_range"))
+        if marker in json.dumps(answer["data"]["result"]):
+            return
+        time.sleep(1)
+    raise AssertionError("the pushed line did not come back from Loki within 30s")
