@@ -16,12 +16,12 @@ import ipaddress
 from typing import Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from homelab.config import ConfigError, StrictModel
+from homelab.config import ConfigError, FieldError, StrictModel
 from roles import python_app
 from roles.common import checked_file, render, role_settings
 from roles.tuning import host_tuning
@@ -51,9 +51,9 @@ class Settings(StrictModel):
     # Require a password (the vault's toy_redis_password, in a file only the service can read):
     # the server listens beyond localhost. Off only for a node nobody else can reach.
     auth: bool = True
-    maxclients: int = Field(10000, ge=1)
+    maxclients: int = Field(10000, ge=1, le=1_000_000)
     # Bytes; 0 = no limit.
-    maxmemory: int = Field(0, ge=0)
+    maxmemory: int = Field(0, ge=0, le=2**63 - 1)
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = "noeviction"
     appendonly: bool = True
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
@@ -61,11 +61,17 @@ class Settings(StrictModel):
     metrics_port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # -1 turns the slow log off.
-    slowlog_log_slower_than_us: int = Field(10000, ge=-1)
-    slowlog_max_len: int = Field(128, ge=0)
+    slowlog_log_slower_than_us: int = Field(10000, ge=-1, le=2**63 - 1)
+    slowlog_max_len: int = Field(128, ge=0, le=1_000_000)
     # logrotate: rotated files kept, and the size that rotates early.
     log_keep: int = Field(7, ge=1, le=365)
     log_max_size: str = Field("100M", pattern=r"^[0-9]+[kMG]?$")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "Settings":
+        if self.metrics_port == self.port:
+            raise FieldError("metrics_port", f"expected a port other than port ({self.port}), got {self.metrics_port}")
+        return self
 
     @field_validator("bind", "metrics_bind")
     @classmethod

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homelab.config import ConfigError, model_from_data
 from roles.alert_relay import (
@@ -118,3 +120,24 @@ def test_the_relay_checks_the_staged_config_with_its_routes_and_tokens(tmp_path)
         (tmp_path / secret).write_text("test-token\n")
     result = run_check(config_check_command(), staged, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+relay_settings_accepted_here = st.builds(
+    Settings,
+    listen=st.tuples(st.sampled_from(["0.0.0.0", "127.0.0.1", "10.77.0.14", "localhost"]), st.integers(1, 65535))
+    .map(lambda host_port: f"{host_port[0]}:{host_port[1]}"),
+    slack_base_url=st.sampled_from(["https://slack.com/api/", "http://127.0.0.1:8999/api/"]),
+    faxplus_base_url=st.sampled_from(["https://restapi.fax.plus", "http://127.0.0.1:8998"]),
+    alertmanager_url=st.sampled_from([None, "http://worker-node-14:9093"]),
+    max_body_bytes=st.integers(1024, 64 << 20),
+    log_level=st.sampled_from(["debug", "info", "warning", "error"]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(relay_settings_accepted_here)
+def test_any_group_data_the_deploy_accepts_the_relay_accepts(group_settings):
+    """The control machine's checks are no looser than the relay's own, so a bad value stops the run early."""
+    from alert_relay.config import RelayConfig, model_from_data as relay_model_from_data
+
+    relay_model_from_data("rendered", RelayConfig, yaml.safe_load(render_config(group_settings)))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homelab.config import ConfigError, model_from_data
 from roles.toy_redis import (
@@ -59,6 +61,7 @@ def test_without_auth_no_password_file_is_configured():
     ({"port": 70000}, "toy-redis group data: port: expected less than or equal to 65535 (got 70000)"),
     ({"appendonly": "yes"}, "toy-redis group data: appendonly: expected a valid boolean (got 'yes')"),
     ({"requirepass": "secret"}, "toy-redis group data: requirepass: unknown key"),
+    ({"metrics_port": 6379}, "toy-redis group data: metrics_port: expected a port other than port (6379), got 6379"),
     ({"bind": "worker-node-12"}, "toy-redis group data: bind: expected an IP address such as 0.0.0.0 or 127.0.0.1 (got 'worker-node-12')"),
 ])
 def test_bad_group_data_is_one_line_naming_the_key(data, message):
@@ -132,3 +135,29 @@ def test_logrotate_accepts_the_rendered_file(tmp_path):
     result = subprocess.run(["logrotate", "--debug", "--state", str(tmp_path / "state"), str(staged)],
                             capture_output=True, text=True)
     assert result.returncode != 0
+
+
+settings_accepted_here = st.fixed_dictionaries({
+    "bind": st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "10.77.0.12"]),
+    "port": st.integers(1, 65535),
+    "auth": st.booleans(),
+    "maxclients": st.integers(1, 1_000_000),
+    "maxmemory": st.integers(0, 2**63 - 1),
+    "maxmemory_policy": st.sampled_from(["noeviction", "allkeys-lru", "volatile-ttl"]),
+    "appendonly": st.booleans(),
+    "appendfsync": st.sampled_from(["always", "everysec", "no"]),
+    "metrics_bind": st.sampled_from(["0.0.0.0", "127.0.0.1"]),
+    "metrics_port": st.integers(1, 65535),
+    "log_level": st.sampled_from(["debug", "info", "warning", "error"]),
+    "slowlog_log_slower_than_us": st.integers(-1, 2**63 - 1),
+    "slowlog_max_len": st.integers(0, 1_000_000),
+}).filter(lambda data: data["port"] != data["metrics_port"]).map(lambda data: Settings(**data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(settings_accepted_here)
+def test_any_group_data_the_deploy_accepts_the_server_accepts(group_settings):
+    """The control machine's checks are no looser than the server's: a bad value stops the run
+    before any node changes, instead of failing the node-side check half-way through a deploy."""
+    toy_redis_config = pytest.importorskip("toy_redis.config")
+    toy_redis_config.validate(yaml.safe_load(render_config(group_settings)), "rendered")
