@@ -119,7 +119,12 @@ class Relay:
                     return event["port"]
             return None
 
-        port = wait_for(listening, 15, "the relay to listen")
+        try:
+            port = wait_for(listening, 15, "the relay to listen")
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
         self.url = f"http://127.0.0.1:{port}"
         return self
 

@@ -26,6 +26,7 @@ class Call:
 
 class _QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each two-write reply waits for a delayed ACK
 
     def log_message(self, format, *args):
         pass

@@ -32,14 +32,23 @@ class Worker(threading.Thread):
         self.channel_interval_s = channel_interval_s
         self._wakeup = threading.Condition()
         self._stopping = False
+        self._dirty = False
+        self._pending_channels: set[str] = set()
         self._channel_free_at: dict[str, float] = {}
         self._paused_until = 0.0
         self._last_housekeeping = 0.0
 
-    def notify(self) -> None:
-        """Called after a commit that queued messages."""
+    def notify(self, channels: set[str]) -> None:
+        """Called after a commit that queued messages for ``channels``.
+
+        Wakes the worker only for a channel with nothing queued before: a message behind another
+        one of its channel cannot be sent sooner than that one, for which the worker already
+        waits. (Rescanning the queue on every accepted request tripled the accept p99.)
+        """
         with self._wakeup:
-            self._wakeup.notify()
+            if not channels <= self._pending_channels:
+                self._dirty = True
+                self._wakeup.notify()
 
     def stop(self) -> None:
         with self._wakeup:
@@ -47,7 +56,11 @@ class Worker(threading.Thread):
             self._wakeup.notify()
 
     def run(self) -> None:
-        while not self._stopping:
+        while True:
+            with self._wakeup:
+                if self._stopping:
+                    return
+                self._dirty = False  # a notify from here on makes the wait below return at once
             try:
                 wait = self._step()
             except Exception:  # the worker must outlive any bug in one delivery; the message stays queued
@@ -55,7 +68,7 @@ class Worker(threading.Thread):
                 wait = 1.0
             if wait > 0:
                 with self._wakeup:
-                    if not self._stopping:
+                    if not self._dirty and not self._stopping:
                         self._wakeup.wait(wait)
 
     def _step(self) -> float:
@@ -67,7 +80,10 @@ class Worker(threading.Thread):
         if now < self._paused_until:
             return self._paused_until - now
         soonest = IDLE_WAKEUP_S
-        for message in self.store.channel_heads():
+        heads = self.store.channel_heads()
+        with self._wakeup:
+            self._pending_channels = {message.channel for message in heads}
+        for message in heads:
             ready_at = max(message.next_attempt, self._channel_free_at.get(message.channel, 0.0))
             if ready_at <= now:
                 self._deliver(message)
