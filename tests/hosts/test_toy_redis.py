@@ -134,3 +134,23 @@ def test_second_deploy_changes_nothing(node):
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert rerun.failed() == []
     assert rerun.changed() == [], f"a second run changed: {rerun.changed()}"
+
+
+def test_a_config_change_restarts_the_server_with_it_and_keeps_the_data(node, client):
+    key = f"lab-test:restart:{time.time_ns()}"
+    client.set(key, "kept")  # the AOF must carry it across the restart
+    pid = main_pid(node)
+    changed = {**GROUP_DATA, "slowlog_max_len": GROUP_DATA.get("slowlog_max_len", 128) + 1}
+    try:
+        run = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=toy_redis",
+                          "--data", f"toy_redis={json.dumps(changed)}")
+        assert run.returncode == 0 and run.failed() == [], run.stderr[-4000:]
+        assert f"slowlog_max_len: {changed['slowlog_max_len']}" in node.file("/etc/toy-redis/toy-redis.yaml").content_string
+        assert main_pid(node) != pid
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not node.socket(f"tcp://0.0.0.0:{PORT}").is_listening:
+            time.sleep(0.2)
+        assert client.get(key) == b"kept"
+    finally:
+        restored = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=toy_redis")
+    assert restored.returncode == 0 and restored.failed() == [], restored.stderr[-4000:]
