@@ -153,6 +153,21 @@ def test_site_passes_nginx_t_plain_and_with_tls(tmp_path, self_signed):
     assert run_site_check(tmp_path, missing).returncode != 0
 
 
+@needs_nginx
+def test_site_fits_beside_the_nginx_roles_own_config_and_default_site(tmp_path):
+    from roles import nginx
+
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "default.conf").write_text(nginx.render_default_site(nginx.Settings(listen_port=18090), TUNING))
+    (sites / "grafana.conf").write_text(
+        grafana.render_site(settings(http_port=18090), "master-node", TUNING.nginx.upstream_keepalive))
+    conf = nginx.render_nginx_conf(nginx.Settings(), TUNING, "tuning.yaml").replace(nginx.SITES_DIR, str(sites))
+    (tmp_path / "nginx.conf").write_text(conf)
+    result = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 class EchoGrafana(BaseHTTPRequestHandler):
     """Stands in for Grafana on the unix socket: answers with the headers nginx sent, or a websocket echo."""
 
