@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import requests
 
@@ -90,3 +91,60 @@ def test_health_and_metrics(relay):
 
 def test_sigterm_exits_zero(relay):
     assert relay.stop() == 0
+
+
+def group_of(*alerts: dict, status: str = "firing") -> dict:
+    """One Alertmanager group notification holding the alerts of several single-alert payloads."""
+    payload = notification("DiskFull", instance="all")
+    payload.update(status=status, groupKey='{}:{alertname="DiskFull"}', groupLabels={"alertname": "DiskFull"},
+                   commonLabels={"alertname": "DiskFull"}, commonAnnotations={})
+    payload["alerts"] = [a["alerts"][0] for a in alerts]
+    return payload
+
+
+def test_a_group_routed_to_two_channels_is_one_thread_per_channel(relay, slack):
+    node12 = notification("DiskFull", instance="worker-node-12:9100", severity="critical")
+    node14 = notification("DiskFull", instance="worker-node-14:9100", severity="warning")
+    relay.post_alerts(group_of(node12, node14))
+    posts = wait_for(lambda: len(slack.calls_of("chat.postMessage")) == 2 and slack.calls_of("chat.postMessage"),
+                     10, "a message per channel")
+    by_channel = {call.params["channel"]: json.dumps(call.params["blocks"]) for call in posts}
+    assert set(by_channel) == {"#homelab-critical", "#homelab-alerts"}
+    assert "worker-node-12" in by_channel["#homelab-critical"] and "worker-node-14" not in by_channel["#homelab-critical"]
+    assert "worker-node-14" in by_channel["#homelab-alerts"] and "worker-node-12" not in by_channel["#homelab-alerts"]
+
+    # node 14 recovers: only its channel's message changes, with a reply saying so.
+    resolved14 = notification("DiskFull", instance="worker-node-14:9100", severity="warning", status="resolved")
+    relay.post_alerts(group_of(node12, resolved14))
+    update = wait_for(lambda: slack.calls_of("chat.update"), 10, "the update")[0].params
+    first14 = next(call.params for call in posts if call.params["channel"] == "#homelab-alerts")
+    assert update["ts"] == first14["ts"] and update["text"].startswith("[RESOLVED] DiskFull")
+    reply = wait_for(lambda: [c for c in slack.calls_of("chat.postMessage") if c.params.get("thread_ts")], 10, "reply")
+    assert reply[0].params["thread_ts"] == first14["ts"]
+    time.sleep(0.5)
+    assert len(slack.calls_of("chat.update")) == 1  # the critical channel's message stands unchanged
+
+
+def test_an_alert_joining_an_open_group_updates_its_message_and_says_so_in_the_thread(relay, slack):
+    node12 = notification("DiskFull", instance="worker-node-12:9100")
+    node14 = notification("DiskFull", instance="worker-node-14:9100")
+    relay.post_alerts(group_of(node12))
+    first = wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the first message")[0].params
+    relay.post_alerts(group_of(node12, node14))
+    update = wait_for(lambda: slack.calls_of("chat.update"), 10, "the update")[0].params
+    assert update["ts"] == first["ts"] and update["text"].startswith("[FIRING:2] DiskFull")
+    assert "worker-node-14" in json.dumps(update["blocks"])
+    reply = wait_for(lambda: [c for c in slack.calls_of("chat.postMessage") if c.params.get("thread_ts")], 10, "reply")
+    assert "Now 2 firing" in reply[0].params["text"]
+
+
+def test_a_large_group_stays_within_slack_block_limits(make_relay, slack):
+    relay = make_relay(max_body_bytes=1 << 20)
+    alerts = [notification("DiskFull", instance=f"node-{n}:9100") for n in range(60)]
+    for alert in alerts:
+        alert["alerts"][0]["annotations"]["description"] = "d" * 5000
+    relay.post_alerts(group_of(*alerts))
+    message = wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the message")[0].params
+    assert len(message["blocks"]) <= 50
+    assert all(len(block.get("text", {}).get("text", "")) <= 3000 for block in message["blocks"])
+    assert "and 50 more alerts" in json.dumps(message["blocks"])

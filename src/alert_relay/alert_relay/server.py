@@ -91,31 +91,37 @@ def _common(dicts: list[dict[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(other.get(k) == v for other in rest)}
 
 
-def alert_messages(note: AlertmanagerNotification, routes: SlackRoutes) -> tuple[str, list[tuple[str, str, dict]]]:
-    """(dedup key, queued messages): the notification's alerts, one message per channel they route to."""
-    # An alert occurrence is its fingerprint and start; a resend repeats both, a new firing does not.
-    occurrences = sorted(f"{a.fingerprint or json.dumps(a.labels, sort_keys=True)}@{a.startsAt}@{a.status}" for a in note.alerts)
-    dedup_key = "am:" + hashlib.sha256("\n".join([note.groupKey, note.status, *occurrences]).encode()).hexdigest()
+def alert_messages(note: AlertmanagerNotification, routes: SlackRoutes) -> list[tuple[str, str, str, dict]]:
+    """(dedup key, kind, channel, payload): the notification's alerts, one message per channel they route to.
+
+    The key is what the channel would be told: the group, and each alert occurrence (fingerprint and
+    start; a resend repeats both, a new firing does not) with its state. A resend, or a group
+    change that leaves a channel's alerts as they were, queues nothing for that channel.
+    """
     by_channel: dict[str, list[Alert]] = {}
     for alert in note.alerts:
         by_channel.setdefault(routes.alert_channel(alert.labels), []).append(alert)
     messages = []
     for channel, alerts in by_channel.items():
-        messages.append(("alert", channel, {
+        status = "firing" if any(a.status == "firing" for a in alerts) else "resolved"
+        occurrences = sorted(f"{a.fingerprint or json.dumps(a.labels, sort_keys=True)}@{a.startsAt}@{a.status}"
+                             for a in alerts)
+        key = hashlib.sha256("\n".join([note.groupKey, channel, status, *occurrences]).encode()).hexdigest()
+        messages.append((f"am:{key}", "alert", channel, {
             "thread_key": f"{note.groupKey}|{channel}",
-            "status": "firing" if any(a.status == "firing" for a in alerts) else "resolved",
+            "status": status,
             "alerts": [a.model_dump() for a in alerts],
             "common_labels": _common([a.labels for a in alerts]),
             "common_annotations": _common([a.annotations for a in alerts]),
             "external_url": note.externalURL,
         }))
-    return dedup_key, messages
+    return messages
 
 
-def fax_message(hook: FaxWebhook, channel: str) -> tuple[str, list[tuple[str, str, dict]]]:
+def fax_message(hook: FaxWebhook, channel: str) -> list[tuple[str, str, str, dict]]:
     data = hook.data
     stem = os.path.splitext(os.path.basename(data.file_name))[0] if data.file_name else f"fax-{data.id}"
-    return f"fax:{hook.hook.id}:{data.id}", [("fax", channel, {
+    return [(f"fax:{hook.hook.id}:{data.id}", "fax", channel, {
         "fax_id": str(data.id),
         "file_id": data.file,
         "file_name": f"{stem}.pdf",  # we download the PDF rendering, whatever the stored format
@@ -246,8 +252,7 @@ class Handler(BaseHTTPRequestHandler):
             note = AlertmanagerNotification.model_validate(payload)
         except ValidationError as exc:
             raise BadRequest(f"invalid Alertmanager notification: {_reason(exc)}") from None
-        dedup_key, messages = alert_messages(note, self.server.routes)
-        return self._queue("alert", dedup_key, messages)
+        return self._queue("alert", alert_messages(note, self.server.routes))
 
     def _fax(self, payload: Any) -> dict[str, Any]:
         try:
@@ -263,13 +268,13 @@ class Handler(BaseHTTPRequestHandler):
             log.info("fax dropped: sender not listed in routes", extra={"fields": {
                 "sender": e164(hook.data.sender), "fax_id": str(hook.data.id)}})
             return {"status": "dropped"}
-        dedup_key, messages = fax_message(hook, channel)
-        return self._queue("fax", dedup_key, messages)
+        return self._queue("fax", fax_message(hook, channel))
 
-    def _queue(self, kind: str, dedup_key: str, messages: list[tuple[str, str, dict]]) -> dict[str, Any]:
-        if not self.server.store.enqueue(dedup_key, messages):
+    def _queue(self, kind: str, messages: list[tuple[str, str, str, dict]]) -> dict[str, Any]:
+        queued = self.server.store.enqueue(messages)
+        if not queued:
             metrics.DUPLICATES.labels(kind).inc()
             return {"status": "duplicate"}
         metrics.ACCEPTED.labels(kind).inc()
-        self.server.on_queued({channel for _kind, channel, _payload in messages})
-        return {"status": "queued", "messages": len(messages)}
+        self.server.on_queued({channel for _key, _kind, channel, _payload in messages})
+        return {"status": "queued", "messages": queued}

@@ -93,29 +93,28 @@ class Store:
             self._local.db = db
         return db
 
-    def enqueue(self, dedup_key: str, messages: list[tuple[str, str, dict[str, Any]]]) -> bool:
-        """Queue (kind, channel, payload) messages unless ``dedup_key`` was seen; False for a repeat.
+    def enqueue(self, messages: list[tuple[str, str, str, dict[str, Any]]]) -> int:
+        """Queue (dedup key, kind, channel, payload) messages whose key was not seen; how many were new.
 
-        Returns only after the commit, so a True means the messages survive a crash.
+        Returns only after the commit, so what it counts survives a crash.
         """
         now = time.time()
         db = self._db()
+        queued = 0
         with self._write_lock:
             db.execute("BEGIN IMMEDIATE")
             try:
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO seen (dedup_key, created) VALUES (?, ?)", (dedup_key, now)
-                ).rowcount
-                if inserted:
-                    db.executemany(
-                        "INSERT INTO messages (kind, channel, payload, created) VALUES (?, ?, ?, ?)",
-                        [(kind, channel, json.dumps(payload), now) for kind, channel, payload in messages],
-                    )
+                for dedup_key, kind, channel, payload in messages:
+                    if db.execute("INSERT OR IGNORE INTO seen (dedup_key, created) VALUES (?, ?)",
+                                  (dedup_key, now)).rowcount:
+                        db.execute("INSERT INTO messages (kind, channel, payload, created) VALUES (?, ?, ?, ?)",
+                                   (kind, channel, json.dumps(payload), now))
+                        queued += 1
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return bool(inserted)
+        return queued
 
     def channel_heads(self) -> list[Message]:
         """The oldest queued message of each channel: the only one of its channel that may be sent."""
