@@ -67,7 +67,8 @@ def free_port() -> int:
 class Relay:
     """alert-relay run as its own process from a config in ``directory``; restartable on the same queue."""
 
-    def __init__(self, directory: Path, slack: FakeSlack, faxplus: FakeFaxPlus, **overrides: Any):
+    def __init__(self, directory: Path, slack: FakeSlack, faxplus: FakeFaxPlus, routes: dict | None = None,
+                 **overrides: Any):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         tokens = {
@@ -78,7 +79,7 @@ class Relay:
             path = directory / key.removesuffix("_file")
             path.write_text(value + "\n")
             path.chmod(0o600)
-        (directory / "routes.yaml").write_text(yaml.safe_dump(ROUTES))
+        (directory / "routes.yaml").write_text(yaml.safe_dump(routes or ROUTES))
         self.config = {
             "listen": "127.0.0.1:0",
             "routes_file": str(directory / "routes.yaml"),
@@ -186,11 +187,11 @@ def faxplus():
 
 @pytest.fixture
 def make_relay(tmp_path, slack, faxplus):
-    """make_relay(**config overrides) -> a started Relay; every one is stopped at the end."""
+    """make_relay(routes=None, **config overrides) -> a started Relay; every one is killed at the end."""
     relays: list[Relay] = []
 
-    def make(**overrides: Any) -> Relay:
-        relay = Relay(tmp_path / f"relay{len(relays)}", slack, faxplus, **overrides)
+    def make(routes: dict | None = None, **overrides: Any) -> Relay:
+        relay = Relay(tmp_path / f"relay{len(relays)}", slack, faxplus, routes, **overrides)
         relays.append(relay)
         return relay.start()
 

@@ -95,6 +95,8 @@ class FakeSlack:
         with self._lock:
             if method == "chat.postMessage":
                 channel = self.channel_id(params["channel"])
+                if channel not in self.channels.values():
+                    return {"ok": False, "error": "channel_not_found"}
                 if not params.get("text") and not params.get("blocks"):
                     return {"ok": False, "error": "no_text"}
                 ts = f"{int(time.time())}.{next(self._ts):06d}"

@@ -6,14 +6,15 @@ The issue's outage is 30 s; here Slack is down for 5 s with the relay's backoff 
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
-import threading
+import subprocess
 import time
 
 import pytest
 
-from tests.alert_relay.conftest import notification, wait_for
+from tests.alert_relay.conftest import RELAY, notification, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +126,34 @@ def test_cannot_queue_answers_503_so_the_sender_retries(relay):
         holder.close()
     assert answer.status_code == 503 and "cannot queue" in answer.json()["error"]
     assert relay.post_alerts(notification("Blocked")).json()["status"] == "queued"
+
+
+def test_dead_letters_can_be_requeued_once_the_cause_is_fixed(make_relay, slack):
+    relay = make_relay(max_attempts=2, retry_initial_s=0.1, retry_max_s=0.1)
+    slack.outage(3600)
+    relay.post_alerts(notification("Doomed"))
+    wait_for(lambda: relay.metric("alert_relay_dead_letters") == 1, 10, "the dead letter")
+    slack.outage(0)
+    result = subprocess.run([str(RELAY), "--config", str(relay.config_path), "--requeue-dead-letters"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(p["kind"], p["channel"], p["attempts"]) for p in printed] == [("alert", "#homelab-alerts", 2)]
+    relay.stop()  # a restart picks them up at once (a running relay within its idle wakeup)
+    relay.start()
+    wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the requeued message")
+    assert "Doomed" in slack.calls_of("chat.postMessage")[0].params["text"]
+    assert relay.metric("alert_relay_dead_letters") == 0
+
+
+def test_a_message_slack_refuses_for_good_is_a_dead_letter_at_once_and_blocks_nothing(make_relay, slack):
+    routes = {"slack": {"default_channel": "#homelab-alerts",
+                        "alerts": [{"match": {"severity": "critical"}, "channel": "#no-such-channel"}]}}
+    relay = make_relay(routes=routes, max_attempts=50)
+    relay.post_alerts(notification("Misrouted", severity="critical"))
+    relay.post_alerts(notification("Fine"))
+    wait_for(lambda: relay.metric("alert_relay_dead_letters") == 1, 10, "the dead letter")
+    dead = [event for event in relay.events() if event["event"] == "dead letter"][0]
+    assert dead["attempts"] == 1 and "channel_not_found" in dead["error"]
+    wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the other message")
+    assert "Fine" in slack.calls_of("chat.postMessage")[0].params["text"]

@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--config", metavar="FILE", help="run the relay with this config")
     group.add_argument("--check-config", metavar="FILE", help="check the config, its routes and token files, then exit")
     group.add_argument("--check-routes", metavar="FILE", help="check a routes file (alerts/routes.yaml format), then exit")
+    parser.add_argument("--requeue-dead-letters", action="store_true",
+                        help="with --config: move the dead letters back to the queue (after fixing their cause), then exit")
     args = parser.parse_args(argv)
+    if args.requeue_dead_letters and not args.config:
+        parser.error("--requeue-dead-letters needs --config")
 
     try:
         if args.check_routes:
@@ -114,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alert-relay: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        return 0
+    if args.requeue_dead_letters:
+        # Safe while the relay runs (SQLite serializes writers); it picks them up within a minute.
+        for letter in Store(loaded.config.queue_path).requeue_dead_letters():
+            print(json.dumps({"event": "requeued", **letter}))
         return 0
 
     handler = logging.StreamHandler(sys.stderr)

@@ -7,10 +7,8 @@ with backoff).
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -19,12 +17,12 @@ from slack_sdk.errors import SlackApiError
 
 from alert_relay.store import Message, Store
 
-# Slack answers these whatever we retry; the message goes to the dead letters at once.
+# Slack answers these for this message whatever we retry: it goes to the dead letters at once.
+# Token problems (invalid_auth, token_revoked, missing_scope...) are not here: they hit every
+# message alike, and once the token file is fixed and the relay restarted, the retries succeed.
 PERMANENT_SLACK_ERRORS = {
-    "channel_not_found", "not_in_channel", "is_archived", "invalid_auth", "not_authed",
-    "account_inactive", "token_revoked", "token_expired", "missing_scope", "invalid_blocks",
-    "invalid_blocks_format", "msg_too_long", "no_text", "invalid_arguments", "restricted_action",
-    "too_many_attachments", "file_uploads_disabled",
+    "channel_not_found", "not_in_channel", "is_archived", "invalid_blocks", "invalid_blocks_format",
+    "msg_too_long", "no_text", "invalid_arguments", "restricted_action", "too_many_attachments",
 }
 # chat.update cannot edit the original any more (deleted, too old): post a fresh message instead.
 UNEDITABLE = {"message_not_found", "cant_update_message", "edit_window_closed"}
@@ -225,8 +223,8 @@ class Slack:
         except urllib.error.HTTPError as exc:
             if exc.code == 429:
                 raise RateLimited(_retry_after(exc.headers)) from None
-            if exc.code in (400, 401, 403):
-                raise PermanentError(f"fax.plus: HTTP {exc.code} for file {file_id}") from None
+            if exc.code == 400:
+                raise PermanentError(f"fax.plus: HTTP 400 for file {file_id}") from None
             raise RuntimeError(f"fax.plus: HTTP {exc.code} for file {file_id}") from None
 
     def _channel_id(self, channel: str) -> str:
@@ -249,10 +247,7 @@ class Slack:
 
 
 def describe(exc: BaseException) -> str:
-    """A short error text for logs and the dead-letter table (never request bodies or tokens)."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return json.dumps(f"{type(exc).__name__}: {text}")[1:-1][:300]
-
-
-def now_iso() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
+    """A short error text for logs and the dead-letter table: the first line only, where no
+    request body or header (token) appears."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

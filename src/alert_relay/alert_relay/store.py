@@ -175,6 +175,19 @@ class Store:
             "SELECT id, kind, channel, attempts, last_error FROM dead_letters ORDER BY id").fetchall()
         return [dict(zip(("id", "kind", "channel", "attempts", "last_error"), row)) for row in rows]
 
+    def requeue_dead_letters(self) -> list[dict[str, Any]]:
+        """Move every dead letter back to the queue under its old id (so ahead of younger messages of
+        its channel), attempts reset; what was moved."""
+        moved = self.dead_letters()
+        db = self._db()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO messages (id, kind, channel, payload, created) "
+                       "SELECT id, kind, channel, payload, created FROM dead_letters")
+            db.execute("DELETE FROM dead_letters")
+            db.execute("COMMIT")
+        return moved
+
     def forget_old_keys(self) -> None:
         with self._write_lock:
             self._db().execute("DELETE FROM seen WHERE created < ?", (time.time() - SEEN_RETENTION_S,))
