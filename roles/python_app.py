@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ INSTALLED_MARKER = "homelab-wheels.manifest"
 # In a wheel cache folder: written once pip has built every wheel.
 BUILT_MARKER = ".complete"
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+MACHINE = platform.machine()
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ def _source_files(source_dir: Path) -> list[Path]:
 
 
 def source_digest(source_dir: Path) -> str:
-    """Hash of the distribution's source files and the Python the wheels are for."""
-    digest = hashlib.sha256(f"cp{PYTHON_VERSION}\n".encode())
+    """Hash of the distribution's source files and the Python and CPU the wheels are for."""
+    digest = hashlib.sha256(f"cp{PYTHON_VERSION} {MACHINE}\n".encode())
     for path in _source_files(source_dir):
         digest.update(f"{path.relative_to(source_dir)}\n".encode())
         digest.update(path.read_bytes())
@@ -151,9 +153,14 @@ def build_wheels(source_dir: Path) -> WheelSet:
                 errors = [line for line in result.stderr.splitlines() if line.strip()]
                 reason = errors[-1].strip() if errors else f"exit status {result.returncode}"
                 raise ConfigError(where, "", f"building wheels with pip failed: {reason}")
-            (out / BUILT_MARKER).write_text(f"built for CPython {PYTHON_VERSION}\n")
+            (out / BUILT_MARKER).write_text(f"built for CPython {PYTHON_VERSION} on {MACHINE}\n")
             shutil.rmtree(folder, ignore_errors=True)
-            out.rename(folder)
+            try:
+                out.rename(folder)
+            except OSError:
+                # Another deploy run built the same source meanwhile; its wheels are identical.
+                if not (folder / BUILT_MARKER).is_file():
+                    raise
     return WheelSet(folder, tuple(sorted(folder.glob("*.whl"))))
 
 
@@ -164,9 +171,12 @@ def install_script(app: PythonApp, wheel_set: WheelSet) -> str:
     expected_python = f"Python {PYTHON_VERSION}."
     return " && ".join([
         "set -e",
-        # Our wheels carry cp3XY tags: a node with another Python would fail deep inside pip.
+        # Binary wheels carry the control machine's CPython and CPU tags: on another node pip would
+        # fail with a less helpful "no matching distribution".
         f"case \"$(python3 --version)\" in '{expected_python}'*) ;; *) echo \"{app.service}: wheels were built "
         f"for Python {PYTHON_VERSION} on the control machine, this node has $(python3 --version)\" >&2; exit 1;; esac",
+        f"case \"$(uname -m)\" in '{MACHINE}') ;; *) echo \"{app.service}: wheels were built for {MACHINE} "
+        f"on the control machine, this node is $(uname -m)\" >&2; exit 1;; esac",
         f"rm -rf {venv}",
         f"python3 -m venv {venv}",
         f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --no-index "

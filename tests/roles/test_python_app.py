@@ -177,6 +177,20 @@ def test_install_script_refuses_a_node_with_another_python(tmp_path):
     assert not (tmp_path / "opt" / "demo-app" / "venvs").exists()
 
 
+def test_install_script_refuses_a_node_with_another_cpu(tmp_path):
+    app = PythonApp(source="demo_app", distribution="demo-app", service="demo-app")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "uname").write_text("#!/bin/sh\necho 'riscv64'\n")
+    (fake_bin / "uname").chmod(0o755)
+    result = run_on_fake_node(install_script(app, python_app.WheelSet(tmp_path, ())), tmp_path / "opt",
+                              f"{fake_bin}:/usr/bin:/bin")
+    assert result.returncode != 0
+    assert result.stderr.strip() == (f"demo-app: wheels were built for {python_app.MACHINE} "
+                                     "on the control machine, this node is riscv64")
+    assert not (tmp_path / "opt" / "demo-app" / "venvs").exists()
+
+
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "Restart=on-failure"]
 
 
