@@ -148,3 +148,14 @@ def test_a_large_group_stays_within_slack_block_limits(make_relay, slack):
     assert len(message["blocks"]) <= 50
     assert all(len(block.get("text", {}).get("text", "")) <= 3000 for block in message["blocks"])
     assert "and 50 more alerts" in json.dumps(message["blocks"])
+
+
+def test_alert_text_is_shown_literally_and_times_in_the_readers_zone(relay, slack):
+    payload = notification("FreeMemoryLow", starts_at="2024-05-01T12:00:00.123456789+02:00")
+    payload["commonAnnotations"]["description"] = "available <10% & falling; see <http://evil|here>"
+    payload["alerts"][0]["annotations"] = payload["commonAnnotations"]
+    relay.post_alerts(payload)
+    blocks = json.dumps(wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the message")[0].params["blocks"])
+    assert "available &lt;10% &amp; falling; see &lt;http://evil|here&gt;" in blocks
+    assert "<http://evil|here>" not in blocks
+    assert "<!date^1714557600^" in blocks  # 10:00 UTC, whatever offset Alertmanager wrote

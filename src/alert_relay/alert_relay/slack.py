@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -55,8 +56,24 @@ def _clip(text: str, limit: int = SECTION_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _esc(text: str) -> str:
+    """Label and annotation text as mrkdwn shows it literally ("value < 10" is not a link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _when(timestamp: str) -> str:
+    """An Alertmanager RFC 3339 time as a Slack date, shown in each reader's own time zone."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return _esc(timestamp)
+    fallback = moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
 def silence_url(base: str, labels: dict[str, str]) -> str:
-    matchers = ",".join(f'{name}="{value}"' for name, value in sorted(labels.items()))
+    quoted = {name: value.replace("\\", "\\\\").replace('"', '\\"') for name, value in labels.items()}
+    matchers = ",".join(f'{name}="{value}"' for name, value in sorted(quoted.items()))
     return f"{base.rstrip('/')}/#/silences/new?filter={quote('{' + matchers + '}', safe='')}"
 
 
@@ -78,22 +95,25 @@ def render_alert(payload: dict[str, Any], alertmanager_url: str | None) -> tuple
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _clip(f"{title}", 150), "emoji": True}},
     ]
-    head = [f"{icon} *{state.split(':')[0].capitalize()}*" + (f" · severity *{severity}*" if severity else "")]
+    head = [f"{icon} *{state.split(':')[0].capitalize()}*" + (f" · severity *{_esc(severity)}*" if severity else "")]
     if summary:
-        head.append(f"*{summary}*")
+        head.append(f"*{_esc(summary)}*")
     if annotations.get("description"):
-        head.append(annotations["description"])
+        head.append(_esc(annotations["description"]))
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip("\n".join(head))}})
 
     for alert in alerts[:MAX_ALERTS_SHOWN]:
         own = {k: v for k, v in alert["labels"].items() if common.get(k) != v}
-        lines = [f"{'*resolved*' if alert['status'] == 'resolved' else '*firing*'} since {alert['startsAt'][:19].replace('T', ' ')} UTC"]
+        if alert["status"] == "resolved":
+            lines = [f"*resolved* {_when(alert['endsAt'])}, fired {_when(alert['startsAt'])}"]
+        else:
+            lines = [f"*firing* since {_when(alert['startsAt'])}"]
         for key in ("summary", "description"):
             value = alert["annotations"].get(key)
             if value and value != annotations.get(key):
-                lines.append(value)
+                lines.append(_esc(value))
         if own:
-            lines.append(" ".join(f"`{k}={v}`" for k, v in sorted(own.items())))
+            lines.append(" ".join(f"`{k}={_esc(v)}`" for k, v in sorted(own.items())))
         links = []
         if alert["annotations"].get("runbook_url") and alert["annotations"]["runbook_url"] != annotations.get("runbook_url"):
             links.append(f"<{alert['annotations']['runbook_url']}|Runbook>")
@@ -107,7 +127,7 @@ def render_alert(payload: dict[str, Any], alertmanager_url: str | None) -> tuple
             {"type": "mrkdwn", "text": f"and {len(alerts) - MAX_ALERTS_SHOWN} more alerts"}]})
 
     blocks.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": _clip(" ".join(f"`{k}={v}`" for k, v in sorted(common.items())) or "no common labels")}]})
+        {"type": "mrkdwn", "text": _clip(" ".join(f"`{k}={_esc(v)}`" for k, v in sorted(common.items())) or "no common labels")}]})
     links = []
     if annotations.get("runbook_url"):
         links.append(f"<{annotations['runbook_url']}|:book: Runbook>")
@@ -124,8 +144,8 @@ def render_alert(payload: dict[str, Any], alertmanager_url: str | None) -> tuple
 def render_thread_reply(payload: dict[str, Any]) -> str:
     alerts = payload["alerts"]
     if payload["status"] == "resolved":
-        ended = max((alert.get("endsAt") or "" for alert in alerts), default="")[:19].replace("T", " ")
-        return f":white_check_mark: Resolved" + (f" at {ended} UTC" if ended else "")
+        ended = max((alert.get("endsAt") or "" for alert in alerts), default="")
+        return ":white_check_mark: Resolved" + (f" {_when(ended)}" if ended else "")
     firing = [alert for alert in alerts if alert["status"] == "firing"]
     return f":rotating_light: Now {len(firing)} firing, {len(alerts) - len(firing)} resolved"
 
@@ -133,12 +153,12 @@ def render_thread_reply(payload: dict[str, Any]) -> str:
 def fax_comment(payload: dict[str, Any]) -> str:
     pages = payload.get("pages")
     when = payload.get("start_time") or ""
-    parts = [f":fax: Fax from {payload['sender']}"]
+    parts = [f":fax: Fax from {_esc(payload['sender'])}"]
     if pages is not None:
         parts.append(f"{pages} page{'s' if pages != 1 else ''}")
     if when:
-        parts.append(f"received {when}")
-    return ", ".join(parts) + (f" (to {payload['to']})" if payload.get("to") else "")
+        parts.append(f"received {_esc(when)}")
+    return ", ".join(parts) + (f" (to {_esc(payload['to'])})" if payload.get("to") else "")
 
 
 class Slack:
