@@ -53,6 +53,12 @@ class Settings(StrictModel):
     # For silence links in Slack; None: the externalURL Alertmanager sends with each notification.
     alertmanager_url: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    # Delivery: attempts before a message moves to the dead letters (429s do not count), the retry
+    # backoff's first and longest wait, and the pause between messages to one Slack channel.
+    max_attempts: int = Field(12, ge=1, le=1000)
+    retry_initial_s: float = Field(1.0, gt=0, le=3600)
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    channel_interval_s: float = Field(1.0, ge=0, le=60)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("listen")
@@ -88,6 +94,10 @@ def config_values(settings: Settings, routes_file: str = ROUTES_PATH) -> dict:
         "slack_base_url": settings.slack_base_url,
         "faxplus_base_url": settings.faxplus_base_url,
         "max_body_bytes": settings.max_body_bytes,
+        "max_attempts": settings.max_attempts,
+        "retry_initial_s": settings.retry_initial_s,
+        "retry_max_s": settings.retry_max_s,
+        "channel_interval_s": settings.channel_interval_s,
         "log_level": settings.log_level,
     }
     if settings.alertmanager_url:

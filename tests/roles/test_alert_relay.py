@@ -52,6 +52,8 @@ def test_config_carries_group_data_overrides():
     assert config["alertmanager_url"] == "http://worker-node-14:9093"
     assert config["slack_base_url"] == "http://127.0.0.1:8999/api/"
     assert config["max_body_bytes"] == 4096
+    slow_retries = yaml.safe_load(render_config(Settings(max_attempts=3, retry_max_s=60.0, channel_interval_s=1.5)))
+    assert (slow_retries["max_attempts"], slow_retries["retry_max_s"], slow_retries["channel_interval_s"]) == (3, 60.0, 1.5)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -130,6 +132,10 @@ relay_settings_accepted_here = st.builds(
     faxplus_base_url=st.sampled_from(["https://restapi.fax.plus", "http://127.0.0.1:8998"]),
     alertmanager_url=st.sampled_from([None, "http://worker-node-14:9093"]),
     max_body_bytes=st.integers(1024, 64 << 20),
+    max_attempts=st.integers(1, 1000),
+    retry_initial_s=st.floats(0, 3600, exclude_min=True),
+    retry_max_s=st.floats(0, 86400, exclude_min=True),
+    channel_interval_s=st.floats(0, 60),
     log_level=st.sampled_from(["debug", "info", "warning", "error"]),
 )
 
