@@ -17,6 +17,7 @@ from homelab.config import ConfigError, StrictModel
 from roles.common import checked_file, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_packages
 from roles.loki import loki_url
+from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 from roles.promtail import chosen_log_shipper, stop_other_shipper
 
 PACKAGES = ["alloy"]
@@ -33,7 +34,8 @@ class Settings(StrictModel):
 
     install: GrafanaInstall
     listen_port: int = Field(12345, ge=1, le=65535)
-    toy_redis_log: str = Field("/var/log/toy-redis.log", pattern=r"^/\S+$")
+    # The real file, not the /var/log/toy-redis.log link: tailers follow rotation by inode.
+    toy_redis_log: str = Field(TOY_REDIS_LOG_FILE, pattern=r"^/\S+$")
 
 
 def render_config(settings: Settings, host_name: str, loki: str) -> str:

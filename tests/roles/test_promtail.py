@@ -41,7 +41,7 @@ def test_pushes_to_loki_and_keeps_positions_under_var_lib():
 def test_tails_the_toy_redis_log_with_fixed_stream_labels():
     [job] = config()["scrape_configs"]
     [static] = job["static_configs"]
-    assert static["labels"] == {"job": "toy-redis", "host": "worker-node-12", "__path__": "/var/log/toy-redis.log"}
+    assert static["labels"] == {"job": "toy-redis", "host": "worker-node-12", "__path__": "/var/log/toy-redis/toy-redis.log"}
     assert config(toy_redis_log="/srv/toy-redis.log")["scrape_configs"][0]["static_configs"][0]["labels"]["__path__"] \
         == "/srv/toy-redis.log"
 
