@@ -50,4 +50,4 @@ def test_toy_redis_lines_reach_loki_with_low_cardinality_labels(node, loki_node)
         labels = stream["stream"]
         assert set(labels) <= ALLOWED_LABELS, f"unexpected labels {sorted(set(labels) - ALLOWED_LABELS)}"
         assert labels["host"] == node.backend.host and "level" in labels and "event" in labels
-    assert "/var/log/toy-redis.log" in node.file(POSITIONS[CHOSEN]).content_string
+    assert "/var/log/toy-redis/toy-redis.log" in node.file(POSITIONS[CHOSEN]).content_string
