@@ -1,0 +1,110 @@
+"""Prometheus metrics, served over HTTP on their own port (GET /metrics).
+
+The server counts in plain integers as it runs (a lock-taking prometheus-client Counter per
+command would cost more than many commands do); this collector turns them into metric families
+when Prometheus scrapes. The HTTP endpoint runs on the server's event loop, not in a thread, so
+that a scrape reads the counters between commands and the AOF rewrite can fork safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# 10 us .. 1 s, dense enough around typical latencies to read p50/p90/p95/p99.
+LATENCY_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+
+class ServerCollector:
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        server = self.server
+        db = server.db
+        commands = CounterMetricFamily("toy_redis_commands", "Commands processed, by command name.", labels=["command"])
+        latency = HistogramMetricFamily(
+            "toy_redis_command_duration_seconds", "Time spent executing a command, by command name.", labels=["command"]
+        )
+        for cmd in server.command_stats():
+            if not cmd.calls:
+                continue
+            commands.add_metric([cmd.name], cmd.calls)
+            cumulative, buckets = 0, []
+            for bound, count in zip(LATENCY_BUCKETS, cmd.latency_buckets):
+                cumulative += count
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", cmd.calls))
+            latency.add_metric([cmd.name], buckets, cmd.seconds_total)
+        yield commands
+        yield latency
+        errors = CounterMetricFamily("toy_redis_errors", "Error replies and protocol errors, by kind.", labels=["kind"])
+        for kind, count in sorted(server.error_counts.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        yield GaugeMetricFamily("toy_redis_keys", "Keys in the database.", value=len(db.data))
+        yield GaugeMetricFamily("toy_redis_keys_with_ttl", "Keys that have a TTL.", value=len(db.expires))
+        yield CounterMetricFamily("toy_redis_expired_keys", "Keys deleted because their TTL passed.", value=db.expired_keys)
+        yield GaugeMetricFamily(
+            "toy_redis_expired_stale_ratio",
+            "Share of keys with a TTL that have expired but are not reclaimed yet.",
+            value=db.expired_stale_ratio(),
+        )
+        yield CounterMetricFamily("toy_redis_evicted_keys", "Keys evicted to stay under maxmemory.", value=db.evicted_keys)
+        yield CounterMetricFamily(
+            "toy_redis_rejected_connections", "Connections refused because maxclients was reached.",
+            value=server.rejected_connections,
+        )
+        yield GaugeMetricFamily("toy_redis_connected_clients", "Open client connections.", value=len(server.clients))
+        yield CounterMetricFamily("toy_redis_connections", "Client connections accepted.", value=server.total_connections)
+        yield CounterMetricFamily("toy_redis_net_input_bytes", "Bytes read from clients.", value=server.net_input_bytes)
+        yield CounterMetricFamily("toy_redis_net_output_bytes", "Bytes written to clients.", value=server.net_output_bytes)
+        yield GaugeMetricFamily(
+            "toy_redis_event_loop_lag_seconds",
+            "How late the last event-loop tick ran: time requests wait behind other work.",
+            value=server.event_loop_lag,
+        )
+        yield GaugeMetricFamily(
+            "toy_redis_used_memory_bytes", "Memory used by the dataset as accounted for maxmemory.", value=db.used_memory
+        )
+
+
+def make_registry(server) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> asyncio.AbstractServer:
+    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            method, _, rest = request.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
+            elif path in (b"/metrics", b"/"):
+                status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+            else:
+                status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + (body if method != b"HEAD" else b"")
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=16384)

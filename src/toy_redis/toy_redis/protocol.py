@@ -1,0 +1,301 @@
+"""RESP: parsing client requests (multibulk and inline) and encoding replies (RESP2 and RESP3).
+
+Requests are parsed the way Redis's networking.c does it, so that limits and protocol errors
+carry Redis's wording: a client that breaks the protocol gets `-ERR Protocol error: ...` and is
+closed after the replies to the commands it sent before the bad frame.
+"""
+
+from __future__ import annotations
+
+PROTO_INLINE_MAX_SIZE = 64 * 1024
+# Clients that have not authenticated yet may send only small frames (Redis 7.0 does the same).
+UNAUTHENTICATED_MAX_MULTIBULK = 10
+UNAUTHENTICATED_MAX_BULK = 16384
+LLONG_MAX = 2**63 - 1
+LLONG_MIN = -(2**63)
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol: reply with this message, then close the connection."""
+
+
+def parse_int(raw: bytes) -> int | None:
+    """Redis's string2ll: an exact decimal 64-bit integer (no sign '+', spaces or leading zeros)."""
+    if raw.isdigit():
+        if (raw[0] == 48 and len(raw) > 1) or len(raw) > 19:
+            return None
+    elif raw[:1] == b"-" and raw[1:].isdigit() and raw[1] != 48:
+        if len(raw) > 20:
+            return None
+    else:
+        return None
+    value = int(raw)
+    if value > LLONG_MAX or value < LLONG_MIN:
+        return None
+    return value
+
+
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_inline(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs: words, "double quoted" with escapes, or 'single quoted'; None if unbalanced."""
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \n\r\t\v\f":
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_double = in_single = False
+        while True:
+            if in_double:
+                if i >= n:
+                    return None
+                ch = line[i]
+                if ch == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX and line[i + 3] in _HEX:
+                    current.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif ch == 92 and i + 1 < n:
+                    i += 1
+                    current += _ESCAPES.get(line[i], line[i : i + 1])
+                elif ch == 34:
+                    # A closing quote must be followed by a space or nothing.
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None
+                    in_double = False
+                    i += 1
+                    break
+                else:
+                    current.append(ch)
+            elif in_single:
+                if i >= n:
+                    return None
+                ch = line[i]
+                if ch == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    current.append(39)
+                elif ch == 39:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None
+                    in_single = False
+                    i += 1
+                    break
+                else:
+                    current.append(ch)
+            else:
+                if i >= n:
+                    break
+                ch = line[i]
+                if ch in b" \n\r\t\v\f":
+                    break
+                if ch == 34:
+                    in_double = True
+                elif ch == 39:
+                    in_single = True
+                else:
+                    current.append(ch)
+            i += 1
+        args.append(bytes(current))
+
+
+class RequestParser:
+    """Incremental request parser for one connection.
+
+    feed() returns the complete commands found so far (each a list of bytes arguments) and keeps
+    the incomplete tail. Bytes are never decoded: arguments stay bytes end to end.
+    """
+
+    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at")
+
+    def __init__(self, max_bulk_len: int = 512 * 1024 * 1024, max_query_buffer: int = 1024**3):
+        self.buffer = b""
+        self.max_bulk_len = max_bulk_len
+        self.max_query_buffer = max_query_buffer
+        # Where the frame that broke the protocol began, in the bytes of the last feed().
+        self.error_at = 0
+
+    def pending(self) -> int:
+        return len(self.buffer)
+
+    def feed(self, data: bytes, authenticated: bool = True) -> tuple[list[list[bytes]], ProtocolError | None]:
+        """Parse what has arrived; (commands, error). After an error the connection must close."""
+        buf = self.buffer + data if self.buffer else data
+        commands: list[list[bytes]] = []
+        pos, n = 0, len(buf)
+        error = None
+        find = buf.find
+        frame = 0
+        try:
+            while pos < n:
+                frame = pos
+                if buf[pos] == 42:  # '*': multibulk
+                    cr = find(b"\r", pos)
+                    if cr < 0 or cr + 1 >= n:
+                        if n - pos > PROTO_INLINE_MAX_SIZE:
+                            raise ProtocolError("Protocol error: too big mbulk count string")
+                        break
+                    count = parse_int(buf[pos + 1 : cr])
+                    if count is None or count > 2147483647:
+                        raise ProtocolError("Protocol error: invalid multibulk length")
+                    if count > UNAUTHENTICATED_MAX_MULTIBULK and not authenticated:
+                        raise ProtocolError("Protocol error: unauthenticated multibulk length")
+                    p = cr + 2
+                    if count <= 0:
+                        pos = p
+                        continue
+                    args = []
+                    append = args.append
+                    complete = True
+                    for _ in range(count):
+                        cr = find(b"\r", p)
+                        if cr < 0 or cr + 1 >= n:
+                            if n - p > PROTO_INLINE_MAX_SIZE:
+                                raise ProtocolError("Protocol error: too big bulk count string")
+                            complete = False
+                            break
+                        if buf[p] != 36:  # '$'
+                            raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
+                        size = parse_int(buf[p + 1 : cr])
+                        if size is None or size < 0 or size > self.max_bulk_len:
+                            raise ProtocolError("Protocol error: invalid bulk length")
+                        if size > UNAUTHENTICATED_MAX_BULK and not authenticated:
+                            raise ProtocolError("Protocol error: unauthenticated bulk length")
+                        start = cr + 2
+                        end = start + size
+                        if end + 2 > n:
+                            complete = False
+                            break
+                        append(buf[start:end])
+                        p = end + 2
+                    if not complete:
+                        break
+                    commands.append(args)
+                    pos = p
+                else:
+                    nl = find(b"\n", pos)
+                    if nl < 0:
+                        if n - pos > PROTO_INLINE_MAX_SIZE:
+                            raise ProtocolError("Protocol error: too big inline request")
+                        break
+                    line = buf[pos:nl]
+                    pos = nl + 1
+                    args = split_inline(line)
+                    if args is None:
+                        raise ProtocolError("Protocol error: unbalanced quotes in request")
+                    if args:
+                        commands.append(args)
+        except ProtocolError as exc:
+            error = exc
+            self.error_at = frame
+            pos = n
+        rest = buf[pos:] if pos < n else b""
+        if len(rest) > self.max_query_buffer:
+            error = error or ProtocolError("Protocol error: query buffer limit reached")
+            rest = b""
+        self.buffer = rest
+        return commands, error
+
+
+# ---------------------------------------------------------------------------------------------
+# Replies. Handlers return either ready bytes or one of these Python values, encoded per
+# connection protocol version by encode().
+
+
+class Status(str):
+    """A simple string reply (+OK)."""
+
+
+class ReplyError(Exception):
+    """An error reply; `kind` labels toy_redis_errors_total."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind or message.split(" ", 1)[0].lower()
+
+
+class Verbatim(bytes):
+    """A RESP3 verbatim string (txt), a bulk string in RESP2."""
+
+
+OK = b"+OK\r\n"
+QUEUED = b"+QUEUED\r\n"
+NULL_BULK = b"$-1\r\n"
+NULL_ARRAY = b"*-1\r\n"
+NULL3 = b"_\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+ZERO = b":0\r\n"
+ONE = b":1\r\n"
+_SMALL_INTS = [b":%d\r\n" % i for i in range(-1, 1025)]
+
+
+def integer(value: int) -> bytes:
+    if -1 <= value <= 1023:
+        return _SMALL_INTS[value + 1]
+    return b":%d\r\n" % value
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def error_line(message: str) -> bytes:
+    # Error messages are one line: newlines would break the framing.
+    return b"-" + message.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+
+
+def format_double(value: float) -> bytes:
+    """Doubles as Redis prints them (%.17g, inf/-inf)."""
+    if value == float("inf"):
+        return b"inf"
+    if value == float("-inf"):
+        return b"-inf"
+    if value == int(value) and abs(value) < 1e17:
+        return b"%d" % int(value)
+    return b"%.17g" % value
+
+
+def encode(value, resp3: bool) -> bytes:
+    """Encode a handler's Python reply value."""
+    if value is None:
+        return NULL3 if resp3 else NULL_BULK
+    cls = value.__class__
+    if cls is bytes:
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if cls is Status:
+        return b"+" + value.encode() + b"\r\n"
+    if cls is int:
+        return integer(value)
+    if cls is bool:
+        if resp3:
+            return b"#t\r\n" if value else b"#f\r\n"
+        return ONE if value else ZERO
+    if cls is str:
+        return bulk(value.encode())
+    if cls is float:
+        if resp3:
+            return b"," + format_double(value) + b"\r\n"
+        return bulk(format_double(value))
+    if cls is Verbatim:
+        if resp3:
+            return b"=%d\r\ntxt:%s\r\n" % (len(value) + 4, bytes(value))
+        return bulk(bytes(value))
+    if cls is list or cls is tuple:
+        return b"*%d\r\n" % len(value) + b"".join([encode(item, resp3) for item in value])
+    if cls is dict:
+        parts = []
+        for key, item in value.items():
+            parts.append(encode(key, resp3))
+            parts.append(encode(item, resp3))
+        if resp3:
+            return b"%%%d\r\n" % len(value) + b"".join(parts)
+        return b"*%d\r\n" % (2 * len(value)) + b"".join(parts)
+    if cls is set or cls is frozenset:
+        marker = b"~" if resp3 else b"*"
+        return marker + b"%d\r\n" % len(value) + b"".join([encode(item, resp3) for item in value])
+    if isinstance(value, ReplyError):
+        return error_line(value.message)
+    raise TypeError(f"cannot encode reply of type {cls.__name__}")

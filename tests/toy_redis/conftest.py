@@ -1,0 +1,197 @@
+"""A real toy-redis process (and a real redis-server to compare with) on loopback for each test module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hiredis
+import pytest
+import redis
+
+START_TIMEOUT_S = 10
+
+
+class ToyRedis:
+    """`python -m toy_redis` on free loopback ports; ports are read from its "started" log line."""
+
+    def __init__(self, workdir: Path, *flags: str, config: Path | None = None, env: dict | None = None):
+        self.workdir = workdir
+        self.log_file = workdir / "toy-redis.log"
+        self.flags = list(flags)
+        self.config = config
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.port = self.metrics_port = 0
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "toy_redis", "--log-file", str(self.log_file)]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        if "--port" not in self.flags and self.config is None:
+            cmd += ["--port", "0"]
+        if "--metrics-port" not in self.flags and self.config is None:
+            cmd += ["--metrics-port", "0"]
+        return cmd + self.flags
+
+    def start(self) -> "ToyRedis":
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **(self.env or {})},
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for event in self.events(offset):
+                if event["event"] == "started":
+                    self.port, self.metrics_port = event["port"], event["metrics_port"]
+                    return self
+            if self.process.poll() is not None:
+                _, err = self.process.communicate()
+                raise RuntimeError(f"toy-redis exited with {self.process.returncode}: {err.decode()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("toy-redis did not log 'started' in time")
+
+    def events(self, offset: int = 0) -> list[dict]:
+        if not self.log_file.exists():
+            return []
+        with open(self.log_file, "rb") as handle:
+            handle.seek(offset)
+            lines = handle.read().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RealRedis:
+    """Debian's redis-server on a free loopback port, set up like toy-redis: one database, no persistence."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--databases", "1",
+             "--dir", str(workdir), "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.02)
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kwargs)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class RawClient:
+    """Sends exact bytes and reads whole replies (framed by hiredis), for protocol-level tests."""
+
+    def __init__(self, port: int, timeout: float = 5):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.reader = hiredis.Reader()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, *args) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            arg = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(parts)
+
+    def call(self, *args):
+        self.send(self.command(*args))
+        return self.read()
+
+    def read(self):
+        while True:
+            reply = self.reader.gets()
+            if reply is not False:
+                return reply
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self.reader.feed(data)
+
+    def read_until_closed(self, timeout: float = 5) -> bytes:
+        self.sock.settimeout(timeout)
+        chunks = []
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    server = ToyRedis(tmp_path_factory.mktemp("toy-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def r(toy):
+    client = toy.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+needs_redis_server = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs Debian's redis-server to compare with (apt-get install redis-server)"
+)
+
+
+@pytest.fixture(scope="module")
+def real_redis(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs Debian's redis-server to compare with (apt-get install redis-server)")
+    server = RealRedis(tmp_path_factory.mktemp("redis-server"))
+    yield server
+    server.stop()
