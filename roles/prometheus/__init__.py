@@ -92,6 +92,10 @@ EXPORTERS = [
     Exporter("alloy", "log_shipper", "alloy", "listen_port", 12345, log_shipper="alloy"),
 ]
 DEFAULT_LOG_SHIPPER = "promtail"
+# Grafana Labs' packages (roles/grafana_repo): where a host may skip them (lab nodes, which reach
+# only Debian's mirror: `vendor_packages_optional`), they run only when installed from offline
+# .debs, so only then are they scraped or probed; otherwise the lab would alert on what it never ran.
+VENDOR_COMPONENTS = {"grafana", "loki", "promtail", "alloy"}
 PROBE_JOB = "blackbox"
 
 
@@ -122,12 +126,20 @@ def service_port(member, data_key: str, port_key: str, default: int) -> int:
     return int(str(value).rsplit(":", 1)[-1])
 
 
+def runs(member, component: str) -> bool:
+    """Whether ``member`` runs ``component`` (a role's data key) once deployed."""
+    if component not in VENDOR_COMPONENTS or not member.data.get("vendor_packages_optional"):
+        return True
+    install = (member.data.get(component) or {}).get("install") or {}
+    return install.get("source") == "offline"
+
+
 def probed_hosts(inv: Inventory, group: str, where: str) -> list:
     # A typo in a probe's group would otherwise silently probe nothing.
     members = inv.get_group(group, None)
     if members is None:
         raise ConfigError(where, "group", f"no inventory group {group!r}")
-    return members
+    return [member for member in members if runs(member, group)]
 
 
 def _unique(targets: list[Target]) -> list[Target]:
@@ -142,7 +154,7 @@ def exporter_jobs(inv: Inventory) -> list[ScrapeJob]:
         members = list(inv) if exporter.group is None else inv.get_group(exporter.group, [])
         if exporter.log_shipper:
             members = [m for m in members if m.data.get("log_shipper", DEFAULT_LOG_SHIPPER) == exporter.log_shipper]
-        for member in members:
+        for member in [m for m in members if runs(m, exporter.data_key)]:
             port = service_port(member, exporter.data_key, exporter.port_key, exporter.default_port)
             targets.append(Target(instance=f"{member.name}:{port}", address=f"{host_address(member)}:{port}"))
         if targets:
@@ -152,6 +164,7 @@ def exporter_jobs(inv: Inventory) -> list[ScrapeJob]:
 
 def blackbox_settings(inv: Inventory):
     """The first blackbox host and its validated settings, or (None, None) without one."""
+    # Imported here: roles.blackbox itself imports this package (for Duration).
     from roles.blackbox import Settings as BlackboxSettings
 
     members = inv.get_group("blackbox", [])

@@ -95,8 +95,24 @@ def test_lab_config_scrapes_every_component_where_the_inventory_puts_it():
     assert jobs["alertmanager"] == {"worker-node-14:9093": f"{LAB_ADDRESS['worker-node-14']}:9093"}
     assert jobs["alert-relay"] == {"worker-node-14:9095": f"{LAB_ADDRESS['worker-node-14']}:9095"}
     assert jobs["prometheus"] == {"worker-node-14:9090": f"{LAB_ADDRESS['worker-node-14']}:9090"}
-    assert jobs["loki"] == {"worker-node-11:3100": f"{LAB_ADDRESS['worker-node-11']}:3100"}
     assert jobs["blackbox"]["http://master-node/healthz"] == f"http://{LAB_ADDRESS['master-node']}/healthz"
+
+
+def test_grafana_labs_components_are_scraped_where_they_run():
+    # Lab nodes skip Grafana's packages unless they come from offline .debs: nothing to scrape there.
+    lab = {"logs": {"vendor_packages_optional": True}, "ship": {"vendor_packages_optional": True}}
+    inv = inventory_of(lab, loki=["logs"], log_shipper=["ship"], blackbox=["logs"])
+    jobs = scrape_jobs(render_config(Settings(), inv))
+    assert "loki" not in jobs and "promtail" not in jobs
+    lab["logs"]["loki"] = {"install": {"source": "offline", "version": "3.5.0"}}
+    lab["logs"]["blackbox"] = {"probes": [{"module": "http_2xx", "group": "loki", "url": "http://{host}:3100/ready"}]}
+    jobs = scrape_jobs(render_config(Settings(), inventory_of(lab, loki=["logs"], blackbox=["logs"])))
+    assert jobs["loki"] == {"logs:3100": "logs:3100"}
+    assert list(jobs["blackbox"]) == ["http://logs:3100/ready"]
+    # The real cluster installs them from Grafana's repository: always scraped.
+    jobs = scrape_jobs(render_config(Settings(), inventory_of({"logs": {}, "ship": {}}, loki=["logs"],
+                                                                log_shipper=["ship"])))
+    assert jobs["loki"] == {"logs:3100": "logs:3100"} and jobs["promtail"] == {"ship:9080": "ship:9080"}
 
 
 def test_the_log_shipper_job_follows_the_hosts_choice():
