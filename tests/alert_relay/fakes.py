@@ -60,6 +60,8 @@ class FakeSlack:
         self.outage_until = 0.0
         self.rate_limited_until = 0.0
         self.retry_after = 1
+        self.hang: dict[str, float] = {}  # method -> seconds its next call's answer is held back
+        self.swallow: dict[str, float] = {}  # the same, and the call has no effect
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -78,6 +80,10 @@ class FakeSlack:
 
     def outage(self, seconds: float) -> None:
         self.outage_until = time.monotonic() + seconds
+
+    def hang_next(self, method: str, seconds: float, take_effect: bool = True) -> None:
+        """The next call of ``method`` takes effect (or not), but its answer comes ``seconds`` later."""
+        (self.hang if take_effect else self.swallow)[method] = seconds
 
     def storm(self, seconds: float, retry_after: int = 1) -> None:
         self.retry_after = retry_after
@@ -112,6 +118,25 @@ class FakeSlack:
                 self.messages[key] = {**self.messages[key], "text": params.get("text"), "blocks": params.get("blocks")}
                 self.calls.append(Call(method, dict(params)))
                 return {"ok": True, "channel": params["channel"], "ts": params["ts"]}
+            if method in ("conversations.history", "conversations.replies"):
+                # Newest first, like Slack; history holds top-level messages, replies one thread.
+                channel, oldest = params["channel"], float(params.get("oldest") or 0)
+                found = []
+                for (cid, ts), posted in self.messages.items():
+                    if cid != channel or float(ts) < oldest:
+                        continue
+                    in_thread = posted.get("thread_ts")
+                    if method == "conversations.history" and in_thread:
+                        continue
+                    if method == "conversations.replies" and ts != params["ts"] and in_thread != params["ts"]:
+                        continue
+                    shown = {"ts": ts, "text": posted.get("text", ""), "files": posted.get("files")}
+                    if posted.get("metadata") and str(params.get("include_all_metadata")).lower() in ("1", "true"):
+                        shown["metadata"] = posted["metadata"]
+                    found.append(shown)
+                self.calls.append(Call(method, dict(params)))
+                return {"ok": True, "messages": sorted(found, key=lambda m: float(m["ts"]), reverse=True),
+                        "has_more": False}
             if method == "conversations.list":
                 self.calls.append(Call(method, dict(params)))
                 return {"ok": True, "channels": [{"id": cid, "name": name.lstrip("#"), "is_channel": True}
@@ -129,6 +154,10 @@ class FakeSlack:
                     return {"ok": False, "error": "file_not_found"}
                 if params.get("channel_id") not in self.channels.values():
                     return {"ok": False, "error": "channel_not_found"}
+                ts = f"{int(time.time())}.{next(self._ts):06d}"
+                # Sharing files posts a message with the comment as its text, as Slack does.
+                self.messages[(params["channel_id"], ts)] = {
+                    "text": params.get("initial_comment", ""), "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
                 self.calls.append(Call(method, {**params, "files": files,
                                                 "content": [self.uploaded[f["id"]] for f in files]}))
                 return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
@@ -159,13 +188,20 @@ class FakeSlack:
                 if self.headers.get("Authorization") != f"Bearer {fake.token}":
                     self.reply(200, b'{"ok":false,"error":"invalid_auth"}')
                     return
+                if method in fake.swallow:
+                    fake.refused.append(Call(method, {"status": "swallowed"}))
+                    time.sleep(fake.swallow.pop(method))
+                    self.reply(503, b"<html>Gateway Timeout</html>", "text/html")
+                    return
                 content_type = self.headers.get("Content-Type", "")
                 if content_type.startswith("application/json"):
                     params = json.loads(raw or b"{}")
                 else:
                     params = dict(parse_qsl(raw.decode()))
                 params.update(dict(parse_qsl(urlsplit(self.path).query)))
-                self.reply(200, json.dumps(fake._api(method, params, self)).encode())
+                answer = json.dumps(fake._api(method, params, self)).encode()
+                time.sleep(fake.hang.pop(method, 0))
+                self.reply(200, answer)
 
             do_GET = do_POST
 

@@ -234,6 +234,8 @@ class Handler(BaseHTTPRequestHandler):
             return None
         try:
             length = int(self.headers["Content-Length"])
+            if length < 0:
+                raise ValueError
         except ValueError:
             self.close_connection = True
             self._refuse(400, "invalid Content-Length", "malformed")

@@ -7,6 +7,8 @@ with backoff).
 
 from __future__ import annotations
 
+import logging
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -17,6 +19,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from alert_relay.store import Message, Store
+
+log = logging.getLogger("alert_relay")
 
 # Slack answers these for this message whatever we retry: it goes to the dead letters at once.
 # Token problems (invalid_auth, token_revoked, missing_scope...) are not here: they hit every
@@ -176,11 +180,24 @@ class Slack:
         self._channel_ids: dict[str, str] = {}
 
     def send(self, message: Message) -> None:
+        """Deliver ``message`` and record it delivered, or raise.
+
+        A send cut off before Slack answered (kill, timeout) leaves ``sending_since`` set; the
+        next attempt first looks in the channel for what that send may have posted.
+        """
         try:
-            if message.kind == "alert":
-                self._send_alert(message)
-            else:
-                self._send_fax(message)
+            if message.sending_since is not None and self._arrived(message):
+                return
+            self.store.set_sending(message, time.time())
+            try:
+                if message.kind == "alert":
+                    self._send_alert(message)
+                else:
+                    self._send_fax(message)
+            except (SlackApiError, PermanentError, RateLimited):
+                # Answered: nothing of this attempt arrived, no need to look for it next time.
+                self.store.set_sending(message, None)
+                raise
         except SlackApiError as exc:
             raise self._classify(exc) from None
 
@@ -196,13 +213,50 @@ class Slack:
             return PermanentError(f"slack: {error}")
         return RuntimeError(f"slack: HTTP {response.status_code} {error or ''}".strip())
 
+    @staticmethod
+    def _marker(message: Message) -> dict[str, Any]:
+        """Slack message metadata naming the queued message a post delivers."""
+        return {"event_type": "alert_relay_message",
+                "event_payload": {"queue_id": message.id, "queued_at": message.created}}
+
+    def _arrived(self, message: Message) -> bool:
+        """Whether a post carrying this message's marker is in Slack since its cut-off send began;
+        if so, it is recorded as delivered."""
+        oldest = f"{message.sending_since - 60:.6f}"  # margin for clock skew with Slack
+        wanted = self._marker(message)["event_payload"]
+        open_thread = self.store.thread(message.payload["thread_key"]) if message.kind == "alert" else None
+        if open_thread:
+            channel_id, ts = open_thread
+            found = self.client.conversations_replies(channel=channel_id, ts=ts, oldest=oldest,
+                                                      include_all_metadata=True, limit=200)
+        else:
+            channel_id = self._channel_id(message.channel)
+            found = self.client.conversations_history(channel=channel_id, oldest=oldest,
+                                                      include_all_metadata=True, limit=200)
+        comment = fax_comment(message.payload) if message.kind == "fax" else None
+        for posted in found["messages"]:
+            if (posted.get("metadata") or {}).get("event_payload") == wanted or (
+                    comment and posted.get("files") and posted.get("text") == comment):
+                log.warning("already delivered before the interruption", extra={"fields": {
+                    "id": message.id, "kind": message.kind, "channel": message.channel}})
+                self._recorded(message, channel_id, posted["ts"], open_thread is not None)
+                return True
+        return False
+
+    def _recorded(self, message: Message, channel_id: str, ts: str, as_reply: bool) -> None:
+        if message.kind != "alert":
+            self.store.delivered(message)
+            return
+        thread_key = message.payload["thread_key"]
+        resolved = message.payload["status"] == "resolved"
+        thread = None if resolved or as_reply else (thread_key, channel_id, ts)
+        self.store.delivered(message, thread=thread, close_thread=thread_key if resolved else None)
+
     # Alerts: one message per alert group and channel, updated in place and replied to in its thread.
     def _send_alert(self, message: Message) -> None:
         payload = message.payload
         text, blocks = render_alert(payload, self.alertmanager_url)
-        thread_key = payload["thread_key"]
-        resolved = payload["status"] == "resolved"
-        open_thread = self.store.thread(thread_key)
+        open_thread = self.store.thread(payload["thread_key"])
         if open_thread:
             channel_id, ts = open_thread
             try:
@@ -210,20 +264,21 @@ class Slack:
             except SlackApiError as exc:
                 if not (isinstance(exc.response.data, dict) and exc.response.get("error") in UNEDITABLE):
                     raise
-                open_thread = None
             else:
                 # Last call: if it fails, the retry repeats the harmless update, then replies once.
-                self.client.chat_postMessage(channel=channel_id, thread_ts=ts, text=render_thread_reply(payload))
-                self.store.delivered(message, close_thread=thread_key if resolved else None)
+                reply = self.client.chat_postMessage(channel=channel_id, thread_ts=ts, text=render_thread_reply(payload),
+                                                     metadata=self._marker(message))
+                self._recorded(message, channel_id, reply["ts"], as_reply=True)
                 return
-        response = self.client.chat_postMessage(channel=message.channel, text=text, blocks=blocks)
-        thread = None if resolved else (thread_key, response["channel"], response["ts"])
-        self.store.delivered(message, thread=thread, close_thread=thread_key if resolved else None)
+        response = self.client.chat_postMessage(channel=message.channel, text=text, blocks=blocks,
+                                                metadata=self._marker(message))
+        self._recorded(message, response["channel"], response["ts"], as_reply=False)
 
     # Faxes: the PDF from FAX.PLUS, uploaded to the channel with who sent it, pages and time.
     def _send_fax(self, message: Message) -> None:
         payload = message.payload
         pdf = self._download_fax(payload["file_id"])
+        # files.completeUploadExternal takes no metadata: _arrived finds the share by its comment.
         self.client.files_upload_v2(
             channel=self._channel_id(message.channel),
             content=pdf,

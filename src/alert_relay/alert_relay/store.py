@@ -5,8 +5,9 @@ so a power cut after the 2xx loses nothing). The same transaction records its de
 resend of an already-queued notification queues nothing. Messages of one channel are delivered in
 queue order; one that keeps failing moves to `dead_letters` (counted in /metrics).
 
-A message being sent when the process is killed is sent again after restart: Slack cannot tell us
-whether a request cut off mid-way was posted, and a repeat is better than a loss.
+A message whose send was cut off (the process killed, a timeout) keeps `sending_since`: before
+sending it again, the worker asks Slack whether it arrived (alert messages carry their queue id in
+Slack message metadata), so that it is neither lost nor posted twice.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    sending_since REAL                -- set while a send's outcome is unknown
 );
 CREATE INDEX IF NOT EXISTS messages_by_channel ON messages (channel, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -71,6 +73,8 @@ class Message:
     payload: dict[str, Any]
     attempts: int
     next_attempt: float
+    created: float
+    sending_since: float | None  # a send of it started then, and whether it arrived is unknown
 
 
 class Store:
@@ -119,10 +123,16 @@ class Store:
     def channel_heads(self) -> list[Message]:
         """The oldest queued message of each channel: the only one of its channel that may be sent."""
         rows = self._db().execute(
-            "SELECT id, kind, channel, payload, attempts, next_attempt FROM messages "
+            "SELECT id, kind, channel, payload, attempts, next_attempt, created, sending_since FROM messages "
             "WHERE id IN (SELECT MIN(id) FROM messages GROUP BY channel) ORDER BY id"
         ).fetchall()
-        return [Message(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+        return [Message(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+    def set_sending(self, message: Message, since: float | None) -> None:
+        """Mark a message's send as under way since ``since`` (its outcome unknown until it is
+        delivered or answered), or None once Slack answered that it did not arrive."""
+        with self._write_lock:
+            self._db().execute("UPDATE messages SET sending_since = ? WHERE id = ?", (since, message.id))
 
     def delivered(self, message: Message, thread: tuple[str, str, str] | None = None,
                   close_thread: str | None = None) -> None:
