@@ -108,7 +108,7 @@ class RequestParser:
     the incomplete tail. Bytes are never decoded: arguments stay bytes end to end.
     """
 
-    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at")
+    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need")
 
     def __init__(self, max_bulk_len: int = 512 * 1024 * 1024, max_query_buffer: int = 1024**3):
         self.buffer = b""
@@ -116,13 +116,29 @@ class RequestParser:
         self.max_query_buffer = max_query_buffer
         # Where the frame that broke the protocol began, in the bytes of the last feed().
         self.error_at = 0
+        # While a big bulk argument arrives, reads are kept as a list and joined once, when the
+        # `need` bytes are all there (joining on every read would copy the argument over and over).
+        self.chunks: list[bytes] = []
+        self.waiting = 0
+        self.need = 0
 
     def pending(self) -> int:
-        return len(self.buffer)
+        return len(self.buffer) + self.waiting
 
     def feed(self, data: bytes, authenticated: bool = True) -> tuple[list[list[bytes]], ProtocolError | None]:
         """Parse what has arrived; (commands, error). After an error the connection must close."""
+        if self.need:
+            if len(self.buffer) + self.waiting + len(data) < self.need:
+                self.chunks.append(data)
+                self.waiting += len(data)
+                if len(self.buffer) + self.waiting > self.max_query_buffer:
+                    self.chunks, self.waiting, self.need, self.buffer = [], 0, 0, b""
+                    return [], ProtocolError("Protocol error: query buffer limit reached")
+                return [], None
+            data = b"".join([self.buffer, *self.chunks, data])
+            self.buffer, self.chunks, self.waiting, self.need = b"", [], 0, 0
         buf = self.buffer + data if self.buffer else data
+        need = 0
         commands: list[list[bytes]] = []
         pos, n = 0, len(buf)
         error = None
@@ -166,6 +182,7 @@ class RequestParser:
                         start = cr + 2
                         end = start + size
                         if end + 2 > n:
+                            need = end + 2 - frame
                             complete = False
                             break
                         append(buf[start:end])
@@ -192,6 +209,8 @@ class RequestParser:
             self.error_at = frame
             pos = n
         rest = buf[pos:] if pos < n else b""
+        if need > 65536 and error is None:
+            self.need = need
         if len(rest) > self.max_query_buffer:
             error = error or ProtocolError("Protocol error: query buffer limit reached")
             rest = b""

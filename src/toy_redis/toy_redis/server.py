@@ -37,6 +37,21 @@ REDACTED = {b"auth", b"hello", b"migrate"}
 _page_size = os.sysconf("SC_PAGE_SIZE")
 
 
+def _libc_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Values over 512 bytes live in glibc's heap, which keeps freed memory unless asked to give it back.
+malloc_trim = _libc_malloc_trim()
+# Give memory back to the system once this much of the dataset has been freed.
+TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
+
+
 def rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as handle:
@@ -254,6 +269,7 @@ class Server:
         self._cron_expected = 0.0
         self._last_fsync = 0.0
         self._ops_samples: deque = deque(maxlen=16)
+        self._used_at_trim = 0
         self.port = config.port
         self.metrics_port = config.metrics_port
         self.reset_stats()
@@ -442,6 +458,12 @@ class Server:
         if not self._expire_pending:
             self._expire_tick()
         self.db.compact()
+        used = self.db.used_memory
+        if used > self._used_at_trim:
+            self._used_at_trim = used
+        elif self._used_at_trim - used > TRIM_AFTER_FREED_BYTES and malloc_trim is not None:
+            malloc_trim(0)
+            self._used_at_trim = used
         aof = self.aof
         if aof is not None:
             aof.poll_rewrite()

@@ -1,0 +1,198 @@
+"""INFO, CONFIG, COMMAND, SLOWLOG, CLIENT, TIME, maxmemory policies and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import RawClient, ToyRedis
+
+CONTRACT_METRICS = [
+    "toy_redis_commands", "toy_redis_errors", "toy_redis_command_duration_seconds", "toy_redis_keys",
+    "toy_redis_keys_with_ttl", "toy_redis_expired_keys", "toy_redis_expired_stale_ratio", "toy_redis_evicted_keys",
+    "toy_redis_rejected_connections", "toy_redis_connected_clients", "toy_redis_connections",
+    "toy_redis_net_input_bytes", "toy_redis_net_output_bytes", "toy_redis_event_loop_lag_seconds",
+    "toy_redis_used_memory_bytes", "process_resident_memory_bytes",
+]
+
+
+def scrape(toy) -> dict:
+    response = requests.get(f"http://127.0.0.1:{toy.metrics_port}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def sample(families, name, **labels) -> float:
+    for family in families.values():
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_metrics_follow_the_contract(r, toy):
+    r.set("a", "1", ex=100)
+    r.get("a")
+    r.get("a")
+    with pytest.raises(redis.ResponseError):
+        r.execute_command("NOPE")
+    families = scrape(toy)
+    for name in CONTRACT_METRICS:
+        assert name in families, name
+    assert sample(families, "toy_redis_commands_total", command="get") >= 2
+    assert sample(families, "toy_redis_errors_total", kind="unknown_command") >= 1
+    assert sample(families, "toy_redis_keys") == 1
+    assert sample(families, "toy_redis_keys_with_ttl") == 1
+    assert sample(families, "toy_redis_connected_clients") >= 1
+    assert sample(families, "toy_redis_net_input_bytes_total") > 0
+    assert sample(families, "process_resident_memory_bytes") > 0
+    buckets = [s for s in families["toy_redis_command_duration_seconds"].samples
+               if s.name.endswith("_bucket") and s.labels["command"] == "get"]
+    bounds = [float(s.labels["le"]) for s in buckets]
+    assert bounds[0] == 0.00001 and bounds[-2] == 1.0 and bounds[-1] == float("inf")
+    assert buckets[-1].value == sample(families, "toy_redis_commands_total", command="get")
+
+
+def test_metrics_port_answers_404_elsewhere(toy):
+    assert requests.get(f"http://127.0.0.1:{toy.metrics_port}/nothing", timeout=5).status_code == 404
+
+
+def test_info_sections(r):
+    r.set("a", "1", ex=100)
+    r.set("b", "2")
+    info = r.info()
+    assert info["redis_version"].startswith("7.")
+    assert info["connected_clients"] >= 1
+    assert info["db0"] == {"keys": 2, "expires": 1, "avg_ttl": 0}
+    for section, key in [("server", "tcp_port"), ("clients", "maxclients"), ("memory", "used_memory"),
+                         ("persistence", "aof_enabled"), ("stats", "expired_keys"), ("keyspace", "db0")]:
+        assert key in r.info(section), (section, key)
+    assert "cmdstat_set" in r.info("commandstats")
+
+
+def test_config_set_and_get(r):
+    assert r.config_set("maxmemory", "10mb")
+    assert r.config_get("maxmemory") == {"maxmemory": "10485760"}
+    r.config_set("maxmemory", "0")
+    with pytest.raises(redis.ResponseError, match="argument must be a memory value"):
+        r.config_set("maxmemory", "lots")
+    with pytest.raises(redis.ResponseError, match="Unknown option"):
+        r.config_set("nosuch", "1")
+    assert "maxmemory-policy" in r.config_get("*")
+    assert "requirepass" not in r.config_get("*")
+
+
+def test_config_resetstat(r):
+    r.get("x")
+    r.config_resetstat()
+    assert r.info("stats")["keyspace_misses"] == 0
+
+
+def test_command_count_docs_and_info(r, toy):
+    assert r.command_count() >= 50
+    commands = r.command()
+    assert commands["get"]["arity"] == 2 and commands["set"]["arity"] == -3
+    client = RawClient(toy.port)
+    docs = client.call("COMMAND", "DOCS", "get")
+    assert docs[0] == b"get" and b"summary" in docs[1]
+    info = client.call("COMMAND", "INFO", "get", "nosuch")
+    assert info[0][:2] == [b"get", 2] and info[1] is None
+    assert client.call("COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2") == [b"a", b"b"]
+    client.close()
+
+
+def test_slowlog(r):
+    r.slowlog_reset()
+    r.config_set("slowlog-log-slower-than", "0")
+    try:
+        r.set("slow", "x" * 300)
+        entries = r.slowlog_get(10)
+    finally:
+        r.config_set("slowlog-log-slower-than", "10000")
+    assert r.slowlog_len() >= 1
+    entry = next(e for e in entries if e["command"].startswith(b"SET slow"))
+    assert b"... (172 more bytes)" in entry["command"]
+    r.slowlog_reset()
+    assert r.slowlog_len() <= 1
+
+
+def test_client_commands(r):
+    client_id = r.client_id()
+    r.client_setname("tester")
+    assert r.client_getname() == "tester" or r.client_getname() == b"tester"
+    listing = r.client_list()
+    mine = next(c for c in listing if int(c["id"]) == client_id)
+    assert mine["name"] == "tester" and mine["cmd"] == "client"
+    assert r.client_info()["id"] == str(client_id) or int(r.client_info()["id"]) == client_id
+
+
+def test_time(r):
+    seconds, micros = r.time()
+    assert abs(seconds - time.time()) < 5 and 0 <= micros < 1_000_000
+
+
+def test_randomkey_and_scan(r):
+    assert r.randomkey() is None
+    names = {f"k{i}".encode() for i in range(1000)}
+    r.mset({name: b"v" for name in names})
+    assert r.randomkey() in names
+    assert set(r.scan_iter(count=37)) == names
+    assert set(r.scan_iter(match="k1*")) == {n for n in names if n.startswith(b"k1")}
+    assert list(r.scan_iter(_type="hash")) == []
+
+
+@pytest.fixture
+def small_server(tmp_path):
+    def start(*flags):
+        server = ToyRedis(tmp_path, *flags).start()
+        started.append(server)
+        return server
+
+    started = []
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_noeviction_refuses_writes_over_maxmemory(small_server):
+    server = small_server("--maxmemory", "1000000", "--maxmemory-policy", "noeviction")
+    client = server.client()
+    with pytest.raises(redis.ResponseError, match=r"command not allowed when used memory > 'maxmemory'"):
+        for i in range(10_000):
+            client.set(f"k{i}", "x" * 200)
+    assert client.get("k0") == b"x" * 200
+    assert client.delete("k0") == 1
+
+
+def test_allkeys_lru_evicts_least_recently_used(small_server):
+    server = small_server("--maxmemory", "2000000", "--maxmemory-policy", "allkeys-lru")
+    client = server.client()
+    client.set("hot", "x" * 200)
+    for i in range(20_000):
+        client.set(f"k{i}", "x" * 200)
+        if i % 100 == 0:
+            client.get("hot")
+    assert client.get("hot") is not None
+    assert client.get("k0") is None
+    assert client.info("stats")["evicted_keys"] > 0
+    assert client.info("memory")["used_memory"] <= 2_000_000 + 1000
+
+
+def test_volatile_ttl_evicts_nearest_expiry_first(small_server):
+    server = small_server("--maxmemory", "1000000", "--maxmemory-policy", "volatile-ttl")
+    client = server.client()
+    client.set("keep", "x" * 200)
+    for i in range(3000):
+        client.set(f"t{i}", "x" * 200, ex=10_000 + i)
+    assert client.get("keep") is not None
+    assert client.get("t0") is None and client.get("t2999") is not None
+    for i in range(3000):
+        client.persist(f"t{i}")
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        for i in range(5000):
+            client.set(f"p{i}", "x" * 200)
