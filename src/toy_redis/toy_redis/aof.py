@@ -83,6 +83,9 @@ class AppendOnlyFile:
                     break
                 before = parser.pending()
                 commands, error = parser.feed(chunk)
+                for argv in commands:
+                    apply(argv)
+                    records += 1
                 if error is not None:
                     bad_at = offset + parser.error_at
                     handle.seek(bad_at)
@@ -91,9 +94,6 @@ class AppendOnlyFile:
                         self._truncate(bad_at, records)
                         return records
                     raise AofCorrupt(f"{self.path}: bad record at byte {bad_at} ({error}); fix or move the file")
-                for argv in commands:
-                    apply(argv)
-                    records += 1
                 offset += before + len(chunk) - parser.pending()
         if parser.pending():
             self._truncate(offset, records)

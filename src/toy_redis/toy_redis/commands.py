@@ -1016,6 +1016,17 @@ def cmd_slowlog(conn, argv):
     raise unknown_subcommand(argv)
 
 
+@command("bgrewriteaof", 1, "", group="server", summary="Asynchronously rewrites the append-only file to disk.")
+def cmd_bgrewriteaof(conn, argv):
+    aof = conn.server.aof
+    if aof is None:
+        raise ReplyError("ERR Background append only file rewriting is not possible: appendonly is off")
+    if aof.rewrite_pid is not None:
+        raise ReplyError("ERR Background append only file rewriting already in progress")
+    aof.start_rewrite(conn.db)
+    return b"+Background append only file rewriting started\r\n"
+
+
 @command("shutdown", -1, "loading stale no_auth_exempt", group="server", summary="Synchronously saves the database(s) to disk and shuts down the Redis server.")
 def cmd_shutdown(conn, argv):
     for raw in argv[1:]:

@@ -1,0 +1,179 @@
+"""Append-only persistence: restart restores data and absolute TTLs, torn tails, rewrite, fsync modes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .conftest import ToyRedis
+
+
+def aof_server(workdir, *flags):
+    return ToyRedis(workdir, "--appendonly", "yes", "--dir", str(workdir), *flags)
+
+
+def test_restart_restores_data_and_ttls(tmp_path):
+    server = aof_server(tmp_path).start()
+    client = server.client()
+    client.set("plain", "v1")
+    client.set("ttl", "v2", ex=1000)
+    client.incrby("counter", 41)
+    client.incr("counter")
+    client.append("plain", "+more")
+    client.mset({"a": "1", "b": "2", "gone": "x"})
+    client.delete("gone")
+    client.rename("a", "renamed")
+    client.set("persisted", "p", ex=100)
+    client.persist("persisted")
+    client.set("short", "s", px=300)
+    expire_at = client.pexpiretime("ttl")
+    client.close()
+    assert server.stop() == 0
+    time.sleep(0.5)  # "short" expires while the server is down
+
+    server.start()
+    client = server.client()
+    assert client.get("plain") == b"v1+more"
+    assert client.get("counter") == b"42"
+    assert client.get("renamed") == b"1" and client.get("a") is None
+    assert client.get("b") == b"2" and client.get("gone") is None
+    assert client.pexpiretime("ttl") == expire_at
+    assert client.ttl("persisted") == -1
+    assert client.get("short") is None
+    assert client.dbsize() == 6
+    client.flushall()
+    client.set("after-flush", "1")
+    client.close()
+    server.stop()
+    server.start()
+    client = server.client()
+    assert client.keys("*") == [b"after-flush"]
+    client.close()
+    server.stop()
+
+
+@pytest.mark.parametrize("tail", [b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhal", b"\x00" * 100_000, b"*2\r\n$3"])
+def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail):
+    server = aof_server(tmp_path).start()
+    client = server.client()
+    for i in range(100):
+        client.set(f"k{i}", i)
+    client.close()
+    server.stop()
+    path = tmp_path / "appendonly.aof"
+    good_size = path.stat().st_size
+    with open(path, "ab") as handle:
+        handle.write(tail)
+
+    server.start()
+    client = server.client()
+    assert client.dbsize() == 100 and client.get("k99") == b"99"
+    truncated = [e for e in server.events() if e["event"] == "aof_truncated"]
+    assert truncated and truncated[-1]["valid_bytes"] == good_size and truncated[-1]["level"] == "warning"
+    assert path.stat().st_size == good_size
+    client.set("new", "1")
+    client.close()
+    server.stop()
+    server.start()
+    client = server.client()
+    assert client.get("new") == b"1" and client.dbsize() == 101
+    client.close()
+    server.stop()
+
+
+def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path):
+    server = aof_server(tmp_path).start()
+    client = server.client()
+    for i in range(10):
+        client.set(f"k{i}", i)
+    client.close()
+    server.stop()
+    path = tmp_path / "appendonly.aof"
+    data = bytearray(path.read_bytes())
+    data[40:44] = b"!!!!"
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="exited with 1") as failure:
+        server.start()
+    message = str(failure.value).split(": ", 1)[1].strip()
+    assert len(message.splitlines()) == 1
+    assert f"{path}: bad record at byte " in message
+
+
+def test_appendfsync_always_survives_kill_9(tmp_path):
+    server = aof_server(tmp_path, "--appendfsync", "always").start()
+    client = server.client()
+    for i in range(200):
+        client.set(f"k{i}", i)
+    client.close()
+    server.stop(signal.SIGKILL)
+    server.start()
+    client = server.client()
+    assert client.dbsize() == 200
+    client.close()
+    server.stop()
+
+
+def test_everysec_loses_at_most_about_a_second(tmp_path):
+    server = aof_server(tmp_path, "--appendfsync", "everysec").start()
+    client = server.client()
+    client.set("early", "1")
+    time.sleep(1.5)
+    client.close()
+    server.stop(signal.SIGKILL)
+    server.start()
+    client = server.client()
+    assert client.get("early") == b"1"
+    client.close()
+    server.stop()
+
+
+def test_background_rewrite_compacts_the_file_while_serving(tmp_path):
+    server = aof_server(tmp_path).start()
+    client = server.client()
+    client.config_set("auto-aof-rewrite-min-size", "1mb")
+    path = tmp_path / "appendonly.aof"
+    pipe = client.pipeline(transaction=False)
+    for round_ in range(60):
+        for i in range(1000):
+            pipe.set(f"k{i}", f"{round_}-" + "x" * 20, ex=1000)
+        pipe.execute()
+    deadline = time.monotonic() + 10
+    client.set("during", "rewrite")
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if info["aof_rewrites"] >= 1 and not info["aof_rewrite_in_progress"]:
+            break
+        client.set("during", "rewrite")
+        time.sleep(0.05)
+    info = client.info("persistence")
+    assert info["aof_rewrites"] >= 1 and info["aof_last_bgrewrite_status"] == "ok"
+    client.set("after", "rewrite")
+    assert path.stat().st_size < 60 * 1000 * 40
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("temp-rewriteaof")]
+    client.close()
+    server.stop()
+    server.start()
+    client = server.client()
+    assert client.dbsize() == 1002
+    assert client.get("k999") == b"59-" + b"x" * 20
+    assert 990 < client.ttl("k0") <= 1000
+    assert client.get("during") == b"rewrite" and client.get("after") == b"rewrite"
+    client.close()
+    server.stop()
+
+
+def test_bgrewriteaof_command(tmp_path):
+    server = aof_server(tmp_path).start()
+    client = server.client()
+    client.set("a", "1")
+    client.set("a", "2")
+    assert client.bgrewriteaof()
+    deadline = time.monotonic() + 10
+    while client.info("persistence")["aof_rewrites"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "appendonly.aof").read_bytes() == b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n2\r\n"
+    client.close()
+    server.stop()
