@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from roles.blackbox import CONFIG_FILE, render_config
 from roles.prometheus import probe_job
 from tests.hosts.test_prometheus import skip_unless_deployed
-from tests.conftest import hosts_in
+from tests.conftest import hosts_in, run_pyinfra
 from tests.roles.test_blackbox import lab_settings
 from tests.roles.test_prometheus import LAB
 
@@ -37,3 +39,20 @@ def test_every_configured_probe_succeeds_from_the_exporter(node):
         metrics = node.check_output(
             f"curl -sf 'http://127.0.0.1:9115/probe?module={target.module}&target={target.address}'")
         assert "\nprobe_success 1" in metrics, f"{target.module} probe of {target.instance} failed"
+
+
+def test_a_config_failing_the_exporters_check_is_never_swapped_in(node):
+    """The deploy fails with the checker's message; the live config and the running exporter stay."""
+    before = node.file(CONFIG_FILE).content_string
+    pid = node.check_output("systemctl show -p MainPID --value prometheus-blackbox-exporter")
+    broken = {"modules": {"web": {"prober": "http", "http": {"valid_status_code": [200]}}}}
+    run = run_pyinfra("deploys/all.py", "--limit", node.backend.host.name, "--data", "only_roles=blackbox",
+                      "--data", f"blackbox={json.dumps(broken)}")
+    assert run.returncode != 0
+    assert "valid_status_code" in run.stderr + json.dumps(run.report or {})
+    assert node.file(CONFIG_FILE).content_string == before
+    assert node.check_output("systemctl show -p MainPID --value prometheus-blackbox-exporter") == pid
+    # The next good deploy clears the failed staged copy.
+    run = run_pyinfra("deploys/all.py", "--limit", node.backend.host.name, "--data", "only_roles=blackbox")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not node.file(f"{CONFIG_FILE}.staged").exists

@@ -96,7 +96,7 @@ def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
         time.sleep(5)
     alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
               for alert in api(node, "alerts")["alerts"]]
-    assert alerts == []
+    assert alerts == [], f"alerts on the healthy lab: {alerts}"
 
 
 def test_bad_prometheus_settings_stop_the_deploy_before_any_change():
