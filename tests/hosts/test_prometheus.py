@@ -111,3 +111,16 @@ def test_bad_prometheus_settings_stop_the_deploy_before_any_change():
     assert errors[0].endswith(f"inventory data for {host}: prometheus.scrape_interval: "
                               "expected a duration like 30s, 5m, 1h30m or 15d (got 'often')")
     assert "Traceback" not in run.stderr
+
+
+def test_a_rule_file_no_longer_generated_is_removed_on_the_next_deploy(node):
+    stale = f"{RULES_DIR}/retired.rules.yml"
+    node.run_expect([0], f"cp {RULES_DIR}/{sorted(rule_files())[0]} {stale}")
+    run = run_pyinfra("deploys/all.py", "--limit", node.backend.host.name, "--data", "only_roles=prometheus")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not node.file(stale).exists
+    # The reload (SIGHUP) is applied asynchronously: give it a few seconds.
+    deadline = time.monotonic() + 10
+    while (loaded := {g["file"].rsplit("/", 1)[-1] for g in api(node, "rules")["groups"]}) != set(rule_files()):
+        assert time.monotonic() < deadline, f"Prometheus still loads {loaded}"
+        time.sleep(0.5)
