@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 from .keyspace import glob_matcher, now_ms
 from .protocol import (
@@ -309,7 +309,7 @@ def cmd_get(conn, argv):
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def parse_set_options(argv, start, name, allow_get, allow_persist, allow_nx_xx):
+def parse_set_options(argv, start, name, allow_get, allow_persist, allow_nx_xx, check_expire=True):
     """Redis's parseExtendedStringArgumentsOrReply; returns (nx, xx, get, keepttl, persist, expire_at)."""
     nx = xx = get = keepttl = persist = False
     expire_at = None
@@ -339,7 +339,7 @@ def parse_set_options(argv, start, name, allow_get, allow_persist, allow_nx_xx):
         else:
             raise ReplyError(SYNTAX)
         j += 1
-    if expire_at is not None:
+    if expire_at is not None and check_expire:
         _, raw, unit, relative = expire_at
         expire_at = expire_at_ms(raw, unit, relative, name)
     return nx, xx, get, keepttl, persist, expire_at
@@ -403,12 +403,15 @@ def cmd_getdel(conn, argv):
 
 @command("getex", -2, "write fast", (1, 1, 1), "string", "Returns the string value of a key after setting its expiration time.")
 def cmd_getex(conn, argv):
-    _, _, _, _, persist, expire_at = parse_set_options(argv, 2, "getex", False, True, False)
     db = conn.db
     key = argv[1]
+    # Redis checks the expire time only once it knows the key exists.
+    options = parse_set_options(argv, 2, "getex", False, True, False, check_expire=False)
     value = db.get(key)
     if value is None:
         return null(conn)
+    persist, expire = options[4], options[5]
+    expire_at = None if expire is None else expire_at_ms(expire[1], expire[2], expire[3], "getex")
     if expire_at is not None:
         if expire_at <= now_ms():
             db.delete(key)
@@ -576,7 +579,9 @@ def parse_float(raw: bytes) -> Decimal | None:
 
 def format_long_double(value: Decimal) -> bytes:
     """Like Redis's ld2string(LD_STR_HUMAN): fixed notation, 17 decimals, trailing zeros trimmed."""
-    text = f"{value.quantize(Decimal(1).scaleb(-17)) if value.adjusted() < 20 else value:f}"
+    with localcontext() as context:
+        context.prec = 5000
+        text = f"{value.quantize(Decimal(1).scaleb(-17)):f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     if text in ("-0", ""):

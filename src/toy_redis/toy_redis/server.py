@@ -332,6 +332,11 @@ class Server:
             reply = error_line(exc.message)
             cmd.failed_calls += 1
             self.count_error(exc.kind)
+        except Exception as exc:  # a bug must cost one reply, not the connection or the server
+            logs.error("command_failed", command=cmd.name, error=repr(exc))
+            reply = error_line(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
+            cmd.failed_calls += 1
+            self.count_error("internal")
         else:
             if "write" in cmd.flags:
                 self.dirty += 1
