@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL,
     last_error TEXT,
     created REAL NOT NULL,
-    failed REAL NOT NULL
+    failed REAL NOT NULL,
+    sending_since REAL                -- kept, so that a requeued message is looked for first
 );
 -- Keys of notifications already queued, so that resends are delivered once.
 CREATE TABLE IF NOT EXISTS seen (
@@ -157,8 +158,8 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             if retry_at is None:
                 db.execute(
-                    "INSERT INTO dead_letters (id, kind, channel, payload, attempts, last_error, created, failed) "
-                    "SELECT id, kind, channel, payload, attempts + 1, ?, created, ? FROM messages WHERE id = ?",
+                    "INSERT INTO dead_letters (id, kind, channel, payload, attempts, last_error, created, failed, sending_since) "
+                    "SELECT id, kind, channel, payload, attempts + 1, ?, created, ?, sending_since FROM messages WHERE id = ?",
                     (error, time.time(), message.id),
                 )
                 db.execute("DELETE FROM messages WHERE id = ?", (message.id,))
@@ -192,8 +193,8 @@ class Store:
         db = self._db()
         with self._write_lock:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO messages (id, kind, channel, payload, created) "
-                       "SELECT id, kind, channel, payload, created FROM dead_letters")
+            db.execute("INSERT INTO messages (id, kind, channel, payload, created, sending_since) "
+                       "SELECT id, kind, channel, payload, created, sending_since FROM dead_letters")
             db.execute("DELETE FROM dead_letters")
             db.execute("COMMIT")
         return moved
