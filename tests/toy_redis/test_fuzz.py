@@ -44,6 +44,9 @@ def test_server_survives_any_bytes(toy, stream, cuts):
         # The server answers what it can and then closes (EOF from us or a protocol error).
         while sock.recv(65536):
             pass
+    except (ConnectionError, OSError) as exc:
+        # Closed by the server after a protocol error, while we were still sending: allowed.
+        assert not isinstance(exc, TimeoutError), "the server hung"
     finally:
         sock.close()
     probe = RawClient(toy.port, timeout=5)
@@ -72,17 +75,19 @@ def test_parser_result_does_not_depend_on_how_reads_are_cut(batch, cuts):
 keys = st.sampled_from(["a", "b", "c"])
 values = st.sampled_from(["", "1", "-7", "10.5", "abc", "9223372036854775807", "x" * 30])
 numbers = st.sampled_from(["0", "1", "-1", "5", "100", "x", "1.5", "-9223372036854775808"])
+# TTLs either invalid or long enough that no key expires while a sequence runs (no timing races).
+expire_times = st.sampled_from(["0", "-1", "100000", "x", "1.5", "9223372036854775807"])
 random_command = st.one_of(
     st.tuples(st.just("SET"), keys, values),
-    st.tuples(st.just("SET"), keys, values, st.sampled_from(["NX", "XX", "GET", "KEEPTTL", "EX", "PX"]), numbers),
+    st.tuples(st.just("SET"), keys, values, st.sampled_from(["NX", "XX", "GET", "KEEPTTL", "EX", "PX"]), expire_times),
     st.tuples(st.sampled_from(["GET", "GETDEL", "STRLEN", "INCR", "DECR", "TYPE", "EXISTS", "DEL", "TTL", "PERSIST"]), keys),
     st.tuples(st.sampled_from(["INCRBY", "DECRBY", "APPEND", "SETNX", "GETSET", "INCRBYFLOAT"]), keys, st.one_of(values, numbers)),
-    st.tuples(st.sampled_from(["EXPIRE", "PEXPIRE"]), keys, st.sampled_from(["100", "100000", "0", "-1", "x"]),
+    st.tuples(st.sampled_from(["EXPIRE", "PEXPIRE"]), keys, expire_times,
               st.sampled_from(["NX", "XX", "GT", "LT", "BAD"])),
     st.tuples(st.sampled_from(["GETRANGE", "SETRANGE"]), keys, numbers, st.one_of(numbers, values)),
     st.tuples(st.sampled_from(["RENAME", "RENAMENX", "COPY"]), keys, keys),
     st.tuples(st.sampled_from(["MGET", "MSET", "MSETNX"]), keys, values, keys, values),
-    st.tuples(st.just("GETEX"), keys, st.sampled_from(["PERSIST", "EX", "PX", "KEEPTTL"]), numbers),
+    st.tuples(st.just("GETEX"), keys, st.sampled_from(["PERSIST", "EX", "PX", "KEEPTTL"]), expire_times),
 )
 
 

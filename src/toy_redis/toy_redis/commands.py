@@ -52,6 +52,12 @@ class Command:
     seconds_total: float = 0.0
     latency_buckets: list[int] = field(default_factory=list)
 
+    def __post_init__(self):
+        # Flags the dispatcher tests on every call, as plain attributes.
+        self.is_write = "write" in self.flags
+        self.denyoom = "denyoom" in self.flags
+        self.no_auth = "no_auth" in self.flags
+
     def keys(self, argv: list[bytes]) -> list[bytes]:
         if self.first_key == 0:
             return []

@@ -99,6 +99,7 @@ class Keyspace:
 
     def __init__(self, policy: str = "noeviction"):
         self.policy = policy
+        self.lru = policy == "allkeys-lru"
         self.data: dict[bytes, bytes] = OrderedDict() if policy == "allkeys-lru" else {}
         self.expires: dict[bytes, int] = {}
         self._wheel: dict[int, list[bytes]] = {}
@@ -127,7 +128,7 @@ class Keyspace:
             self._expire(key)
             self.misses += 1
             return None
-        if self.policy == "allkeys-lru":
+        if self.lru:
             self.data.move_to_end(key)
         self.hits += 1
         return value
@@ -161,7 +162,7 @@ class Keyspace:
         else:
             self.used_memory += len(value) - len(old)
         data[key] = value
-        if self.policy == "allkeys-lru" and old is not None:
+        if self.lru and old is not None:
             data.move_to_end(key)
         if expire_at is not None:
             self.set_expire(key, expire_at)
@@ -229,6 +230,7 @@ class Keyspace:
             return
         self.data = OrderedDict(self.data) if policy == "allkeys-lru" else dict(self.data)
         self.policy = policy
+        self.lru = policy == "allkeys-lru"
 
     # -- iteration -----------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ class ProtocolError(Exception):
 
 def parse_int(raw: bytes) -> int | None:
     """Redis's string2ll: an exact decimal 64-bit integer (no sign '+', spaces or leading zeros)."""
+    if len(raw) < 19 and raw.isdigit() and (raw[0] != 48 or len(raw) == 1):
+        return int(raw)
     if raw.isdigit():
         if (raw[0] == 48 and len(raw) > 1) or len(raw) > 19:
             return None
@@ -101,6 +103,19 @@ def split_inline(line: bytes) -> list[bytes] | None:
         args.append(bytes(current))
 
 
+try:
+    from hiredis import Reader as _HiredisReader
+
+    if not hasattr(_HiredisReader, "has_data"):  # hiredis < 2.0
+        _HiredisReader = None
+except ImportError:
+    _HiredisReader = None
+
+
+_ARRAY_HEADER = [len(b"*%d\r\n" % n) for n in range(1000)]
+_BULK_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(1000)]
+
+
 class RequestParser:
     """Incremental request parser for one connection.
 
@@ -108,7 +123,7 @@ class RequestParser:
     the incomplete tail. Bytes are never decoded: arguments stay bytes end to end.
     """
 
-    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need")
+    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need", "reader")
 
     def __init__(self, max_bulk_len: int = 512 * 1024 * 1024, max_query_buffer: int = 1024**3):
         self.buffer = b""
@@ -121,12 +136,54 @@ class RequestParser:
         self.chunks: list[bytes] = []
         self.waiting = 0
         self.need = 0
+        self.reader = _HiredisReader() if _HiredisReader is not None else None
+
+    def _fast(self, data: bytes) -> list[list[bytes]] | None:
+        """hiredis (C) parsing for the common case: a read holding only whole multibulk commands.
+
+        Anything else (a frame cut by the read, inline commands, or a frame Redis would refuse)
+        returns None and the read is parsed again by the Python parser below, which replies with
+        Redis's exact protocol errors. hiredis refuses malformed lengths itself; element types are
+        checked here.
+        """
+        reader = self.reader
+        # hiredis accepts only minimal decimal lengths, so a frame's size on the wire is its
+        # canonical size: if the parsed commands add up to the whole read, nothing was left half
+        # parsed inside hiredis.
+        total = 0
+        try:
+            reader.feed(data)
+            commands = []
+            while True:
+                command = reader.gets()
+                if command is False:
+                    break
+                if command.__class__ is not list or not command:
+                    raise ValueError
+                total += _ARRAY_HEADER[len(command)] if len(command) < 1000 else len(b"*%d\r\n" % len(command))
+                for arg in command:
+                    if arg.__class__ is not bytes:
+                        raise ValueError
+                    size = len(arg)
+                    total += size + (_BULK_FRAMING[size] if size < 1000 else len(b"$%d\r\n\r\n" % size))
+                commands.append(command)
+        except Exception:
+            self.reader = _HiredisReader()
+            return None
+        if total != len(data):
+            self.reader = _HiredisReader()
+            return None
+        return commands
 
     def pending(self) -> int:
         return len(self.buffer) + self.waiting
 
     def feed(self, data: bytes, authenticated: bool = True) -> tuple[list[list[bytes]], ProtocolError | None]:
         """Parse what has arrived; (commands, error). After an error the connection must close."""
+        if not self.buffer and not self.need and authenticated and data[:1] == b"*" and self.reader is not None:
+            commands = self._fast(data)
+            if commands is not None:
+                return commands, None
         if self.need:
             if len(self.buffer) + self.waiting + len(data) < self.need:
                 self.chunks.append(data)

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from bisect import bisect_left
+from time import perf_counter
 from collections import deque
 
 from . import __version__, logs
@@ -246,6 +247,8 @@ class Server:
         self.db = Keyspace(config.maxmemory_policy)
         self.db.on_delete = self._log_delete
         self.commands = COMMANDS
+        # Names as clients send them: lower case and upper case hit directly, others are lowered.
+        self.lookup = {**COMMANDS, **{name.upper(): cmd for name, cmd in COMMANDS.items()}}
         self.clients: dict[int, Connection] = {}
         self.next_client_id = 0
         self.maxclients = config.maxclients
@@ -282,7 +285,6 @@ class Server:
         self.total_connections = getattr(self, "total_connections", 0)
         self.net_input_bytes = 0
         self.net_output_bytes = 0
-        self.total_commands = 0
         self.db.hits = self.db.misses = 0
         self.db.expired_keys = 0
         self.db.evicted_keys = 0
@@ -301,31 +303,26 @@ class Server:
     # -- command execution ---------------------------------------------------------------------
 
     def call(self, conn, argv: list[bytes]) -> bytes:
-        cmd = self.commands.get(argv[0].lower())
+        name = argv[0]
+        cmd = self.lookup.get(name)
         if cmd is None:
-            self.unknown_calls += 1
-            self.count_error("unknown_command")
-            args = ""
-            for raw in argv[1:]:
-                if len(args) >= 128:
-                    break
-                args += "'" + raw.decode(errors="replace")[: 128 - len(args)] + "' "
-            name = argv[0].decode(errors="replace")[:128]
-            return error_line(f"ERR unknown command '{name}', with args beginning with: {args}")
+            cmd = self.lookup.get(name.lower())
+            if cmd is None:
+                return self._unknown(argv)
         n = len(argv)
         arity = cmd.arity
         if (arity > 0 and n != arity) or n < -arity:
             self.count_error("wrong_arity")
             return error_line(f"ERR wrong number of arguments for '{cmd.name}' command")
-        if not conn.authenticated and "no_auth" not in cmd.flags:
+        if not conn.authenticated and not cmd.no_auth:
             self.count_error("noauth")
             return b"-NOAUTH Authentication required.\r\n"
-        if self.maxmemory and "denyoom" in cmd.flags and self.db.used_memory > self.maxmemory:
+        if self.maxmemory and cmd.denyoom and self.db.used_memory > self.maxmemory:
             if not self.db.evict(self.maxmemory):
                 self.count_error("oom")
                 return b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
         conn.last_command = cmd.name
-        start = time.perf_counter()
+        start = perf_counter()
         try:
             reply = cmd.handler(conn, argv)
         except ReplyError as exc:
@@ -338,20 +335,43 @@ class Server:
             cmd.failed_calls += 1
             self.count_error("internal")
         else:
-            if "write" in cmd.flags:
+            if cmd.is_write:
                 self.dirty += 1
                 if self.aof is not None:
                     self._log_write(cmd, argv)
-        elapsed = time.perf_counter() - start
+        elapsed = perf_counter() - start
         cmd.calls += 1
         cmd.seconds_total += elapsed
         cmd.latency_buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        self.total_commands += 1
-        if elapsed * 1e6 > self.slowlog_slower_than_us >= 0:
+        if elapsed > self.slowlog_threshold_s:
             self._slow(conn, cmd, argv, elapsed)
         if reply.__class__ is bytes:
             return reply
         return encode(reply, conn.resp3)
+
+    def _unknown(self, argv: list[bytes]) -> bytes:
+        self.unknown_calls += 1
+        self.count_error("unknown_command")
+        args = ""
+        for raw in argv[1:]:
+            if len(args) >= 128:
+                break
+            args += "'" + raw.decode(errors="replace")[: 128 - len(args)] + "' "
+        name = argv[0].decode(errors="replace")[:128]
+        return error_line(f"ERR unknown command '{name}', with args beginning with: {args}")
+
+    @property
+    def slowlog_slower_than_us(self) -> int:
+        return self._slowlog_slower_than_us
+
+    @slowlog_slower_than_us.setter
+    def slowlog_slower_than_us(self, micros: int) -> None:
+        self._slowlog_slower_than_us = micros
+        self.slowlog_threshold_s = float("inf") if micros < 0 else micros / 1e6
+
+    @property
+    def total_commands(self) -> int:
+        return sum(cmd.calls for cmd in self.commands.values()) + self.unknown_calls
 
     def _slow(self, conn, cmd, argv, elapsed: float) -> None:
         micros = int(elapsed * 1e6)
