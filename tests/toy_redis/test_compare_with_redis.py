@@ -161,3 +161,13 @@ def test_same_replies_as_redis(name, toy, real_redis):
     got = run(toy.port, scenario)
     for command, want, have in zip(scenario, expected, got):
         assert have == want, f"{command}: redis-server replied {want!r}, toy-redis {have!r}"
+
+
+def test_incrbyfloat_rounds_like_a_long_double(toy, real_redis):
+    sequence = [["SET", "a", "10.5"], ["INCRBYFLOAT", "a", "9223372036854775807"], ["INCRBYFLOAT", "b", "1e4000"],
+                ["INCRBYFLOAT", "b", "1e5000"], ["INCRBYFLOAT", "c", "1e-5000"], ["INCRBYFLOAT", "d", "-1e-20"],
+                ["INCRBYFLOAT", "e", "3.0000000000000000001"], ["INCRBYFLOAT", "f", "-inf"], ["INCRBYFLOAT", "g", "0.1"],
+                ["INCRBYFLOAT", "g", "0.2"], ["INCRBYFLOAT", "g", "-0.3"], ["INCRBYFLOAT", "h", "1e999999999"],
+                ["INCRBYFLOAT", "i", "1e-4940"], ["INCRBYFLOAT", "i", "1e-4900"], ["INCRBYFLOAT", "j", "1e4932"],
+                ["INCRBYFLOAT", "j", "1e4932"]]
+    assert run(toy.port, sequence) == run(real_redis.port, sequence)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from .keyspace import glob_matcher, now_ms
 from .protocol import (
@@ -573,26 +574,53 @@ def cmd_decrby(conn, argv):
 _FLOAT = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?inf(?:inity)?", re.IGNORECASE)
 
 
-def parse_float(raw: bytes) -> Decimal | None:
-    """Redis's string2ld: a decimal number with no surrounding spaces; inf allowed, nan not."""
+LONG_DOUBLE_MAX_EXPONENT = 16384  # x87 80-bit long double: values below 2**16384
+# Either infinity: never stored, always "increment would produce NaN or Infinity".
+INFINITY = float("inf")
+
+
+def to_long_double(value: Fraction) -> Fraction | None:
+    """Round an exact number to the 64-bit significand of the C long double Redis computes with
+    (round half to even); None if it overflows to infinity."""
+    if value == 0:
+        return value
+    magnitude = abs(value)
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    if Fraction(2) ** exponent > magnitude:
+        exponent -= 1
+    significand = round(magnitude * Fraction(2) ** (63 - exponent))
+    rounded = Fraction(significand) * Fraction(2) ** (exponent - 63)
+    if rounded >= Fraction(2) ** LONG_DOUBLE_MAX_EXPONENT:
+        return None
+    return rounded if value > 0 else -rounded
+
+
+def parse_float(raw: bytes) -> Fraction | None:
+    """Redis's string2ld (strtold): decimal text with no surrounding spaces; nan refused."""
     if not raw or len(raw) > 5120 or not _FLOAT.fullmatch(raw):
         return None
+    text = raw.decode().lower().lstrip("+")
+    if text.lstrip("-").startswith("inf"):
+        return INFINITY
     try:
-        return Decimal(raw.decode())
-    except InvalidOperation:
+        number = Decimal(text)
+    except (InvalidOperation, ValueError):
         return None
+    # strtold reports ERANGE (Redis: not a valid float) outside the long double range; no need
+    # to build a 10**huge fraction to know that.
+    if number and not -4951 <= number.adjusted() <= 4933:
+        return None
+    return to_long_double(Fraction(number))
 
 
-def format_long_double(value: Decimal) -> bytes:
-    """Like Redis's ld2string(LD_STR_HUMAN): fixed notation, 17 decimals, trailing zeros trimmed."""
-    with localcontext() as context:
-        context.prec = 5000
-        text = f"{value.quantize(Decimal(1).scaleb(-17)):f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    return text.encode()
+def format_long_double(value: Fraction) -> bytes:
+    """Redis's ld2string(LD_STR_HUMAN): printf("%.17Lf") of the binary value, trailing zeros cut."""
+    scaled = round(abs(value) * 10**17)
+    whole, fraction = divmod(scaled, 10**17)
+    # Decimal prints integers of any size (int's str() stops at 4300 digits).
+    text = f"{Decimal(whole):f}.{fraction:017d}".rstrip("0").rstrip(".")
+    # Redis prints a negative number that rounds to zero as "0", not "-0".
+    return ("-" + text if value < 0 and text != "0" else text).encode()
 
 
 @command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), "string", "Increment the floating point value of a key by a number.")
@@ -600,16 +628,14 @@ def cmd_incrbyfloat(conn, argv):
     db = conn.db
     key = argv[1]
     old = db.peek(key)
-    current = Decimal(0) if old is None else parse_float(old)
+    current = Fraction(0) if old is None else parse_float(old)
     if current is None:
         raise ReplyError("ERR value is not a valid float")
     delta = parse_float(argv[2])
     if delta is None:
         raise ReplyError("ERR value is not a valid float")
-    if current.is_infinite() or delta.is_infinite():
-        raise ReplyError("ERR increment would produce NaN or Infinity")
-    result = current + delta
-    if abs(result) > Decimal("1.18973149535723176502e4932"):
+    result = None if INFINITY in (current, delta) else to_long_double(current + delta)
+    if result is None:
         raise ReplyError("ERR increment would produce NaN or Infinity")
     text = format_long_double(result)
     db.set(key, text, keep_ttl=True)
