@@ -112,8 +112,8 @@ except ImportError:
     _HiredisReader = None
 
 
-_ARRAY_HEADER = [len(b"*%d\r\n" % n) for n in range(1000)]
-_BULK_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(1000)]
+_ARRAY_HEADER = [len(b"*%d\r\n" % n) for n in range(1024)]
+_BULK_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(65536)]
 
 
 class RequestParser:
@@ -160,12 +160,12 @@ class RequestParser:
                     break
                 if command.__class__ is not list or not command:
                     raise ValueError
-                total += _ARRAY_HEADER[len(command)] if len(command) < 1000 else len(b"*%d\r\n" % len(command))
+                total += _ARRAY_HEADER[len(command)]
                 for arg in command:
                     if arg.__class__ is not bytes:
                         raise ValueError
-                    size = len(arg)
-                    total += size + (_BULK_FRAMING[size] if size < 1000 else len(b"$%d\r\n\r\n" % size))
+                    # IndexError for an argument too big for the table: left to the Python parser.
+                    total += _BULK_FRAMING[len(arg)] + len(arg)
                 commands.append(command)
         except Exception:
             self.reader = _HiredisReader()

@@ -161,11 +161,13 @@ class Connection(asyncio.Protocol):
             reply = server.call(self, commands[0])
         else:
             replies = []
+            append = replies.append
+            call = server.call
             produced = 0
             last = len(commands) - 1
             for index, argv in enumerate(commands):
-                out = server.call(self, argv)
-                replies.append(out)
+                out = call(self, argv)
+                append(out)
                 if self.close_after_reply:
                     break
                 produced += len(out)
