@@ -5,6 +5,8 @@ and their defaults); set only what differs from the defaults.
 """
 
 tuning_file = "inventory/tuning.yaml"
+# Alert thresholds; the prometheus role refuses them unless alerts/generated/ was rendered from them.
+thresholds_file = "alerts/thresholds.yaml"
 
 node_exporter = {
     "listen_port": 9100,

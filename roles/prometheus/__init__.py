@@ -26,6 +26,7 @@ from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files, systemd
 
 from homelab.config import ConfigError, FieldError, StrictModel, model_from_data
+from homelab.alerts.render import require_current_rules
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.install import Install, install_packages
 from roles.prometheus.durations import Duration, seconds
@@ -36,6 +37,7 @@ CONFIG_FILE = "/etc/prometheus/prometheus.yml"
 DEFAULTS_FILE = "/etc/default/prometheus"
 RULES_DIR = "/etc/prometheus/rules"
 RULES_SOURCE = REPO_ROOT / "alerts" / "generated"
+THRESHOLDS_FILE = "alerts/thresholds.yaml"
 RULES_GLOB = "*.rules.yml"
 # Debian's default storage path; kept so an existing TSDB survives the switch to managed flags.
 STORAGE_PATH = "/var/lib/prometheus/metrics2/"
@@ -221,9 +223,16 @@ def render_defaults(settings: Settings) -> str:
                   storage_path=STORAGE_PATH)
 
 
-def rule_files(source: Path = RULES_SOURCE) -> dict[str, str]:
-    """name -> content of the generated rule files (none yet is fine: Prometheus runs without)."""
-    return {path.name: path.read_text() for path in sorted(source.glob(RULES_GLOB))}
+def rule_files(thresholds_file: str | Path = THRESHOLDS_FILE) -> dict[str, str]:
+    """name -> content of the generated rule files, once they are known to be current.
+
+    An invalid thresholds file, or generated rules not re-rendered after it changed, stops the
+    run with one line before any host is touched.
+    """
+    thresholds = Path(thresholds_file)
+    if not thresholds.is_absolute():
+        thresholds = REPO_ROOT / thresholds
+    return {path.name: path.read_text() for path in require_current_rules(thresholds, RULES_SOURCE)}
 
 
 @deploy("prometheus")
@@ -234,7 +243,7 @@ def apply() -> None:
     install_packages("prometheus", [PACKAGE], settings.install)
 
     files.directory(name=f"Rules folder {RULES_DIR}", path=RULES_DIR, mode="0755")
-    wanted = rule_files()
+    wanted = rule_files(host.data.get("thresholds_file", THRESHOLDS_FILE))
     changed_rules = [
         checked_file(name=f"Rule file {name}", dest=f"{RULES_DIR}/{name}", content=content, check=RULES_CHECK)
         for name, content in wanted.items()

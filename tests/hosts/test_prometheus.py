@@ -124,3 +124,19 @@ def test_a_rule_file_no_longer_generated_is_removed_on_the_next_deploy(node):
     while (loaded := {g["file"].rsplit("/", 1)[-1] for g in api(node, "rules")["groups"]}) != set(rule_files()):
         assert time.monotonic() < deadline, f"Prometheus still loads {loaded}"
         time.sleep(0.5)
+
+
+def test_bad_threshold_file_stops_the_deploy_before_any_change(tmp_path):
+    skip_unless_deployed("prometheus")
+    [host] = hosts_in("prometheus")[:1]
+    bad = tmp_path / "thresholds.yaml"
+    bad.write_text((REPO / "alerts/thresholds.yaml").read_text()
+                   .replace("warning_percent: 60 ", "warning_percent: 95 ", 1))
+    # --dry: the error must come while operations are prepared, before anything could run.
+    run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, "--data", f"thresholds_file={bad}")
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if "HostMemoryHigh" in line]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].endswith(f"{bad}: alerts.HostMemoryHigh.warning_percent: "
+                              "expected below critical_percent (90), got 95")
+    assert "Traceback" not in run.stderr
