@@ -192,6 +192,20 @@ def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_tok
         assert authorization == "Bearer s3cret-token"
         assert payload["status"] == "firing"
         assert payload["alerts"][0]["labels"]["alertname"] == "ToyRedisDown"
+
+        # Above critical, both levels of a two-level alert fire; the warning must be inhibited.
+        twins = [{"labels": {"alertname": "HostMemoryHigh", "severity": severity, "instance": "worker-node-12:9100"}}
+                 for severity in ("critical", "warning")]
+        assert requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=twins, timeout=5).ok
+        deadline = time.monotonic() + 20
+        while True:
+            states = {a["labels"]["severity"]: a["status"]["state"] for a in requests.get(
+                f"http://127.0.0.1:{port}/api/v2/alerts", params={"filter": 'alertname="HostMemoryHigh"'},
+                timeout=5).json()}
+            if states == {"critical": "active", "warning": "suppressed"}:
+                break
+            assert time.monotonic() < deadline, f"warning not inhibited by its critical twin: {states}"
+            time.sleep(0.2)
     finally:
         process.terminate()
         process.wait(timeout=30)
