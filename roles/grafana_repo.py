@@ -122,8 +122,10 @@ class AptCanFetch(FactBase):
 
     def command(self, url: str) -> str:
         # apt-helper is on every Debian and uses apt's own proxy settings; curl may not be there yet.
+        # One try: apt's default retries with backoff cost 7 s per refused check.
         return (
-            f"tmp=$(mktemp) && timeout 30 /usr/lib/apt/apt-helper download-file {shlex.quote(url)} \"$tmp\" "
+            "tmp=$(mktemp) && timeout 30 /usr/lib/apt/apt-helper -o Acquire::Retries=0 download-file "
+            f"{shlex.quote(url)} \"$tmp\" "
             ">/dev/null 2>&1; status=$?; rm -f \"$tmp\"; echo $status"
         )
 

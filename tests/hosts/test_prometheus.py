@@ -84,21 +84,6 @@ def test_every_expected_target_is_up(node):
     assert ("toy-redis", "worker-node-12:8080") in health
 
 
-def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
-    _, not_up = wait_for_targets(node)
-    assert not not_up, f"targets not up: {not_up}"
-    # Every rule group evaluated again after all targets were up: a rule true on the healthy lab
-    # shows as pending at once, long before its `for:` would let it fire.
-    up_at = node.check_output("date -u +%Y-%m-%dT%H:%M:%S")
-    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
-    while any(group["lastEvaluation"][:19] <= up_at for group in api(node, "rules")["groups"]):
-        assert time.monotonic() < deadline, "rules were not evaluated again"
-        time.sleep(5)
-    alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
-              for alert in api(node, "alerts")["alerts"]]
-    assert alerts == [], f"alerts on the healthy lab: {alerts}"
-
-
 def test_bad_prometheus_settings_stop_the_deploy_before_any_change():
     skip_unless_deployed("prometheus")
     [host] = hosts_in("prometheus")[:1]

@@ -96,7 +96,10 @@ def ensure_apt_proxy(settings: LabSettings) -> None:
         process = subprocess.Popen(
             ["apt-cacher-ng", "-c", str(conf), "ForeGround=1", f"BindAddress={gateway}",
              f"Port={APT_PROXY_PORT}", f"CacheDir={cache}", f"LogDir={base / 'log'}",
-             f"PidFile={base / 'acng.pid'}", f"SocketPath={base / 'socket'}", "ExThreshold=4"],
+             f"PidFile={base / 'acng.pid'}", f"SocketPath={base / 'socket'}", "ExThreshold=4",
+             # Only the Debian archives it knows (the remapped backends): anything else is refused
+             # at once instead of timing out on a name nodes cannot resolve.
+             "ForceManaged=1"],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )
     (base / "pid").write_text(str(process.pid))

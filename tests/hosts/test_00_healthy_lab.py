@@ -1,0 +1,27 @@
+"""The healthy lab raises no alert. Named to run before the other lab checks, which raise alerts
+on purpose (stopping toy-redis, posting to the relay whose Slack is unreachable from the lab)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S, api, node, wait_for_targets  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.lab
+
+
+def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
+    _, not_up = wait_for_targets(node)
+    assert not not_up, f"targets not up: {not_up}"
+    # Every rule group evaluated again after all targets were up: a rule true on the healthy lab
+    # shows as pending at once, long before its `for:` would let it fire.
+    up_at = node.check_output("date -u +%Y-%m-%dT%H:%M:%S")
+    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
+    while any(group["lastEvaluation"][:19] <= up_at for group in api(node, "rules")["groups"]):
+        assert time.monotonic() < deadline, "rules were not evaluated again"
+        time.sleep(5)
+    alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
+              for alert in api(node, "alerts")["alerts"]]
+    assert alerts == [], f"alerts on the healthy lab: {alerts}"
