@@ -11,11 +11,22 @@ import pytest
 from .conftest import ToyRedis
 
 
-def aof_server(workdir, *flags):
-    return ToyRedis(workdir, "--appendonly", "yes", "--dir", str(workdir), *flags)
+@pytest.fixture
+def aof_server():
+    """Makes toy-redis servers with appendonly on in a directory; all are stopped after the test."""
+    made = []
+
+    def make(workdir, *flags):
+        server = ToyRedis(workdir, "--appendonly", "yes", "--dir", str(workdir), *flags)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
 
 
-def test_restart_restores_data_and_ttls(tmp_path):
+def test_restart_restores_data_and_ttls(tmp_path, aof_server):
     server = aof_server(tmp_path).start()
     client = server.client()
     client.set("plain", "v1")
@@ -56,7 +67,7 @@ def test_restart_restores_data_and_ttls(tmp_path):
 
 
 @pytest.mark.parametrize("tail", [b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhal", b"\x00" * 100_000, b"*2\r\n$3"])
-def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail):
+def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail, aof_server):
     server = aof_server(tmp_path).start()
     client = server.client()
     for i in range(100):
@@ -84,7 +95,7 @@ def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail):
     server.stop()
 
 
-def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path):
+def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path, aof_server):
     server = aof_server(tmp_path).start()
     client = server.client()
     for i in range(10):
@@ -102,7 +113,7 @@ def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path):
     assert f"{path}: bad record at byte " in message
 
 
-def test_appendfsync_always_survives_kill_9(tmp_path):
+def test_appendfsync_always_survives_kill_9(tmp_path, aof_server):
     server = aof_server(tmp_path, "--appendfsync", "always").start()
     client = server.client()
     for i in range(200):
@@ -116,7 +127,7 @@ def test_appendfsync_always_survives_kill_9(tmp_path):
     server.stop()
 
 
-def test_everysec_loses_at_most_about_a_second(tmp_path):
+def test_everysec_loses_at_most_about_a_second(tmp_path, aof_server):
     server = aof_server(tmp_path, "--appendfsync", "everysec").start()
     client = server.client()
     client.set("early", "1")
@@ -130,7 +141,7 @@ def test_everysec_loses_at_most_about_a_second(tmp_path):
     server.stop()
 
 
-def test_background_rewrite_compacts_the_file_while_serving(tmp_path):
+def test_background_rewrite_compacts_the_file_while_serving(tmp_path, aof_server):
     server = aof_server(tmp_path).start()
     client = server.client()
     client.config_set("auto-aof-rewrite-min-size", "1mb")
@@ -165,7 +176,7 @@ def test_background_rewrite_compacts_the_file_while_serving(tmp_path):
     server.stop()
 
 
-def test_bgrewriteaof_command(tmp_path):
+def test_bgrewriteaof_command(tmp_path, aof_server):
     server = aof_server(tmp_path).start()
     client = server.client()
     client.set("a", "1")

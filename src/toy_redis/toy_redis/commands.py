@@ -534,9 +534,14 @@ def cmd_setrange(conn, argv):
 
 def incr_by(conn, key: bytes, delta: int) -> bytes:
     db = conn.db
-    old = db.peek(key)
+    data = db.data
+    old = data.get(key)
+    if old is not None and key in db.expires:
+        old = db.peek(key)
     if old is None:
         current = 0
+    elif len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1):
+        current = int(old)
     else:
         current = parse_int(old) if len(old) <= 20 else None
         if current is None:
@@ -544,8 +549,16 @@ def incr_by(conn, key: bytes, delta: int) -> bytes:
     result = current + delta
     if result > LLONG_MAX or result < LLONG_MIN:
         raise ReplyError("ERR increment or decrement would overflow")
-    db.set(key, b"%d" % result, keep_ttl=True)
-    return integer(result)
+    value = b"%d" % result
+    if old is None:
+        db.set(key, value)
+    else:
+        # The hot path of counters: overwrite in place, keeping the TTL.
+        db.used_memory += len(value) - len(old)
+        data[key] = value
+        if db.lru:
+            data.move_to_end(key)
+    return b":%d\r\n" % result
 
 
 @command("incr", 2, "write denyoom fast", (1, 1, 1), "string", "Increments the integer value of a key by one.")
