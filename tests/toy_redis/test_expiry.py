@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import requests
-
 from toy_redis.keyspace import Keyspace, now_ms
 
 

@@ -9,7 +9,6 @@ import socket
 import hiredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from toy_redis.protocol import RequestParser
 
 from .conftest import RawClient
@@ -108,3 +107,35 @@ def replies(port: int, sequence) -> list:
 @given(sequence=st.lists(random_command, min_size=1, max_size=12))
 def test_random_command_sequences_match_redis(toy, real_redis, sequence):
     assert replies(toy.port, sequence) == replies(real_redis.port, sequence)
+
+
+def python_only_parser() -> RequestParser:
+    parser = RequestParser()
+    parser.reader = None  # as on a node without hiredis >= 2
+    return parser
+
+
+@settings(max_examples=500, deadline=None)
+@given(stream=st.one_of(fuzz_streams, st.lists(commands, max_size=8).map(lambda b: b"".join(frame(a) for a in b))),
+       authenticated=st.booleans())
+def test_hiredis_fast_path_agrees_with_the_python_parser(stream, authenticated):
+    fast, slow = RequestParser(), python_only_parser()
+    fast_commands, fast_error = fast.feed(stream, authenticated)
+    slow_commands, slow_error = slow.feed(stream, authenticated)
+    assert fast_commands == slow_commands
+    assert str(fast_error) == str(slow_error)
+    assert fast.pending() == slow.pending()
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(commands, min_size=1, max_size=10), cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6))
+def test_python_parser_alone_handles_cut_reads(batch, cuts):
+    stream = b"".join(frame(args) for args in batch)
+    parser = python_only_parser()
+    parsed, last = [], 0
+    for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
+        got, error = parser.feed(stream[last:cut])
+        assert error is None
+        parsed.extend(got)
+        last = cut
+    assert parsed == batch

@@ -11,7 +11,7 @@ import asyncio
 import sys
 
 from . import logs
-from .config import ConfigError, Config, check_paths, load_file, read_password, validate
+from .config import Config, ConfigError, check_paths, load_file, read_password, validate
 
 EXIT_BAD_CONFIG = 2
 
@@ -45,7 +45,7 @@ def flag_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, str]:
+def build_config(args: argparse.Namespace) -> Config:
     source = args.config or "command line"
     config = load_file(args.config) if args.config else Config()
     overrides = {
@@ -63,7 +63,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
             raise ConfigError("command line", "--" + key.replace("_", "-"), exc.expected) from None
     config = read_password(config, source)
     check_paths(config, source)
-    return config, source
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.check_config}: ok")
         return 0
     try:
-        config, _source = build_config(args)
+        config = build_config(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -16,7 +16,6 @@ from fractions import Fraction
 
 from .keyspace import glob_matcher, now_ms
 from .protocol import (
-    EMPTY_ARRAY,
     LLONG_MAX,
     LLONG_MIN,
     NULL3,
@@ -119,14 +118,10 @@ def expire_at_ms(raw: bytes, unit_ms: int, relative: bool, name: str) -> int:
     return value
 
 
-def upper(raw: bytes) -> bytes:
-    return raw.upper()
-
-
 # -- connection --------------------------------------------------------------------------------
 
 
-@command("ping", -1, "fast no_auth_exempt", group="connection", summary="Returns the server's liveliness response.")
+@command("ping", -1, "fast", group="connection", summary="Returns the server's liveliness response.")
 def cmd_ping(conn, argv):
     if len(argv) > 2:
         raise ReplyError("ERR wrong number of arguments for 'ping' command", "wrong_arity")
@@ -1017,6 +1012,7 @@ def cmd_command(conn, argv):
     raise unknown_subcommand(argv)
 
 
+# Flags as COMMAND INFO reports them.
 _FLAG_NAMES = {"write": "write", "readonly": "readonly", "denyoom": "denyoom", "fast": "fast",
                "no_auth": "no_auth", "loading": "loading", "stale": "stale"}
 
@@ -1077,7 +1073,7 @@ def cmd_bgrewriteaof(conn, argv):
     return b"+Background append only file rewriting started\r\n"
 
 
-@command("shutdown", -1, "loading stale no_auth_exempt", group="server", summary="Synchronously saves the database(s) to disk and shuts down the Redis server.")
+@command("shutdown", -1, "loading stale", group="server", summary="Synchronously saves the database(s) to disk and shuts down the Redis server.")
 def cmd_shutdown(conn, argv):
     for raw in argv[1:]:
         if raw.lower() not in (b"nosave", b"save", b"now", b"force", b"abort"):

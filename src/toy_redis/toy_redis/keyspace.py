@@ -29,7 +29,6 @@ EXPIRY_BUCKET_MS = 100
 KEY_OVERHEAD = 136
 # A TTL costs an int object, an entry in the TTL table and a slot in the wheel.
 TTL_OVERHEAD = 96
-POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
 
 def now_ms() -> int:

@@ -17,11 +17,11 @@ import signal
 import sys
 import time
 from bisect import bisect_left
-from time import perf_counter
 from collections import deque
+from time import perf_counter
 
 from . import __version__, logs
-from .aof import FLUSHALL, AofCorrupt, AppendOnlyFile, encode_del, encode_set
+from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import POLICIES, Config
 from .keyspace import Keyspace, glob_matcher
