@@ -196,3 +196,37 @@ def test_volatile_ttl_evicts_nearest_expiry_first(small_server):
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         for i in range(5000):
             client.set(f"p{i}", "x" * 200)
+
+
+def test_scan_returns_every_key_present_throughout_despite_changes(r, toy):
+    r.mset({f"k{i}": "v" for i in range(3000)})
+    other = toy.client()
+    seen, cursor, step = set(), 0, 0
+    while True:
+        cursor, keys = r.scan(cursor, count=100)
+        seen.update(keys)
+        step += 1
+        # Meanwhile another client deletes, adds and starts its own scans.
+        other.delete(f"k{2999 - step}")
+        other.set(f"new{step}", "v")
+        other.scan(0, count=10)
+        if cursor == 0:
+            break
+    survivors = {f"k{i}".encode() for i in range(3000 - step - 1)}
+    assert survivors <= seen
+    other.close()
+
+
+def test_concurrent_scans_share_bounded_snapshots():
+    from toy_redis.keyspace import Keyspace
+
+    db = Keyspace()
+    for i in range(100):
+        db.set(b"k%d" % i, b"v")
+    cursors = [db.scan(0, 10)[0] for _ in range(50)]
+    assert len(set(cursors)) == 1  # nothing added between them: one shared snapshot
+    assert len(db._scans) == 1
+    for i in range(10):
+        db.set(b"n%d" % i, b"v")
+        db.scan(0, 10)
+    assert len(db._scans) <= 4

@@ -770,17 +770,8 @@ def cmd_scan(conn, argv):
             j += 2
         else:
             raise ReplyError(SYNTAX)
-    # The cursor is a position in a snapshot of the key names taken when a scan starts at 0: keys
-    # present for the whole scan are returned; a snapshot lost to another scan is re-taken.
     db = conn.db
-    if cursor == 0 or conn.scan_snapshot is None:
-        conn.scan_snapshot = list(db.data)
-    snapshot = conn.scan_snapshot
-    batch = snapshot[cursor : cursor + count]
-    next_cursor = cursor + count
-    if next_cursor >= len(snapshot):
-        next_cursor = 0
-        conn.scan_snapshot = None
+    next_cursor, batch = db.scan(cursor, count)
     match = glob_matcher(pattern)
     keys = [k for k in batch if (match is None or match(k)) and db.exists(k)]
     if wanted_type is not None and wanted_type != b"string":

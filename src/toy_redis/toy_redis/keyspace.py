@@ -25,6 +25,9 @@ from collections import OrderedDict
 from itertools import islice
 
 EXPIRY_BUCKET_MS = 100
+SCAN_SNAPSHOTS = 4
+SCAN_SNAPSHOT_IDLE_S = 60  # a snapshot no scan has used for this long is dropped
+SCAN_POSITION_BITS = 40
 # Bytes per key beyond its key and value: two bytes objects' headers and the dict entry.
 KEY_OVERHEAD = 136
 # A TTL costs an int object, an entry in the TTL table and a slot in the wheel.
@@ -108,6 +111,10 @@ class Keyspace:
         self._walking: tuple[int, list[bytes], int] | None = None
         self.used_memory = 0
         self.peak_keys = 0
+        self.added_keys = 0
+        self._scans: dict[int, tuple[list[bytes], int]] = {}
+        self._scan_used: dict[int, float] = {}
+        self._scan_number = 0
         self.expired_keys = 0
         self.expired_stale_skipped = 0
         self.evicted_keys = 0
@@ -158,6 +165,7 @@ class Keyspace:
         old = data.get(key)
         if old is None:
             self.used_memory += len(key) + len(value) + KEY_OVERHEAD
+            self.added_keys += 1
         else:
             self.used_memory += len(value) - len(old)
         data[key] = value
@@ -223,6 +231,7 @@ class Keyspace:
         self._walking = None
         self.used_memory = 0
         self.peak_keys = 0
+        self._scans = {}
 
     def set_policy(self, policy: str) -> None:
         if policy == self.policy:
@@ -241,6 +250,46 @@ class Keyspace:
         if not expires:
             return list(keys)
         return [k for k in keys if k not in expires or expires[k] > now]
+
+    def scan(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
+        """One SCAN step: (next cursor, key names, some maybe deleted since).
+
+        A Python dict has no stable bucket order to resume from, so a scan walks a snapshot of the
+        key names taken when it starts (cursor 0). The cursor holds the snapshot's number in its
+        high bits and the position in its low bits. At most SCAN_SNAPSHOTS snapshots are kept, shared
+        by all clients (a scan starting while no key was added since the last snapshot reuses it),
+        so memory does not grow with the number of scanning clients; a cursor whose snapshot was
+        dropped gets a new one, which may repeat or, if keys were deleted, skip some names.
+        """
+        if cursor == 0:
+            number = self._scan_number
+            snapshot = self._scans.get(number)
+            if snapshot is None or snapshot[1] != self.added_keys:
+                number = self._scan_number = self._scan_number % (2**23 - 1) + 1
+                snapshot = self._scans[number] = (list(self.data), self.added_keys)
+                self._drop_extra_scans()
+            position = 0
+        else:
+            number, position = cursor >> SCAN_POSITION_BITS, cursor & (2**SCAN_POSITION_BITS - 1)
+            snapshot = self._scans.get(number)
+            if snapshot is None:
+                snapshot = self._scans[number] = (list(self.data), self.added_keys)
+                self._drop_extra_scans()
+        # Most recently used last, so the oldest is dropped first.
+        self._scans[number] = self._scans.pop(number)
+        self._scan_used[number] = time.monotonic()
+        names = snapshot[0]
+        batch = names[position : position + count]
+        position += count
+        if position >= len(names):
+            return 0, batch
+        return (number << SCAN_POSITION_BITS) | position, batch
+
+    def _drop_extra_scans(self) -> None:
+        while len(self._scans) > SCAN_SNAPSHOTS:
+            oldest = next(iter(self._scans))
+            del self._scans[oldest]
+            self._scan_used.pop(oldest, None)
 
     def random_key(self) -> bytes | None:
         # A dict cannot be sampled in O(1); a C-speed skip is fine for this rarely used command.
@@ -324,6 +373,10 @@ class Keyspace:
             self.data = OrderedDict(self.data) if self.policy == "allkeys-lru" else dict(self.data)
             self.expires = dict(self.expires)
             self.peak_keys = size
+        idle_since = time.monotonic() - SCAN_SNAPSHOT_IDLE_S
+        for number in [n for n in self._scans if self._scan_used.get(n, 0) < idle_since]:
+            del self._scans[number]
+            self._scan_used.pop(number, None)
 
     # -- eviction ------------------------------------------------------------------------------
 

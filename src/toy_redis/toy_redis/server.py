@@ -82,7 +82,7 @@ def parse_memory(raw: str) -> int | None:
 class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "db", "id", "transport", "parser", "resp3", "authenticated", "name", "addr", "laddr",
-        "created", "last_active", "last_command", "close_after_reply", "scan_snapshot", "closed", "paused",
+        "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
         "backlog",
     )
 
@@ -99,7 +99,6 @@ class Connection(asyncio.Protocol):
         self.created = self.last_active = time.monotonic()
         self.last_command = "NULL"
         self.close_after_reply = False
-        self.scan_snapshot = None
         self.closed = False
         self.paused = False
         # Parsed commands not run yet because the client has not read the replies before them.
@@ -129,7 +128,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        self.scan_snapshot = None
         self.backlog = None
         if self.server.clients.pop(self.id, None) is not None:
             logs.debug("client_disconnected", client=self.addr, id=self.id)
@@ -234,7 +232,6 @@ class LoaderConnection:
         self.resp3 = False
         self.authenticated = True
         self.close_after_reply = False
-        self.scan_snapshot = None
         self.name = b""
         self.id = 0
         self.addr = "aof"
