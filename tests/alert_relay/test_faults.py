@@ -1,7 +1,7 @@
 """Nothing lost, nothing doubled: Slack outages, a SIGKILLed relay, a 429 storm, dead letters.
 
-The issue's outage is 30 s; here Slack is down for 5 s with the relay's backoff capped at 1 s
-(retry_max_s), which exercises the same path (failed attempts, backoff, recovery) in less time.
+Slack is down for 30 s, as in the issue; the relay's backoff is capped at 1 s (retry_max_s) so
+recovery is seen within a second of Slack's return instead of after a long production backoff.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def wait_all_delivered(slack, expected: dict[str, list[int]], timeout: float) ->
 
 
 def test_slack_outage_then_back_delivers_each_message_once_in_order(relay, slack):
-    slack.outage(5)
+    slack.outage(30)
     expected = post_numbered(relay, 8)
     wait_for(lambda: len(slack.refused) >= 3, 10, "attempts during the outage")
     assert not slack.calls_of("chat.postMessage")
-    wait_all_delivered(slack, expected, 20)
+    wait_all_delivered(slack, expected, 45)
     assert delivered(slack) == expected
     assert relay.metric("alert_relay_delivery_failures_total", 'kind="alert"') >= 3
     assert relay.metric("alert_relay_dead_letters") == 0
