@@ -239,3 +239,16 @@ def test_output_buffer_limit_drops_the_client(toy):
     finally:
         admin.config_set("client-output-buffer-limit", "normal 256mb 0 0")
         admin.close()
+
+
+def test_command_with_many_arguments_across_many_reads(r, toy):
+    pairs = {f"key:{i}": f"value:{i}" for i in range(50_000)}
+    assert r.mset(pairs)
+    assert r.dbsize() == 50_000
+    assert r.mget(["key:0", "key:49999"]) == [b"value:0", b"value:49999"]
+    client = RawClient(toy.port)
+    frame = client.command("MSET", *[x for kv in list(pairs.items())[:2000] for x in kv])
+    for start in range(0, len(frame), 1000):
+        client.send(frame[start : start + 1000])
+    assert client.read() == b"OK"
+    client.close()

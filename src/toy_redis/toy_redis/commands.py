@@ -305,9 +305,18 @@ def unknown_subcommand(argv) -> ReplyError:
 
 @command("get", 2, "readonly fast", (1, 1, 1), "string", "Returns the string value of a key.")
 def cmd_get(conn, argv):
-    value = conn.db.get(argv[1])
+    # Keyspace.get() inlined: GET is the hottest command.
+    db = conn.db
+    key = argv[1]
+    value = db.data.get(key)
+    if value is not None and key in db.expires:
+        value = db.peek(key)
     if value is None:
+        db.misses += 1
         return NULL3 if conn.resp3 else NULL_BULK
+    db.hits += 1
+    if db.lru:
+        db.data.move_to_end(key)
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 

@@ -123,7 +123,10 @@ class RequestParser:
     the incomplete tail. Bytes are never decoded: arguments stay bytes end to end.
     """
 
-    __slots__ = ("buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need", "reader")
+    __slots__ = (
+        "buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need", "reader",
+        "partial", "partial_bytes",
+    )
 
     def __init__(self, max_bulk_len: int = 512 * 1024 * 1024, max_query_buffer: int = 1024**3):
         self.buffer = b""
@@ -137,6 +140,8 @@ class RequestParser:
         self.waiting = 0
         self.need = 0
         self.reader = _HiredisReader() if _HiredisReader is not None else None
+        self.partial: tuple[list[bytes], int] | None = None
+        self.partial_bytes = 0
 
     def _fast(self, data: bytes) -> list[list[bytes]] | None:
         """hiredis (C) parsing for the common case: a read holding only whole multibulk commands.
@@ -176,11 +181,13 @@ class RequestParser:
         return commands
 
     def pending(self) -> int:
-        return len(self.buffer) + self.waiting
+        """Bytes received and not yet part of a complete command."""
+        return len(self.buffer) + self.waiting + self.partial_bytes
 
     def feed(self, data: bytes, authenticated: bool = True) -> tuple[list[list[bytes]], ProtocolError | None]:
         """Parse what has arrived; (commands, error). After an error the connection must close."""
-        if not self.buffer and not self.need and authenticated and data[:1] == b"*" and self.reader is not None:
+        if (not self.buffer and not self.need and self.partial is None and authenticated
+                and data[:1] == b"*" and self.reader is not None):
             commands = self._fast(data)
             if commands is not None:
                 return commands, None
@@ -188,13 +195,17 @@ class RequestParser:
             if len(self.buffer) + self.waiting + len(data) < self.need:
                 self.chunks.append(data)
                 self.waiting += len(data)
-                if len(self.buffer) + self.waiting > self.max_query_buffer:
-                    self.chunks, self.waiting, self.need, self.buffer = [], 0, 0, b""
+                if self.pending() > self.max_query_buffer:
+                    self._reset()
                     return [], ProtocolError("Protocol error: query buffer limit reached")
                 return [], None
             data = b"".join([self.buffer, *self.chunks, data])
             self.buffer, self.chunks, self.waiting, self.need = b"", [], 0, 0
         buf = self.buffer + data if self.buffer else data
+        # A command cut by the end of the last read resumes where it stopped (its arguments so
+        # far are kept), so a command with many arguments is not parsed again on every read.
+        partial, self.partial = self.partial, None
+        partial_bytes, self.partial_bytes = self.partial_bytes, 0
         need = 0
         commands: list[list[bytes]] = []
         pos, n = 0, len(buf)
@@ -202,9 +213,14 @@ class RequestParser:
         find = buf.find
         frame = 0
         try:
-            while pos < n:
+            while pos < n or partial is not None:
                 frame = pos
-                if buf[pos] == 42:  # '*': multibulk
+                if partial is not None:
+                    args, remaining = partial
+                    partial = None
+                    frame = -partial_bytes
+                    p = pos
+                elif buf[pos] == 42:  # '*': multibulk
                     cr = find(b"\r", pos)
                     if cr < 0 or cr + 1 >= n:
                         if n - pos > PROTO_INLINE_MAX_SIZE:
@@ -219,35 +235,7 @@ class RequestParser:
                     if count <= 0:
                         pos = p
                         continue
-                    args = []
-                    append = args.append
-                    complete = True
-                    for _ in range(count):
-                        cr = find(b"\r", p)
-                        if cr < 0 or cr + 1 >= n:
-                            if n - p > PROTO_INLINE_MAX_SIZE:
-                                raise ProtocolError("Protocol error: too big bulk count string")
-                            complete = False
-                            break
-                        if buf[p] != 36:  # '$'
-                            raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
-                        size = parse_int(buf[p + 1 : cr])
-                        if size is None or size < 0 or size > self.max_bulk_len:
-                            raise ProtocolError("Protocol error: invalid bulk length")
-                        if size > UNAUTHENTICATED_MAX_BULK and not authenticated:
-                            raise ProtocolError("Protocol error: unauthenticated bulk length")
-                        start = cr + 2
-                        end = start + size
-                        if end + 2 > n:
-                            need = end + 2 - frame
-                            complete = False
-                            break
-                        append(buf[start:end])
-                        p = end + 2
-                    if not complete:
-                        break
-                    commands.append(args)
-                    pos = p
+                    args, remaining = [], count
                 else:
                     nl = find(b"\n", pos)
                     if nl < 0:
@@ -261,18 +249,53 @@ class RequestParser:
                         raise ProtocolError("Protocol error: unbalanced quotes in request")
                     if args:
                         commands.append(args)
+                    continue
+                append = args.append
+                while remaining:
+                    cr = find(b"\r", p)
+                    if cr < 0 or cr + 1 >= n:
+                        if n - p > PROTO_INLINE_MAX_SIZE:
+                            raise ProtocolError("Protocol error: too big bulk count string")
+                        break
+                    if buf[p] != 36:  # '$'
+                        raise ProtocolError(f"Protocol error: expected '$', got '{chr(buf[p])}'")
+                    size = parse_int(buf[p + 1 : cr])
+                    if size is None or size < 0 or size > self.max_bulk_len:
+                        raise ProtocolError("Protocol error: invalid bulk length")
+                    if size > UNAUTHENTICATED_MAX_BULK and not authenticated:
+                        raise ProtocolError("Protocol error: unauthenticated bulk length")
+                    end = cr + 2 + size
+                    if end + 2 > n:
+                        need = end + 2 - p
+                        break
+                    append(buf[cr + 2 : end])
+                    p = end + 2
+                    remaining -= 1
+                if remaining:
+                    # Keep the arguments read so far; the cut one is parsed again from its '$'.
+                    self.partial = (args, remaining)
+                    self.partial_bytes = p - frame
+                    pos = p
+                    break
+                commands.append(args)
+                pos = p
         except ProtocolError as exc:
             error = exc
-            self.error_at = frame
+            self.error_at = frame + partial_bytes
+            self.partial, self.partial_bytes = None, 0
             pos = n
         rest = buf[pos:] if pos < n else b""
         if need > 65536 and error is None:
             self.need = need
-        if len(rest) > self.max_query_buffer:
-            error = error or ProtocolError("Protocol error: query buffer limit reached")
-            rest = b""
         self.buffer = rest
+        if self.pending() > self.max_query_buffer:
+            self._reset()
+            error = error or ProtocolError("Protocol error: query buffer limit reached")
         return commands, error
+
+    def _reset(self) -> None:
+        self.buffer, self.chunks, self.waiting, self.need = b"", [], 0, 0
+        self.partial, self.partial_bytes = None, 0
 
 
 # ---------------------------------------------------------------------------------------------
