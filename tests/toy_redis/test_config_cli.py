@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import ToyRedis, free_port
+from .conftest import RawClient, ToyRedis, free_port
 
 
 def toy_cli(*args: str) -> subprocess.CompletedProcess:
@@ -133,9 +133,17 @@ def test_sigterm_exits_zero(tmp_path):
 
 def test_shutdown_command_stops_the_server(tmp_path):
     server = ToyRedis(tmp_path).start()
-    client = server.client()
-    try:
-        client.shutdown(nosave=True)
-    except Exception:
-        pass
+    client = RawClient(server.port)
+    client.send(client.command("SHUTDOWN", "NOSAVE"))
+    assert client.read_until_closed() == b""
+    client.close()
     assert server.process.wait(10) == 0
+
+
+def test_unwritable_log_file_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "toy-redis.log").mkdir()  # a directory where the file should be: cannot be opened
+    result = toy_cli("--port", "0", "--metrics-port", "0", "--log-file", str(locked / "toy-redis.log"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"command line: log_file: cannot open {locked / 'toy-redis.log'} (Is a directory)"

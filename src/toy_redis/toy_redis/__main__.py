@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logs.setup(config.log_file, config.log_level)
+    try:
+        logs.setup(config.log_file, config.log_level)
+    except OSError as exc:
+        print(f"{args.config or 'command line'}: log_file: cannot open {config.log_file} ({exc.strerror})", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     return run(config, args.config)
 
 
