@@ -8,7 +8,9 @@ it gave a TTL is gone once the TTL has passed): the notes' bug of GET overtaking
 users shows up here as a mismatch. Key cardinality and key/value sizes are parameters.
 
 Prints ops/s and p50/p99 latency for both servers and the toy/redis ratios; exits 1 on any
-mismatch.
+mismatch. One Python process drives all virtual users, so on a 2-core machine the client usually
+sets the pace: a ratio near 1 says toy-redis keeps up with this load; the server's own ceiling is
+what toy_redis_compare.py measures with redis-benchmark.
 
 Run from the repo root: .venv/bin/python bench/toy_redis_load.py [--users 100] [--seconds 10]
     [--keys 10000] [--key-size 16] [--value-size 32] [--scenario NAME]
