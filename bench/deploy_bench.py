@@ -25,11 +25,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BASE_ROLES = "base,tuning,node_exporter"
+# Bounded: a hung command fails the bench instead of stalling it.
+COMMAND_TIMEOUT_S = 900
 
 
 def timed(*cmd: str) -> float:
     start = time.monotonic()
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"bench: {' '.join(cmd)} did not finish within {COMMAND_TIMEOUT_S} s")
     elapsed = time.monotonic() - start
     if result.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")

@@ -65,7 +65,7 @@ def run_pyinfra(*args: str, inventory: Path = LAB_INVENTORY, timeout: int = 1200
     """Run the pyinfra CLI from the repo root, as a user would, with its JSON report."""
     result = subprocess.run(
         [str(VENV_BIN / "pyinfra"), "-y", "--json", str(inventory), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
     try:
         report = json.loads(result.stdout) if result.stdout.strip() else None
