@@ -156,32 +156,18 @@ class Connection(asyncio.Protocol):
 
     def _run(self, commands: list[list[bytes]], error) -> None:
         server = self.server
-        if len(commands) == 1 and error is None:
-            reply = server.call(self, commands[0])
-        else:
-            replies = []
-            append = replies.append
-            call = server.call
-            produced = 0
-            last = len(commands) - 1
-            for index, argv in enumerate(commands):
-                out = call(self, argv)
-                append(out)
-                if self.close_after_reply:
-                    break
-                produced += len(out)
-                if produced > WRITE_HIGH_WATER and index < last:
-                    # One read can hold thousands of commands with big replies: send what is ready
-                    # and run the rest once the client has taken it, so output stays bounded.
-                    self.backlog = (commands[index + 1 :], error)
-                    error = None
-                    break
-            if error is not None and not self.close_after_reply:
-                server.count_error("protocol")
-                logs.info("protocol_error", client=self.addr, error=str(error))
-                replies.append(error_line("ERR " + str(error)))
-                self.close_after_reply = True
-            reply = b"".join(replies)
+        replies = server.execute(self, commands)
+        if len(replies) < len(commands) and not self.close_after_reply:
+            # One read can hold thousands of commands with big replies: send what is ready and
+            # run the rest once the client has taken it, so output stays bounded.
+            self.backlog = (commands[len(replies) :], error)
+            error = None
+        if error is not None and not self.close_after_reply:
+            server.count_error("protocol")
+            logs.info("protocol_error", client=self.addr, error=str(error))
+            replies.append(error_line("ERR " + str(error)))
+            self.close_after_reply = True
+        reply = replies[0] if len(replies) == 1 else b"".join(replies)
         if server.aof is not None:
             server.aof.flush()
         self.last_active = time.monotonic()
@@ -303,52 +289,71 @@ class Server:
     # -- command execution ---------------------------------------------------------------------
 
     def call(self, conn, argv: list[bytes]) -> bytes:
-        name = argv[0]
-        cmd = self.lookup.get(name)
-        if cmd is None:
-            cmd = self.lookup.get(name.lower())
+        """Run one command; its reply."""
+        return self.execute(conn, [argv])[0]
+
+    def execute(self, conn, commands: list[list[bytes]]) -> list[bytes]:
+        """Run commands in order and return their replies, stopping early after a command that
+        closes the connection or once WRITE_HIGH_WATER bytes of replies are ready (the caller
+        keeps the rest). The per-command path is written out in this one loop because it runs
+        for every command of every pipeline."""
+        lookup = self.lookup
+        replies = []
+        append = replies.append
+        produced = 0
+        for argv in commands:
+            name = argv[0]
+            cmd = lookup.get(name)
             if cmd is None:
-                return self._unknown(argv)
-        n = len(argv)
-        arity = cmd.arity
-        if (arity > 0 and n != arity) or n < -arity:
-            self.count_error("wrong_arity")
-            return error_line(f"ERR wrong number of arguments for '{cmd.name}' command")
-        if not conn.authenticated and not cmd.no_auth:
-            self.count_error("noauth")
-            return b"-NOAUTH Authentication required.\r\n"
-        if self.maxmemory and cmd.denyoom and self.db.used_memory > self.maxmemory:
-            if not self.db.evict(self.maxmemory):
+                cmd = lookup.get(name.lower())
+            n = len(argv)
+            if cmd is None:
+                reply = self._unknown(argv)
+            elif (cmd.arity > 0 and n != cmd.arity) or n < -cmd.arity:
+                self.count_error("wrong_arity")
+                reply = error_line(f"ERR wrong number of arguments for '{cmd.name}' command")
+            elif not conn.authenticated and not cmd.no_auth:
+                self.count_error("noauth")
+                reply = b"-NOAUTH Authentication required.\r\n"
+            elif (self.maxmemory and cmd.denyoom and self.db.used_memory > self.maxmemory
+                  and not self.db.evict(self.maxmemory)):
                 self.count_error("oom")
-                return b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
-        conn.last_command = cmd.name
-        start = perf_counter()
-        try:
-            reply = cmd.handler(conn, argv)
-        except ReplyError as exc:
-            reply = error_line(exc.message)
-            cmd.failed_calls += 1
-            self.count_error(exc.kind)
-        except Exception as exc:  # a bug must cost one reply, not the connection or the server
-            logs.error("command_failed", command=cmd.name, error=repr(exc))
-            reply = error_line(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
-            cmd.failed_calls += 1
-            self.count_error("internal")
-        else:
-            if cmd.is_write:
-                self.dirty += 1
-                if self.aof is not None:
-                    self._log_write(cmd, argv)
-        elapsed = perf_counter() - start
-        cmd.calls += 1
-        cmd.seconds_total += elapsed
-        # Most commands finish inside the first bucket (10 us): skip the search for them.
-        cmd.latency_buckets[0 if elapsed <= FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        if elapsed > self.slowlog_threshold_s:
-            self._slow(conn, cmd, argv, elapsed)
-        if reply.__class__ is bytes:
-            return reply
-        return encode(reply, conn.resp3)
+                reply = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+            else:
+                conn.last_command = cmd.name
+                start = perf_counter()
+                try:
+                    reply = cmd.handler(conn, argv)
+                except ReplyError as exc:
+                    reply = error_line(exc.message)
+                    cmd.failed_calls += 1
+                    self.count_error(exc.kind)
+                except Exception as exc:  # a bug must cost one reply, not the connection or the server
+                    logs.error("command_failed", command=cmd.name, error=repr(exc))
+                    reply = error_line(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
+                    cmd.failed_calls += 1
+                    self.count_error("internal")
+                else:
+                    if cmd.is_write:
+                        self.dirty += 1
+                        if self.aof is not None:
+                            self._log_write(cmd, argv)
+                elapsed = perf_counter() - start
+                cmd.calls += 1
+                cmd.seconds_total += elapsed
+                # Most commands finish inside the first bucket (10 us): skip the search for them.
+                cmd.latency_buckets[0 if elapsed <= FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+                if elapsed > self.slowlog_threshold_s:
+                    self._slow(conn, cmd, argv, elapsed)
+                if reply.__class__ is not bytes:
+                    reply = encode(reply, conn.resp3)
+            append(reply)
+            if conn.close_after_reply:
+                break
+            produced += len(reply)
+            if produced > WRITE_HIGH_WATER:
+                break
+        return replies
 
     def _unknown(self, argv: list[bytes]) -> bytes:
         self.unknown_calls += 1
