@@ -575,7 +575,8 @@ def cmd_incr(conn, argv):
     if old is None or key in db.expires or not (len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1)):
         return incr_by(conn, key, 1)
     value = b"%d" % (int(old) + 1)
-    db.used_memory += len(value) - len(old)
+    if len(value) != len(old):  # a non-negative counter plus one grows by one digit at most
+        db.used_memory += 1
     data[key] = value
     if db.lru:
         data.move_to_end(key)
