@@ -572,12 +572,23 @@ def cmd_incr(conn, argv):
     data = db.data
     key = argv[1]
     old = data.get(key)
-    if old is None or key in db.expires or not (len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1)):
+    if old is None or key in db.expires:
         return incr_by(conn, key, 1)
-    value = b"%d" % (int(old) + 1)
+    last = db.last_counter
+    if last[0] is old:
+        # The very bytes object INCR stored last: known to be a valid integer, no need to parse.
+        current = last[1]
+    elif len(old) < 19 and old.isdigit() and (old[0] != 48 or len(old) == 1):
+        current = int(old)
+    else:
+        return incr_by(conn, key, 1)
+    if current < 0 or current >= 10**18:
+        return incr_by(conn, key, 1)
+    value = b"%d" % (current + 1)
     if len(value) != len(old):  # a non-negative counter plus one grows by one digit at most
         db.used_memory += 1
     data[key] = value
+    db.last_counter = (value, current + 1)
     if db.lru:
         data.move_to_end(key)
     return b":" + value + b"\r\n"

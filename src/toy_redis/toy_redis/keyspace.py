@@ -112,6 +112,8 @@ class Keyspace:
         self.used_memory = 0
         self.peak_keys = 0
         self.added_keys = 0
+        # (value, its integer) of the last INCR: a counter hit again is not parsed again.
+        self.last_counter: tuple[bytes | None, int] = (None, 0)
         self._scans: dict[int, tuple[list[bytes], int]] = {}
         self._scan_used: dict[int, float] = {}
         self._scan_number = 0
