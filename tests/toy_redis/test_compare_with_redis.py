@@ -63,6 +63,12 @@ SCENARIOS = {
         ["SET", "z", "01"], ["INCR", "z"], ["SET", "e", "10", "EX", "100"], ["INCR", "e"], ["TTL", "e"],
         ["INCRBY", "n", "99999999999999999999"],
     ],
+    "incr_repeated": [
+        ["INCR", "c"], ["INCR", "c"], ["SET", "c", "x"], ["INCR", "c"], ["SET", "c", "999999999999999998"],
+        ["INCR", "c"], ["INCR", "c"], ["INCR", "c"], ["GET", "c"], ["COPY", "c", "d"], ["INCR", "d"], ["INCR", "c"],
+        ["SET", "c", "-3"], ["INCR", "c"], ["INCR", "c"], ["INCR", "c"], ["INCR", "c"], ["APPEND", "c", "0"],
+        ["INCR", "c"], ["SET", "m", "9223372036854775806"], ["INCR", "m"], ["INCR", "m"], ["GET", "m"],
+    ],
     "incrbyfloat": [
         ["INCRBYFLOAT", "f", "10.5"], ["INCRBYFLOAT", "f", "0.1"], ["INCRBYFLOAT", "f", "-5"],
         ["INCRBYFLOAT", "g", "0.1"], ["INCRBYFLOAT", "g", "0.2"], ["INCRBYFLOAT", "f", "abc"],
