@@ -100,6 +100,7 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
     env = {**SCRATCH, "HOMELAB_LAB_STATE": str(tmp_path / "state")}
     inventory = write_inventory(tmp_path, "nodes = [lab_host('t-node-a', 10), lab_host('t-node-b', 11)]\n")
     inotify = Path("/proc/sys/fs/inotify/max_user_instances").read_text()
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     # A leftover bridge without its address (a crash between creating and configuring it).
     subprocess.run(["ip", "link", "add", SCRATCH["HOMELAB_LAB_BRIDGE"], "type", "bridge"], capture_output=True)
     try:
@@ -120,8 +121,9 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
         assert len(ids) == 2
         ssh_config = (tmp_path / "state" / "ssh_config").read_text()
         assert "StrictHostKeyChecking yes" in ssh_config
-        # The other node is reachable by name and address; the outside world is not.
+        # The other node is reachable by name and address, Debian's mirror too; nothing else is.
         assert ssh_out(env, "t-node-a", "getent hosts t-node-b").split()[0] == "10.78.0.11"
+        assert ssh_out(env, "t-node-a", "apt-get update >/dev/null && echo fetched") == "fetched"
         assert run_lab("ssh", "t-node-a", "curl -s -m 3 http://pypi.org/ || python3 -c "
                        "\"import socket; socket.create_connection(('151.101.0.223', 80), 3)\"",
                        env=env).returncode != 0
@@ -146,4 +148,7 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
     assert not (tmp_path / "state").exists()
     assert not list(Path("/sys/fs/cgroup").glob("*/homelab-lab/t-node-*"))
     assert Path("/proc/sys/fs/inotify/max_user_instances").read_text() == inotify
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forwarding
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"homelab_lab_{SCRATCH['HOMELAB_LAB_BRIDGE']}" not in tables
     assert run_lab("down", env=env).returncode == 0  # nothing left to remove is not an error

@@ -25,7 +25,7 @@ REQUIRED_TOOLS = {
     "ip": "iproute2",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
-    "apt-cacher-ng": "apt-cacher-ng",
+    "nft": "nftables",
 }
 
 
@@ -74,14 +74,15 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
             nodes.remove(settings, name)
 
     network.ensure_bridge(settings)
-    network.ensure_apt_proxy(settings)
+    mirrors = network.mirror_addresses()
+    network.ensure_mirror_nat(settings, mirrors)
     network.raise_inotify_limit(settings, len(wanted))
     client_key = ssh.ensure_client_key(settings)
     running = {node for node in wanted if nodes.running_pid(settings, node.name) is not None}
     # A running node's upper layer is mounted: leave it alone (overlayfs forbids changing it under
     # the mount) and only read its host key.
     host_keys = {node: nodes.host_public_key(settings, node) if node in running
-                 else nodes.prepare(settings, node, wanted, client_key) for node in wanted}
+                 else nodes.prepare(settings, node, wanted, client_key, mirrors) for node in wanted}
     ssh.write_client_files(settings, host_keys)
     _save_nodes(settings, wanted)
 
@@ -124,7 +125,7 @@ def down(purge: bool = False, log=_log) -> None:
     ssh.close_master_connections(settings, names)
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda name: nodes.stop(settings, name), names))
-    network.stop_apt_proxy(settings)
+    network.remove_mirror_nat(settings)
     network.remove_bridge(settings)
     network.restore_inotify_limit(settings)
     for cgroup_parent in {path.parent for path in nodes.cgroup_dirs("x")}:

@@ -1,7 +1,7 @@
 """`lab`: boot the reference cluster (or any lab inventory) as systemd-nspawn nodes on this machine.
 
     lab up [INVENTORY]     boot one node per host of the inventory (default inventory/lab.py)
-    lab down [--purge]     stop the nodes, remove the bridge, proxy and state (--purge: the base image too)
+    lab down [--purge]     stop the nodes, remove the bridge, nft table and state (--purge: the base image too)
     lab status             node, address, state, ssh reachable
     lab ssh NAME [CMD...]  a shell or a command on a node
 """

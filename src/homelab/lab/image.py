@@ -40,7 +40,7 @@ NODE_IDENTITY = ["etc/hostname", "etc/machine-id", "var/lib/dbus/machine-id"]
 
 
 def host_mirror() -> str:
-    """The Debian mirror this machine's own apt uses (nodes fetch through the apt proxy from it)."""
+    """The Debian mirror this machine's own apt uses (the only place outside the lab nodes may reach)."""
     for source in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         uri = None
         for line in source.read_text().splitlines():

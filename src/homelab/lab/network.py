@@ -1,27 +1,25 @@
-"""The lab's shared plumbing on the host: the bridge, the apt proxy and the inotify limit.
+"""The lab's shared plumbing on the host: the bridge, the way out to Debian's mirror, the inotify limit.
 
-Nodes get no route to the outside. Their only way out is apt-cacher-ng bound to the bridge
-address, which forwards to the Debian mirror the host uses: nodes can install Debian packages and
-nothing else, and repeated installs across nodes are served from its cache.
+Nodes reach the outside only through NAT to the addresses of the Debian mirror the host uses, so
+they can install Debian packages and nothing else. (An apt-cacher-ng proxy was tried first: under
+a dozen nodes running `apt-get update` at once it lost requests and left apt hanging.)
 
 Every step checks the current state first, so leftovers of a crashed run are reused or replaced.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from homelab.lab.errors import LabError
 from homelab.lab.image import host_mirror
-from homelab.lab.settings import APT_PROXY_PORT, LabSettings
+from homelab.lab.settings import LabSettings
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Each booted systemd takes several inotify instances; the default 128 runs out near 18 nodes.
 INOTIFY_PER_NODE = 32
 
@@ -50,77 +48,64 @@ def remove_bridge(settings: LabSettings) -> None:
         run("ip", "link", "del", settings.bridge)
 
 
-def _proxy_dir(settings: LabSettings) -> Path:
-    return settings.state_dir / "apt-proxy"
+def nft_table(settings: LabSettings) -> str:
+    return f"homelab_lab_{settings.bridge}"
 
 
-def _proxy_pid(settings: LabSettings) -> int | None:
+def mirror_addresses() -> dict[str, list[str]]:
+    """Host name -> IPv4 addresses of the Debian mirror this machine's apt uses.
+
+    Nodes get these in /etc/hosts and the firewall lets them reach only these: they need no DNS,
+    and nothing else outside the lab is reachable from them.
+    """
+    name = urlsplit(host_mirror()).hostname
     try:
-        pid = int((_proxy_dir(settings) / "pid").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None
-    return pid if b"apt-cacher-ng" in cmdline else None
+        infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LabError(f"cannot resolve the Debian mirror {name} on this machine: {exc.strerror}") from None
+    return {name: sorted({info[4][0] for info in infos})}
 
 
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def ensure_mirror_nat(settings: LabSettings, mirrors: dict[str, list[str]]) -> None:
+    """Forward and masquerade traffic from the bridge to the mirror's addresses only.
+
+    The table is replaced as a whole each time, so a leftover of a crashed run is simply redone.
+    Everything else from the nodes is rejected (not dropped), so a fetch from elsewhere, such as
+    a vendor repository, fails at once instead of after a timeout.
+    """
+    saved = settings.state_dir / "ip_forward"
+    if not saved.exists():
+        saved.write_text(IP_FORWARD.read_text().strip())
+    IP_FORWARD.write_text("1")
+    addresses = ", ".join(address for found in mirrors.values() for address in found)
+    table = nft_table(settings)
+    ruleset = f"""
+table ip {table} {{
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname "{settings.bridge}" oifname "{settings.bridge}" accept
+    iifname "{settings.bridge}" ip daddr {{ {addresses} }} tcp dport {{ 80, 443 }} accept
+    oifname "{settings.bridge}" ct state established,related accept
+    iifname "{settings.bridge}" reject with icmp type admin-prohibited
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100;
+    ip saddr {settings.subnet} oifname != "{settings.bridge}" masquerade
+  }}
+}}
+"""
+    remove_mirror_nat(settings, restore_forwarding=False)
+    result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"nft could not load table {table}: {result.stderr.strip().splitlines()[-1:]}")
 
 
-def ensure_apt_proxy(settings: LabSettings) -> None:
-    """apt-cacher-ng on the bridge address, started by us (no systemd on this host to do it)."""
-    gateway = str(settings.gateway)
-    if _proxy_pid(settings) and _listening(gateway, APT_PROXY_PORT):
-        return
-    stop_apt_proxy(settings)
-    if not shutil.which("apt-cacher-ng"):
-        raise LabError("apt-cacher-ng not found: apt-get install apt-cacher-ng (./dev setup does it)")
-    base = _proxy_dir(settings)
-    conf, cache = base / "conf", settings.cache_dir / "apt-cacher-ng"
-    shutil.rmtree(conf, ignore_errors=True)
-    shutil.copytree("/etc/apt-cacher-ng", conf)
-    # Its stock Debian backend (ftp.debian.org) may be unreachable; use the host's own mirror.
-    (conf / "backends_debian").write_text(host_mirror() + "/\n")
-    for folder in (base / "log", cache):
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.chown(folder, "apt-cacher-ng", "apt-cacher-ng")
-    shutil.chown(base, "apt-cacher-ng", "apt-cacher-ng")
-    with open(base / "stdout.log", "ab") as output:
-        process = subprocess.Popen(
-            ["apt-cacher-ng", "-c", str(conf), "ForeGround=1", f"BindAddress={gateway}",
-             f"Port={APT_PROXY_PORT}", f"CacheDir={cache}", f"LogDir={base / 'log'}",
-             f"PidFile={base / 'acng.pid'}", f"SocketPath={base / 'socket'}", "ExThreshold=4",
-             # Only the Debian archives it knows (the remapped backends): anything else is refused
-             # at once instead of timing out on a name nodes cannot resolve.
-             "ForceManaged=1"],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    (base / "pid").write_text(str(process.pid))
-    deadline = time.monotonic() + 10
-    while not _listening(gateway, APT_PROXY_PORT):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"apt-cacher-ng did not start on {gateway}:{APT_PROXY_PORT}; see {base}/stdout.log")
-        time.sleep(0.1)
-
-
-def stop_apt_proxy(settings: LabSettings) -> None:
-    pid = _proxy_pid(settings)
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    (_proxy_dir(settings) / "pid").unlink(missing_ok=True)
+def remove_mirror_nat(settings: LabSettings, restore_forwarding: bool = True) -> None:
+    run("nft", "delete", "table", "ip", nft_table(settings))
+    saved = settings.state_dir / "ip_forward"
+    if restore_forwarding and saved.exists():
+        IP_FORWARD.write_text(saved.read_text().strip())
+        saved.unlink()
 
 
 def raise_inotify_limit(settings: LabSettings, node_count: int) -> None:

@@ -1,7 +1,7 @@
 """One lab node: an overlay on the base image, booted by systemd-nspawn in its own cgroup.
 
 The overlay's upper layer holds everything that makes the node itself (hostname, machine-id, host
-key, address, apt proxy, root's authorized key) and whatever deploys install later. Each node gets
+key, address, mirror address, root's authorized key) and whatever deploys install later. Each node gets
 its own cgroup before nspawn starts; without that, nodes share one and stopping one can kill
 another's services (measured, see ../shared/notes/lab.md).
 """
@@ -94,7 +94,8 @@ def _is_nspawn_for(pid: int, name: str) -> bool:
         and b"-M" in argv and argv[argv.index(b"-M") + 1] == name.encode()
 
 
-def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], client_public_key: str) -> str:
+def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], client_public_key: str,
+            mirrors: dict[str, list[str]]) -> str:
     """Write the node's identity into its overlay's upper layer; returns its public host key line.
 
     An existing upper layer (the node ran before and was not taken down) is kept with what was
@@ -112,6 +113,8 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     write("etc/hostname", node.name + "\n")
     hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
     hosts += [f"{other.address} {other.name}" for other in all_nodes]
+    # Nodes have no DNS: the mirror's name is pinned to an address the lab's firewall lets through.
+    hosts += [f"{addresses[0]} {name}" for name, addresses in mirrors.items()]
     write("etc/hosts", "\n".join(hosts) + "\n")
     if not (upper / "etc/machine-id").exists():
         write("etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
@@ -123,7 +126,8 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     write("etc/systemd/network/10-lab.network",
           f"[Match]\nName=host0\n\n[Network]\nAddress={node.address}/{settings.prefix_length}\n"
           f"Gateway={settings.gateway}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n")
-    write("etc/apt/apt.conf.d/01lab-proxy", f'Acquire::http::Proxy "{settings.apt_proxy}";\n')
+    # A bounded wait and retries: a fetch cut off mid-way must fail and retry, not hang.
+    write("etc/apt/apt.conf.d/01lab-apt", 'Acquire::http::Timeout "30";\nAcquire::Retries "3";\n')
     ssh_dir = upper / "root/.ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)

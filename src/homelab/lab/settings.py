@@ -18,7 +18,6 @@ DEFAULT_STATE_DIR = "/var/lib/homelab-lab"
 # Base images outlive `lab down` so the next `lab up` is warm; `lab down --purge` removes them.
 DEFAULT_CACHE_DIR = "/var/cache/homelab-lab"
 DEFAULT_BRIDGE = "hlab0"
-APT_PROXY_PORT = 3142
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,6 @@ class LabSettings:
     @property
     def prefix_length(self) -> int:
         return self.subnet.prefixlen
-
-    @property
-    def apt_proxy(self) -> str:
-        return f"http://{self.gateway}:{APT_PROXY_PORT}"
 
     @property
     def ssh_config(self) -> Path:
