@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,6 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
 
 
 def _wait_ready(settings: LabSettings, node: LabNode) -> str | None:
-    import time
-
     deadline = time.monotonic() + ssh.READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if nodes.running_pid(settings, node.name) is None:
@@ -128,11 +127,7 @@ def down(purge: bool = False, log=_log) -> None:
     network.remove_mirror_nat(settings)
     network.remove_bridge(settings)
     network.restore_inotify_limit(settings)
-    for cgroup_parent in {path.parent for path in nodes.cgroup_dirs("x")}:
-        try:
-            cgroup_parent.rmdir()
-        except OSError:
-            pass
+    nodes.remove_cgroup_parents()
     shutil.rmtree(settings.state_dir, ignore_errors=True)
     if purge:
         shutil.rmtree(settings.cache_dir, ignore_errors=True)

@@ -30,12 +30,26 @@ def node_dir(settings: LabSettings, name: str) -> Path:
     return settings.state_dir / "nodes" / name
 
 
-def cgroup_dirs(name: str) -> list[Path]:
-    """The node's cgroup in every hierarchy systemd inside it needs (v2, or v1 named + unified)."""
+def cgroup_parents() -> list[Path]:
+    """The lab's cgroup in every hierarchy systemd inside a node needs (v2, or v1 named + unified)."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():  # pure cgroup v2
-        return [CGROUP_ROOT / CGROUP_PARENT / name]
-    return [CGROUP_ROOT / hierarchy / CGROUP_PARENT / name
+        return [CGROUP_ROOT / CGROUP_PARENT]
+    return [CGROUP_ROOT / hierarchy / CGROUP_PARENT
             for hierarchy in ("systemd", "unified") if (CGROUP_ROOT / hierarchy).is_dir()]
+
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """The node's own cgroup under each of the lab's."""
+    return [parent / name for parent in cgroup_parents()]
+
+
+def remove_cgroup_parents() -> None:
+    """Once every node is gone; a parent still holding a node's cgroup stays."""
+    for parent in cgroup_parents():
+        try:
+            parent.rmdir()
+        except OSError:
+            pass
 
 
 def kill_leftover_processes(name: str) -> None:
