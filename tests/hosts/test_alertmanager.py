@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from roles.alertmanager import CONFIG_FILE, Settings, render_config
-from tests.hosts.test_prometheus import skip_unless_deployed
 from tests.conftest import REPO, hosts_in, run_pyinfra
 from tests.roles.test_prometheus import LAB
 
@@ -19,11 +18,8 @@ TOKEN_FILE = Settings().webhook_token_file
 
 
 @pytest.fixture(params=hosts_in("alertmanager"))
-def node(request):
-    # Skipped before the lab fixtures run: no lab boot or deploy for a role that is not wired in.
-    skip_unless_deployed("alertmanager")
-    request.getfixturevalue("deployed")
-    return request.getfixturevalue("testinfra_hosts")[request.param]
+def node(request, deployed, testinfra_hosts):
+    return testinfra_hosts[request.param]
 
 
 def alerts(node, alertname: str) -> list[dict]:
@@ -59,8 +55,6 @@ def test_webhook_token_is_a_private_file_outside_the_config(node):
 
 
 def test_stopping_toy_redis_makes_its_down_alert_reach_alertmanager(node, testinfra_hosts):
-    # Needs roles/toy_redis deployed: until then nothing runs toy-redis to stop.
-    skip_unless_deployed("toy_redis")
     rule = yaml.safe_load((REPO / "alerts" / "generated" / "toy-redis.rules.yml").read_text())
     [down] = [r for group in rule["groups"] for r in group["rules"] if r.get("alert") == "ToyRedisDown"]
     for_s = int(down["for"].rstrip("m")) * 60 if down["for"].endswith("m") else int(down["for"].rstrip("s"))
@@ -81,8 +75,7 @@ def test_stopping_toy_redis_makes_its_down_alert_reach_alertmanager(node, testin
         redis.run_expect([0], "systemctl start toy-redis")
 
 
-def test_a_broken_routes_file_stops_the_deploy_before_any_change(tmp_path):
-    skip_unless_deployed("alertmanager")
+def test_a_broken_routes_file_stops_the_deploy_before_any_change(lab, tmp_path):
     broken = tmp_path / "routes.yaml"
     broken.write_text((REPO / "alerts" / "routes.yaml").read_text().replace("group_wait: 30s", "group_wait: soon"))
     [host] = hosts_in("alertmanager")[:1]

@@ -8,7 +8,6 @@ import pytest
 
 from roles.blackbox import CONFIG_FILE, render_config
 from roles.prometheus import probe_job
-from tests.hosts.test_prometheus import skip_unless_deployed
 from tests.conftest import hosts_in, run_pyinfra
 from tests.roles.test_blackbox import lab_settings
 from tests.roles.test_prometheus import LAB
@@ -17,11 +16,8 @@ pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(params=hosts_in("blackbox"))
-def node(request):
-    # Skipped before the lab fixtures run: no lab boot or deploy for a role that is not wired in.
-    skip_unless_deployed("blackbox")
-    request.getfixturevalue("deployed")
-    return request.getfixturevalue("testinfra_hosts")[request.param]
+def node(request, deployed, testinfra_hosts):
+    return testinfra_hosts[request.param]
 
 
 def test_exporter_runs_with_the_modules_from_group_data(node):

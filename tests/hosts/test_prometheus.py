@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import time
 
@@ -15,28 +14,13 @@ from tests.roles.test_prometheus import LAB, scrape_jobs
 pytestmark = pytest.mark.lab
 
 
-def skip_unless_deployed(role: str) -> None:
-    """Skip while deploys/all.py does not apply ``role`` yet (the lead wires roles into GROUP_ROLES)."""
-    tree = ast.parse((REPO / "deploys" / "all.py").read_text())
-    [mapping] = [node.value for node in tree.body if isinstance(node, ast.Assign)
-                 and any(getattr(target, "id", "") == "GROUP_ROLES" for target in node.targets)]
-    # Values that are plain names; a computed one (the log shipper's) is not a role of ours.
-    group_roles = {key.value: value.value for key, value in zip(mapping.keys, mapping.values)
-                   if isinstance(value, ast.Constant)}
-    if role not in group_roles.values():
-        pytest.skip(f"deploys/all.py GROUP_ROLES does not apply roles/{role} yet")
-
-
 # Lab targets are scraped every scrape_interval; a freshly deployed stack needs a few rounds.
 TARGETS_UP_WITHIN_S = 120
 
 
 @pytest.fixture(params=hosts_in("prometheus"))
-def node(request):
-    # Skipped before the lab fixtures run: no lab boot or deploy for a role that is not wired in.
-    skip_unless_deployed("prometheus")
-    request.getfixturevalue("deployed")
-    return request.getfixturevalue("testinfra_hosts")[request.param]
+def node(request, deployed, testinfra_hosts):
+    return testinfra_hosts[request.param]
 
 
 def api(node, path: str) -> dict:
@@ -84,8 +68,7 @@ def test_every_expected_target_is_up(node):
     assert ("toy-redis", "worker-node-12:8080") in health
 
 
-def test_bad_prometheus_settings_stop_the_deploy_before_any_change():
-    skip_unless_deployed("prometheus")
+def test_bad_prometheus_settings_stop_the_deploy_before_any_change(lab):
     [host] = hosts_in("prometheus")[:1]
     # --dry: the error must come while operations are prepared, before anything could run.
     run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, "--data", "only_roles=prometheus",
@@ -111,8 +94,7 @@ def test_a_rule_file_no_longer_generated_is_removed_on_the_next_deploy(node):
         time.sleep(0.5)
 
 
-def test_bad_threshold_file_stops_the_deploy_before_any_change(tmp_path):
-    skip_unless_deployed("prometheus")
+def test_bad_threshold_file_stops_the_deploy_before_any_change(lab, tmp_path):
     [host] = hosts_in("prometheus")[:1]
     bad = tmp_path / "thresholds.yaml"
     bad.write_text((REPO / "alerts/thresholds.yaml").read_text()
