@@ -41,6 +41,8 @@ KEY_FILE = TEMPLATES_DIR / "grafana" / "grafana-apt-key.asc"
 KEY_FINGERPRINT = "B53AE77BADB630A683046005963FA27710458545"
 REMOTE_KEYRING = "/etc/apt/keyrings/grafana.asc"
 SOURCES_FILE = "/etc/apt/sources.list.d/grafana.sources"
+# The roles whose packages come from Grafana Labs.
+GRAFANA_COMPONENTS = {"grafana", "loki", "promtail", "alloy"}
 
 
 class GrafanaInstall(StrictModel):
@@ -140,6 +142,19 @@ def unreachable_message(component: str, install: GrafanaInstall, host_name: str)
         f"{install.artifacts_dir}/{component}/ on the control machine and set "
         f"{component}.install.source = 'offline' in group data"
     )
+
+
+def runs_on(member, component: str) -> bool:
+    """Whether inventory host ``member`` runs ``component`` (a role's data key) once deployed.
+
+    Where Grafana Labs' packages may be skipped (`vendor_packages_optional`: lab nodes, which reach
+    only Debian's mirror), they run only when installed from offline .debs; the prometheus role
+    scrapes and probes them only then, or the lab would alert on what it never ran.
+    """
+    if component not in GRAFANA_COMPONENTS or not member.data.get("vendor_packages_optional"):
+        return True
+    install = (member.data.get(component) or {}).get("install") or {}
+    return install.get("source") == "offline"
 
 
 def install_grafana_packages(component: str, packages: list[str], install: GrafanaInstall) -> bool:

@@ -25,9 +25,10 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files, systemd
 
-from homelab.config import ConfigError, FieldError, StrictModel, model_from_data
 from homelab.alerts.render import require_current_rules
+from homelab.config import ConfigError, FieldError, StrictModel, model_from_data
 from roles.common import REPO_ROOT, checked_file, render, role_settings
+from roles.grafana_repo import runs_on
 from roles.install import Install, install_packages
 from roles.prometheus.durations import Duration, seconds
 
@@ -94,10 +95,6 @@ EXPORTERS = [
     Exporter("alloy", "log_shipper", "alloy", "listen_port", 12345, log_shipper="alloy"),
 ]
 DEFAULT_LOG_SHIPPER = "promtail"
-# Grafana Labs' packages (roles/grafana_repo): where a host may skip them (lab nodes, which reach
-# only Debian's mirror: `vendor_packages_optional`), they run only when installed from offline
-# .debs, so only then are they scraped or probed; otherwise the lab would alert on what it never ran.
-VENDOR_COMPONENTS = {"grafana", "loki", "promtail", "alloy"}
 PROBE_JOB = "blackbox"
 
 
@@ -128,20 +125,12 @@ def service_port(member, data_key: str, port_key: str, default: int) -> int:
     return int(str(value).rsplit(":", 1)[-1])
 
 
-def runs(member, component: str) -> bool:
-    """Whether ``member`` runs ``component`` (a role's data key) once deployed."""
-    if component not in VENDOR_COMPONENTS or not member.data.get("vendor_packages_optional"):
-        return True
-    install = (member.data.get(component) or {}).get("install") or {}
-    return install.get("source") == "offline"
-
-
 def probed_hosts(inv: Inventory, group: str, where: str) -> list:
     # A typo in a probe's group would otherwise silently probe nothing.
     members = inv.get_group(group, None)
     if members is None:
         raise ConfigError(where, "group", f"no inventory group {group!r}")
-    return [member for member in members if runs(member, group)]
+    return [member for member in members if runs_on(member, group)]
 
 
 def _unique(targets: list[Target]) -> list[Target]:
@@ -156,7 +145,7 @@ def exporter_jobs(inv: Inventory) -> list[ScrapeJob]:
         members = list(inv) if exporter.group is None else inv.get_group(exporter.group, [])
         if exporter.log_shipper:
             members = [m for m in members if m.data.get("log_shipper", DEFAULT_LOG_SHIPPER) == exporter.log_shipper]
-        for member in [m for m in members if runs(m, exporter.data_key)]:
+        for member in [m for m in members if runs_on(m, exporter.data_key)]:
             port = service_port(member, exporter.data_key, exporter.port_key, exporter.default_port)
             targets.append(Target(instance=f"{member.name}:{port}", address=f"{host_address(member)}:{port}"))
         if targets:
