@@ -38,6 +38,11 @@ def inventory_groups(path: Path = LAB_INVENTORY) -> dict[str, set[str]]:
     return {name: groups for name, (_data, groups) in read_inventory(path).items()}
 
 
+def lab_address(name: str) -> str:
+    """The lab address of inventory host ``name``."""
+    return read_inventory(LAB_INVENTORY)[name][0]["ssh_hostname"]
+
+
 def hosts_in(group: str) -> list[str]:
     return sorted(name for name, groups in inventory_groups().items() if group in groups)
 

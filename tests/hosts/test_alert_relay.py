@@ -11,22 +11,13 @@ from homelab.vault import load_vault
 from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, token_path
 from roles.python_app import build_wheels
 from roles.tuning.settings import load_tuning
-from tests.conftest import LAB_INVENTORY, REPO, hosts_in, run_pyinfra
+from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "alert_relay.py"))["alert_relay"]
 PORT = int(GROUP_DATA["listen"].rpartition(":")[2])
-
-
-def lab_address(name: str) -> str:
-    for members in runpy.run_path(str(LAB_INVENTORY)).values():
-        if isinstance(members, list):
-            for member_name, data in members:
-                if member_name == name:
-                    return data["ssh_hostname"]
-    raise KeyError(name)
 
 
 @pytest.fixture(scope="module")

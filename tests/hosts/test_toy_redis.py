@@ -12,7 +12,7 @@ from homelab.vault import load_vault
 from roles.python_app import build_wheels
 from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH
 from roles.tuning.settings import load_tuning
-from tests.conftest import LAB_INVENTORY, REPO, hosts_in, run_pyinfra
+from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
 
 pytestmark = pytest.mark.lab
 
@@ -20,15 +20,6 @@ TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
 PORT = GROUP_DATA["port"]
 METRICS_PORT = GROUP_DATA["metrics_port"]
-
-
-def lab_address(name: str) -> str:
-    for members in runpy.run_path(str(LAB_INVENTORY)).values():
-        if isinstance(members, list):
-            for member_name, data in members:
-                if member_name == name:
-                    return data["ssh_hostname"]
-    raise KeyError(name)
 
 
 @pytest.fixture(scope="module")
