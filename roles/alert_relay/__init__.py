@@ -18,11 +18,13 @@ import re
 from typing import Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import field_validator
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from homelab.config import ConfigError, StrictModel
+from alert_relay.config import RelayTuning
+
+from homelab.config import ConfigError
 from roles import python_app
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.tuning import host_tuning
@@ -42,25 +44,16 @@ TOKEN_FILES = {
 }
 
 
-class Settings(StrictModel):
-    """Group data key `alert_relay`: the relay's config keys, except the paths the role owns."""
+class Settings(RelayTuning):
+    """Group data key `alert_relay`: the relay's own settings (alert_relay.config.RelayTuning: keys,
+    defaults and bounds), the routes file to ship, and stricter checks where a deploy needs them."""
 
-    listen: str = "0.0.0.0:9095"
     # Repo-relative; its `slack:` section routes alerts and faxes to channels.
     routes: str = "alerts/routes.yaml"
-    slack_base_url: str = "https://slack.com/api/"
-    faxplus_base_url: str = "https://restapi.fax.plus"
-    # For silence links in Slack; None: the externalURL Alertmanager sends with each notification.
-    alertmanager_url: str | None = None
-    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
-    # Delivery: attempts before a message moves to the dead letters (429s do not count), the retry
-    # backoff's first and longest wait, and the pause between messages to one Slack channel.
-    max_attempts: int = Field(12, ge=1, le=1000)
-    retry_initial_s: float = Field(1.0, gt=0, le=3600)
-    retry_max_s: float = Field(300.0, gt=0, le=86400)
-    channel_interval_s: float = Field(1.0, ge=0, le=60)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Same names as the relay's validators, so these replace them: port 0 (tests' "any free
+    # port") and URLs with spaces are the relay's to accept, not a deployment's.
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -86,23 +79,11 @@ def token_path(secret: str) -> str:
 
 
 def config_values(settings: Settings, routes_file: str = ROUTES_PATH) -> dict:
-    values = {
-        "listen": settings.listen,
-        "routes_file": routes_file,
-        "queue_path": QUEUE_PATH,
-        **{key: token_path(secret) for key, secret in TOKEN_FILES.items()},
-        "slack_base_url": settings.slack_base_url,
-        "faxplus_base_url": settings.faxplus_base_url,
-        "max_body_bytes": settings.max_body_bytes,
-        "max_attempts": settings.max_attempts,
-        "retry_initial_s": settings.retry_initial_s,
-        "retry_max_s": settings.retry_max_s,
-        "channel_interval_s": settings.channel_interval_s,
-        "log_level": settings.log_level,
-    }
-    if settings.alertmanager_url:
-        values["alertmanager_url"] = settings.alertmanager_url
-    return values
+    """The relay's config: the tuning from group data, plus the paths this role owns."""
+    tuning = settings.model_dump(include=set(RelayTuning.model_fields), exclude_none=True)
+    paths = {"routes_file": routes_file, "queue_path": QUEUE_PATH,
+             **{key: token_path(secret) for key, secret in TOKEN_FILES.items()}}
+    return {**paths, **tuning}
 
 
 def render_config(settings: Settings, routes_file: str = ROUTES_PATH) -> str:

@@ -81,17 +81,13 @@ def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
     return model_from_data(path, model, read_yaml(path))
 
 
-class RelayConfig(StrictModel):
-    """The relay's YAML config (``alert-relay --config FILE``)."""
+class RelayTuning(StrictModel):
+    """What a deployment chooses: every config key but the paths the deploy itself owns.
+
+    roles/alert_relay's group-data settings extend this, so bounds and defaults live here once.
+    """
 
     listen: str = "0.0.0.0:9095"
-    routes_file: str
-    queue_path: str
-    # Secrets are read from files (written 0600 by roles.secrets), never from this file or argv.
-    slack_token_file: str
-    faxplus_token_file: str
-    alertmanager_token_file: str
-    fax_webhook_token_file: str
     slack_base_url: str = "https://slack.com/api/"
     faxplus_base_url: str = "https://restapi.fax.plus"
     # For "silence" links; defaults to the externalURL Alertmanager sends with each notification.
@@ -119,6 +115,18 @@ class RelayConfig(StrictModel):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
         return value
+
+
+class RelayConfig(RelayTuning):
+    """The relay's YAML config (``alert-relay --config FILE``)."""
+
+    routes_file: str
+    queue_path: str
+    # Secrets are read from files (written 0600 by roles.secrets), never from this file or argv.
+    slack_token_file: str
+    faxplus_token_file: str
+    alertmanager_token_file: str
+    fax_webhook_token_file: str
 
     @property
     def listen_address(self) -> tuple[str, int]:
