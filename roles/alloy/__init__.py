@@ -13,12 +13,12 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
-from homelab.config import ConfigError, StrictModel
+from homelab.config import StrictModel
 from roles.common import checked_file, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_packages
 from roles.loki import loki_url
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
-from roles.promtail import chosen_log_shipper, stop_other_shipper
+from roles.promtail import require_chosen, stop_other_shipper
 
 PACKAGES = ["alloy"]
 SERVICE = "alloy"
@@ -50,9 +50,7 @@ def render_defaults(settings: Settings) -> str:
 
 @deploy("alloy")
 def apply() -> None:
-    if chosen_log_shipper() != "alloy":
-        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
-                          "is 'promtail': apply the promtail role on this host, not alloy")
+    require_chosen("alloy")
     settings = role_settings("alloy", Settings)
     config_content = render_config(settings, host.name, loki_url())
     if not install_grafana_packages("alloy", PACKAGES, settings.install):

@@ -49,6 +49,14 @@ def chosen_log_shipper() -> str:
     return chosen
 
 
+def require_chosen(shipper: str) -> None:
+    """Stop the run when ``shipper``'s role is applied to a host whose data chose the other one."""
+    chosen = chosen_log_shipper()
+    if chosen != shipper:
+        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
+                          f"is {chosen!r}: apply the {chosen} role on this host, not {shipper}")
+
+
 def stop_other_shipper(other: str, chosen: str) -> None:
     """Two shippers tailing one file would send every line twice: stop the one not chosen."""
     if other in host.get_fact(DebPackages):
@@ -63,9 +71,7 @@ def render_config(settings: Settings, host_name: str, loki: str) -> str:
 
 @deploy("promtail")
 def apply() -> None:
-    if chosen_log_shipper() != "promtail":
-        raise ConfigError(f"inventory data for {host.name}", "log_shipper",
-                          "is 'alloy': apply the alloy role on this host, not promtail")
+    require_chosen("promtail")
     settings = role_settings("promtail", Settings)
     config_content = render_config(settings, host.name, loki_url())
     if not install_grafana_packages("promtail", PACKAGES, settings.install):
