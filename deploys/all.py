@@ -11,6 +11,8 @@ from importlib import import_module
 
 from pyinfra import host
 
+from roles.promtail import DEFAULT_LOG_SHIPPER
+
 BASE_ROLES = ["base", "tuning", "node_exporter"]
 
 # inventory group -> role module under roles/, in the order they are applied on a host.
@@ -21,7 +23,7 @@ GROUP_ROLES = {
     "grafana": "grafana",
     "loki": "loki",
     "toy_redis": "toy_redis",
-    "log_shipper": host.data.get("log_shipper", "promtail"),  # "promtail" or "alloy"
+    "log_shipper": host.data.get("log_shipper", DEFAULT_LOG_SHIPPER),  # "promtail" or "alloy"
     "alert_relay": "alert_relay",
     "alertmanager": "alertmanager",
     "blackbox": "blackbox",

@@ -30,6 +30,7 @@ from homelab.config import ConfigError, FieldError, StrictModel, model_from_data
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.grafana_repo import runs_on
 from roles.install import Install, install_packages
+from roles.promtail import DEFAULT_LOG_SHIPPER
 from roles.prometheus.durations import Duration, seconds
 
 PACKAGE = "prometheus"
@@ -94,7 +95,6 @@ EXPORTERS = [
     Exporter("promtail", "log_shipper", "promtail", "listen_port", 9080, log_shipper="promtail"),
     Exporter("alloy", "log_shipper", "alloy", "listen_port", 12345, log_shipper="alloy"),
 ]
-DEFAULT_LOG_SHIPPER = "promtail"
 PROBE_JOB = "blackbox"
 
 

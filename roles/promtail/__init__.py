@@ -29,6 +29,8 @@ POSITIONS_FILE = f"{POSITIONS_DIR}/positions.yaml"
 # Grafana's package installs the binary under /usr/local/bin.
 CHECK = "/usr/local/bin/promtail -check-syntax -config.file={staged}"
 LOG_SHIPPERS = ("promtail", "alloy")
+# What deploys/all.py applies and Prometheus scrapes on a log_shipper host whose data names none.
+DEFAULT_LOG_SHIPPER = "promtail"
 
 
 class Settings(StrictModel):
