@@ -1,9 +1,10 @@
 """Grafana Alloy on the log_shipper hosts: the same toy-redis pipeline as the promtail role.
 
-Chosen by group data `log_shipper = "alloy"`. Tails toy-redis's JSON log, makes level and event
+The default log shipper (group data `log_shipper`, roles.promtail.DEFAULT_LOG_SHIPPER). Tails toy-redis's JSON log, makes level and event
 labels (the rest stays in the line), and pushes to Loki. Read positions live under Alloy's storage
 path, /var/lib/alloy/data. The config passes `alloy validate` before it replaces the live one; Alloy
-reloads it on SIGHUP, so a new config needs no restart.
+reloads it on SIGHUP, so a new config needs no restart. What the package installs is in
+roles/alloy/package.py, read from Alloy's packaging.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ from pyinfra.operations import systemd
 
 from homelab.config import StrictModel
 from roles.common import checked_file, render, role_settings
-from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.alloy.package import ENVIRONMENT_FILE, PACKAGE, STORAGE_PATH
+from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki import loki_url
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 from roles.promtail import require_chosen, stop_other_shipper
 
-PACKAGES = ["alloy"]
-SERVICE = "alloy"
-CONFIG_FILE = "/etc/alloy/config.alloy"
-DEFAULTS_FILE = "/etc/default/alloy"
-# Fixed by the package's alloy.service (--storage.path); positions are kept there.
-STORAGE_PATH = "/var/lib/alloy/data"
-CHECK = "/usr/bin/alloy validate {staged}"
+SERVICE = PACKAGE.service
+CONFIG_FILE = PACKAGE.config_file
+DEFAULTS_FILE = ENVIRONMENT_FILE
+CHECK = PACKAGE.check
 
 
 class Settings(StrictModel):
@@ -53,12 +52,12 @@ def apply() -> None:
     require_chosen("alloy")
     settings = role_settings("alloy", Settings)
     config_content = render_config(settings, host.name, loki_url())
-    if not install_grafana_packages("alloy", PACKAGES, settings.install):
+    if not install_grafana_package(PACKAGE, settings.install):
         return
     stop_other_shipper("promtail", "alloy")
-    # The package adds the alloy user to group adm, which may read toy-redis's log.
+    # The package adds the alloy user to group adm (PACKAGE.extra_groups), which may read toy-redis's log.
     config = checked_file(name="Alloy config", dest=CONFIG_FILE, content=config_content, check=CHECK,
-                          group="alloy", mode="0640")
+                          group=PACKAGE.group, mode="0640")
     flags = checked_file(name="Alloy flags", dest=DEFAULTS_FILE, content=render_defaults(settings))
     systemd.service(name="Alloy enabled and running", service=SERVICE, running=True, enabled=True)
     systemd.service(name="Restart Alloy for new flags", service=SERVICE, restarted=True, _if=flags.did_change)

@@ -7,8 +7,10 @@ those inventory groups; dashboards are the JSON files in templates/grafana/dashb
 dashboard removed there is removed from Grafana on the next deploy.
 
 The admin password is the vault secret grafana_admin_password, written to a 0640 root:grafana
-file that grafana.ini reads with $__file{}; a changed secret is applied with `grafana cli`, fed on
-standard input, so it is never on a command line.
+file that grafana.ini reads with $__file{}. A new database takes it from there; an existing one gets
+a changed secret through `grafana cli admin reset-admin-password`, fed on standard input (never on a
+command line), run while Grafana is stopped so it cannot race the server's own use of the SQLite
+database. What the package installs (binary, unit, user, paths) is in roles/grafana/package.py.
 """
 
 from __future__ import annotations
@@ -19,29 +21,32 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pyinfra import host, inventory
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, FieldError, StrictModel
 from roles.common import TEMPLATES_DIR, checked_file, render, role_settings
-from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
+from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki import loki_url
 from roles.nginx import NGINX_USER, site
 from roles.secrets import secret_file
 from roles.tuning import host_tuning
 
-PACKAGES = ["grafana"]
-SERVICE = "grafana-server"
-CONFIG_FILE = "/etc/grafana/grafana.ini"
-PROVISIONING_DIR = "/etc/grafana/provisioning"
+SERVICE = PACKAGE.service
+CONFIG_FILE = PACKAGE.config_file
 ADMIN_PASSWORD_FILE = "/etc/grafana/admin_password"
 SOCKET_DIR = "/run/grafana"
 SOCKET = f"{SOCKET_DIR}/grafana.sock"
 # The group that owns the socket (the service's own group); nginx's user joins it.
-SOCKET_GROUP = "grafana"
+SOCKET_GROUP = PACKAGE.group
 TMPFILES_FILE = "/etc/tmpfiles.d/grafana.conf"
 DASHBOARDS_SOURCE = TEMPLATES_DIR / "grafana" / "dashboards"
-DASHBOARDS_DIR = "/var/lib/grafana/dashboards/homelab"
+DASHBOARDS_DIR = f"{DATA_DIR}/dashboards/homelab"
+# Sets a changed admin password in an existing database; the password comes on standard input.
+RESET_ADMIN_PASSWORD = (f"runuser -u {PACKAGE.user} -- {CLI} admin reset-admin-password --password-from-stdin "
+                        f"< {ADMIN_PASSWORD_FILE}")
 SITE_NAME = "grafana"
 
 
@@ -80,6 +85,9 @@ def root_url(settings: Settings, server_name: str) -> str:
 def render_grafana_ini(settings: Settings, server_name: str) -> str:
     return render(
         "grafana/grafana.ini.j2",
+        data_dir=DATA_DIR,
+        logs_dir=LOG_DIR,
+        plugins_dir=PLUGINS_DIR,
         provisioning_dir=PROVISIONING_DIR,
         socket=SOCKET,
         server_name=server_name,
@@ -100,7 +108,7 @@ def render_dashboard_provider() -> str:
 
 
 def render_tmpfiles() -> str:
-    return render("grafana/tmpfiles.conf.j2", socket_dir=SOCKET_DIR)
+    return render("grafana/tmpfiles.conf.j2", socket_dir=SOCKET_DIR, user=PACKAGE.user, group=PACKAGE.group)
 
 
 def render_site(settings: Settings, server_name: str, keepalive: int) -> str:
@@ -146,36 +154,42 @@ def apply() -> None:
     urls = datasource_urls(settings)
     for dashboard in dashboard_files():
         json.loads(dashboard.read_text())  # a broken file fails here, before any host changes
-    if not install_grafana_packages("grafana", PACKAGES, settings.install):
+    # Read before anything is installed: on a first deploy there is no database yet.
+    database_existed = bool(host.get_fact(File, path=DATABASE))
+    if not install_grafana_package(PACKAGE, settings.install):
         return
 
     runtime_dir = checked_file(name="Grafana socket folder at boot (tmpfiles.d)", dest=TMPFILES_FILE,
                                content=render_tmpfiles())
     server.shell(name="Create Grafana's socket folder", commands=[f"systemd-tmpfiles --create {TMPFILES_FILE}"],
                  _if=runtime_dir.did_change)
+    group = PACKAGE.group
     password = secret_file(name="Grafana admin password", dest=ADMIN_PASSWORD_FILE,
-                           secret="grafana_admin_password", user="root", group="grafana", mode="0640")
+                           secret="grafana_admin_password", user="root", group=group, mode="0640")
     config = checked_file(name="grafana.ini", dest=CONFIG_FILE, content=render_grafana_ini(settings, server_name),
-                          group="grafana", mode="0640")
+                          group=group, mode="0640")
     datasources = checked_file(name="Grafana datasources", dest=f"{PROVISIONING_DIR}/datasources/homelab.yaml",
-                               content=render_datasources(**urls), group="grafana", mode="0640")
+                               content=render_datasources(**urls), group=group, mode="0640")
     provider = checked_file(name="Grafana dashboard provider", dest=f"{PROVISIONING_DIR}/dashboards/homelab.yaml",
-                            content=render_dashboard_provider(), group="grafana", mode="0640")
-    files.directory(name="Dashboards folder", path=DASHBOARDS_DIR, user="root", group="grafana", mode="0750")
+                            content=render_dashboard_provider(), group=group, mode="0640")
+    files.directory(name="Dashboards folder", path=DASHBOARDS_DIR, user="root", group=group, mode="0750")
     # Grafana rereads this folder on its own (updateIntervalSeconds); deleted files leave Grafana too.
     files.sync(name="Dashboards from the repo", src=str(DASHBOARDS_SOURCE), dest=DASHBOARDS_DIR,
-               user="root", group="grafana", mode="0640", dir_mode="0750", delete=True)
+               user="root", group=group, mode="0640", dir_mode="0750", delete=True)
 
+    # grafana.ini's admin_password only seeds a new database; an existing one needs the CLI. The
+    # server is stopped first: the CLI and the server starting up (migrations) would both write the
+    # SQLite file, and one of them would fail with "database is locked".
+    reset = database_existed
+    if reset:
+        systemd.service(name="Stop Grafana for the admin password change", service=SERVICE, running=False,
+                        _if=password.did_change)
+        server.shell(name="Apply a changed Grafana admin password", commands=[RESET_ADMIN_PASSWORD],
+                     _if=password.did_change)
     systemd.service(name="Grafana enabled and running", service=SERVICE, running=True, enabled=True)
+    # A server just started again after the password change already reads the new settings.
     systemd.service(name="Restart Grafana for new settings", service=SERVICE, restarted=True,
-                    _if=any_changed(config, datasources, provider))
-    # grafana.ini's admin_password only seeds a new database; a changed secret must be set explicitly.
-    server.shell(
-        name="Apply a changed Grafana admin password",
-        commands=[f"runuser -u grafana -- grafana cli --homepath /usr/share/grafana --config {CONFIG_FILE} "
-                  f"admin reset-admin-password --password-from-stdin < {ADMIN_PASSWORD_FILE}"],
-        _if=password.did_change,
-    )
+                    _if=lambda: any_changed(config, datasources, provider)() and not (reset and password.did_change()))
 
     # nginx runs first on this node, before the grafana group existed: join it here and reload.
     joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],

@@ -1,6 +1,7 @@
 """Loki as a single binary on worker-node-11: filesystem storage, retention and ingestion limits.
 
-The config is checked with `loki -verify-config` before it replaces the live one. Retention is
+The config is checked with `loki -verify-config` before it replaces the live one. What the package
+installs (binary, unit, user, paths) is in roles/loki/package.py, read from Loki's packaging. Retention is
 applied by the compactor, so it must be whole days (the index period is 24h). The log shippers and
 Grafana find Loki through `loki_url()`: the first host of the `loki` group, on its listen_port.
 """
@@ -16,14 +17,13 @@ from pyinfra.operations import files, systemd
 
 from homelab.config import ConfigError, StrictModel, model_from_data
 from roles.common import checked_file, render, role_settings
-from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.grafana_repo import GrafanaInstall, install_grafana_package
+from roles.loki.package import PACKAGE
 
-PACKAGES = ["loki"]
-SERVICE = "loki"
-CONFIG_FILE = "/etc/loki/config.yml"
+SERVICE = PACKAGE.service
+CONFIG_FILE = PACKAGE.config_file
 DATA_DIR = "/var/lib/loki"
-# Grafana's package installs the binary under /usr/local/bin.
-CHECK = "/usr/local/bin/loki -verify-config -config.file={staged}"
+CHECK = PACKAGE.check
 
 
 class Settings(StrictModel):
@@ -70,10 +70,9 @@ def loki_url() -> str:
 @deploy("loki")
 def apply() -> None:
     settings = role_settings("loki", Settings)
-    if not install_grafana_packages("loki", PACKAGES, settings.install):
+    if not install_grafana_package(PACKAGE, settings.install):
         return
-    # The package's `adduser --system loki` gives loki no group of its own: own by user only.
-    files.directory(name="Loki data folder", path=DATA_DIR, user="loki", mode="0750")
+    files.directory(name="Loki data folder", path=DATA_DIR, user=PACKAGE.user, group=PACKAGE.group, mode="0750")
     config = checked_file(name="Loki config", dest=CONFIG_FILE, content=render_config(settings), check=CHECK)
     systemd.service(name="Loki enabled and running", service=SERVICE, running=True, enabled=True)
     systemd.service(name="Restart Loki for its new config", service=SERVICE, restarted=True, _if=config.did_change)

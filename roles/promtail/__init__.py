@@ -1,36 +1,38 @@
 """Promtail on the log_shipper hosts: tails toy-redis's JSON log and pushes it to Loki.
 
-Chosen by group data `log_shipper = "promtail"` (the alloy role is the other choice; Promtail
-reached end of life, Alloy replaces it). Only level and event become labels, both with a few fixed
-values; every other field stays in the line. Read positions are kept under /var/lib/promtail so a
-restart neither loses nor repeats lines. The config passes `promtail -check-syntax` before it
-replaces the live one.
+Deprecated: Promtail reached end of life on 2026-03-02; Alloy (the alloy role) is the default log
+shipper and replaces it. Promtail is still applied where group data sets `log_shipper = "promtail"`,
+with a one-line warning. Only level and event become labels, both with a few fixed values; every other
+field stays in the line. Read positions are kept under /var/lib/promtail so a restart neither loses
+nor repeats lines. The config passes `promtail -check-syntax` before it replaces the live one. What
+the package installs is in roles/promtail/package.py, read from Promtail's packaging.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import files, server, systemd
 
 from homelab.config import ConfigError, StrictModel
 from roles.common import checked_file, render, role_settings
-from roles.grafana_repo import GrafanaInstall, install_grafana_packages
+from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki import loki_url
+from roles.promtail.package import PACKAGE
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 
-PACKAGES = ["promtail"]
-SERVICE = "promtail"
-CONFIG_FILE = "/etc/promtail/config.yml"
+SERVICE = PACKAGE.service
+CONFIG_FILE = PACKAGE.config_file
 POSITIONS_DIR = "/var/lib/promtail"
 POSITIONS_FILE = f"{POSITIONS_DIR}/positions.yaml"
-# Grafana's package installs the binary under /usr/local/bin.
-CHECK = "/usr/local/bin/promtail -check-syntax -config.file={staged}"
+CHECK = PACKAGE.check
 LOG_SHIPPERS = ("promtail", "alloy")
 # What deploys/all.py applies and Prometheus scrapes on a log_shipper host whose data names none.
-DEFAULT_LOG_SHIPPER = "promtail"
+DEFAULT_LOG_SHIPPER = "alloy"
+DEPRECATION = ("promtail reached end of life on 2026-03-02 and is deprecated here; "
+               "set log_shipper = 'alloy' in group data to ship logs with Alloy")
 
 
 class Settings(StrictModel):
@@ -74,17 +76,16 @@ def render_config(settings: Settings, host_name: str, loki: str) -> str:
 @deploy("promtail")
 def apply() -> None:
     require_chosen("promtail")
+    logger.warning(f"{host.name}: {DEPRECATION}")
     settings = role_settings("promtail", Settings)
     config_content = render_config(settings, host.name, loki_url())
-    if not install_grafana_packages("promtail", PACKAGES, settings.install):
+    if not install_grafana_package(PACKAGE, settings.install):
         return
     stop_other_shipper("alloy", "promtail")
-    # The package's unit runs as promtail:promtail, but its `adduser --system` makes no such group.
-    server.group(name="promtail group", group="promtail", system=True)
     # Debian's log files are group adm; toy-redis's log is too.
-    server.user(name="promtail may read logs (group adm)", user="promtail", groups=["adm"], append=True,
+    server.user(name="promtail may read logs (group adm)", user=PACKAGE.user, groups=["adm"], append=True,
                 create_home=False, ensure_home=False)
-    files.directory(name="Promtail positions folder", path=POSITIONS_DIR, user="promtail", group="promtail",
+    files.directory(name="Promtail positions folder", path=POSITIONS_DIR, user=PACKAGE.user, group=PACKAGE.group,
                     mode="0750")
     config = checked_file(name="Promtail config", dest=CONFIG_FILE, content=config_content, check=CHECK)
     systemd.service(name="Promtail enabled and running", service=SERVICE, running=True, enabled=True)

@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from importlib import import_module
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -23,6 +25,7 @@ from homelab.config import ConfigError, model_from_data
 from homelab.vault import load_vault
 from roles import grafana, grafana_repo
 from roles.grafana import Settings
+from roles.loki.package import PACKAGE as LOKI
 from roles.nginx import site_check_command
 from roles.tuning.settings import load_tuning
 
@@ -104,6 +107,9 @@ def test_dashboard_provider_reads_the_folder_the_repo_dashboards_are_synced_to()
     [provider] = doc["providers"]
     assert provider["options"]["path"] == grafana.DASHBOARDS_DIR
     assert provider["allowUiUpdates"] is False
+    # Grafana's file reader deletes a provisioned dashboard whose file is gone only when this is false
+    # (pkg/services/provisioning/dashboards/file_reader.go, deleteDashboardIfFileIsMissing).
+    assert provider["disableDeletion"] is False
     assert {path.stem for path in grafana.dashboard_files()} >= {"toy-redis", "node-overview", "nginx"}
 
 
@@ -255,6 +261,54 @@ def test_site_proxies_requests_and_websockets_to_the_unix_socket(nginx_in_front_
         assert echoed == b"hello"
 
 
+@needs_nginx
+def test_http_redirects_to_https_on_its_own_port(tmp_path, self_signed):
+    cert, key = self_signed
+    upstream_sock = tmp_path / "grafana.sock"
+    upstream = socketserver.ThreadingUnixStreamServer(str(upstream_sock), EchoGrafana)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    http_port, https_port = free_port(), free_port()
+    site = grafana.render_site(settings(http_port=http_port, https_port=https_port, tls_certificate=str(cert),
+                                        tls_certificate_key=str(key)), "grafana.test", 4)
+    site = site.replace(grafana.SOCKET, str(upstream_sock))
+    for port in (http_port, https_port):
+        site = site.replace(f"listen [::]:{port}", "#").replace(f"listen {port}", f"listen 127.0.0.1:{port}")
+    (tmp_path / "grafana.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"user root; daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
+        f"events {{}}\nhttp {{ access_log off; include {tmp_path}/grafana.conf; }}\n")
+    nginx = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        import requests
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{http_port}/d/toy?orgId=1", headers={"Host": "grafana.test"},
+                                      allow_redirects=False, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and nginx.poll() is None, nginx.stderr.read().decode()
+                time.sleep(0.05)
+        assert answer.status_code == 301
+        assert answer.headers["Location"] == f"https://grafana.test:{https_port}/d/toy?orgId=1"
+        # The redirect target is where TLS really is served.
+        served = requests.get(f"https://127.0.0.1:{https_port}/d/toy?orgId=1", headers={"Host": "grafana.test"},
+                              verify=False, timeout=5).json()
+        assert served["path"] == "/d/toy?orgId=1"
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_redirect_keeps_the_default_https_port_implicit():
+    tls = grafana.render_site(settings(tls_certificate="/c.pem", tls_certificate_key="/k.pem"), "grafana.test", 4)
+    assert "return 301 https://$host$request_uri;" in tls
+
+
 def test_vendored_apt_key_is_grafanas_and_only_grafanas():
     assert grafana_repo.key_fingerprints(grafana_repo.KEY_FILE.read_text()) == [grafana_repo.KEY_FINGERPRINT]
     assert grafana_repo.checked_key().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
@@ -303,7 +357,7 @@ def test_apt_source_is_deb822_signed_by_the_vendored_keyring():
 
 def test_unreachable_repository_message_says_what_to_do_in_one_line():
     install = grafana_repo.GrafanaInstall(version="3.5.0")
-    message = grafana_repo.unreachable_message("loki", install, "worker-node-11")
+    message = grafana_repo.unreachable_message(LOKI, install, "worker-node-11")
     assert "\n" not in message
     assert message.startswith("loki: source grafana-apt: https://apt.grafana.com is not reachable from worker-node-11;")
     assert "artifacts/loki/" in message and "loki.install.source = 'offline'" in message
@@ -313,16 +367,36 @@ def test_unreachable_repository_message_says_what_to_do_in_one_line():
 
 DRY_DEPLOY = """
 from importlib import import_module
-from pyinfra import host
+import json
+from pyinfra import host, state
+if host.data.get("grafana_database"):
+    # Stands in for Grafana's database, to plan as on a master-node deployed before.
+    import roles.grafana
+    roles.grafana.DATABASE = host.data.get("grafana_database")
 for role in host.data.get("roles").split(","):
     import_module(f"roles.{role}").apply()
+# The commands of the operations named in `expand` (pyinfra's --json plan has only their names).
+wanted = set(host.data.get("expand", "").split(";"))
+commands = {}
+for op_hash, op in state.ops[host].items():
+    for name in sorted(wanted & set(state.op_meta[op_hash].names)):
+        commands[name] = [str(command) for command in op.command_generator()]
+with open(host.data.get("commands_file"), "w") as out:
+    json.dump(commands, out)
 """
 
 
-def dry_plan(tmp_path: Path, roles: str, offline: dict[str, str], *data: str) -> tuple[list[str], str]:
-    """Operation names `pyinfra --dry` plans for ``roles`` on @local (nothing is executed), and its output.
+class DryPlan(NamedTuple):
+    names: list[str]
+    output: str
+    # operation name -> its commands, for the names asked for
+    commands: dict[str, list[str]]
 
-    Components in ``offline`` (name -> version) install from empty stand-in .deb files.
+
+def dry_plan(tmp_path: Path, roles: str, offline: dict[str, str], *data: str, expand: tuple[str, ...] = ()) -> DryPlan:
+    """What `pyinfra --dry` plans for ``roles`` on @local (nothing is executed), with the repo's group data.
+
+    Components in ``offline`` (name -> version) install from empty stand-ins named as their release assets.
     """
     tmp_path.mkdir(exist_ok=True)
     vault = {"vault_file": "secrets/lab.vault.yml", "vault_password_file": "secrets/lab.vault-password"}
@@ -334,12 +408,15 @@ def dry_plan(tmp_path: Path, roles: str, offline: dict[str, str], *data: str) ->
     overrides.mkdir()
     group_of = {"grafana": "grafana", "loki": "loki", "promtail": "log_shipper", "alloy": "log_shipper"}
     for component, version in offline.items():
+        asset = import_module(f"roles.{component}.package").PACKAGE.asset_name(version, "amd64")
         (tmp_path / "artifacts" / component).mkdir(parents=True)
-        (tmp_path / "artifacts" / component / f"{component}_{version}_amd64.deb").write_bytes(b"")
+        (tmp_path / "artifacts" / component / asset).write_bytes(b"")
         install = {"source": "offline", "version": version, "artifacts_dir": str(tmp_path / "artifacts")}
         with (overrides / f"{group_of[component]}.py").open("a") as data_file:
             data_file.write(f"{component} = {{'install': {install!r}}}\n")
-    extra = [arg for pair in (("--data", item) for item in data) for arg in pair]
+    commands_file = tmp_path / "commands.json"
+    extra = [arg for item in (*data, f"commands_file={commands_file}", f"expand={';'.join(expand)}")
+             for arg in ("--data", item)]
     result = subprocess.run(
         [str(Path(sys.executable).with_name("pyinfra")), "-y", "--dry", "--json", "--group-data", "inventory/group_data",
          "--group-data", str(overrides), "--data", f"roles={roles}", *extra,
@@ -348,38 +425,83 @@ def dry_plan(tmp_path: Path, roles: str, offline: dict[str, str], *data: str) ->
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # pyinfra merges operations of different roles planned at the same call-stack position: read every name.
-    return [name for op in json.loads(result.stdout)["plan"] for name in op["names"]], result.stdout + result.stderr
+    names = [name for op in json.loads(result.stdout)["plan"] for name in op["names"]]
+    return DryPlan(names, result.stdout + result.stderr, json.loads(commands_file.read_text()))
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dpkg"),
-                    reason="plans against this machine as a Debian node (root, dpkg), as the lab's nodes are")
+plans_on_this_machine = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("dpkg"),
+    reason="plans against this machine as a Debian node (root, dpkg), as the lab's nodes are")
+
+
+@plans_on_this_machine
 def test_dry_run_plans_every_role_and_never_shows_the_admin_password(tmp_path):
     offline = {"grafana": "11.6.0", "loki": "3.5.0", "alloy": "1.10.0"}
-    plan, output = dry_plan(tmp_path, "grafana,loki,alloy", offline, "log_shipper=alloy")
+    plan, output, commands = dry_plan(tmp_path, "grafana,loki,alloy", offline,
+                                      expand=("loki | Loki config", "alloy | Alloy config"))
     for expected in ("grafana | Install grafana_11.6.0_amd64.deb", "grafana | Grafana admin password",
                      "grafana | grafana.ini", "grafana | Dashboards from the repo",
                      "grafana | www-data may open Grafana's socket", "grafana | nginx site grafana",
                      "loki | Install loki_3.5.0_amd64.deb", "loki | Loki config",
-                     "alloy | Install alloy_1.10.0_amd64.deb", "alloy | Alloy config"):
+                     "alloy | Install alloy-1.10.0-1.amd64.deb", "alloy | Alloy config"):
         assert expected in plan
     # Grafana is configured only after it is installed, and its site only once nginx may open the socket.
     assert plan.index("grafana | Install grafana_11.6.0_amd64.deb") < plan.index("grafana | grafana.ini")
     assert plan.index("grafana | www-data may open Grafana's socket") < plan.index("grafana | nginx site grafana")
     secrets = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
     assert secrets["grafana_admin_password"] not in output
+    # Each new config passes the packaged binary's own checker before it is moved in.
+    loki_config = commands["loki | Loki config"]
+    check = loki_config.index("/usr/bin/loki -verify-config -config.file=/etc/loki/config.yml.staged")
+    assert loki_config[check + 1] == "mv -f /etc/loki/config.yml.staged /etc/loki/config.yml"
+    alloy_config = commands["alloy | Alloy config"]
+    check = alloy_config.index("/usr/bin/alloy validate /etc/alloy/config.alloy.staged")
+    assert alloy_config[check + 1] == "mv -f /etc/alloy/config.alloy.staged /etc/alloy/config.alloy"
+    # No database yet (a first deploy): Grafana creates it with the vault password, nothing to reset.
+    assert not [name for name in plan if "admin password change" in name or "Apply a changed" in name]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dpkg"),
-                    reason="plans against this machine as a Debian node (root, dpkg), as the lab's nodes are")
+@plans_on_this_machine
+def test_a_changed_admin_password_is_set_while_grafana_is_stopped(tmp_path):
+    database = tmp_path / "grafana.db"
+    database.write_bytes(b"")
+    plan, _, commands = dry_plan(tmp_path / "plan", "grafana", {"grafana": "11.6.0"}, f"grafana_database={database}",
+                                 expand=("grafana | Apply a changed Grafana admin password",))
+    order = [plan.index(f"grafana | {name}") for name in (
+        "Grafana admin password", "Stop Grafana for the admin password change",
+        "Apply a changed Grafana admin password", "Grafana enabled and running")]
+    assert order == sorted(order)
+    assert commands["grafana | Apply a changed Grafana admin password"] == [
+        "runuser -u grafana -- /usr/share/grafana/bin/grafana cli --homepath /usr/share/grafana "
+        "--config /etc/grafana/grafana.ini admin reset-admin-password --password-from-stdin < /etc/grafana/admin_password"
+    ]
+
+
+@plans_on_this_machine
+def test_promtail_is_still_planned_with_one_deprecation_line(tmp_path):
+    plan, output, commands = dry_plan(tmp_path, "promtail", {"promtail": "3.5.0"}, "log_shipper=promtail",
+                                      expand=("promtail | Promtail config",))
+    warnings = [line for line in output.splitlines() if "promtail reached end of life" in line]
+    assert len(warnings) == 1
+    assert "set log_shipper = 'alloy' in group data" in warnings[0]
+    assert "promtail | Install promtail_3.5.0_amd64.deb" in plan
+    # The package's unit runs promtail with its primary group; no promtail group is made for it.
+    assert not [name for name in plan if "group" in name and "adm" not in name]
+    assert "/usr/bin/promtail -check-syntax -config.file=/etc/promtail/config.yml.staged" \
+        in commands["promtail | Promtail config"]
+
+
+@plans_on_this_machine
 def test_without_the_repository_a_component_plans_one_failing_step_and_nothing_else(tmp_path):
     reachable = subprocess.run(["/usr/lib/apt/apt-helper", "download-file",
                                 "https://apt.grafana.com/dists/stable/InRelease", str(tmp_path / "InRelease")],
                                capture_output=True, timeout=60).returncode == 0
     if reachable:
         pytest.skip("apt.grafana.com is reachable from this machine: the unreachable path cannot be shown here")
-    plan, _ = dry_plan(tmp_path / "strict", "promtail", {})
-    assert plan == ["promtail | promtail: Grafana's apt repository is reachable"]
+    plan, _, _ = dry_plan(tmp_path / "strict", "alloy", {})
+    assert plan == ["alloy | alloy: Grafana's apt repository is reachable"]
     # Lab nodes (vendor_packages_optional) plan nothing for the component and say why in one line.
-    plan, output = dry_plan(tmp_path / "lab", "promtail", {}, "vendor_packages_optional=true")
+    plan, output, _ = dry_plan(tmp_path / "lab", "alloy", {}, "vendor_packages_optional=true")
     assert plan == []
-    assert "skipped promtail: source grafana-apt: https://apt.grafana.com is not reachable" in output
+    assert ("skipped alloy: source grafana-apt: https://apt.grafana.com is not reachable from @local; "
+            "put Grafana Labs' release asset alloy-1.10.0-1.<arch>.deb in artifacts/alloy/") in output

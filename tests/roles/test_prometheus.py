@@ -103,7 +103,7 @@ def test_grafana_labs_components_are_scraped_where_they_run():
     lab = {"logs": {"vendor_packages_optional": True}, "ship": {"vendor_packages_optional": True}}
     inv = inventory_of(lab, loki=["logs"], log_shipper=["ship"], blackbox=["logs"])
     jobs = scrape_jobs(render_config(Settings(), inv))
-    assert "loki" not in jobs and "promtail" not in jobs
+    assert "loki" not in jobs and "alloy" not in jobs
     lab["logs"]["loki"] = {"install": {"source": "offline", "version": "3.5.0"}}
     lab["logs"]["blackbox"] = {"probes": [{"module": "http_2xx", "group": "loki", "url": "http://{host}:3100/ready"}]}
     jobs = scrape_jobs(render_config(Settings(), inventory_of(lab, loki=["logs"], blackbox=["logs"])))
@@ -112,7 +112,7 @@ def test_grafana_labs_components_are_scraped_where_they_run():
     # The real cluster installs them from Grafana's repository: always scraped.
     jobs = scrape_jobs(render_config(Settings(), inventory_of({"logs": {}, "ship": {}}, loki=["logs"],
                                                                 log_shipper=["ship"])))
-    assert jobs["loki"] == {"logs:3100": "logs:3100"} and jobs["promtail"] == {"ship:9080": "ship:9080"}
+    assert jobs["loki"] == {"logs:3100": "logs:3100"} and jobs["alloy"] == {"ship:12345": "ship:12345"}
 
 
 def test_the_log_shipper_job_follows_the_hosts_choice():
