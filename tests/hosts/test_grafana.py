@@ -1,33 +1,47 @@
 """Grafana on its lab host: only on its unix socket, behind nginx, provisioned, anonymous access refused.
 
-Grafana's packages come from apt.grafana.com or from offline .deb files in artifacts/<component>;
+Grafana's packages come from apt.grafana.com or from offline release assets in artifacts/<component>;
 where neither can be had, these tests skip with that reason rather than fail the deploy's checks.
+What the package installs is checked against roles/grafana/package.py, the facts the role relies on.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import time
+import uuid
+from importlib import import_module
 
 import pytest
 import requests
 
 from homelab.vault import load_vault
 from roles import grafana
-from tests.conftest import REPO, hosts_in
+from roles.grafana.package import DATA_DIR, PACKAGE
+from roles.grafana_repo import GRAFANA_APT_SUITE, GRAFANA_APT_URL, VendorPackage
+from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
+from tests.roles.test_grafana_repo import pinned_install
 
 pytestmark = pytest.mark.lab
 
 
 def grafana_packages_unavailable(component: str) -> str | None:
-    """Why ``component`` cannot be installed from this machine, or None when it can."""
-    if list((REPO / "artifacts" / component).glob("*.deb")):
-        return None
+    """Why ``component`` cannot be installed on the lab's nodes from here, or None when it can."""
+    install = pinned_install(component)
+    if install.source == "offline":
+        arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+        package = import_module(f"roles.{component}.package").PACKAGE
+        asset = REPO / install.artifacts_dir / component / package.asset_name(install.version, arch)
+        return None if asset.is_file() else f"{component} is set to install offline, but {asset} is missing"
     try:
-        requests.head("https://apt.grafana.com/dists/stable/InRelease", timeout=5).raise_for_status()
+        requests.head(f"{GRAFANA_APT_URL}/dists/{GRAFANA_APT_SUITE}/InRelease", timeout=5).raise_for_status()
         return None
     except requests.RequestException:
-        return ("Grafana's apt repository (apt.grafana.com) is not reachable from this machine and no offline "
-                f"artifacts are in artifacts/{component}")
+        return (f"Grafana's apt repository ({GRAFANA_APT_URL}) is not reachable from this machine, and group data "
+                f"installs {component} from it (source 'offline' with its release asset in artifacts/{component}/ "
+                "would do)")
 
 
 def deployed_node(request, component: str):
@@ -39,9 +53,38 @@ def deployed_node(request, component: str):
     return request.getfixturevalue("testinfra_hosts")[request.param]
 
 
+def installed_as_its_facts_say(node, package: VendorPackage) -> None:
+    """The package on ``node`` has the binary, unit, user and group its facts module names."""
+    assert node.file(package.binary).exists and node.file(package.binary).mode & 0o111
+    for wrapper in package.wrappers:
+        assert node.file(wrapper).exists
+    exec_start = node.check_output(f"systemctl show -p ExecStart --value {package.unit}")
+    assert f"path={package.exec_start.split()[0]} " in exec_start
+    assert node.check_output(f"systemctl show -p User --value {package.unit}") == package.user
+    assert node.check_output(f"id -gn {package.user}") == package.group
+    for group in package.extra_groups:
+        assert group in node.user(package.user).groups
+
+
+def checker_runs(node, package: VendorPackage, broken: str) -> None:
+    """The packaged checker accepts the live config and refuses ``broken`` (so it really checks)."""
+    result = node.run(package.check.format(staged=shlex.quote(package.config_file)))
+    assert result.rc == 0, result.stderr
+    scratch = f"/tmp/homelab-check-{uuid.uuid4().hex}"
+    node.check_output(f"printf %s {shlex.quote(broken)} > {scratch}")
+    try:
+        assert node.run(package.check.format(staged=scratch)).rc not in (0, 126, 127)
+    finally:
+        node.run(f"rm -f {scratch}")
+
+
 @pytest.fixture(params=hosts_in("grafana"))
 def node(request):
     return deployed_node(request, "grafana")
+
+
+def vault_password() -> str:
+    return load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")["grafana_admin_password"]
 
 
 def admin_get(node, path: str) -> dict | list:
@@ -92,3 +135,55 @@ def test_repo_dashboards_and_datasources_are_provisioned(node):
     assert {"prometheus", "loki", "alertmanager"} <= set(sources)
     assert sources["prometheus"]["url"].endswith(":9090")
     assert admin_get(node, "/api/datasources/uid/prometheus/health")["status"] == "OK"
+
+
+def test_grafana_is_installed_as_roles_grafana_package_says(node):
+    installed_as_its_facts_say(node, PACKAGE)
+    assert pinned_install("grafana").version in node.check_output(f"{PACKAGE.binary} -v")
+
+
+def test_first_deploy_on_a_fresh_master_ends_with_grafana_answering_with_the_vault_password(node):
+    # Fresh as far as Grafana goes: no package, no database, no config; then one deploy of the host.
+    host = node.backend.host
+    node.check_output(f"systemctl stop {PACKAGE.unit}; apt-get purge -y -q {PACKAGE.name} >/dev/null; "
+                      f"rm -rf {DATA_DIR} /etc/grafana")
+    run = run_pyinfra("deploys/all.py", "--limit", host)
+    assert run.returncode == 0 and not run.failed(), run.stderr[-4000:]
+    address, headers = lab_address(host), {"Host": host}
+    deadline = time.monotonic() + 60
+    while True:
+        answer = requests.get(f"http://{address}/api/user", auth=("admin", vault_password()), headers=headers, timeout=5)
+        if answer.status_code != 502 or time.monotonic() > deadline:  # 502: Grafana still starting
+            break
+        time.sleep(1)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["login"] == "admin"
+    assert requests.get(f"http://{address}/api/user", auth=("admin", "not-the-password"), headers=headers,
+                        timeout=5).status_code == 401
+
+
+def test_a_removed_dashboard_file_leaves_grafana(node):
+    uid = f"lab-check-{uuid.uuid4().hex[:12]}"
+    path = f"{grafana.DASHBOARDS_DIR}/{uid}.json"
+    dashboard = json.dumps({"uid": uid, "title": uid, "panels": [], "schemaVersion": 39})
+    provider = grafana.render_dashboard_provider()
+    interval = int(next(line.split(":")[1] for line in provider.splitlines() if "updateIntervalSeconds" in line))
+
+    def provisioned() -> bool:
+        return uid in {item["uid"] for item in admin_get(node, f"/api/search?query={uid}")}
+
+    def wait_for(wanted: bool) -> bool:
+        deadline = time.monotonic() + 3 * interval
+        while provisioned() != wanted:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2)
+        return True
+
+    node.check_output(f"printf %s {shlex.quote(dashboard)} > {path} && chown root:{PACKAGE.group} {path} "
+                      f"&& chmod 0640 {path}")
+    try:
+        assert wait_for(True), f"Grafana did not provision {path} within {3 * interval}s"
+    finally:
+        node.run(f"rm -f {path}")
+    assert wait_for(False), f"dashboard {uid} stayed in Grafana {3 * interval}s after its file was removed"

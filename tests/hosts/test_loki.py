@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from roles.loki.package import PACKAGE
 from tests.conftest import hosts_in
-from tests.hosts.test_grafana import deployed_node
+from tests.hosts.test_grafana import checker_runs, deployed_node, installed_as_its_facts_say
 
 pytestmark = pytest.mark.lab
 
@@ -50,3 +51,11 @@ def test_a_pushed_line_can_be_queried_back(node):
             return
         time.sleep(1)
     raise AssertionError("the pushed line did not come back from Loki within 30s")
+
+
+def test_loki_is_installed_as_roles_loki_package_says(node):
+    installed_as_its_facts_say(node, PACKAGE)
+
+
+def test_lokis_checker_runs_on_the_live_config_and_refuses_a_broken_one(node):
+    checker_runs(node, PACKAGE, "no_such_setting: true\n")
