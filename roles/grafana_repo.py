@@ -86,6 +86,8 @@ class VendorPackage:
     # sets no Group=).
     user: str
     group: str
+    # The commands the package's install script runs to create the user (and group), quoted from it.
+    user_setup: str
     config_file: str
     # Arguments that check a config without serving, after the binary; {staged} is the file checked.
     check_args: str | None = None

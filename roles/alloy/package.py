@@ -28,6 +28,8 @@ PACKAGE = VendorPackage(
     binary="/usr/bin/alloy",
     user="alloy",
     group="alloy",
+    user_setup="groupadd -r alloy && useradd -m -r -g alloy -d /var/lib/alloy -s /sbin/nologin -c 'alloy user' alloy "
+               "&& usermod -a -G adm alloy && usermod -a -G systemd-journal alloy",
     config_file="/etc/alloy/config.alloy",
     check_args="validate {staged}",
     extra_groups=("adm", "systemd-journal"),

@@ -46,6 +46,8 @@ PACKAGE = VendorPackage(
     binary=BINARY,
     user="grafana",
     group="grafana",
+    user_setup="addgroup --system grafana --quiet && adduser --system --home /usr/share/grafana --no-create-home "
+               "--ingroup grafana --disabled-password --shell /bin/false grafana",
     config_file="/etc/grafana/grafana.ini",
     wrappers={"/usr/sbin/grafana-server": f"{BINARY} server", "/usr/sbin/grafana-cli": f"{BINARY} cli"},
 )

@@ -26,6 +26,7 @@ PACKAGE = VendorPackage(
     binary="/usr/bin/loki",
     user="loki",
     group="nogroup",
+    user_setup="adduser --system --shell /bin/false loki",
     config_file="/etc/loki/config.yml",
     check_args="-verify-config -config.file={staged}",
 )

@@ -26,6 +26,7 @@ PACKAGE = VendorPackage(
     binary="/usr/bin/promtail",
     user="promtail",
     group="nogroup",
+    user_setup="adduser --no-create-home --system --shell /bin/false promtail",
     config_file="/etc/promtail/config.yml",
     check_args="-check-syntax -config.file={staged}",
 )

@@ -7,6 +7,7 @@ upstream file named beside it.
 
 from __future__ import annotations
 
+import os
 import re
 import runpy
 import shutil
@@ -118,6 +119,23 @@ def test_alloys_positions_live_under_the_storage_path_its_unit_sets():
     assert STORAGE_PATH == "/var/lib/alloy/data"
     with pytest.raises(ValueError, match="ExecStart sets no --nothing"):
         ALLOY.exec_start_option("--nothing")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("adduser"),
+                    reason="needs root, unshare and Debian's adduser to create users in a private copy of /etc")
+@pytest.mark.parametrize("component", PACKAGES)
+def test_the_packages_user_setup_gives_the_user_and_groups_the_facts_name(component, tmp_path):
+    # Debian's own adduser/useradd (Debian 12, as on the nodes), run on a throwaway copy of /etc and /home
+    # in a private mount namespace: this machine's users are not touched.
+    package = PACKAGES[component]
+    script = (f"set -e; mount -t tmpfs tmpfs {tmp_path}; mkdir {tmp_path}/etc {tmp_path}/home; cp -a /etc/. {tmp_path}/etc/; "
+              f"mount --bind {tmp_path}/etc /etc; mount --bind {tmp_path}/home /home; "
+              f"({package.user_setup}) >/dev/null 2>&1; id -gn {package.user}; id -Gn {package.user}")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    primary, groups = result.stdout.splitlines()
+    assert primary == package.group
+    assert set(package.extra_groups) <= set(groups.split())
 
 
 def test_a_missing_offline_asset_names_the_file_upstream_publishes(tmp_path):
