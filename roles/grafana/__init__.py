@@ -180,8 +180,7 @@ def apply() -> None:
     # grafana.ini's admin_password only seeds a new database; an existing one needs the CLI. The
     # server is stopped first: the CLI and the server starting up (migrations) would both write the
     # SQLite file, and one of them would fail with "database is locked".
-    reset = database_existed
-    if reset:
+    if database_existed:
         systemd.service(name="Stop Grafana for the admin password change", service=SERVICE, running=False,
                         _if=password.did_change)
         server.shell(name="Apply a changed Grafana admin password", commands=[RESET_ADMIN_PASSWORD],
@@ -189,7 +188,7 @@ def apply() -> None:
     systemd.service(name="Grafana enabled and running", service=SERVICE, running=True, enabled=True)
     # A server just started again after the password change already reads the new settings.
     systemd.service(name="Restart Grafana for new settings", service=SERVICE, restarted=True,
-                    _if=lambda: any_changed(config, datasources, provider)() and not (reset and password.did_change()))
+                    _if=lambda: any_changed(config, datasources, provider)() and not (database_existed and password.did_change()))
 
     # nginx runs first on this node, before the grafana group existed: join it here and reload.
     joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],
