@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""The service images (issue 15): sizes, build times, and toy-redis in a container against toy-redis
+run directly, measured in the same run.
+
+1. Image sizes: whole image, and the service's own layer on top of the shared Debian base.
+2. Build times in a fresh private dockerd: cold (empty engine: base import and every layer; the
+   debootstrap tree and the wheels are cached on the control machine, as after a first build) and
+   warm (same inputs again, layer cache).
+3. redis-benchmark SET and GET, 50 clients, against the same toy-redis wheels and config, once in
+   its image with `docker run --network host --read-only` and once run directly the way a node's
+   systemd runtime does (Debian's python3, a venv installed from the same wheels). Alternating,
+   best of 3 each. Target: container >= 0.95x direct.
+
+Run from the repo root as root: .venv/bin/python bench/container_bench.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from docker.types import Mount
+
+from homelab.containers import base, images
+from homelab.containers.engine import private_engine
+from roles import python_app
+from roles import toy_redis as redis_role
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from toy_redis_common import Client, free_port, ratio  # noqa: E402
+
+TARGET = 0.95
+START_TIMEOUT_S = 30
+
+
+def timed(action) -> tuple[float, object]:
+    start = time.monotonic()
+    result = action()
+    return time.monotonic() - start, result
+
+
+def wait_until_ping(port: int, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with Client(port) as client:
+                if client.call("PING") == b"PONG":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: {what} did not answer PING within {START_TIMEOUT_S} s")
+        time.sleep(0.1)
+
+
+def benchmark(port: int, test: str, requests: int) -> float:
+    result = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-t", test.lower(), "-n", str(requests), "-c", "50", "--csv"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        sys.exit(f"bench: redis-benchmark failed: {result.stderr[-2000:]}")
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    return {row[0]: float(row[1]) for row in rows[1:] if len(row) > 1}[test]
+
+
+def server_files(workdir: Path, uid: int, gid: int) -> tuple[redis_role.Settings, dict[str, Path]]:
+    """The role's config (no password: redis-benchmark would need it on its command line) and folders."""
+    settings = redis_role.Settings(bind="127.0.0.1", port=free_port(), metrics_bind="127.0.0.1",
+                                   metrics_port=free_port(), auth=False)
+    workdir.mkdir()
+    folders = {}
+    for name in ("etc", "data", "log"):
+        folders[name] = workdir / name
+        folders[name].mkdir()
+        os.chown(folders[name], uid, gid)
+    (folders["etc"] / Path(redis_role.CONFIG_PATH).name).write_text(redis_role.render_config(settings))
+    return settings, folders
+
+
+def direct_config(settings: redis_role.Settings, folders: dict[str, Path]) -> Path:
+    """The same config with the node's paths moved into ``folders`` (only the paths differ)."""
+    text = redis_role.render_config(settings)
+    text = text.replace(redis_role.LOG_FILE, str(folders["log"] / Path(redis_role.LOG_FILE).name))
+    text = text.replace(redis_role.DATA_DIR, str(folders["data"]))
+    path = folders["etc"] / "direct.yaml"
+    path.write_text(text)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    args = parser.parse_args()
+    spec = images.specs()["toy-redis"]
+
+    with private_engine() as engine, tempfile.TemporaryDirectory(prefix="container-bench-") as scratch:
+        client = engine.client
+        print("build times (s), fresh engine")
+        built = {}
+        for name, each in images.specs().items():
+            cold, built[name] = timed(lambda: images.build(client, each, log=lambda line: None))
+            warm, _ = timed(lambda: images.build(client, each, log=lambda line: None))
+            print(f"  {name:<12} cold {cold:6.1f}   warm {warm:5.1f}")
+        base_size = client.images.get(base.ensure_imported(client, base.ensure_tree())).attrs["Size"]
+        print(f"image sizes (MiB): Debian base {base_size / 2**20:.1f}, shared")
+        for name, image in built.items():
+            print(f"  {name:<12} {image.attrs['Size'] / 2**20:6.1f}   service layer "
+                  f"{(image.attrs['Size'] - base_size) / 2**20:5.1f}")
+
+        workdir = Path(scratch)
+        output = client.containers.run(spec.tag, entrypoint=["sh", "-c", "id -u; id -g"], network_mode="none",
+                                       remove=True)
+        uid, gid = (int(value) for value in output.decode().split())
+        container_settings, container_folders = server_files(workdir / "container", uid, gid)
+        direct_settings, direct_folders = server_files(workdir / "direct", os.getuid(), os.getgid())
+
+        wheel_set = python_app.build_wheels(spec.app.source_dir)
+        venv = workdir / "venv"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                        "--find-links", str(wheel_set.folder), spec.app.distribution], check=True)
+        direct = subprocess.Popen([str(venv / "bin" / spec.app.service), "--config",
+                                   str(direct_config(direct_settings, direct_folders))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        container = client.containers.run(
+            spec.tag, detach=True, network_mode="host", read_only=True,
+            mounts=[Mount(redis_role.CONFIG_DIR, str(container_folders["etc"]), type="bind", read_only=True),
+                    Mount(redis_role.DATA_DIR, str(container_folders["data"]), type="bind"),
+                    Mount(redis_role.LOG_DIR, str(container_folders["log"]), type="bind")],
+        )
+        try:
+            wait_until_ping(direct_settings.port, "toy-redis run directly")
+            wait_until_ping(container_settings.port, "toy-redis in its container")
+            print(f"redis-benchmark, 50 clients, {args.requests} requests (rps, best of 3, alternating)")
+            print(f"  {'test':<6}{'direct':>12}{'container':>12}{'ratio':>8}  target")
+            for test in ("SET", "GET"):
+                ours, reference = [], []
+                for _ in range(3):
+                    reference.append(benchmark(direct_settings.port, test, args.requests))
+                    ours.append(benchmark(container_settings.port, test, args.requests))
+                verdict = "ok" if max(ours) / max(reference) >= TARGET else "MISSED"
+                print(f"  {test:<6}{max(reference):>12,.0f}{max(ours):>12,.0f}{ratio(max(ours), max(reference)):>8}"
+                      f"  >= {TARGET}x {verdict}")
+        finally:
+            direct.terminate()
+            direct.wait(20)
+            container.remove(force=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

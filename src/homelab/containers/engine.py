@@ -1,0 +1,117 @@
+"""A private Docker engine (dockerd) for tests, CI and benches on the control machine.
+
+The control machine has Debian's docker.io but runs no daemon, and the lab's NAT lives in the
+host's nft ruleset, so this dockerd is started with the settings measured to leave the host's
+firewall and forwarding alone: no iptables rules, no IP forwarding, no docker0 bridge (containers
+use host or no networking). It gets its own data-root, exec-root and socket, so several can run
+side by side (one per test session) and stopping one removes everything it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from homelab.config import ConfigError
+
+# dockerd's socket and containerd's live under exec-root: a unix socket path must stay under 108
+# bytes, so the exec-root gets a short name in /run rather than one below the data-root.
+EXEC_ROOT_PARENT = Path("/run")
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
+DOCKERD_FLAGS = ["--iptables=false", "--ip-forward=false", "--bridge=none"]
+
+
+@dataclass
+class Engine:
+    """A running private dockerd: its docker SDK client and the DOCKER_HOST that reaches it."""
+
+    docker_host: str
+    client: docker.DockerClient
+    data_root: Path
+    log_file: Path
+
+
+def dockerd_command(data_root: Path, exec_root: Path) -> list[str]:
+    return [
+        "dockerd", *DOCKERD_FLAGS,
+        "--data-root", str(data_root),
+        "--exec-root", str(exec_root),
+        "-H", f"unix://{exec_root}/docker.sock",
+        "--pidfile", str(exec_root / "docker.pid"),
+    ]
+
+
+def unavailable_reason() -> str | None:
+    """Why a private dockerd cannot start here, or None."""
+    if os.geteuid() != 0:
+        return "a private dockerd needs root (run the tests as root, as ./dev test does)"
+    if not shutil.which("dockerd"):
+        return "dockerd is missing: apt-get install docker.io (./dev setup does it)"
+    return None
+
+
+@contextlib.contextmanager
+def private_engine(data_root: Path | None = None) -> Iterator[Engine]:
+    """Start a dockerd of our own, yield it once it answers, and stop it (and its containers) after.
+
+    ``data_root`` keeps images and build cache between runs (benches measure warm builds with
+    it); by default a temporary one is used and removed.
+    """
+    reason = unavailable_reason()
+    if reason:
+        raise ConfigError("dockerd", "", reason)
+    with contextlib.ExitStack() as cleanup:
+        if data_root is None:
+            data_root = Path(tempfile.mkdtemp(prefix="homelab-docker-", dir="/var/tmp"))
+            cleanup.callback(shutil.rmtree, data_root, ignore_errors=True)
+        data_root.mkdir(parents=True, exist_ok=True)
+        exec_root = Path(tempfile.mkdtemp(prefix="hd-", dir=EXEC_ROOT_PARENT))
+        cleanup.callback(shutil.rmtree, exec_root, ignore_errors=True)
+        log_file = data_root / "dockerd.log"
+        log = cleanup.enter_context(log_file.open("wb"))
+        process = subprocess.Popen(dockerd_command(data_root, exec_root), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        cleanup.callback(_stop, process)
+        docker_host = f"unix://{exec_root}/docker.sock"
+        client = _wait_until_answering(process, docker_host, log_file)
+        cleanup.callback(client.close)
+        yield Engine(docker_host=docker_host, client=client, data_root=data_root, log_file=log_file)
+
+
+def _wait_until_answering(process: subprocess.Popen, docker_host: str, log_file: Path) -> docker.DockerClient:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ConfigError("dockerd", "", f"exited with status {process.returncode} at start: {tail[0]}")
+        try:
+            # The client asks the daemon for its API version as it is made.
+            return docker.DockerClient(base_url=docker_host, timeout=600)
+        except docker.errors.DockerException:
+            if time.monotonic() > deadline:
+                raise ConfigError("dockerd", "", f"did not answer on {docker_host} within {START_TIMEOUT_S} s "
+                                                 f"(see {log_file})") from None
+            time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM: dockerd stops its containers and its containerd, then exits."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
