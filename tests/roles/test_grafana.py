@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from pathlib import Path
 from typing import NamedTuple
@@ -172,6 +173,11 @@ def test_site_fits_beside_the_nginx_roles_own_config_and_default_site(tmp_path):
     (tmp_path / "nginx.conf").write_text(conf)
     result = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 class EchoGrafana(BaseHTTPRequestHandler):
@@ -373,6 +379,10 @@ if host.data.get("grafana_database"):
     # Stands in for Grafana's database, to plan as on a master-node deployed before.
     import roles.grafana
     roles.grafana.DATABASE = host.data.get("grafana_database")
+if host.data.get("grafana_apt_url"):
+    # Stands in for apt.grafana.com, to plan as on a node that reaches it.
+    import roles.grafana_repo
+    roles.grafana_repo.GRAFANA_APT_URL = host.data.get("grafana_apt_url")
 for role in host.data.get("roles").split(","):
     import_module(f"roles.{role}").apply()
 # The commands of the operations named in `expand` (pyinfra's --json plan has only their names).
@@ -475,6 +485,26 @@ def test_a_changed_admin_password_is_set_while_grafana_is_stopped(tmp_path):
         "runuser -u grafana -- /usr/share/grafana/bin/grafana cli --homepath /usr/share/grafana "
         "--config /etc/grafana/grafana.ini admin reset-admin-password --password-from-stdin < /etc/grafana/admin_password"
     ]
+
+
+@plans_on_this_machine
+def test_from_grafanas_repository_alloy_is_pinned_as_apt_spells_its_version(tmp_path):
+    # A loopback stand-in answers the repository's reachability probe; --dry installs nothing.
+    release = tmp_path / "repo" / "dists" / grafana_repo.GRAFANA_APT_SUITE
+    release.mkdir(parents=True)
+    (release / "InRelease").write_text("stand-in\n")
+    repo = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietFiles, directory=str(tmp_path / "repo")))
+    threading.Thread(target=repo.serve_forever, daemon=True).start()
+    try:
+        plan, _, commands = dry_plan(tmp_path / "plan", "alloy", {},
+                                     f"grafana_apt_url=http://127.0.0.1:{repo.server_address[1]}",
+                                     expand=("alloy | Install alloy 1.10.0-1",))
+    finally:
+        repo.shutdown()
+        repo.server_close()
+    assert plan.index("alloy | Grafana's apt source") < plan.index("alloy | Install alloy 1.10.0-1")
+    [install] = commands["alloy | Install alloy 1.10.0-1"]
+    assert install.endswith("install --no-install-recommends alloy=1.10.0-1")
 
 
 @plans_on_this_machine
