@@ -9,13 +9,18 @@ figures compare the same work; `--stack` also times the whole stack (deploys/all
 Targets (issue 2, 4): warm `lab up` of 4 nodes <= 10 s; no-op rerun on 4 nodes <= 5 s (base
 roles) and <= 10 s (whole stack); on 16 nodes at most 2x the 4-node figure.
 
-Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack]
+`--releases` instead compares Debian releases (issue 12): the whole stack on the 4 reference nodes
+all on Debian 12, then all on Debian 13, in the same run: first deploy and the median of
+NOOP_RUNS no-op reruns each, and the 13/12 ratio (target: no-op rerun on 13 no slower than on 12).
+
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases]
 It takes the lab down at the start and at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +32,7 @@ BIN = Path(sys.executable).parent
 BASE_ROLES = "base,tuning,node_exporter"
 # Bounded: a hung command fails the bench instead of stalling it.
 COMMAND_TIMEOUT_S = 900
+NOOP_RUNS = 3
 
 
 def timed(*cmd: str) -> float:
@@ -51,6 +57,40 @@ def generated_inventory(nodes: int) -> Path:
     return path
 
 
+def reference_lab_on(release: int) -> Path:
+    """inventory/lab.py with every host on ``release``; group data still from inventory/group_data."""
+    path = Path(tempfile.mkdtemp(prefix="homelab-bench-")) / f"lab_debian{release}.py"
+    path.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({str(REPO / 'inventory' / 'lab.py')!r})\n"
+        "for _group, _members in _lab.items():\n"
+        "    if not _group.startswith('_') and isinstance(_members, list):\n"
+        f"        globals()[_group] = [(name, {{**data, 'debian_release': {release}}}) for name, data in _members]\n"
+    )
+    return path
+
+
+def measure_release(release: int) -> dict[str, float]:
+    inventory = reference_lab_on(release)
+    lab, pyinfra = str(BIN / "lab"), str(BIN / "pyinfra")
+    deploy = [pyinfra, "-y", "--group-data", str(REPO / "inventory" / "group_data"), str(inventory), "deploys/all.py"]
+    timed(lab, "up", str(inventory))  # recreates nodes of the other release
+    figures = {"first deploy": timed(*deploy)}
+    figures["no-op rerun"] = statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
+    return figures
+
+
+def compare_releases() -> None:
+    timed(str(BIN / "lab"), "down")
+    results = {release: measure_release(release) for release in (12, 13)}
+    timed(str(BIN / "lab"), "down")
+    print(f"{'whole stack, 4 nodes':24}{'first deploy':>16}{'no-op rerun':>16}")
+    for release, figures in results.items():
+        print(f"{'Debian ' + str(release):24}{figures['first deploy']:>15.2f}s{figures['no-op rerun']:>15.2f}s")
+    for name in ("first deploy", "no-op rerun"):
+        print(f"13/12 ratio, {name}: {results[13][name] / results[12][name]:.2f}x")
+
+
 def measure(inventory: Path, roles: str, cold: bool) -> dict[str, float]:
     lab, pyinfra = str(BIN / "lab"), str(BIN / "pyinfra")
     deploy = [pyinfra, "-y", str(inventory), "deploys/all.py", "--data", f"only_roles={roles}"] if roles else \
@@ -70,7 +110,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also rebuild the base image (about a minute)")
     parser.add_argument("--stack", action="store_true", help="also time the whole stack on 4 nodes")
+    parser.add_argument("--releases", action="store_true",
+                        help="only compare the whole stack on Debian 12 and Debian 13 nodes")
     args = parser.parse_args()
+    if args.releases:
+        compare_releases()
+        return
 
     results = {
         "4 nodes": measure(REPO / "inventory" / "lab.py", BASE_ROLES, args.cold),

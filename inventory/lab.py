@@ -1,7 +1,8 @@
 """The reference cluster as local systemd-nspawn nodes (`lab up inventory/lab.py`).
 
 Same host names and groups as inventory/homelab.py, so every deploy runs unchanged against either.
-Addresses come from the lab subnet (HOMELAB_LAB_SUBNET, default 10.77.0.0/24).
+Addresses come from the lab subnet (HOMELAB_LAB_SUBNET, default 10.77.0.0/24). Every node runs
+Debian 13 (the default release); `debian_release=12` on a host boots it as Debian 12 instead.
 """
 
 from homelab.lab.settings import lab_host

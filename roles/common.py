@@ -20,9 +20,11 @@ from pydantic import BaseModel
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import Sha1File
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files
 
 from homelab.config import ConfigError, model_from_data
+from homelab.releases import SUPPORTED, DebianRelease, UnsupportedRelease, debian_release
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -43,6 +45,18 @@ def role_settings(role: str, model: type[SettingsT], data: Any = None) -> Settin
     except ConfigError as exc:
         # Prefix the role so the key reads as it is written in group data: prometheus.retention
         raise ConfigError(exc.file, f"{role}.{exc.key}" if exc.key else role, exc.expected) from None
+
+
+def node_release() -> DebianRelease:
+    """The Debian release the host runs (its /etc/os-release), which roles adapt to."""
+    distribution = host.get_fact(LinuxDistribution)
+    try:
+        if distribution["name"] != "Debian":
+            raise UnsupportedRelease
+        return debian_release(distribution["major"])
+    except UnsupportedRelease:
+        found = f"{distribution['name'] or 'an unknown system'} {distribution['major'] or ''}".strip()
+        raise ConfigError(f"inventory data for {host.name}", "", f"runs {found}; expected Debian {SUPPORTED}") from None
 
 
 @cache

@@ -1,10 +1,16 @@
 """The project's own Python services on nodes: wheels built here, a venv there, a hardened unit.
 
-Nodes have no PyPI, so the control machine builds the service's wheel and every dependency's
-(`pip wheel`, once per source state, cached under build/wheels/), uploads them and installs them
-into a fresh venv on the node with `pip install --no-index`. Each wheel set gets its own venv,
-/opt/<service>/venvs/<digest>, and /opt/<service>/current points at the live one: a failed install
-never touches the running service, and a rerun with the same wheels changes nothing.
+Nodes have no PyPI, so the control machine makes the wheel set for each node's Python and CPU: the
+service's own wheel (pure Python, `pip wheel --no-deps`) and every dependency's binary wheel for
+that CPython, CPU and glibc (`pip download --only-binary=:all:` with the node's tags), once per source
+state and target, cached under build/wheels/. The node's Python is the one of its Debian release
+(homelab.releases), so a Debian 12 node gets cp311 wheels and a Debian 13 node cp313 ones from the
+same control machine. A target with no binary wheel of a dependency is refused in one line.
+
+They are uploaded and installed into a fresh venv on the node with `pip install --no-index`. Each
+wheel set gets its own venv, /opt/<service>/venvs/<digest>, and /opt/<service>/current points at
+the live one: a failed install never touches the running service, and a rerun with the same wheels
+changes nothing.
 
 Dependencies are resolved when the cache entry is built, i.e. when the service's source changes;
 delete build/wheels/ to pick up newer dependency releases without a source change.
@@ -14,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -28,12 +33,13 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Command
+from pyinfra.facts.server import Arch, Command
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError
-from roles.common import REPO_ROOT, checked_file
+from homelab.releases import DebianRelease
+from roles.common import REPO_ROOT, checked_file, node_release
 from roles.install import Install, install_packages
 
 WHEEL_CACHE = REPO_ROOT / "build" / "wheels"
@@ -45,8 +51,34 @@ _SOURCE_DATE_EPOCH = "315532800"
 INSTALLED_MARKER = "homelab-wheels.manifest"
 # In a wheel cache folder: written once pip has built every wheel.
 BUILT_MARKER = ".complete"
-PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-MACHINE = platform.machine()
+# Oldest manylinux tag accepted (PEP 600 names; manylinux2014 is 2.17): older wheels are rare.
+_OLDEST_MANYLINUX_MINOR = 17
+
+
+@dataclass(frozen=True)
+class WheelTarget:
+    """What a node's wheels must fit: its CPython version, CPU and glibc."""
+
+    python: str  # "3.13"
+    machine: str  # uname -m: "x86_64", "aarch64"
+    glibc: tuple[int, int]
+
+    @classmethod
+    def for_release(cls, release: DebianRelease, machine: str) -> "WheelTarget":
+        return cls(release.python, machine, release.glibc)
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+    def platforms(self) -> list[str]:
+        """pip's --platform tags this node accepts, newest first (pip does not expand PEP 600 tags)."""
+        major, newest = self.glibc
+        tags = [f"manylinux_{major}_{minor}_{self.machine}" for minor in range(newest, _OLDEST_MANYLINUX_MINOR - 1, -1)]
+        return tags + [f"manylinux2014_{self.machine}"]
+
+    def __str__(self) -> str:
+        return f"CPython {self.python} on {self.machine} (glibc {self.glibc[0]}.{self.glibc[1]})"
 
 
 @dataclass(frozen=True)
@@ -83,9 +115,10 @@ class PythonApp:
 
 @dataclass(frozen=True)
 class WheelSet:
-    """The wheels a service installs from: its own and all its dependencies', for one Python."""
+    """The wheels a service installs from: its own and all its dependencies', for one target."""
 
     folder: Path
+    target: WheelTarget
     wheels: tuple[Path, ...]
 
     @property
@@ -113,18 +146,31 @@ def _source_files(source_dir: Path) -> list[Path]:
     return found
 
 
-def source_digest(source_dir: Path) -> str:
-    """Hash of the distribution's source files and the Python and CPU the wheels are for."""
-    digest = hashlib.sha256(f"cp{PYTHON_VERSION} {MACHINE}\n".encode())
+def source_digest(source_dir: Path, target: WheelTarget) -> str:
+    """Hash of the distribution's source files and the target the wheels are for."""
+    digest = hashlib.sha256(f"{target}\n".encode())
     for path in _source_files(source_dir):
         digest.update(f"{path.relative_to(source_dir)}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
+def _pip(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH},
+    )
+
+
+def _last_error(result: subprocess.CompletedProcess) -> str:
+    errors = [line.strip() for line in result.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
+    return errors[-1] if errors else f"exit status {result.returncode}"
+
+
 @cache
-def build_wheels(source_dir: Path) -> WheelSet:
-    """Wheels for the distribution in ``source_dir`` and its dependencies, built once per source state.
+def build_wheels(source_dir: Path, target: WheelTarget) -> WheelSet:
+    """Wheels for the distribution in ``source_dir`` and its dependencies, for ``target``; built once
+    per source state and target.
 
     The build runs on a clean copy of the source, so neither stale build/ output nor the editable
     install's metadata in the tree leaks into the wheel.
@@ -133,27 +179,31 @@ def build_wheels(source_dir: Path) -> WheelSet:
     where = source_dir.relative_to(REPO_ROOT) if source_dir.is_relative_to(REPO_ROOT) else source_dir
     if not (source_dir / "pyproject.toml").is_file():
         raise ConfigError(where, "", "expected a Python distribution (pyproject.toml) to build wheels from")
-    folder = WHEEL_CACHE / f"{source_dir.name}-py{PYTHON_VERSION}-{source_digest(source_dir)}"
+    folder = WHEEL_CACHE / f"{source_dir.name}-{target.abi}-{target.machine}-{source_digest(source_dir, target)}"
     if not (folder / BUILT_MARKER).is_file():
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=WHEEL_CACHE, prefix=".building-") as scratch:
             copy = Path(scratch) / "src"
             copy.mkdir()
             for path in _source_files(source_dir):
-                target = copy / path.relative_to(source_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
-            out = Path(scratch) / "wheels"
-            result = subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                 "--wheel-dir", str(out), str(copy)],
-                capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": _SOURCE_DATE_EPOCH},
-            )
+                target_path = copy / path.relative_to(source_dir)
+                target_path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target_path)
+            own = Path(scratch) / "own"
+            result = _pip(["wheel", "--no-deps", "--wheel-dir", str(own), str(copy)])
             if result.returncode != 0:
-                errors = [line for line in result.stderr.splitlines() if line.strip()]
-                reason = errors[-1].strip() if errors else f"exit status {result.returncode}"
-                raise ConfigError(where, "", f"building wheels with pip failed: {reason}")
-            (out / BUILT_MARKER).write_text(f"built for CPython {PYTHON_VERSION} on {MACHINE}\n")
+                raise ConfigError(where, "", f"building wheels with pip failed: {_last_error(result)}")
+            [own_wheel] = own.glob("*.whl")
+            if not own_wheel.name.endswith("-py3-none-any.whl"):
+                raise ConfigError(where, "", f"expected a pure-Python wheel, got {own_wheel.name}")
+            out = Path(scratch) / "wheels"
+            tags = [f"--platform={platform}" for platform in target.platforms()]
+            result = _pip(["download", "--only-binary=:all:", f"--python-version={target.python}",
+                           "--implementation=cp", f"--abi={target.abi}", "--abi=abi3", "--abi=none",
+                           *tags, "--dest", str(out), str(own_wheel)])
+            if result.returncode != 0:
+                raise ConfigError(where, "", f"no wheels for {target}: {_last_error(result)}")
+            (out / BUILT_MARKER).write_text(f"for {target}\n")
             shutil.rmtree(folder, ignore_errors=True)
             try:
                 out.rename(folder)
@@ -161,22 +211,22 @@ def build_wheels(source_dir: Path) -> WheelSet:
                 # Another deploy run built the same source meanwhile; its wheels are identical.
                 if not (folder / BUILT_MARKER).is_file():
                     raise
-    return WheelSet(folder, tuple(sorted(folder.glob("*.whl"))))
+    return WheelSet(folder, target, tuple(sorted(folder.glob("*.whl"))))
 
 
 def install_script(app: PythonApp, wheel_set: WheelSet) -> str:
     """Shell run on the node: a new venv from the uploaded wheels, then switch `current` to it."""
     wheels = f"{app.home}/wheels/{wheel_set.digest}"
     venv = f"{app.home}/venvs/{wheel_set.digest}"
-    expected_python = f"Python {PYTHON_VERSION}."
+    target = wheel_set.target
     return " && ".join([
         "set -e",
-        # Binary wheels carry the control machine's CPython and CPU tags: on another node pip would
-        # fail with a less helpful "no matching distribution".
-        f"case \"$(python3 --version)\" in '{expected_python}'*) ;; *) echo \"{app.service}: wheels were built "
-        f"for Python {PYTHON_VERSION} on the control machine, this node has $(python3 --version)\" >&2; exit 1;; esac",
-        f"case \"$(uname -m)\" in '{MACHINE}') ;; *) echo \"{app.service}: wheels were built for {MACHINE} "
-        f"on the control machine, this node is $(uname -m)\" >&2; exit 1;; esac",
+        # The wheels fit the Python of the node's Debian release: a node whose python3 is another one
+        # (changed since the facts were read) would make pip fail with a less helpful message.
+        f"case \"$(python3 --version)\" in 'Python {target.python}.'*) ;; *) echo \"{app.service}: wheels were built "
+        f"for Python {target.python}, this node has $(python3 --version)\" >&2; exit 1;; esac",
+        f"case \"$(uname -m)\" in '{target.machine}') ;; *) echo \"{app.service}: wheels were built for "
+        f"{target.machine}, this node is $(uname -m)\" >&2; exit 1;; esac",
         f"rm -rf {venv}",
         f"python3 -m venv {venv}",
         f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --no-index "
@@ -221,9 +271,14 @@ def service_account(app: PythonApp) -> None:
     )
 
 
+def node_target() -> WheelTarget:
+    """The wheel target of the host being deployed: its release's Python, its CPU."""
+    return WheelTarget.for_release(node_release(), host.get_fact(Arch))
+
+
 def install(app: PythonApp) -> OperationMeta:
     """Python and venv support from Debian, then the app's wheels into a fresh venv when they changed."""
-    wheel_set = build_wheels(app.source_dir)
+    wheel_set = build_wheels(app.source_dir, node_target())
     install_packages("python", ["python3", "python3-venv"], Install())
     files.directory(name=f"{app.home} folder", path=app.home, mode="0755")
     return wheels_installed(name=f"{app.service} wheels ({wheel_set.digest})", app=app, wheel_set=wheel_set)

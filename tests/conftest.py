@@ -43,6 +43,15 @@ def lab_address(name: str) -> str:
     return read_inventory(LAB_INVENTORY)[name][0]["ssh_hostname"]
 
 
+def wheel_target(node):
+    """The wheel target roles.python_app picks for a testinfra host: its Debian release's Python, its CPU."""
+    from homelab.releases import RELEASES
+    from roles.python_app import WheelTarget
+
+    version = int(node.check_output(". /etc/os-release && echo $VERSION_ID"))
+    return WheelTarget.for_release(RELEASES[version], node.check_output("uname -m"))
+
+
 def hosts_in(group: str) -> list[str]:
     return sorted(name for name, groups in inventory_groups().items() if group in groups)
 
@@ -66,11 +75,13 @@ class PyinfraRun:
         return [(op["name"], op["error"]) for op in ops if op["error"]]
 
 
-def run_pyinfra(*args: str, inventory: Path = LAB_INVENTORY, timeout: int = 1200) -> PyinfraRun:
+def run_pyinfra(*args: str, inventory: Path = LAB_INVENTORY, timeout: int = 1200,
+                env: dict | None = None) -> PyinfraRun:
     """Run the pyinfra CLI from the repo root, as a user would, with its JSON report."""
     result = subprocess.run(
         [str(VENV_BIN / "pyinfra"), "-y", "--json", str(inventory), *args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     try:
         report = json.loads(result.stdout) if result.stdout.strip() else None

@@ -11,7 +11,7 @@ from homelab.vault import load_vault
 from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, token_path
 from roles.python_app import build_wheels
 from roles.tuning.settings import load_tuning
-from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
+from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
 
 pytestmark = pytest.mark.lab
 
@@ -115,7 +115,7 @@ def test_token_files_readable_only_by_root_and_the_service(node, vault):
 
 
 def test_runs_the_wheels_built_on_the_control_machine(node):
-    expected = build_wheels(APP.source_dir).digest
+    expected = build_wheels(APP.source_dir, wheel_target(node)).digest
     assert node.check_output(f"readlink {APP.current}") == f"venvs/{expected}"
     assert node.check_output(f"ls {APP.home}/venvs") == expected
 

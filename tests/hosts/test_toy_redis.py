@@ -12,7 +12,7 @@ from homelab.vault import load_vault
 from roles.python_app import build_wheels
 from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH
 from roles.tuning.settings import load_tuning
-from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
+from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
 
 pytestmark = pytest.mark.lab
 
@@ -115,7 +115,7 @@ def test_json_log_written_and_reopened_after_logrotate(node):
 
 
 def test_runs_the_wheels_built_on_the_control_machine(node):
-    expected = build_wheels(APP.source_dir).digest
+    expected = build_wheels(APP.source_dir, wheel_target(node)).digest
     assert node.check_output(f"readlink {APP.current}") == f"venvs/{expected}"
     assert node.check_output(f"ls {APP.home}/venvs") == expected  # older venvs removed
 

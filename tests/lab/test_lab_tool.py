@@ -110,7 +110,8 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
         status = run_lab("status", env=env)
         assert status.returncode == 0
         rows = [line.split() for line in status.stdout.splitlines()[1:]]
-        assert rows == [["t-node-a", "10.78.0.10", "running", "yes"], ["t-node-b", "10.78.0.11", "running", "yes"]]
+        assert rows == [["t-node-a", "10.78.0.10", "Debian", "13", "running", "yes"],
+                        ["t-node-b", "10.78.0.11", "Debian", "13", "running", "yes"]]
 
         # Each node is itself: hostname, address, machine-id, host key (strict checking is on).
         ids = set()

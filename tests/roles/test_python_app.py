@@ -1,8 +1,10 @@
 """Our services' wheels: built once per source state, complete, and installed offline into a venv."""
 
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -13,11 +15,17 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from roles import python_app
 from roles.alert_relay import render_unit as render_relay_unit
-from roles.python_app import PythonApp, build_wheels, install_script, installed_digest_command, unit_check_command
+from homelab.releases import RELEASES
+from roles.python_app import (PythonApp, WheelTarget, build_wheels, install_script, installed_digest_command,
+                              unit_check_command)
 from roles.toy_redis import render_unit as render_toy_redis_unit
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = Path("/usr/bin/python3")
+MACHINE = platform.machine()
+# The control machine's own Python as a node target: what the offline-install tests can run here.
+HERE = WheelTarget(f"{sys.version_info.major}.{sys.version_info.minor}", MACHINE,
+                   tuple(int(part) for part in platform.libc_ver()[1].split(".")[:2]))
 
 needs_systemd_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 
@@ -44,20 +52,37 @@ def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("release", sorted(RELEASES), ids=lambda version: f"debian{version}")
 @pytest.mark.parametrize("source, distribution, expected", [
-    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml"}),
+    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop"}),
     ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core"}),
 ])
-def test_wheel_set_holds_the_service_and_all_its_dependencies(source, distribution, expected):
-    wheel_set = build_wheels(REPO / "src" / source)
+def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_python(source, distribution, expected,
+                                                                                     release):
+    # Built on this control machine whatever its own Python: the target is the node's release.
+    target = WheelTarget.for_release(RELEASES[release], MACHINE)
+    wheel_set = build_wheels(REPO / "src" / source, target)
     names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheel_set.wheels}
     assert expected <= names
     assert_complete(wheel_set, distribution)
-    # The node's Python is the control machine's: every binary wheel must be for this CPython.
-    tag = f"cp{python_app.PYTHON_VERSION.replace('.', '')}"
+    allowed = set(target.platforms()) | {"any"}
     for wheel in wheel_set.wheels:
-        interpreters = {t.interpreter for t in parse_wheel_filename(wheel.name)[3]}
-        assert interpreters & {tag, "py3", "py2.py3"} or any(i.startswith("py3") for i in interpreters), wheel.name
+        tags = parse_wheel_filename(wheel.name)[3]
+        # Binary wheels are for exactly that CPython and a manylinux glibc the release has.
+        assert any(t.interpreter in (target.abi, "py3") and t.platform in allowed for t in tags), wheel.name
+    binary = [w.name for w in wheel_set.wheels if not w.name.endswith("-none-any.whl")]
+    assert binary and all(f"-{target.abi}-" in name or "-abi3-" in name for name in binary)
+
+
+def test_a_python_without_wheels_is_refused_in_one_line(tmp_path, wheel_cache):
+    # No hiredis or uvloop wheels exist for a CPython from the future.
+    future = WheelTarget("3.99", MACHINE, RELEASES[13].glibc)
+    with pytest.raises(python_app.ConfigError) as failure:
+        build_wheels(REPO / "src" / "toy_redis", future)
+    message = str(failure.value)
+    assert message.startswith(f"src/toy_redis: no wheels for CPython 3.99 on {MACHINE} (glibc ")
+    assert "No matching distribution" in message and "\n" not in message
+    assert not list(wheel_cache.glob("toy_redis-*"))
 
 
 def make_distribution(root: Path, version: str = "1.0") -> Path:
@@ -85,12 +110,12 @@ def wheel_cache(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_unchanged_source_gives_the_same_wheel_set_and_a_change_a_new_one(tmp_path, wheel_cache):
     source = make_distribution(tmp_path)
-    first = build_wheels(source)
+    first = build_wheels(source, HERE)
     # Rebuilt from scratch (cache gone, files touched): byte-identical wheels, so no reinstall on nodes.
     shutil.rmtree(wheel_cache)
     build_wheels.cache_clear()
     (source / "demo_app" / "__init__.py").touch()
-    again = build_wheels(source)
+    again = build_wheels(source, HERE)
     assert again.digest == first.digest
     # Editable-install metadata and build output in the tree are not part of the source.
     (source / "demo_app.egg-info").mkdir()
@@ -98,17 +123,17 @@ def test_unchanged_source_gives_the_same_wheel_set_and_a_change_a_new_one(tmp_pa
     (source / "build" / "lib" / "demo_app").mkdir(parents=True)
     (source / "build" / "lib" / "demo_app" / "old.py").write_text("stale = True\n")
     build_wheels.cache_clear()
-    assert build_wheels(source).digest == first.digest
+    assert build_wheels(source, HERE).digest == first.digest
     (source / "demo_app" / "__init__.py").write_text("def main():\n    print('changed')\n")
     build_wheels.cache_clear()
-    assert build_wheels(source).digest != first.digest
+    assert build_wheels(source, HERE).digest != first.digest
 
 
 def test_a_failing_build_names_the_source_in_one_line(tmp_path, wheel_cache):
     source = make_distribution(tmp_path)
     (source / "pyproject.toml").write_text("[project]\nname = \n")
     with pytest.raises(python_app.ConfigError) as failure:
-        build_wheels(source)
+        build_wheels(source, HERE)
     message = str(failure.value)
     assert message.startswith(f"{source}: building wheels with pip failed: ")
     assert "\n" not in message
@@ -135,7 +160,7 @@ def upload(wheel_set: python_app.WheelSet, app: PythonApp, opt: Path) -> None:
 def test_install_script_installs_offline_and_switches_only_when_complete(tmp_path, wheel_cache):
     app = PythonApp(source="demo_app", distribution="demo-app", service="demo-app")
     opt = tmp_path / "opt"
-    first = build_wheels(make_distribution(tmp_path / "v1", "1.0"))
+    first = build_wheels(make_distribution(tmp_path / "v1", "1.0"), HERE)
     upload(first, app, opt)
     result = run_on_fake_node(install_script(app, first), opt, "/usr/bin:/bin")
     assert result.returncode == 0, result.stderr
@@ -147,7 +172,7 @@ def test_install_script_installs_offline_and_switches_only_when_complete(tmp_pat
 
     # A failed install (here: a wheel missing) leaves the live venv in place.
     build_wheels.cache_clear()
-    second = build_wheels(make_distribution(tmp_path / "v2", "2.0"))
+    second = build_wheels(make_distribution(tmp_path / "v2", "2.0"), HERE)
     upload(second, app, opt)
     for wheel in (opt / "demo-app" / "wheels" / second.digest).glob("*.whl"):
         wheel.unlink()
@@ -165,15 +190,14 @@ def test_install_script_installs_offline_and_switches_only_when_complete(tmp_pat
 
 def test_install_script_refuses_a_node_with_another_python(tmp_path):
     app = PythonApp(source="demo_app", distribution="demo-app", service="demo-app")
-    wheel_set = python_app.WheelSet(tmp_path, ())
+    wheel_set = python_app.WheelSet(tmp_path, HERE, ())
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "python3").write_text("#!/bin/sh\necho 'Python 3.9.2'\n")
     (fake_bin / "python3").chmod(0o755)
     result = run_on_fake_node(install_script(app, wheel_set), tmp_path / "opt", f"{fake_bin}:/usr/bin:/bin")
     assert result.returncode != 0
-    assert result.stderr.strip() == (f"demo-app: wheels were built for Python {python_app.PYTHON_VERSION} "
-                                     "on the control machine, this node has Python 3.9.2")
+    assert result.stderr.strip() == f"demo-app: wheels were built for Python {HERE.python}, this node has Python 3.9.2"
     assert not (tmp_path / "opt" / "demo-app" / "venvs").exists()
 
 
@@ -183,11 +207,10 @@ def test_install_script_refuses_a_node_with_another_cpu(tmp_path):
     fake_bin.mkdir()
     (fake_bin / "uname").write_text("#!/bin/sh\necho 'riscv64'\n")
     (fake_bin / "uname").chmod(0o755)
-    result = run_on_fake_node(install_script(app, python_app.WheelSet(tmp_path, ())), tmp_path / "opt",
+    result = run_on_fake_node(install_script(app, python_app.WheelSet(tmp_path, HERE, ())), tmp_path / "opt",
                               f"{fake_bin}:/usr/bin:/bin")
     assert result.returncode != 0
-    assert result.stderr.strip() == (f"demo-app: wheels were built for {python_app.MACHINE} "
-                                     "on the control machine, this node is riscv64")
+    assert result.stderr.strip() == f"demo-app: wheels were built for {MACHINE}, this node is riscv64"
     assert not (tmp_path / "opt" / "demo-app" / "venvs").exists()
 
 
@@ -239,3 +262,22 @@ def test_unit_check_refuses_a_unit_whose_binary_is_missing(tmp_path):
     result = subprocess.run(["sh", "-c", check.format(staged=staged)], capture_output=True, text=True)
     assert result.returncode != 0
     assert "/opt/toy-redis/current/bin/toy-redis" in result.stderr
+
+
+@pytest.mark.parametrize("distribution, shown", [
+    ({"name": "Debian", "major": 11, "minor": 7, "release_meta": {}}, "Debian 11"),
+    ({"name": "Ubuntu", "major": 24, "minor": 4, "release_meta": {}}, "Ubuntu 24"),
+])
+def test_a_node_on_an_unsupported_system_is_refused_in_one_line(monkeypatch, distribution, shown):
+    import roles.common
+
+    class OldNode:
+        name = "old-node"
+
+        def get_fact(self, fact):
+            return distribution
+
+    monkeypatch.setattr(roles.common, "host", OldNode())
+    with pytest.raises(python_app.ConfigError) as failure:
+        roles.common.node_release()
+    assert str(failure.value) == f"inventory data for old-node: runs {shown}; expected Debian 12 (bookworm), 13 (trixie)"

@@ -19,6 +19,7 @@ from homelab.lab import image, network, nodes, ssh
 from homelab.lab.errors import LabError
 from homelab.lab.inventory import LabNode, read_nodes
 from homelab.lab.settings import LabSettings, lab_settings
+from homelab.releases import RELEASES
 
 REQUIRED_TOOLS = {
     "systemd-nspawn": "systemd-container",
@@ -44,13 +45,14 @@ def _log(message: str) -> None:
 
 
 def _save_nodes(settings: LabSettings, wanted: list[LabNode]) -> None:
-    data = [{"name": n.name, "address": n.address} for n in wanted]
+    data = [{"name": n.name, "address": n.address, "release": n.release} for n in wanted]
     (settings.state_dir / "nodes.json").write_text(json.dumps(data, indent=1))
 
 
 def _saved_nodes(settings: LabSettings) -> list[LabNode]:
     try:
-        return [LabNode(**item) for item in json.loads((settings.state_dir / "nodes.json").read_text())]
+        # A state file without releases was written when every lab node ran Debian 12.
+        return [LabNode(**{"release": 12, **item}) for item in json.loads((settings.state_dir / "nodes.json").read_text())]
     except FileNotFoundError:
         return []
 
@@ -66,13 +68,20 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     settings.state_dir.chmod(0o700)  # holds the client's private key
 
-    base = image.ensure_base_image(settings.cache_dir, log)
+    bases = {release: image.ensure_base_image(settings.cache_dir, RELEASES[release], log)
+             for release in sorted({node.release for node in wanted})}
     wanted_names = {node.name for node in wanted}
+    # A node's upper layer only fits the base image it was made on: another release means a new node.
+    booted_release = {node.name: node.release for node in _saved_nodes(settings)}
     for name in nodes.known_nodes(settings):
         if name not in wanted_names:
             log(f"removing {name}: not in {inventory}")
-            nodes.stop(settings, name)
-            nodes.remove(settings, name)
+        elif name in booted_release and booted_release[name] != next(n.release for n in wanted if n.name == name):
+            log(f"recreating {name}: its debian_release changed")
+        else:
+            continue
+        nodes.stop(settings, name)
+        nodes.remove(settings, name)
 
     network.ensure_bridge(settings)
     mirrors = network.mirror_addresses()
@@ -89,7 +98,7 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
 
     started = [node for node in wanted if node not in running]
     for node in started:
-        nodes.start(settings, node, base)
+        nodes.start(settings, node, bases[node.release])
     if started:
         log(f"booting {', '.join(n.name for n in started)}")
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -139,6 +148,7 @@ def down(purge: bool = False, log=_log) -> None:
 class NodeStatus:
     name: str
     address: str
+    release: int
     state: str  # running / degraded / starting / ... as systemd says, or down
     ssh: bool
 
@@ -149,9 +159,9 @@ def status() -> list[NodeStatus]:
 
     def one(node: LabNode) -> NodeStatus:
         if nodes.running_pid(settings, node.name) is None:
-            return NodeStatus(node.name, node.address, "down", False)
+            return NodeStatus(node.name, node.address, node.release, "down", False)
         state = ssh.system_state(settings, node.name)
-        return NodeStatus(node.name, node.address, state or "booted", state is not None)
+        return NodeStatus(node.name, node.address, node.release, state or "booted", state is not None)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(one, saved))

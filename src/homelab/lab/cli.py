@@ -56,16 +56,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_status() -> int:
-    rows = [(s.name, s.address, s.state, "yes" if s.ssh else "no") for s in api.status()]
+    rows = [(s.name, s.address, f"Debian {s.release}", s.state, "yes" if s.ssh else "no") for s in api.status()]
     if not rows:
         print("lab: no nodes (run lab up)")
         return 3
-    header = ("NODE", "ADDRESS", "STATE", "SSH")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    header = ("NODE", "ADDRESS", "RELEASE", "STATE", "SSH")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     # Exit status tells scripts whether every node is usable.
-    return 0 if all(state in ("running", "degraded") and reachable == "yes" for _, _, state, reachable in rows) else 3
+    return 0 if all(state in ("running", "degraded") and reachable == "yes" for *_, state, reachable in rows) else 3
 
 
 if __name__ == "__main__":

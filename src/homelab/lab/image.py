@@ -1,4 +1,4 @@
-"""The base image every lab node boots from: Debian 12 made once with debootstrap, then read-only.
+"""The base images lab nodes boot from: one per Debian release, made once with debootstrap, then read-only.
 
 It is built in a temporary folder and renamed into place only when complete, so an interrupted
 build never leaves a half image that a later `lab up` would trust. The folder name carries a hash
@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 from homelab.lab.errors import LabError
-
-SUITE = "bookworm"
+from homelab.releases import RELEASES, DebianRelease
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "ca-certificates"]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -40,70 +39,76 @@ NODE_IDENTITY = ["etc/hostname", "etc/machine-id", "var/lib/dbus/machine-id"]
 
 
 def host_mirror() -> str:
-    """The Debian mirror this machine's own apt uses (the only place outside the lab nodes may reach)."""
+    """The Debian mirror this machine's own apt uses (the only place outside the lab nodes may reach).
+
+    It serves every release, whichever one this machine runs.
+    """
+    suites = {release.codename for release in RELEASES.values()}
     for source in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         uri = None
         for line in source.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "URIs":
                 uri = value.split()[0]
-            elif key.strip() == "Suites" and uri and SUITE in value.split():
+            elif key.strip() == "Suites" and uri and suites & set(value.split()):
                 return uri.rstrip("/")
     sources_list = Path("/etc/apt/sources.list")
     if sources_list.exists():
         for line in sources_list.read_text().splitlines():
             fields = line.split()
-            if len(fields) >= 3 and fields[0] == "deb" and fields[2] == SUITE:
+            if len(fields) >= 3 and fields[0] == "deb" and fields[2] in suites:
                 return fields[1].rstrip("/")
     return DEFAULT_MIRROR
 
 
-def sources_list(mirror: str) -> str:
+def sources_list(mirror: str, suite: str) -> str:
     security = mirror.rsplit("/", 1)[0] + "/debian-security"
     return (
-        f"deb {mirror} {SUITE} main\n"
-        f"deb {mirror} {SUITE}-updates main\n"
-        f"deb {security} {SUITE}-security main\n"
+        f"deb {mirror} {suite} main\n"
+        f"deb {mirror} {suite}-updates main\n"
+        f"deb {security} {suite}-security main\n"
     )
 
 
-def image_id(mirror: str) -> str:
-    recipe = repr((SUITE, PACKAGES, sorted(GENERIC_FILES.items()), sorted(ENABLED_UNITS.items()), mirror))
+def image_id(mirror: str, suite: str) -> str:
+    recipe = repr((suite, PACKAGES, sorted(GENERIC_FILES.items()), sorted(ENABLED_UNITS.items()), mirror))
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def image_path(cache_dir: Path, mirror: str) -> Path:
-    return cache_dir / f"base-{SUITE}-{image_id(mirror)}"
+def image_path(cache_dir: Path, mirror: str, suite: str) -> Path:
+    return cache_dir / f"base-{suite}-{image_id(mirror, suite)}"
 
 
-def ensure_base_image(cache_dir: Path, log) -> Path:
-    """The cached base image, built first if missing. ``log`` receives progress lines."""
+def ensure_base_image(cache_dir: Path, release: DebianRelease, log) -> Path:
+    """The cached base image of ``release``, built first if missing. ``log`` receives progress lines."""
     mirror = host_mirror()
-    final = image_path(cache_dir, mirror)
+    suite = release.codename
+    final = image_path(cache_dir, mirror, suite)
     if (final / "usr/lib/systemd/systemd").exists():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in cache_dir.glob("*.building-*"):  # from a build that was interrupted
+    for leftover in cache_dir.glob(f"base-{suite}-*.building-*"):  # from a build that was interrupted
         shutil.rmtree(leftover, ignore_errors=True)
     building = cache_dir / f"{final.name}.building-{os.getpid()}"
-    log(f"building the base image with debootstrap from {mirror} (about a minute, once)")
+    log(f"building the Debian {release.version} ({suite}) base image with debootstrap from {mirror} "
+        "(about a minute, once)")
     result = subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), mirror],
+        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(building), mirror],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
         shutil.rmtree(building, ignore_errors=True)
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LabError(f"debootstrap {SUITE} from {mirror} failed: {last[0]}")
-    _make_generic(building, mirror)
+        raise LabError(f"debootstrap {suite} from {mirror} failed: {last[0]}")
+    _make_generic(building, mirror, suite)
     building.rename(final)
-    for old in cache_dir.glob(f"base-{SUITE}-*"):  # images of an older recipe
+    for old in cache_dir.glob(f"base-{suite}-*"):  # images of an older recipe
         if old != final and ".building-" not in old.name:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _make_generic(root: Path, mirror: str) -> None:
+def _make_generic(root: Path, mirror: str, suite: str) -> None:
     for key in root.glob("etc/ssh/ssh_host_*"):
         key.unlink()
     for relative in NODE_IDENTITY:
@@ -117,6 +122,6 @@ def _make_generic(root: Path, mirror: str) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(target)
-    (root / "etc/apt/sources.list").write_text(sources_list(mirror))
+    (root / "etc/apt/sources.list").write_text(sources_list(mirror, suite))
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)

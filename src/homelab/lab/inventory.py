@@ -1,7 +1,8 @@
 """Which nodes a pyinfra inventory asks for, read the way pyinfra reads an inventory file.
 
 Module-level lists of (name, data) tuples are groups; names starting with "_" are not. A lab node
-is any host whose data carries ``lab_index`` (set by ``lab_host``); its address is ``ssh_hostname``.
+is any host whose data carries ``lab_index`` (set by ``lab_host``); its address is ``ssh_hostname``,
+its Debian release ``debian_release`` (default: homelab.releases.DEFAULT_RELEASE).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homelab.lab.errors import LabError
+from homelab.releases import DEFAULT_RELEASE, UnsupportedRelease, debian_release
 
 
 @dataclass(frozen=True, order=True)
 class LabNode:
     name: str
     address: str
+    release: int = DEFAULT_RELEASE
 
 
 def inventory_groups(path: Path) -> dict[str, tuple[dict, set[str]]]:
@@ -49,7 +52,11 @@ def read_nodes(path: Path) -> list[LabNode]:
             continue
         if len(name) > 64 or not all(c.isalnum() or c == "-" for c in name):
             raise LabError(f"{path}: host {name!r}: expected a hostname of letters, digits and '-'")
-        nodes.append(LabNode(name=name, address=data["ssh_hostname"]))
+        try:
+            release = debian_release(data.get("debian_release", DEFAULT_RELEASE)).version
+        except UnsupportedRelease as exc:
+            raise LabError(f"{path}: host {name!r}: debian_release: {exc}") from None
+        nodes.append(LabNode(name=name, address=data["ssh_hostname"], release=release))
     if not nodes:
         raise LabError(f"{path}: no lab hosts in it (expected hosts made with homelab.lab.settings.lab_host)")
     addresses = [node.address for node in nodes]
