@@ -45,16 +45,16 @@ def _log(message: str) -> None:
 
 
 def _save_nodes(settings: LabSettings, wanted: list[LabNode]) -> None:
-    data = [{"name": n.name, "address": n.address, "release": n.release} for n in wanted]
+    data = [{"name": n.name, "address": n.address} for n in wanted]
     (settings.state_dir / "nodes.json").write_text(json.dumps(data, indent=1))
 
 
 def _saved_nodes(settings: LabSettings) -> list[LabNode]:
     try:
-        # A state file without releases was written when every lab node ran Debian 12.
-        return [LabNode(**{"release": 12, **item}) for item in json.loads((settings.state_dir / "nodes.json").read_text())]
+        saved = json.loads((settings.state_dir / "nodes.json").read_text())
     except FileNotFoundError:
         return []
+    return [LabNode(**item, release=nodes.booted_release(settings, item["name"])) for item in saved]
 
 
 def up(inventory: Path, log=_log) -> list[LabNode]:
@@ -72,11 +72,11 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
              for release in sorted({node.release for node in wanted})}
     wanted_names = {node.name for node in wanted}
     # A node's upper layer only fits the base image it was made on: another release means a new node.
-    booted_release = {node.name: node.release for node in _saved_nodes(settings)}
+    wanted_release = {node.name: node.release for node in wanted}
     for name in nodes.known_nodes(settings):
         if name not in wanted_names:
             log(f"removing {name}: not in {inventory}")
-        elif name in booted_release and booted_release[name] != next(n.release for n in wanted if n.name == name):
+        elif nodes.booted_release(settings, name) != wanted_release[name]:
             log(f"recreating {name}: its debian_release changed")
         else:
             continue

@@ -108,6 +108,14 @@ def _is_nspawn_for(pid: int, name: str) -> bool:
         and b"-M" in argv and argv[argv.index(b"-M") + 1] == name.encode()
 
 
+def booted_release(settings: LabSettings, name: str) -> int:
+    """The Debian release the node's upper layer was made on."""
+    try:
+        return int((node_dir(settings, name) / "release").read_text())
+    except FileNotFoundError:
+        return 12  # made before the lab knew releases, when every node ran Debian 12
+
+
 def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], client_public_key: str,
             mirrors: dict[str, list[str]]) -> str:
     """Write the node's identity into its overlay's upper layer; returns its public host key line.
@@ -117,6 +125,7 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     """
     upper = node_dir(settings, node.name) / "upper"
     upper.mkdir(parents=True, exist_ok=True)
+    (node_dir(settings, node.name) / "release").write_text(f"{node.release}\n")
 
     def write(relative: str, content: str, mode: int = 0o644) -> None:
         path = upper / relative
