@@ -123,7 +123,8 @@ def main() -> int:
         container_settings, container_folders = server_files(workdir / "container", uid, gid)
         direct_settings, direct_folders = server_files(workdir / "direct", os.getuid(), os.getgid())
 
-        wheel_set = python_app.build_wheels(spec.app.source_dir)
+        # The direct run uses this machine's Debian 12 python3, the image base's release too.
+        wheel_set = python_app.build_wheels(spec.app.source_dir, images.wheel_target())
         venv = workdir / "venv"
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", "--no-index",

@@ -12,6 +12,7 @@ labels say which version, git revision and time an image was built from and at.
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import docker
 
 from homelab.config import ConfigError
 from homelab.containers import base
+from homelab.releases import RELEASES
 from roles import python_app
 from roles.common import REPO_ROOT, render
 
@@ -122,14 +124,21 @@ def render_dockerfile(spec: ImageSpec, base_tag: str, pip_wheel_name: str) -> st
     )
 
 
+def wheel_target() -> python_app.WheelTarget:
+    """The wheels an image needs: for the Python of the image base's Debian release, this CPU."""
+    release = next(release for release in RELEASES.values() if release.codename == base.SUITE)
+    return python_app.WheelTarget.for_release(release, platform.machine())
+
+
 def build(client: docker.DockerClient, spec: ImageSpec, *, no_cache: bool = False, log=print) -> docker.models.images.Image:
     """Build ``spec``'s image in the engine behind ``client`` and tag it; returns the image."""
     tree = base.ensure_tree(log)
-    if base.python_version(tree) != python_app.PYTHON_VERSION:
+    target = wheel_target()
+    if base.python_version(tree) != target.python:
         raise ConfigError(tree, "", f"the image base has Python {base.python_version(tree)}, but the wheels are "
-                                    f"built for the control machine's Python {python_app.PYTHON_VERSION}")
+                                    f"built for Debian {base.SUITE}'s Python {target.python}")
     base_tag = base.ensure_imported(client, tree)
-    wheel_set = python_app.build_wheels(spec.app.source_dir)
+    wheel_set = python_app.build_wheels(spec.app.source_dir, target)
     pip = pip_wheel()
     with tempfile.TemporaryDirectory(prefix="homelab-image-") as scratch:
         context = Path(scratch)
