@@ -125,7 +125,7 @@ def test_alloys_positions_live_under_the_storage_path_its_unit_sets():
                     reason="needs root, unshare and Debian's adduser to create users in a private copy of /etc")
 @pytest.mark.parametrize("component", PACKAGES)
 def test_the_packages_user_setup_gives_the_user_and_groups_the_facts_name(component, tmp_path):
-    # Debian's own adduser/useradd (Debian 12, as on the nodes), run on a throwaway copy of /etc and /home
+    # This machine's Debian adduser/useradd (the nodes' Debian ships the same tools), run on a throwaway copy of /etc and /home
     # in a private mount namespace: this machine's users are not touched.
     package = PACKAGES[component]
     script = (f"set -e; mount -t tmpfs tmpfs {tmp_path}; mkdir {tmp_path}/etc {tmp_path}/home; cp -a /etc/. {tmp_path}/etc/; "
