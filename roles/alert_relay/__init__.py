@@ -22,7 +22,7 @@ from pydantic import field_validator
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from alert_relay.config import RelayTuning
+from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
 
 from homelab.config import ConfigError
 from roles import python_app
@@ -35,6 +35,8 @@ CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
 ROUTES_PATH = f"{CONFIG_DIR}/routes.yaml"
 DATA_DIR = "/var/lib/alert-relay"
 QUEUE_PATH = f"{DATA_DIR}/queue.sqlite3"
+# Root-owned, readable by the service's group only: the relay refuses token files others can read.
+TOKEN_MODE = "0640"
 # config key -> vault secret written to CONFIG_DIR/<secret>
 TOKEN_FILES = {
     "slack_token_file": "slack_bot_token",
@@ -116,6 +118,14 @@ def read_routes(settings: Settings) -> str:
     return path.read_text()
 
 
+def check_open_file_limit(settings: Settings, nofile: int) -> None:
+    """max_connections must fit the unit's LimitNOFILE (the relay would refuse to start)."""
+    if settings.max_connections + SPARE_FILE_DESCRIPTORS > nofile:
+        raise ConfigError("inventory/group_data/alert_relay.py", "alert_relay.max_connections",
+                          f"expected at most {nofile - SPARE_FILE_DESCRIPTORS} (limits.nofile {nofile} in the tuning "
+                          f"file, less {SPARE_FILE_DESCRIPTORS} for the queue and Slack), got {settings.max_connections}")
+
+
 def routes_check_command() -> str:
     return f"{APP.binary()} --check-routes {{staged}}"
 
@@ -132,6 +142,7 @@ def apply() -> None:
     settings = role_settings("alert_relay", Settings)
     routes = read_routes(settings)
     nofile = host_tuning().limits.nofile
+    check_open_file_limit(settings, nofile)
 
     python_app.service_account(APP)
     installed = python_app.install(APP)
@@ -141,7 +152,7 @@ def apply() -> None:
     files.directory(name=f"{DATA_DIR} folder", path=DATA_DIR, user=APP.service, group=APP.service, mode="0750")
     tokens = [
         secret_file(name=f"alert-relay token {secret}", dest=token_path(secret), secret=secret,
-                    user="root", group=APP.service, mode="0640")
+                    user="root", group=APP.service, mode=TOKEN_MODE)
         for secret in TOKEN_FILES.values()
     ]
     routes_changed = checked_file(

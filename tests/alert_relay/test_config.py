@@ -22,6 +22,7 @@ def check(flag: str, path: Path) -> subprocess.CompletedProcess:
 def config_dir(tmp_path) -> Path:
     for name in ("slack", "faxplus", "alertmanager", "fax_hook"):
         (tmp_path / name).write_text("token\n")
+        (tmp_path / name).chmod(0o600)
     (tmp_path / "routes.yaml").write_text(yaml.safe_dump(ROUTES))
     return tmp_path
 

@@ -17,6 +17,8 @@ from roles.alert_relay import (
     QUEUE_PATH,
     ROUTES_PATH,
     TOKEN_FILES,
+    TOKEN_MODE,
+    check_open_file_limit,
     Settings,
     read_routes,
     render_config,
@@ -120,6 +122,12 @@ def test_the_relay_checks_the_staged_config_with_its_routes_and_tokens(tmp_path)
     assert result.returncode == 2 and "slack_token_file" in result.stderr
     for secret in TOKEN_FILES.values():
         (tmp_path / secret).write_text("test-token\n")
+        (tmp_path / secret).chmod(0o644)
+    # ... and with the mode the role gives them, not readable by others.
+    result = run_check(config_check_command(), staged, tmp_path)
+    assert result.returncode == 2 and "expected owner root and mode 0600 or 0640" in result.stderr, result.stderr
+    for secret in TOKEN_FILES.values():
+        (tmp_path / secret).chmod(int(TOKEN_MODE, 8))
     result = run_check(config_check_command(), staged, tmp_path)
     assert result.returncode == 0, result.stderr
 
@@ -147,3 +155,12 @@ def test_any_group_data_the_deploy_accepts_the_relay_accepts(group_settings):
     from alert_relay.config import RelayConfig, model_from_data as relay_model_from_data
 
     relay_model_from_data("rendered", RelayConfig, yaml.safe_load(render_config(group_settings)))
+
+
+def test_max_connections_must_fit_the_open_file_limit():
+    from alert_relay.config import SPARE_FILE_DESCRIPTORS
+
+    nofile = 4096
+    check_open_file_limit(Settings(max_connections=nofile - SPARE_FILE_DESCRIPTORS), nofile)
+    with pytest.raises(ConfigError, match=rf"alert_relay.max_connections: expected at most {nofile - SPARE_FILE_DESCRIPTORS}"):
+        check_open_file_limit(Settings(max_connections=nofile - SPARE_FILE_DESCRIPTORS + 1), nofile)

@@ -55,7 +55,7 @@ def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
 @pytest.mark.parametrize("release", sorted(RELEASES), ids=lambda version: f"debian{version}")
 @pytest.mark.parametrize("source, distribution, expected", [
     ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop"}),
-    ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core"}),
+    ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core", "h11"}),
 ])
 def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_python(source, distribution, expected,
                                                                                      release):

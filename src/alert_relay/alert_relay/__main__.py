@@ -7,21 +7,22 @@ file and key).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from alert_relay import metrics
-from alert_relay.config import ConfigFileError, RelayConfig, load_yaml_model, read_secret
+from alert_relay.config import ConfigFileError, RelayConfig, fit_open_file_limit, load_yaml_model, read_secret
 from alert_relay.routes import SlackRoutes, load_routes
-from alert_relay.server import RelayServer
+from alert_relay.server import Intake, RelayServer
 from alert_relay.slack import Slack
-from alert_relay.store import Store
+from alert_relay.store import QueueError, Store, check_queue
 from alert_relay.worker import Worker
 
 log = logging.getLogger("alert_relay")
@@ -59,12 +60,20 @@ def load(config_path: str) -> Loaded:
     queue_dir = Path(config.queue_path).parent
     if not queue_dir.is_dir():
         raise ConfigFileError(config_path, "queue_path", f"expected a file in an existing directory ({queue_dir} is missing)")
+    try:
+        check_queue(config.queue_path)
+    except QueueError as exc:
+        raise ConfigFileError(config_path, "queue_path", str(exc)) from None
     return Loaded(config, routes, tokens)
 
 
-def run(loaded: Loaded) -> int:
+def run(config_path: str, loaded: Loaded) -> int:
     config = loaded.config
-    store = Store(config.queue_path)
+    try:
+        fit_open_file_limit(config_path, config)
+        store = Store(config.queue_path)
+    except QueueError as exc:
+        raise ConfigFileError(config_path, "queue_path", str(exc)) from None
     metrics.watch(store)
     slack = Slack(
         store, loaded.tokens["slack_token_file"], config.slack_base_url,
@@ -72,29 +81,30 @@ def run(loaded: Loaded) -> int:
     )
     worker = Worker(store, slack, max_attempts=config.max_attempts, retry_initial_s=config.retry_initial_s,
                     retry_max_s=config.retry_max_s, channel_interval_s=config.channel_interval_s)
-    server = RelayServer(
-        config.listen_address, store=store, routes=loaded.routes, on_queued=worker.notify,
+    intake = Intake(
+        store=store, routes=loaded.routes, on_queued=worker.notify, worker_problem=worker.problem,
         alertmanager_token=loaded.tokens["alertmanager_token_file"], fax_token=loaded.tokens["fax_webhook_token_file"],
-        max_body_bytes=config.max_body_bytes, healthy=worker.is_alive,
     )
-
-    def stop(signum, _frame):
-        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-        worker.stop()
-        # shutdown() waits for serve_forever() to return, which runs in this (the main) thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     worker.start()
-    host, port = server.server_address[:2]
-    log.info("listening", extra={"fields": {"address": host, "port": port, "queued": store.queue_depth(),
-                                            "dead_letters": store.dead_letter_count()}})
-    server.serve_forever()
-    server.server_close()
+    asyncio.run(serve(RelayServer(config, intake), config, store))
+    worker.stop()
     worker.join(timeout=20)  # an in-flight Slack call finishes (or times out) before exit
     log.info("stopped", extra={"fields": {"queued": store.queue_depth()}})
     return 0
+
+
+async def serve(server: RelayServer, config: RelayConfig, store: Store) -> None:
+    """Listen until SIGTERM or SIGINT, then let the requests under way finish."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda signum=signum: (
+            log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}}), stop.set()))
+    host, port = await server.start(*config.listen_address)
+    log.info("listening", extra={"fields": {"address": host, "port": port, "queued": store.queue_depth(),
+                                            "dead_letters": store.dead_letter_count()}})
+    await stop.wait()
+    await server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.requeue_dead_letters:
         # Safe while the relay runs (SQLite serializes writers); it picks them up within a minute.
-        for letter in Store(loaded.config.queue_path).requeue_dead_letters():
+        try:
+            letters = Store(loaded.config.queue_path).requeue_dead_letters()
+        except (QueueError, sqlite3.Error) as exc:
+            print(f"alert-relay: {loaded.config.queue_path}: {exc}", file=sys.stderr)
+            return 2
+        for letter in letters:
             print(json.dumps({"event": "requeued", **letter}))
         return 0
 
@@ -129,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=loaded.config.log_level.upper(), handlers=[handler])
     logging.getLogger("slack_sdk").setLevel(logging.WARNING)  # its debug logs print request bodies
-    return run(loaded)
+    try:
+        return run(args.config, loaded)
+    except ConfigFileError as exc:
+        print(f"alert-relay: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

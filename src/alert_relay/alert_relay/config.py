@@ -7,6 +7,10 @@ its own wheel, where homelab and pyinfra are not installed.
 
 from __future__ import annotations
 
+import os
+import pwd
+import resource
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +105,23 @@ class RelayTuning(StrictModel):
     channel_interval_s: float = Field(1.0, ge=0, le=60)
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
 
+    # What any peer, with or without a token, can make the HTTP side hold (see server.py).
+    # Connections open at once; at the limit a new one closes the connection that has waited
+    # longest for a request, so idle peers cannot lock senders out. Each needs a file descriptor:
+    # the relay raises its soft open-file limit to fit, or refuses to start.
+    max_connections: int = Field(4096, ge=16, le=1 << 20)
+    # From the connection (or the first byte after a keep-alive wait) to the end of the headers:
+    # a whole-request deadline, so trickling a byte at a time does not extend it.
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
+    max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)
+    # From the end of the headers to the end of the body (max_body_bytes).
+    body_timeout_s: float = Field(30.0, gt=0, le=600)
+    # A keep-alive connection with no request, and the requests one connection may carry.
+    idle_timeout_s: float = Field(60.0, gt=0, le=3600)
+    keepalive_max_requests: int = Field(1000, ge=1, le=1_000_000)
+    # A peer that does not read its answer is cut off after this.
+    send_timeout_s: float = Field(10.0, gt=0, le=600)
+
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -134,12 +155,60 @@ class RelayConfig(RelayTuning):
         return host.strip("[]"), int(port)
 
 
+# Descriptors the relay needs besides its connections: the queue's files, the listening socket,
+# connections to Slack and FAX.PLUS, logs.
+SPARE_FILE_DESCRIPTORS = 64
+
+
+def fit_open_file_limit(config_path: str | Path, config: RelayTuning) -> None:
+    """Raise the soft open-file limit to hold max_connections; a hard limit too low is a config error."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = config.max_connections + SPARE_FILE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ConfigFileError(config_path, "max_connections", (
+                f"expected at most {hard - SPARE_FILE_DESCRIPTORS}: the open-file limit is {hard} "
+                f"and {SPARE_FILE_DESCRIPTORS} descriptors are kept for the queue and Slack (got {config.max_connections})"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def read_secret(config_path: str | Path, key: str, path: str) -> str:
-    """The content of a token file named by config key ``key``, stripped; errors never show content."""
+    """The content of a token file named by config key ``key``, stripped; errors never show content.
+
+    The file must belong to the user the relay runs as (or to root, as roles/alert_relay writes
+    them: root-owned, group-readable, so the service cannot rewrite its own secrets) and give
+    others no access and its group at most read access: 0600, 0640, 0400 or 0440.
+    """
     try:
-        value = Path(path).read_text().strip()
+        with open(path, "rb") as file:
+            info = os.fstat(file.fileno())
+            raw = file.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigFileError(config_path, key, f"cannot read {path} ({exc.strerror})") from None
+    owners = {0, os.geteuid()}
+    if info.st_uid not in owners or info.st_mode & 0o037:
+        expected = " or ".join(dict.fromkeys(_user_name(uid) for uid in sorted(owners, reverse=True)))
+        raise ConfigFileError(config_path, key, (
+            f"{path} is owned by {_user_name(info.st_uid)} with mode {stat.S_IMODE(info.st_mode):04o}: expected "
+            f"owner {expected} and mode 0600 or 0640 (no access for others)"))
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigFileError(config_path, key, f"{path} is over {MAX_SECRET_BYTES} bytes: expected one token")
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(config_path, key, f"{path} is not valid UTF-8 text (byte {exc.start})") from None
     if not value:
         raise ConfigFileError(config_path, key, f"{path} is empty")
+    if not value.isprintable():
+        raise ConfigFileError(config_path, key, f"{path} holds control characters or several lines: expected one token")
     return value
+
+
+MAX_SECRET_BYTES = 4096
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

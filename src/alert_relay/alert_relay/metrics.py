@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
 
-from alert_relay.store import Store
+if TYPE_CHECKING:
+    from alert_relay.store import Store
 
 KINDS = ("alert", "fax")
 
@@ -20,15 +23,22 @@ ACCEPT_SECONDS = Histogram(
     "alert_relay_accept_seconds", "Time from request to durable queueing",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+QUEUE_WRITE_ERRORS = Counter("alert_relay_queue_write_errors", "Failed writes to the queue file, by cause", ["cause"])
+HTTP_CONNECTIONS = Gauge("alert_relay_http_connections", "Open HTTP connections")
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "alert_relay_http_connections_closed", "Connections the relay closed on a peer, by reason", ["reason"])
+HTTP_CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "send_timeout", "evicted", "over_limit")
 QUEUE_DEPTH = Gauge("alert_relay_queue_depth", "Messages waiting for delivery")
 DEAD_LETTERS = Gauge("alert_relay_dead_letters", "Messages given up on (see the dead_letters table)")
 
 for _kind in KINDS:  # export zeros from the start, so rate() and alert rules see the series
     for _counter in (ACCEPTED, DUPLICATES, DELIVERED, FAILURES):
         _counter.labels(_kind)
+for _reason in HTTP_CLOSE_REASONS:
+    HTTP_CONNECTIONS_CLOSED.labels(_reason)
 
 
-def watch(store: Store) -> None:
+def watch(store: "Store") -> None:
     """Read the queue gauges from the queue file at scrape time, so they survive restarts."""
     QUEUE_DEPTH.set_function(store.queue_depth)
     DEAD_LETTERS.set_function(store.dead_letter_count)

@@ -1,12 +1,28 @@
 """The webhook server: Alertmanager and FAX.PLUS in, durable queue out, plus /healthz and /metrics.
 
-stdlib's ThreadingHTTPServer: the load is a few notifications a minute (a few hundred a second at
-worst, see bench/relay_accept.py), each request is one short SQLite commit, and it adds nothing to
-the wheels shipped to the node.
+Anyone who reaches the port, token or not, must not be able to stall it, so everything a peer can
+make the relay hold is bounded by a RelayTuning setting: connections (`max_connections`; at the
+limit a new connection closes the one that has waited longest for a request), the time to send
+the headers (`header_timeout_s`, a deadline for the whole header, however slowly it trickles),
+the body (`body_timeout_s`, `max_body_bytes`), keep-alive (`idle_timeout_s`,
+`keepalive_max_requests`), the header size (`max_header_bytes`) and reading our answer
+(`send_timeout_s`).
+
+HTTP/1.1 is parsed by h11 (python-hyper's sans-IO parser, the one uvicorn and httpx use); the
+connection's life is an asyncio.Protocol here, so an idle connection costs a few kilobytes and a
+timer, not a thread. uvicorn was not enough as is: its only timer is the keep-alive one, reset by
+every byte received, so nothing bounds how long a request may take to arrive (see
+xorbitsai/inference#5213, which wraps uvicorn's protocol for the same reason). Parsing, validation
+and the SQLite commit run in a few worker threads (WORKER_THREADS), so an fsync never stalls other
+connections.
+
+Malformed input of any kind (HTTP framing, JSON, nesting, numbers, lone surrogates, types) is a 4xx
+with its reason in the body and one log line; nothing that cannot be encoded as UTF-8 is queued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -14,17 +30,28 @@ import logging
 import os
 import sqlite3
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from alert_relay import metrics
+from alert_relay.config import RelayTuning
 from alert_relay.routes import SlackRoutes, e164
-from alert_relay.store import Store
+from alert_relay.store import Store, describe_error, write_error_cause
 
 log = logging.getLogger("alert_relay")
+
+# Threads that parse, validate and queue requests and answer /healthz and /metrics.
+WORKER_THREADS = 4
+# JSON nesting: Alertmanager's and FAX.PLUS's payloads are 4 levels deep at most.
+MAX_JSON_DEPTH = 32
+# Digits of a JSON integer: ids and page counts fit in 20.
+MAX_INTEGER_DIGITS = 20
+MAX_FAX_PAGES = 100_000
 
 
 class BadRequest(Exception):
@@ -68,7 +95,7 @@ class FaxData(Lenient):
     id: str | int
     sender: str = Field(validation_alias=AliasChoices("from", "from_number"))
     to: str = Field("", validation_alias=AliasChoices("to", "to_number"))
-    pages: int | None = None
+    pages: int | None = Field(None, ge=0, le=MAX_FAX_PAGES)
     start_time: str = ""
     file: str
     file_name: str = ""
@@ -78,6 +105,76 @@ class FaxData(Lenient):
 class FaxWebhook(Lenient):
     hook: FaxHook
     data: FaxData
+
+
+def _too_many_digits(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise BadRequest(f"malformed JSON: an integer of {len(text.lstrip('-'))} digits (at most {MAX_INTEGER_DIGITS})")
+    return int(text)
+
+
+def _not_a_number(name: str) -> Any:
+    raise BadRequest(f"malformed JSON: {name} is not a JSON number")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping past ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where the first string (key or value) with a lone surrogate is, as a dotted path."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return f"{where or 'body'} (\\u{ord(item[exc.start]):04x} at character {exc.start})"
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                child_path = f"{where}.{key}" if where else str(key)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"a key in {where or 'the body'}"
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}.{n}" if where else str(n)) for n, child in reversed(list(enumerate(item))))
+    return None
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or BadRequest: not UTF-8, not JSON, nested deeper than MAX_JSON_DEPTH,
+    integers over MAX_INTEGER_DIGITS, NaN/Infinity, or a string with a lone surrogate (valid JSON
+    escapes such as \\ud800 that no UTF-8 text, and so no Slack message, can carry)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"malformed JSON: the body is not UTF-8 (byte {exc.start})") from None
+    try:
+        payload = json.loads(text, parse_int=_too_many_digits, parse_constant=_not_a_number)
+    except RecursionError:
+        raise BadRequest(f"malformed JSON: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if _depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise BadRequest(f"malformed JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{_surrogate_path(payload)}: a lone surrogate: expected valid Unicode text") from None
+    return payload
 
 
 def _reason(exc: ValidationError) -> str:
@@ -132,129 +229,68 @@ def fax_message(hook: FaxWebhook, channel: str) -> list[tuple[str, str, str, dic
     })]
 
 
-class RelayServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # Alertmanager opens many connections at once after an outage
 
-    def __init__(self, address: tuple[str, int], *, store: Store, routes: SlackRoutes, on_queued,
-                 alertmanager_token: str, fax_token: str, max_body_bytes: int, healthy):
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any] | bytes
+    content_type: str = "application/json"
+    close: bool = False
+
+
+class Intake:
+    """What the requests mean: tokens, routes, the queue. Runs in the worker threads."""
+
+    def __init__(self, *, store: Store, routes: SlackRoutes, on_queued: Callable[[set[str]], None],
+                 alertmanager_token: str, fax_token: str, worker_problem: Callable[[], str | None]):
         self.store, self.routes, self.on_queued = store, routes, on_queued
         self.alertmanager_token, self.fax_token = alertmanager_token.encode(), fax_token.encode()
-        self.max_body_bytes = max_body_bytes
-        self.healthy = healthy
-        super().__init__(address, Handler)
+        self.worker_problem = worker_problem
 
+    def authorized(self, path: str, headers: dict[bytes, bytes]) -> Reply | None:
+        """None when a POST's credentials are right, else the 401 (decided before any body is read)."""
+        if path == "/alertmanager":
+            given = headers.get(b"authorization", b"")
+            if hmac.compare_digest(given, b"Bearer " + self.alertmanager_token):
+                return None
+            return refuse(401, "missing or wrong bearer token", "unauthorized", path, close=True)
+        if hmac.compare_digest(path[len("/fax/"):].encode(), self.fax_token):
+            return None
+        return refuse(401, "wrong webhook token", "unauthorized", path, close=True)
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: Alertmanager reuses connections
-    # Headers and body go out as two writes; with Nagle on, the body waits for the client's
-    # delayed ACK (40 ms) on every keep-alive request.
-    disable_nagle_algorithm = True
-    server: RelayServer
-    server_version = "alert-relay"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # access logs would carry the fax webhook's token, which is in its path
-
-    def _reply(self, status: int, body: dict[str, Any] | bytes, content_type: str = "application/json") -> None:
-        data = body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _refuse(self, status: int, reason: str, metric_reason: str) -> None:
-        metrics.REJECTED.labels(metric_reason).inc()
-        path = "/fax/…" if self.path.startswith("/fax/") else self.path.split("?")[0][:100]
-        log.warning("request refused", extra={"fields": {"status": status, "path": path, "reason": reason,
-                                                          "client": self.client_address[0]}})
-        self._reply(status, {"error": reason})
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            try:
-                self.server.store.ping()
-            except sqlite3.Error as exc:
-                self._reply(503, {"status": "queue unavailable", "error": str(exc)})
-                return
-            if not self.server.healthy():
-                self._reply(503, {"status": "delivery worker stopped"})
-                return
-            self._reply(200, {"status": "ok"})
-        elif self.path == "/metrics":
-            self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
-        else:
-            self._reply(404, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        started = time.perf_counter()
-        if self.path == "/alertmanager":
-            given = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), b"Bearer " + self.server.alertmanager_token):
-                self.close_connection = True
-                self._refuse(401, "missing or wrong bearer token", "unauthorized")
-                return
-            handle = self._alertmanager
-        elif self.path.startswith("/fax/"):
-            if not hmac.compare_digest(self.path[len("/fax/"):].encode(), self.server.fax_token):
-                self.close_connection = True
-                self._refuse(401, "wrong webhook token", "unauthorized")
-                return
-            handle = self._fax
-        else:
-            self._reply(404, {"error": "not found"})
-            return
-
-        body = self._body()
-        if body is None:
-            return
+    def post(self, path: str, body: bytes, started: float) -> Reply:
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._refuse(400, f"malformed JSON: {exc}", "malformed")
-            return
-        try:
-            answer = handle(payload)
+            payload = parse_json(body)
+            answer = self._alertmanager(payload) if path == "/alertmanager" else self._fax(payload)
         except BadRequest as exc:
-            self._refuse(400, str(exc), "invalid")
-            return
+            return refuse(400, str(exc), "malformed" if str(exc).startswith("malformed") else "invalid", path)
         except sqlite3.Error as exc:
             # Not queued: a 5xx makes Alertmanager and FAX.PLUS retry later.
-            log.error("cannot queue", extra={"fields": {"error": str(exc)}})
-            self._reply(503, {"error": f"cannot queue: {exc}"})
-            return
+            cause = describe_error(exc)
+            log.error("cannot queue", extra={"fields": {"error": cause, "cause": write_error_cause(exc)}})
+            return Reply(503, {"error": f"cannot queue: {cause}"})
         metrics.ACCEPT_SECONDS.observe(time.perf_counter() - started)
-        self._reply(200, answer)
+        return Reply(200, answer)
 
-    def _body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or self.headers.get("Content-Length") is None:
-            self.close_connection = True
-            self._refuse(411, "a Content-Length header is required", "no_length")
-            return None
-        try:
-            length = int(self.headers["Content-Length"])
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            self._refuse(400, "invalid Content-Length", "malformed")
-            return None
-        if length > self.server.max_body_bytes:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            self._refuse(413, f"body of {length} bytes exceeds max_body_bytes {self.server.max_body_bytes}", "too_large")
-            return None
-        return self.rfile.read(length)
+    def healthz(self) -> Reply:
+        problem = self.store.writable()
+        if problem:
+            return Reply(503, {"status": "queue not writable", "error": problem})
+        problem = self.worker_problem()
+        if problem:
+            return Reply(503, {"status": "not delivering", "error": problem})
+        return Reply(200, {"status": "ok"})
 
     def _alertmanager(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict) or payload.get("version") != "4":
             version = payload.get("version") if isinstance(payload, dict) else None
-            raise BadRequest(f"unknown payload version {version!r}: expected Alertmanager webhook version \"4\"")
+            raise BadRequest(f"unknown payload version {str(version)[:20]!r}: expected Alertmanager webhook version \"4\"")
         try:
             note = AlertmanagerNotification.model_validate(payload)
         except ValidationError as exc:
             raise BadRequest(f"invalid Alertmanager notification: {_reason(exc)}") from None
-        return self._queue("alert", alert_messages(note, self.server.routes))
+        return self._queue("alert", alert_messages(note, self.routes))
 
     def _fax(self, payload: Any) -> dict[str, Any]:
         try:
@@ -262,21 +298,373 @@ class Handler(BaseHTTPRequestHandler):
         except ValidationError as exc:
             raise BadRequest(f"invalid FAX.PLUS webhook: {_reason(exc)}") from None
         if hook.hook.event != "fax_received":
-            log.info("fax event ignored", extra={"fields": {"event": hook.hook.event, "fax_id": str(hook.data.id)}})
+            log.info("fax event ignored", extra={"fields": {"event": hook.hook.event[:100], "fax_id": str(hook.data.id)}})
             return {"status": "ignored"}
-        channel = self.server.routes.fax_channel(hook.data.sender)
+        channel = self.routes.fax_channel(hook.data.sender)
         if channel is None:
             metrics.DROPPED_FAXES.inc()
             log.info("fax dropped: sender not listed in routes", extra={"fields": {
-                "sender": e164(hook.data.sender), "fax_id": str(hook.data.id)}})
+                "sender": e164(hook.data.sender)[:40], "fax_id": str(hook.data.id)}})
             return {"status": "dropped"}
         return self._queue("fax", fax_message(hook, channel))
 
     def _queue(self, kind: str, messages: list[tuple[str, str, str, dict]]) -> dict[str, Any]:
-        queued = self.server.store.enqueue(messages)
+        queued = self.store.enqueue(messages)
         if not queued:
             metrics.DUPLICATES.labels(kind).inc()
             return {"status": "duplicate"}
         metrics.ACCEPTED.labels(kind).inc()
-        self.server.on_queued({channel for _key, _kind, channel, _payload in messages})
+        self.on_queued({channel for _key, _kind, channel, _payload in messages})
         return {"status": "queued", "messages": queued}
+
+
+def shown_path(path: str) -> str:
+    """A request path fit for logs: the fax webhook's token is in its path."""
+    return "/fax/…" if path.startswith("/fax/") else path[:100]
+
+
+def refuse(status: int, reason: str, metric_reason: str, path: str, client: str = "", close: bool = False) -> Reply:
+    """A 4xx with its reason, counted and logged once."""
+    reason = reason[:300]
+    metrics.REJECTED.labels(metric_reason).inc()
+    log.warning("request refused", extra={"fields": {"status": status, "path": shown_path(path), "reason": reason,
+                                                      **({"client": client} if client else {})}})
+    return Reply(status, {"error": reason}, close=close)
+
+
+def raw_reply(status: int, phrase: str, reason: str) -> bytes:
+    """An answer written outside h11's state machine: before a request line was complete."""
+    body = (json.dumps({"error": reason}) + "\n").encode()
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+class Phase:
+    WAITING = "waiting"  # for a request (fresh, keep-alive, or its headers trickling in): evictable
+    BODY = "body"        # headers read, body arriving
+    HANDLING = "handling"
+    SENDING = "sending"  # our answer is not yet taken by the peer
+    LINGERING = "lingering"  # answered and closing: the rest of the peer's request is read and dropped
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: h11 parses, this enforces the phase deadlines and answers."""
+
+    def __init__(self, server: RelayServer):
+        self.server = server
+        self.tuning = server.tuning
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.tuning.max_header_bytes)
+        self.phase = Phase.WAITING
+        self.keepalive_wait = False  # waiting between requests, no byte of the next one yet
+        self.timer: asyncio.TimerHandle | None = None
+        self.client = ""
+        self.method = b""
+        self.path = ""
+        self.body = bytearray()
+        self.eof = False
+        self.started = 0.0
+        self.served = 0
+        self.closing = False
+        self.write_paused = False
+        self.after_send: Callable[[], None] | None = None
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        # Pause as soon as anything is left unsent: a peer that does not read is timed out
+        # instead of growing our buffer with pipelined answers.
+        self.transport.set_write_buffer_limits(high=0)
+        if not self.server.admit(self):
+            return
+        self._wait(self.tuning.header_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == Phase.LINGERING:
+            return
+        if self.keepalive_wait:
+            self.keepalive_wait = False
+            self._arm(self.tuning.header_timeout_s, "header_timeout")
+        self.h11.receive_data(data)
+        self._advance()
+
+    def eof_received(self) -> bool | None:
+        if self.phase == Phase.LINGERING:
+            self._close()
+            return None
+        self.eof = True
+        self.h11.receive_data(b"")
+        self._advance()
+        return True  # keep our side open until the answer to a complete request is written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing and self._mid_request():
+            log.debug("peer disconnected mid-request", extra={"fields": {"phase": self.phase, "client": self.client}})
+        self.closing = True
+        self._cancel_timer()
+        self.server.forget(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.phase == Phase.SENDING and self.after_send:
+            after, self.after_send = self.after_send, None
+            after()
+
+    # phases
+
+    def _mid_request(self) -> bool:
+        if self.phase in (Phase.BODY, Phase.HANDLING, Phase.SENDING):
+            return True
+        return self.phase == Phase.WAITING and self._peer_sending()
+
+    def _peer_sending(self) -> bool:
+        """The peer has begun a request it has not finished sending."""
+        return self.h11.their_state in (h11.SEND_BODY, h11.ERROR) or bool(self.h11.trailing_data[0])
+
+    def _advance(self) -> None:
+        while self.phase in (Phase.WAITING, Phase.BODY) and not self.closing:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self.eof:  # the peer hung up mid-request: nobody to answer
+                    log.debug("peer disconnected mid-request", extra={"fields": {"phase": self.phase, "client": self.client}})
+                    self._close()
+                    return
+                self._send(refuse(exc.error_status_hint, f"malformed HTTP request: {exc}", "malformed_http",
+                                  self.path, self.client, close=True))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self.body += event.data  # h11 stops at the Content-Length, checked against max_body_bytes
+            elif isinstance(event, h11.EndOfMessage):
+                self._dispatch()
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close()
+
+    def _on_request(self, request: h11.Request) -> None:
+        self.server.busy(self)
+        self.started = time.perf_counter()
+        self.path = request.target.decode("latin-1").split("?", 1)[0]
+        self.method = request.method
+        self.body = bytearray()
+        headers = dict(request.headers)
+        if request.method == b"GET":
+            if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
+                self._send(refuse(400, "a GET request has no body", "malformed_http", self.path, self.client, close=True))
+                return
+            self.phase = Phase.BODY
+            self._arm(self.tuning.body_timeout_s, "body_timeout")
+            return
+        if request.method != b"POST" or not (self.path == "/alertmanager" or self.path.startswith("/fax/")):
+            status = 405 if self.path in ("/healthz", "/metrics", "/alertmanager") or self.path.startswith("/fax/") else 404
+            self._send(Reply(status, {"error": "method not allowed" if status == 405 else "not found"}, close=True))
+            return
+        refused = self.server.intake.authorized(self.path, headers)
+        if refused:
+            self._send(refused)
+            return
+        if b"transfer-encoding" in headers or b"content-length" not in headers:
+            self._send(refuse(411, "a Content-Length header is required", "no_length", self.path, self.client, close=True))
+            return
+        length = int(headers[b"content-length"])  # h11 has checked it is digits
+        if length > self.tuning.max_body_bytes:
+            self._send(refuse(413, f"body of {length} bytes exceeds max_body_bytes {self.tuning.max_body_bytes}",
+                              "too_large", self.path, self.client, close=True))
+            return
+        if self.h11.they_are_waiting_for_100_continue:
+            self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        self.phase = Phase.BODY
+        self._arm(self.tuning.body_timeout_s, "body_timeout")
+
+    def _dispatch(self) -> None:
+        self.phase = Phase.HANDLING
+        self._cancel_timer()
+        self.transport.pause_reading()
+        self.server.spawn(self._handle())
+
+    async def _handle(self) -> None:
+        intake = self.server.intake
+        try:
+            if self.method == b"GET":
+                if self.path == "/healthz":
+                    reply = await self.server.in_thread(intake.healthz)
+                elif self.path == "/metrics":
+                    reply = Reply(200, await self.server.in_thread(generate_latest), CONTENT_TYPE_LATEST)
+                else:
+                    reply = Reply(404, {"error": "not found"})
+            else:
+                reply = await self.server.in_thread(intake.post, self.path, bytes(self.body), self.started)
+        except Exception as exc:  # a bug must cost one request, not the connection's silence
+            log.exception("request handler error", extra={"fields": {"path": shown_path(self.path)}})
+            reply = Reply(500, {"error": f"internal error: {type(exc).__name__}"}, close=True)
+        self.body = bytearray()
+        if not self.closing:
+            self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        self._cancel_timer()
+        self.served += 1
+        data = reply.body if isinstance(reply.body, bytes) else (json.dumps(reply.body) + "\n").encode()
+        close = (reply.close or self.served >= self.tuning.keepalive_max_requests or self.server.stopping
+                 or self.h11.their_state is not h11.DONE)
+        headers = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(data)).encode()),
+                   (b"server", b"alert-relay")]
+        if close:
+            headers.append((b"connection", b"close"))
+        out = self.h11.send(h11.Response(status_code=reply.status, headers=headers))
+        out += self.h11.send(h11.Data(data=data)) + self.h11.send(h11.EndOfMessage())
+        self.transport.write(out)
+        next_step = self._linger if close or self.h11.our_state is h11.MUST_CLOSE else self._next_request
+        if self.write_paused:
+            self.phase = Phase.SENDING
+            self.after_send = next_step
+            self._arm(self.tuning.send_timeout_s, "send_timeout")
+        else:
+            next_step()
+
+    def _next_request(self) -> None:
+        self.h11.start_next_cycle()
+        self.keepalive_wait = not self.h11.trailing_data[0]  # else the next request has begun
+        self._wait(self.tuning.idle_timeout_s)
+        self.transport.resume_reading()
+        self._advance()  # a pipelined request may be buffered already
+
+    def _wait(self, timeout: float) -> None:
+        self.phase = Phase.WAITING
+        self.server.waiting(self)
+        self._arm(timeout, "idle_timeout" if self.keepalive_wait else "header_timeout")
+
+    def _linger(self) -> None:
+        """Close after the answer, reading (and dropping) what the peer still sends meanwhile, so
+        that our close does not reset the connection before the peer has read the answer."""
+        if self.closing:
+            return
+        if self.eof or not self._peer_sending():
+            self._close()
+            return
+        self.phase = Phase.LINGERING
+        self.server.waiting(self)
+        self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(self.tuning.send_timeout_s, None)
+
+    def _arm(self, timeout: float, reason: str | None) -> None:
+        self._cancel_timer()
+        self.timer = asyncio.get_running_loop().call_later(timeout, self._expired, reason)
+
+    def _cancel_timer(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self, reason: str | None) -> None:
+        self.timer = None
+        if reason:
+            metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
+            log.debug("connection timed out", extra={"fields": {"reason": reason, "client": self.client}})
+            if reason in ("header_timeout", "body_timeout") and self._mid_request():
+                self.transport.write(raw_reply(408, "Request Timeout", reason.replace("_", " ")))
+        # After send_timeout or lingering, what is left unsent will not be read: drop it.
+        self._close(abort=reason in ("send_timeout", None))
+
+    def evict(self) -> None:
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("evicted").inc()
+        log.debug("connection evicted", extra={"fields": {"client": self.client}})
+        self._close(abort=True)
+
+    def _close(self, abort: bool = False) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel_timer()
+        self.server.forget(self)
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+class RelayServer:
+    """The listening socket and its connections: the cap, eviction, in-flight handlers, shutdown."""
+
+    def __init__(self, tuning: RelayTuning, intake: Intake):
+        self.tuning, self.intake = tuning, intake
+        self.connections: set[HttpConnection] = set()
+        # Connections without a request under way, longest waiting first (dicts keep insertion order).
+        self.idle: dict[HttpConnection, None] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="intake")
+        self.stopping = False
+        self.listener: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        # The backlog absorbs Alertmanager's burst of connections after an outage.
+        self.listener = await loop.create_server(lambda: HttpConnection(self), host or None, port, backlog=1024,
+                                                 reuse_address=True)
+        return self.listener.sockets[0].getsockname()[:2]
+
+    def admit(self, connection: HttpConnection) -> bool:
+        """Count a new connection in; at max_connections, close the longest-waiting idle one, or
+        (every connection being in a request) this new one, with a 503."""
+        if len(self.connections) >= self.tuning.max_connections:
+            if self.idle:
+                next(iter(self.idle)).evict()
+            else:
+                metrics.HTTP_CONNECTIONS_CLOSED.labels("over_limit").inc()
+                log.warning("connection refused: max_connections reached",
+                            extra={"fields": {"max_connections": self.tuning.max_connections, "client": connection.client}})
+                connection.closing = True
+                connection.transport.write(raw_reply(503, "Service Unavailable", "too many connections"))
+                connection.transport.close()
+                return False
+        self.connections.add(connection)
+        metrics.HTTP_CONNECTIONS.set(len(self.connections))
+        return True
+
+    def waiting(self, connection: HttpConnection) -> None:
+        self.idle.pop(connection, None)
+        self.idle[connection] = None
+
+    def busy(self, connection: HttpConnection) -> None:
+        self.idle.pop(connection, None)
+
+    def forget(self, connection: HttpConnection) -> None:
+        self.idle.pop(connection, None)
+        if connection in self.connections:
+            self.connections.discard(connection)
+            metrics.HTTP_CONNECTIONS.set(len(self.connections))
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+
+    async def in_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening, close idle connections, let requests under way finish (up to grace_s)."""
+        self.stopping = True
+        if self.listener:
+            self.listener.close()
+        for connection in list(self.idle):
+            connection._close()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace_s)
+        for connection in list(self.connections):
+            connection._close()
+        self.executor.shutdown(wait=True)

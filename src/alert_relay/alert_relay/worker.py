@@ -10,16 +10,20 @@ to the dead letters.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 
 from alert_relay import metrics
 from alert_relay.slack import PermanentError, RateLimited, Slack, describe
-from alert_relay.store import Message, Store
+from alert_relay.store import Message, Store, describe_error
 
 log = logging.getLogger("alert_relay")
 
 IDLE_WAKEUP_S = 30.0  # also the period for housekeeping when nothing arrives
+HOUSEKEEPING_INTERVAL_S = 3600.0
+# /healthz reports the worker as not delivering once its loop has failed for this long.
+LOOP_FAILURE_GRACE_S = 10.0
 
 
 class Worker(threading.Thread):
@@ -37,6 +41,8 @@ class Worker(threading.Thread):
         self._channel_free_at: dict[str, float] = {}
         self._paused_until = 0.0
         self._last_housekeeping = 0.0
+        self._failing_since: float | None = None  # the loop's first failure in a row
+        self._failure = ""
 
     def notify(self, channels: set[str]) -> None:
         """Called after a commit that queued messages for ``channels``.
@@ -55,6 +61,16 @@ class Worker(threading.Thread):
             self._stopping = True
             self._wakeup.notify()
 
+    def problem(self) -> str | None:
+        """Why nothing is being delivered (for /healthz), or None. Slack's own failures are not
+        ours: they are retried and counted in alert_relay_delivery_failures_total."""
+        if not self.is_alive():
+            return "delivery worker stopped"
+        since = self._failing_since
+        if since is not None and time.time() - since >= LOOP_FAILURE_GRACE_S:
+            return f"delivery loop failing for {time.time() - since:.0f} s: {self._failure}"
+        return None
+
     def run(self) -> None:
         while True:
             with self._wakeup:
@@ -63,8 +79,12 @@ class Worker(threading.Thread):
                 self._dirty = False  # a notify from here on makes the wait below return at once
             try:
                 wait = self._step()
-            except Exception:  # the worker must outlive any bug in one delivery; the message stays queued
+                self._failing_since = None
+            except Exception as exc:  # the worker must outlive any bug in one delivery; the message stays queued
                 log.exception("delivery loop error")
+                self._failure = str(exc)[:200]
+                if self._failing_since is None:
+                    self._failing_since = time.time()
                 wait = 1.0
             if wait > 0:
                 with self._wakeup:
@@ -74,9 +94,12 @@ class Worker(threading.Thread):
     def _step(self) -> float:
         """Send at most one message; return how long to wait before the next look (0: look again now)."""
         now = time.time()
-        if now - self._last_housekeeping > 3600:
-            self.store.forget_old_keys()
-            self._last_housekeeping = now
+        if now - self._last_housekeeping > HOUSEKEEPING_INTERVAL_S:
+            self._last_housekeeping = now  # failed or not, tried again in an interval: delivery comes first
+            try:
+                self.store.forget_old_keys()
+            except sqlite3.Error as exc:
+                log.error("housekeeping failed", extra={"fields": {"step": "forget_old_keys", "error": describe_error(exc)}})
         if now < self._paused_until:
             return self._paused_until - now
         soonest = IDLE_WAKEUP_S
