@@ -32,6 +32,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Callable
 
 import h11
@@ -332,10 +333,10 @@ def refuse(status: int, reason: str, metric_reason: str, path: str, client: str 
     return Reply(status, {"error": reason}, close=close)
 
 
-def raw_reply(status: int, phrase: str, reason: str) -> bytes:
-    """An answer written outside h11's state machine: before a request line was complete."""
+def raw_reply(status: int, reason: str) -> bytes:
+    """An answer written outside h11's state machine, just before the connection is closed."""
     body = (json.dumps({"error": reason}) + "\n").encode()
-    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n").encode() + body
 
 
@@ -457,6 +458,12 @@ class HttpConnection(asyncio.Protocol):
         self.method = request.method
         self.body = bytearray()
         headers = dict(request.headers)
+        # h11 bounds a header still arriving; one that came whole in a single read is measured here.
+        size = len(request.method) + len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers)
+        if size > self.tuning.max_header_bytes:
+            self._send(refuse(431, f"request header over max_header_bytes {self.tuning.max_header_bytes}",
+                              "malformed_http", self.path, self.client, close=True))
+            return
         if request.method == b"GET":
             if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
                 self._send(refuse(400, "a GET request has no body", "malformed_http", self.path, self.client, close=True))
@@ -520,7 +527,8 @@ class HttpConnection(asyncio.Protocol):
                    (b"server", b"alert-relay")]
         if close:
             headers.append((b"connection", b"close"))
-        out = self.h11.send(h11.Response(status_code=reply.status, headers=headers))
+        out = self.h11.send(h11.Response(status_code=reply.status, headers=headers,
+                                         reason=HTTPStatus(reply.status).phrase.encode()))
         out += self.h11.send(h11.Data(data=data)) + self.h11.send(h11.EndOfMessage())
         self.transport.write(out)
         next_step = self._linger if close or self.h11.our_state is h11.MUST_CLOSE else self._next_request
@@ -573,7 +581,7 @@ class HttpConnection(asyncio.Protocol):
             metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
             log.debug("connection timed out", extra={"fields": {"reason": reason, "client": self.client}})
             if reason in ("header_timeout", "body_timeout") and self._mid_request():
-                self.transport.write(raw_reply(408, "Request Timeout", reason.replace("_", " ")))
+                self.transport.write(raw_reply(408, reason.replace("_", " ")))
         # After send_timeout or lingering, what is left unsent will not be read: drop it.
         self._close(abort=reason in ("send_timeout", None))
 
@@ -625,7 +633,7 @@ class RelayServer:
                 log.warning("connection refused: max_connections reached",
                             extra={"fields": {"max_connections": self.tuning.max_connections, "client": connection.client}})
                 connection.closing = True
-                connection.transport.write(raw_reply(503, "Service Unavailable", "too many connections"))
+                connection.transport.write(raw_reply(503, "too many connections"))
                 connection.transport.close()
                 return False
         self.connections.add(connection)

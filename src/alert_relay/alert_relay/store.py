@@ -170,7 +170,8 @@ def check_queue(path: str | Path) -> None:
     except sqlite3.Error as exc:
         raise QueueError(path, f"{describe_error(exc)}: move it aside (keep it for `sqlite3 FILE .recover`)") from None
     if problems != ["ok"]:
-        raise QueueError(path, f"database is corrupt (quick_check: {problems[0]}): move it aside "
+        first = " ".join(problems[0].split())  # SQLite's report spans lines
+        raise QueueError(path, f"database is corrupt (quick_check: {first}): move it aside "
                                "(keep it for `sqlite3 FILE .recover`)")
 
 
@@ -229,6 +230,13 @@ class Store:
                     setattr(self, "_probe_problem" if probe else "_write_problem", describe_error(exc))
                 raise
             setattr(self, "_probe_problem" if probe else "_write_problem", None)
+
+    def close(self) -> None:
+        """Close this thread's connection (the last one to close checkpoints and removes the WAL)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
