@@ -534,6 +534,7 @@ class HttpConnection(asyncio.Protocol):
         next_step = self._linger if close or self.h11.our_state is h11.MUST_CLOSE else self._next_request
         if self.write_paused:
             self.phase = Phase.SENDING
+            self.transport.pause_reading()  # nothing more is parsed until the peer takes this answer
             self.after_send = next_step
             self._arm(self.tuning.send_timeout_s, "send_timeout")
         else:
