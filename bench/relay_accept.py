@@ -10,7 +10,7 @@ SQLite WAL commit with fsync) costs.
 
 Target (issue 5): accept p99 < 20 ms at 200 alerts/s.
 
-Run from the repo root: .venv/bin/python bench/relay_accept.py [--rate 200] [--seconds 15]
+Run from the repo root: .venv/bin/python bench/relay_accept.py [--rate 200] [--seconds 15] [--relay-src DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from relay_common import relay_from  # noqa: E402
 from tests.alert_relay.conftest import AM_TOKEN, CHANNELS, FAXPLUS_TOKEN, SLACK_TOKEN, Relay, notification  # noqa: E402
 from tests.alert_relay.fakes import FakeFaxPlus, FakeSlack  # noqa: E402
 
@@ -111,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--relay-src", help="run the relay from this tree's src/alert_relay (see bench/relay_common.py)")
     args = parser.parse_args()
 
     bare = ThreadingHTTPServer(("127.0.0.1", 0), BareHandler)
@@ -119,6 +121,7 @@ def main() -> None:
     slack = FakeSlack(SLACK_TOKEN, CHANNELS).start()
     faxplus = FakeFaxPlus(FAXPLUS_TOKEN).start()
     workdir = tempfile.TemporaryDirectory(prefix="relay-bench-")
+    relay_from(args.relay_src, Path(workdir.name))
     relay = Relay(Path(workdir.name), slack, faxplus).start()
     try:
         offer(f"http://127.0.0.1:{bare.server_address[1]}/alertmanager", args.rate, 1)  # warm up both

@@ -13,7 +13,7 @@ Target (issue 10): no unauthenticated client delays legitimate work by more than
 under 30 MB for 3000 held connections; threads bounded.
 
 Run from the repo root: .venv/bin/python bench/relay_slowloris.py [--held 1000 3000 6000] [--rate 50] [--seconds 6]
-  --relay-src DIR runs the relay from another source tree (e.g. a checkout of an older commit) to compare.
+  --relay-src DIR runs the relay from another tree's src/alert_relay (e.g. an older commit's) to compare.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import selectors
 import socket
-import stat
 import sys
 import tempfile
 import threading
@@ -34,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import tests.alert_relay.conftest as relay_tests  # noqa: E402
+from relay_common import relay_from  # noqa: E402
 from tests.alert_relay.conftest import AM_TOKEN, CHANNELS, FAXPLUS_TOKEN, SLACK_TOKEN, Relay, notification  # noqa: E402
 from tests.alert_relay.fakes import FakeFaxPlus, FakeSlack  # noqa: E402
 
@@ -136,22 +134,12 @@ def offer(port: int, rate: float, seconds: float) -> dict[str, float]:
             "max": latencies[-1], "errors": errors, "sent": total}
 
 
-def relay_from(source: str | None, directory: Path) -> None:
-    """Make the tests' Relay run the relay from another source tree."""
-    if not source:
-        return
-    wrapper = directory / "alert-relay-from-source"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={Path(source).resolve()} exec {sys.executable} -m alert_relay \"$@\"\n")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    relay_tests.RELAY = wrapper
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held", type=int, nargs="+", default=[1000, 3000, 6000])
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=6)
-    parser.add_argument("--relay-src", help="run the relay from this source tree (its src/alert_relay)")
+    parser.add_argument("--relay-src", help="run the relay from this tree's src/alert_relay (see bench/relay_common.py)")
     args = parser.parse_args()
 
     slack = FakeSlack(SLACK_TOKEN, CHANNELS).start()

@@ -160,8 +160,13 @@ def test_disk_full_while_running_is_a_503_saying_so_and_nothing_is_lost(tmp_path
         relay.stop()
 
 
-def test_queue_file_is_created_0600(relay):
-    assert stat.S_IMODE(Path(relay.config["queue_path"]).stat().st_mode) == 0o600
+def test_queue_file_is_created_0600_and_an_older_one_tightened(relay):
+    queue = Path(relay.config["queue_path"])
+    assert stat.S_IMODE(queue.stat().st_mode) == 0o600
+    relay.stop()
+    queue.chmod(0o644)  # as relays before this one created it
+    relay.start()
+    assert stat.S_IMODE(queue.stat().st_mode) == 0o600
 
 
 def test_a_failing_write_shows_in_healthz_until_writes_succeed(relay):

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from homelab.vault import load_vault
-from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, token_path
+from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, TOKEN_MODE, token_path
 from roles.python_app import build_wheels
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
@@ -104,14 +104,17 @@ def test_alertmanager_webhook_takes_the_vault_token_and_refuses_others(node, rel
     assert queue.exists and queue.user == APP.service
 
 
-def test_token_files_readable_only_by_root_and_the_service(node, vault):
+def test_token_files_and_the_queue_are_not_readable_by_others(node, vault):
     processes = node.check_output("ps -eo args")
     for secret in TOKEN_FILES.values():
         token = node.file(token_path(secret))
-        assert (token.user, token.group, token.mode) == ("root", APP.service, 0o640), secret
+        assert (token.user, token.group, token.mode) == ("root", APP.service, int(TOKEN_MODE, 8)), secret
         assert token.content_string.strip() == vault[secret]
         assert vault[secret] not in processes
     assert node.file("/etc/alert-relay").mode == 0o750
+    # The queue holds alert texts and fax metadata: the service's alone.
+    queue = node.file(QUEUE_PATH)
+    assert (queue.user, queue.mode) == (APP.service, 0o600)
 
 
 def test_runs_the_wheels_built_on_the_control_machine(node):

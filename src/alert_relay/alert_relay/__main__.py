@@ -1,6 +1,6 @@
 """alert-relay: `alert-relay --config FILE` runs the relay; `--check-config FILE` validates and exits.
 
-Exit status: 0 on SIGTERM or a valid config, 2 for a config problem (one line on stderr naming the
+Exit status: 0 on SIGTERM or a valid config, 2 for a config or queue file problem (one line on stderr naming the
 file and key).
 """
 
@@ -22,7 +22,7 @@ from alert_relay.config import ConfigFileError, RelayConfig, fit_open_file_limit
 from alert_relay.routes import SlackRoutes, load_routes
 from alert_relay.server import Intake, RelayServer
 from alert_relay.slack import Slack
-from alert_relay.store import QueueError, Store, check_queue
+from alert_relay.store import QueueError, Store, check_queue, describe_error
 from alert_relay.worker import Worker
 
 log = logging.getLogger("alert_relay")
@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         # Safe while the relay runs (SQLite serializes writers); it picks them up within a minute.
         try:
             letters = Store(loaded.config.queue_path).requeue_dead_letters()
-        except (QueueError, sqlite3.Error) as exc:
-            print(f"alert-relay: {loaded.config.queue_path}: {exc}", file=sys.stderr)
+        except QueueError as exc:
+            print(f"alert-relay: {exc}", file=sys.stderr)
+            return 2
+        except sqlite3.Error as exc:
+            print(f"alert-relay: {loaded.config.queue_path}: {describe_error(exc)}", file=sys.stderr)
             return 2
         for letter in letters:
             print(json.dumps({"event": "requeued", **letter}))

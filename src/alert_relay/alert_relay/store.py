@@ -202,7 +202,14 @@ class Store:
         self._probed_at = 0.0
         try:
             # 0600 before SQLite creates it (SQLite would use 0644); its -wal and -shm copy the mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            # A queue an older relay created 0644 is tightened.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                info = os.fstat(fd)
+                if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                    os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
             with self._write_lock:
                 self._db().executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
