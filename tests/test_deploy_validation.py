@@ -10,7 +10,7 @@ PYINFRA = Path(sys.executable).with_name("pyinfra")
 
 def test_bad_tuning_file_stops_the_deploy_with_one_line(tmp_path):
     bad = tmp_path / "tuning.yaml"
-    bad.write_text((REPO / "inventory/tuning.yaml").read_text().replace("somaxconn: 4096", "somaxconn: lots"))
+    bad.write_text((REPO / "inventory/tuning.yaml").read_text().replace("somaxconn: 16384", "somaxconn: lots"))
     # --dry and @local: even if validation were broken, nothing would be changed on this machine.
     result = subprocess.run(
         [str(PYINFRA), "-y", "--dry", "--data", f"tuning_file={bad}", "@local", "deploys/all.py"],

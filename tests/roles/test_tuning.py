@@ -36,7 +36,7 @@ def test_shipped_file_holds_the_issue_sysctls():
 def test_rendered_sysctl_conf_is_what_sysctl_reads():
     conf = render_sysctl_conf(load_tuning(SHIPPED), source="inventory/tuning.yaml")
     lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
-    assert "net.core.somaxconn = 4096" in lines
+    assert "net.core.somaxconn = 16384" in lines
     assert "net.ipv4.ip_local_port_range = 10240 65000" in lines
     assert all(" = " in line for line in lines)
 
@@ -44,15 +44,15 @@ def test_rendered_sysctl_conf_is_what_sysctl_reads():
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("somaxconn: 4096", "somaxconn: lots", "sysctl.net.core.somaxconn: expected an integer in 128..65535, got 'lots'"),
-        ("somaxconn: 4096", "somaxconn: 70000", "sysctl.net.core.somaxconn: expected an integer in 128..65535, got 70000"),
+        ("somaxconn: 16384", "somaxconn: lots", "sysctl.net.core.somaxconn: expected an integer in 128..65535, got 'lots'"),
+        ("somaxconn: 16384", "somaxconn: 70000", "sysctl.net.core.somaxconn: expected an integer in 128..65535, got 70000"),
         ("fs.file-max:", "fs.file-maxx:", "sysctl.fs.file-maxx: unknown sysctl, expected one of"),
         ("[10240, 65000]", "[65000, 10240]", "sysctl.net.ipv4.ip_local_port_range: expected [low, high]"),
         ("vm.overcommit_memory: 1", "vm.overcommit_memory: 3", "sysctl.vm.overcommit_memory: expected an integer in 0..2"),
         ("nofile: 65536", "nofile: 100", "limits.nofile: expected greater than or equal to 1024"),
         ("keepalive_timeout_s:", "keepalive_timeout:", "nginx.keepalive_timeout: unknown key"),
-        ("worker_connections: 4096", "worker_connections: '4096'", "nginx.worker_connections: expected a valid integer"),
-        ("somaxconn: 4096", "somaxconn: 1024", "nginx.listen_backlog: expected at most net.core.somaxconn (1024), got 4096"),
+        ("worker_connections: 16384", "worker_connections: '16384'", "nginx.worker_connections: expected a valid integer"),
+        ("somaxconn: 16384", "somaxconn: 1024", "nginx.listen_backlog: expected at most net.core.somaxconn (1024), got 4096"),
         ("nofile: 65536", "nofile: 8192", "nginx.worker_rlimit_nofile: expected at most limits.nofile (8192)"),
         ("sysctl:\n", "sysctl: [\n", "line "),
     ],
