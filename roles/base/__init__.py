@@ -1,6 +1,7 @@
 """What every node needs before the other roles: the tools they and their checks call.
 
-A minimal Debian lacks procps (sysctl, pgrep), curl (health checks) and logrotate.
+A minimal Debian lacks procps (sysctl, pgrep), curl (health checks) and logrotate. Every host gets
+this role first, so a host that runs no supported Debian release is refused here, before any change.
 """
 
 from pydantic import Field
@@ -9,7 +10,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt
 
 from homelab.config import StrictModel
-from roles.common import role_settings
+from roles.common import node_release, role_settings
 
 BASE_PACKAGES = ["procps", "iproute2", "curl", "ca-certificates", "logrotate"]
 
@@ -23,6 +24,7 @@ class Settings(StrictModel):
 @deploy("Base packages")
 def apply() -> None:
     settings = role_settings("base", Settings)
+    node_release()
     apt.packages(
         name="Base tools",
         packages=BASE_PACKAGES + settings.extra_packages,
