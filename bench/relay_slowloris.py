@@ -3,7 +3,9 @@
 
 An attacker without a token keeps HELD connections open to the relay, a third of them silent, a
 third trickling a header (a byte every second), a third with a complete header and half a body; a
-connection the relay closes is opened again at once. Meanwhile Alertmanager-like POSTs arrive at a
+connection the relay closes is opened again, at most REOPEN_PER_S a second (as slowloris tools
+replenish; reconnecting as fast as possible is a connection flood, which fills the kernel's accept
+queue whatever the server does, and is for a firewall to rate-limit). Meanwhile Alertmanager-like POSTs arrive at a
 fixed rate, open loop (latency from each request's scheduled time), half on fresh connections and
 half on one kept-alive connection. Reference, same run: the same relay process and the same
 legitimate load before any connection is held. Printed: connections actually held (the relay's
@@ -23,6 +25,7 @@ import http.client
 import json
 import selectors
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +40,7 @@ from tests.alert_relay.conftest import AM_TOKEN, CHANNELS, FAXPLUS_TOKEN, SLACK_
 from tests.alert_relay.fakes import FakeFaxPlus, FakeSlack  # noqa: E402
 
 TRICKLE_INTERVAL_S = 1.0
+REOPEN_PER_S = 100
 
 
 def process_status(pid: int) -> tuple[float, int]:
@@ -48,16 +52,16 @@ def process_status(pid: int) -> tuple[float, int]:
 class Attacker(threading.Thread):
     """Keeps ``count`` connections open to the relay, reopening each one the relay closes."""
 
-    OPENINGS = [b"", b"POST /alertmanager HTTP/1.1\r\nHost: relay\r\nX-Slow: a",
-                f"POST /alertmanager HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {AM_TOKEN}\r\n"
-                f"Content-Length: 100000\r\n\r\n{{\"version\"".encode()]
-
-    def __init__(self, port: int, count: int):
+    def __init__(self, port: int, count: int, max_body_bytes: int):
         super().__init__(daemon=True)
         self.port, self.count = port, count
+        self.openings = [b"", b"POST /alertmanager HTTP/1.1\r\nHost: relay\r\nX-Slow: a",
+                         f"POST /alertmanager HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {AM_TOKEN}\r\n"
+                         f"Content-Length: {max_body_bytes}\r\n\r\n{{\"version\"".encode()]
         self.selector = selectors.DefaultSelector()
         self.stopping = False
         self.reopened = 0
+        self.to_reopen: list[int] = []
         self.ready = threading.Event()
 
     def _open(self, kind: int) -> None:
@@ -66,8 +70,8 @@ class Attacker(threading.Thread):
         sock.settimeout(5)
         try:
             sock.connect(("127.0.0.1", self.port))
-            if self.OPENINGS[kind]:
-                sock.sendall(self.OPENINGS[kind])
+            if self.openings[kind]:
+                sock.sendall(self.openings[kind])
         except OSError:
             sock.close()
             return
@@ -78,9 +82,9 @@ class Attacker(threading.Thread):
         for n in range(self.count):
             self._open(n % 3)
         self.ready.set()
-        next_trickle = time.monotonic() + TRICKLE_INTERVAL_S
+        next_trickle = last_reopen = time.monotonic() + TRICKLE_INTERVAL_S
         while not self.stopping:
-            for key, _ in self.selector.select(timeout=0.2):
+            for key, _ in self.selector.select(timeout=0.05):
                 try:
                     closed = not key.fileobj.recv(65536)
                 except BlockingIOError:
@@ -90,8 +94,15 @@ class Attacker(threading.Thread):
                 if closed:
                     self.selector.unregister(key.fileobj)
                     key.fileobj.close()
+                    self.to_reopen.append(key.data)
+            now = time.monotonic()
+            budget = int((now - last_reopen) * REOPEN_PER_S)
+            if budget:
+                last_reopen = now
+                for kind in self.to_reopen[:budget]:
                     self.reopened += 1
-                    self._open(key.data)
+                    self._open(kind)
+                del self.to_reopen[:budget]
             if time.monotonic() >= next_trickle:
                 next_trickle += TRICKLE_INTERVAL_S
                 for key in list(self.selector.get_map().values()):
@@ -154,7 +165,7 @@ def main() -> None:
         reference = offer(port, args.rate, args.seconds)
         rows.append(("none (reference)", 0, *process_status(relay.process.pid), reference, 0))
         for count in args.held:
-            attacker = Attacker(port, count)
+            attacker = Attacker(port, count, relay.config["max_body_bytes"])
             attacker.start()
             attacker.ready.wait(120)
             time.sleep(1)
@@ -166,7 +177,10 @@ def main() -> None:
             rows.append((f"{count} attacker connections", held, rss, threads, measured, attacker.reopened))
             time.sleep(1)
     finally:
-        relay.stop()
+        try:
+            relay.stop()
+        except subprocess.TimeoutExpired:
+            print("the relay did not stop within 30 s of SIGTERM: killed")
         slack.close()
         faxplus.close()
         workdir.cleanup()
