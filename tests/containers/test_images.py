@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from homelab.containers import images
+from homelab.containers import base, images
 from homelab.lab.inventory import inventory_groups
 from homelab.vault import load_vault
 
@@ -112,9 +112,12 @@ def test_no_secret_or_key_in_any_layer_of_either_image(built_images):
 
 
 def test_same_inputs_give_the_same_layers(built_images):
-    """A rebuild without the layer cache (new time stamps, new byte-code compile) gives identical layers."""
+    """The base tree imported again, and a rebuild without the layer cache (new time stamps, new
+    byte-code compile), give identical layers."""
     spec = images.specs()["toy-redis"]
     first = built_images.built[spec.name].attrs["RootFS"]["Layers"]
+    reimported = base.import_tree(built_images.client, base.ensure_tree(), "homelab-test/base-again:1")
+    assert reimported.attrs["RootFS"]["Layers"] == first[:1]
     again = images.build(built_images.client, spec, no_cache=True)
     assert again.attrs["RootFS"]["Layers"] == first
     assert len(first) == 2, "base plus one layer with the service"

@@ -94,9 +94,13 @@ def ensure_imported(client: docker.DockerClient, tree: Path) -> str:
     tag = f"{REPOSITORY}:{tree.name.removeprefix('base-')}"
     try:
         client.images.get(tag)
-        return tag
     except docker.errors.ImageNotFound:
-        pass
+        import_tree(client, tree, tag)
+    return tag
+
+
+def import_tree(client: docker.DockerClient, tree: Path, tag: str) -> docker.models.images.Image:
+    """`docker import` of ``tree`` from a deterministic tar, tagged ``tag``."""
     repository, _, version = tag.partition(":")
     tar = subprocess.Popen(
         ["tar", "-C", str(tree), "--sort=name", "--numeric-owner", "--format=gnu", "-cf", "-", "."],
@@ -109,5 +113,4 @@ def ensure_imported(client: docker.DockerClient, tree: Path) -> str:
         _, stderr = tar.communicate()
     if tar.returncode != 0:
         raise ConfigError(tree, "", f"tar of the base tree failed: {stderr.decode(errors='replace').strip()}")
-    client.images.get(tag)  # the import reports errors only in its progress stream
-    return tag
+    return client.images.get(tag)  # the import reports errors only in its progress stream
