@@ -77,7 +77,7 @@ def private_engine(data_root: Path | None = None) -> Iterator[Engine]:
             cleanup.callback(shutil.rmtree, data_root, ignore_errors=True)
         data_root.mkdir(parents=True, exist_ok=True)
         exec_root = Path(tempfile.mkdtemp(prefix="hd-", dir=EXEC_ROOT_PARENT))
-        cleanup.callback(shutil.rmtree, exec_root, ignore_errors=True)
+        cleanup.callback(_remove_exec_root, exec_root)
         log_file = data_root / "dockerd.log"
         log = cleanup.enter_context(log_file.open("wb"))
         process = subprocess.Popen(dockerd_command(data_root, exec_root), stdout=log, stderr=subprocess.STDOUT,
@@ -103,6 +103,15 @@ def _wait_until_answering(process: subprocess.Popen, docker_host: str, log_file:
                 raise ConfigError("dockerd", "", f"did not answer on {docker_host} within {START_TIMEOUT_S} s "
                                                  f"(see {log_file})") from None
             time.sleep(0.2)
+
+
+def _remove_exec_root(exec_root: Path) -> None:
+    """dockerd leaves its network namespace handle (netns/default) mounted there when it exits."""
+    with open("/proc/self/mounts") as mounts:
+        below = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{exec_root}/")]
+    for mount_point in sorted(below, reverse=True):
+        subprocess.run(["umount", "--lazy", mount_point], capture_output=True)
+    shutil.rmtree(exec_root, ignore_errors=True)
 
 
 def _stop(process: subprocess.Popen) -> None:
