@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.alert_relay.conftest import RELAY, fax_webhook, notification, wait_for
+from tests.alert_relay.fakes import Channel
 
 pytestmark = pytest.mark.slow
 
@@ -142,17 +143,22 @@ def test_dead_letters_can_be_requeued_once_the_cause_is_fixed(make_relay, slack)
     assert relay.metric("alert_relay_dead_letters") == 0
 
 
-def test_a_message_slack_refuses_for_good_is_a_dead_letter_at_once_and_blocks_nothing(make_relay, slack):
+def test_a_misrouted_channel_waits_for_a_person_and_blocks_nothing_else(make_relay, slack):
     routes = {"slack": {"default_channel": "#homelab-alerts",
                         "alerts": [{"match": {"severity": "critical"}, "channel": "#no-such-channel"}]}}
-    relay = make_relay(routes=routes, max_attempts=50)
+    relay = make_relay(routes=routes, max_attempts=2, retry_initial_s=0.1, retry_max_s=0.5)
     relay.post_alerts(notification("Misrouted", severity="critical"))
     relay.post_alerts(notification("Fine"))
-    wait_for(lambda: relay.metric("alert_relay_dead_letters") == 1, 10, "the dead letter")
-    dead = [event for event in relay.events() if event["event"] == "dead letter"][0]
-    assert dead["attempts"] == 1 and "channel_not_found" in dead["error"]
     wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the other message")
     assert "Fine" in slack.calls_of("chat.postMessage")[0].params["text"]
+    wait_for(lambda: len(slack.refusals("channel_not_found")) >= 3, 10, "probes of the missing channel")
+    # Not dead-lettered: creating the channel (or inviting the bot) delivers it.
+    assert relay.metric("alert_relay_dead_letters") == 0 and relay.metric("alert_relay_channels_blocked") == 1
+    paused = [event for event in relay.events() if event["event"].startswith("channel paused")]
+    assert len(paused) == 1 and "channel_not_found" in paused[0]["reason"]
+    slack.channels["#no-such-channel"] = Channel("C0000000099", "no-such-channel")
+    wait_for(lambda: len(slack.calls_of("chat.postMessage")) == 2, 10, "the message once the channel exists")
+    assert relay.metric("alert_relay_queue_depth") == 0
 
 
 def test_sigkill_during_a_slack_call_neither_loses_nor_repeats_the_message(relay, slack):
@@ -174,14 +180,14 @@ def test_sigkill_during_a_slack_call_neither_loses_nor_repeats_the_message(relay
 
 
 def test_sigkill_during_a_fax_share_neither_loses_nor_repeats_it(relay, slack, faxplus):
-    faxplus.add_pdf("cut-file")
+    faxplus.add_pdf("cut")
     slack.hang_next("files.completeUploadExternal", 30)
     relay.post_fax(fax_webhook("cut"))
     wait_for(lambda: slack.calls_of("files.completeUploadExternal"), 10, "Slack to take the share")
     relay.kill()
     relay.start()
     wait_for(lambda: slack.calls_of("conversations.history"), 10, "the relay to look before resending")
-    faxplus.add_pdf("next-file")
+    faxplus.add_pdf("next")
     relay.post_fax(fax_webhook("next"))
     wait_for(lambda: len(slack.calls_of("files.completeUploadExternal")) >= 2, 10, "the next fax")
     time.sleep(0.5)

@@ -8,7 +8,7 @@ from tests.alert_relay.conftest import CHANNELS, fax_webhook, wait_for
 
 
 def test_fax_from_a_listed_sender_arrives_as_a_pdf_with_its_comment(relay, slack, faxplus):
-    pdf = faxplus.add_pdf("abc123-file")
+    pdf = faxplus.add_pdf("abc123")
     # FAX.PLUS spells the sender without punctuation; the route lists "+1 (555) 010-0142".
     answer = relay.post_fax(fax_webhook("abc123", sender="+15550100142", pages=3))
     assert answer.status_code == 200 and answer.json()["status"] == "queued"
@@ -18,12 +18,13 @@ def test_fax_from_a_listed_sender_arrives_as_a_pdf_with_its_comment(relay, slack
     comment = done["initial_comment"]
     assert "+15550100142" in comment and "3 pages" in comment and "2024-05-01 09:59:12" in comment
     started = slack.calls_of("files.getUploadURLExternal")[0].params
-    assert started["filename"] == "abc123.pdf" and int(started["length"]) == len(pdf)
-    assert faxplus.requests == [{"path": "/v3/accounts/self/files/abc123-file", "format": "pdf"}]
+    # The file is named by its FAX.PLUS id: that is how a cut-off share is recognised.
+    assert started["filename"] == "fax-abc123.pdf" and int(started["length"]) == len(pdf)
+    assert faxplus.requests == [{"path": "/v3/accounts/self/files/abc123", "format": "pdf", "authorization": "yes"}]
 
 
 def test_fax_from_an_unlisted_sender_is_dropped_with_a_log_line(relay, slack, faxplus):
-    faxplus.add_pdf("spam-file")
+    faxplus.add_pdf("spam")
     answer = relay.post_fax(fax_webhook("spam", sender="+1 555 010 9999"))
     assert answer.status_code == 200 and answer.json()["status"] == "dropped"
     time.sleep(1)
@@ -34,7 +35,7 @@ def test_fax_from_an_unlisted_sender_is_dropped_with_a_log_line(relay, slack, fa
 
 
 def test_fax_retries_and_from_number_spelling_are_delivered_once(relay, slack, faxplus):
-    faxplus.add_pdf("f1-file")
+    faxplus.add_pdf("f1")
     payload = fax_webhook("f1")
     payload["data"]["from_number"] = payload["data"].pop("from")
     payload["data"]["to_number"] = payload["data"].pop("to")
@@ -48,7 +49,7 @@ def test_fax_not_yet_downloadable_is_retried(relay, slack, faxplus):
     relay.post_fax(fax_webhook("late"))
     wait_for(lambda: len(faxplus.requests) >= 2, 10, "download retries")
     assert not slack.calls_of("files.getUploadURLExternal")
-    faxplus.add_pdf("late-file")
+    faxplus.add_pdf("late")
     wait_for(lambda: slack.calls_of("files.completeUploadExternal"), 10, "the upload once the file is there")
 
 

@@ -7,6 +7,7 @@ import time
 
 import requests
 
+from tests.alert_relay.fakes import SlackLimits
 from tests.alert_relay.conftest import AM_TOKEN, notification, wait_for
 
 
@@ -145,9 +146,10 @@ def test_a_large_group_stays_within_slack_block_limits(make_relay, slack):
         alert["alerts"][0]["annotations"]["description"] = "d" * 5000
     relay.post_alerts(group_of(*alerts))
     message = wait_for(lambda: slack.calls_of("chat.postMessage"), 10, "the message")[0].params
-    assert len(message["blocks"]) <= 50
-    assert all(len(block.get("text", {}).get("text", "")) <= 3000 for block in message["blocks"])
-    assert "and 50 more alerts" in json.dumps(message["blocks"])
+    # The strict fake took it: per-block limits and the ~12k total of bolt-js #2509 both hold.
+    assert SlackLimits.check_message(message["text"], message["blocks"]) is None
+    shown = sum(1 for block in message["blocks"] if "firing* since" in json.dumps(block))
+    assert 1 <= shown < 60 and f"and {60 - shown} more alerts" in json.dumps(message["blocks"])
 
 
 def test_alert_text_is_shown_literally_and_times_in_the_readers_zone(relay, slack):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alert_relay import metrics
+from alert_relay.checks import check_faxplus, check_slack
 from alert_relay.config import ConfigFileError, RelayConfig, fit_open_file_limit, load_yaml_model, read_secret
 from alert_relay.routes import SlackRoutes, load_routes
 from alert_relay.server import Intake, RelayServer
@@ -78,6 +79,8 @@ def run(config_path: str, loaded: Loaded) -> int:
     slack = Slack(
         store, loaded.tokens["slack_token_file"], config.slack_base_url,
         loaded.tokens["faxplus_token_file"], config.faxplus_base_url, config.alertmanager_url,
+        # While Slack refuses the token, the worker re-reads the file: fixing it resumes delivery.
+        token_source=lambda: read_secret(config.slack_token_file, "slack_token_file", config.slack_token_file),
     )
     worker = Worker(store, slack, max_attempts=config.max_attempts, retry_initial_s=config.retry_initial_s,
                     retry_max_s=config.retry_max_s, channel_interval_s=config.channel_interval_s)
@@ -115,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--check-routes", metavar="FILE", help="check a routes file (alerts/routes.yaml format), then exit")
     parser.add_argument("--requeue-dead-letters", action="store_true",
                         help="with --config: move the dead letters back to the queue (after fixing their cause), then exit")
+    parser.add_argument("--check-slack", action="store_true",
+                        help="with --config: ask Slack whether the token, its scopes and every routed channel work, then exit")
+    parser.add_argument("--check-faxplus", action="store_true",
+                        help="with --config: ask FAX.PLUS whether the token may read the account and fax files, then exit")
     args = parser.parse_args(argv)
-    if args.requeue_dead_letters and not args.config:
-        parser.error("--requeue-dead-letters needs --config")
+    for flag in ("requeue_dead_letters", "check_slack", "check_faxplus"):
+        if getattr(args, flag) and not args.config:
+            parser.error(f"--{flag.replace('_', '-')} needs --config")
 
     try:
         if args.check_routes:
@@ -129,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check_config:
         return 0
+    if args.check_slack or args.check_faxplus:
+        # One line per problem on stdout; exit 1 if there is any.
+        problems = []
+        if args.check_slack:
+            problems += check_slack(loaded.tokens["slack_token_file"], loaded.config.slack_base_url, loaded.routes)
+        if args.check_faxplus:
+            problems += check_faxplus(loaded.tokens["faxplus_token_file"], loaded.config.faxplus_base_url)
+        print("\n".join(problems) or "ok")
+        return 1 if problems else 0
     if args.requeue_dead_letters:
         # Safe while the relay runs (SQLite serializes writers); it picks them up within a minute.
         try:

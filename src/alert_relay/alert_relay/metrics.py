@@ -42,3 +42,14 @@ def watch(store: "Store") -> None:
     """Read the queue gauges from the queue file at scrape time, so they survive restarts."""
     QUEUE_DEPTH.set_function(store.queue_depth)
     DEAD_LETTERS.set_function(store.dead_letter_count)
+
+# Delivery that waits for a person (worker.py): a refused token pauses a service, a channel the
+# bot cannot post to waits alone; nothing of it is dead-lettered.
+DELIVERY_PAUSED = Gauge("alert_relay_delivery_paused",
+                        "1 while the service refuses the relay's token or its scopes: delivery through it waits",
+                        ["service"])
+CHANNELS_BLOCKED = Gauge("alert_relay_channels_blocked",
+                         "Channels whose messages wait for a person (bot not in the channel, archived, read-only)")
+DIGESTS = Counter("alert_relay_digests", "Messages that delivered several queued notifications of one channel at once")
+for _service in ("slack", "faxplus"):
+    DELIVERY_PAUSED.labels(_service).set(0)

@@ -355,3 +355,25 @@ class Store:
             except sqlite3.Error:
                 pass  # kept in _probe_problem
         return self._probe_problem or self._write_problem
+
+    # A channel's backlog, for digests (worker.py): several queued alerts delivered as one message.
+    def channel_depth(self, channel: str) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM messages WHERE channel = ?", (channel,)).fetchone()[0]
+
+    def channel_batch(self, channel: str, limit: int) -> list[Message]:
+        """The channel's oldest queued alerts, in order, up to its first fax (delivered on its own)."""
+        rows = self._db().execute(
+            "SELECT id, kind, channel, payload, attempts, next_attempt, created, sending_since FROM messages "
+            "WHERE channel = ? ORDER BY id LIMIT ?", (channel, limit)).fetchall()
+        batch = []
+        for r in rows:
+            if r[1] != "alert":
+                break
+            batch.append(Message(r[0], r[1], r[2], json.loads(r[3]), *r[4:]))
+        return batch
+
+    def delivered_batch(self, messages: list[Message], close_threads: list[str]) -> None:
+        """Remove messages delivered together (a digest) and close the threads of resolved groups, in one commit."""
+        with self._writing() as db:
+            db.executemany("DELETE FROM messages WHERE id = ?", [(m.id,) for m in messages])
+            db.executemany("DELETE FROM threads WHERE thread_key = ?", [(key,) for key in close_threads])

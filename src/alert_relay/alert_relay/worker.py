@@ -1,10 +1,15 @@
-"""The one delivery worker: channel by channel in queue order, paced, with backoff and dead letters.
+"""The one delivery worker: channel by channel in queue order, paced, with backoff, pauses and dead letters.
 
 Only the oldest message of a channel may be sent, so a channel's messages arrive in order even
 across outages. Each channel gets at most one message per `channel_interval_s` (Slack's limit is
-about one per second per channel). A 429 pauses all sending for its Retry-After and is not a
-failed attempt; other failures back off exponentially and, after `max_attempts`, the message moves
-to the dead letters.
+about one per second per channel); a channel with a backlog gets digests, several queued alerts
+in one message, so that its newest state shows within a minute or two even after a flood.
+
+What waits without counting as a failed attempt: a 429 (all sending, for its Retry-After), Slack's
+`rate_limited` (that channel), a refused token or scope (all Slack delivery, or all faxes for
+FAX.PLUS, probed with backoff until it works, re-reading the token file), a channel only a person
+can fix (that channel). Other failures back off exponentially and, after `max_attempts`, the
+message moves to the dead letters: no channel waits on one message longer than that budget.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import logging
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 
 from alert_relay import metrics
-from alert_relay.slack import PermanentError, RateLimited, Slack, describe
+from alert_relay.slack import AuthFailed, ChannelBlocked, Deferred, PermanentError, RateLimited, Slack, describe
 from alert_relay.store import Message, Store, describe_error
 
 log = logging.getLogger("alert_relay")
@@ -24,6 +30,18 @@ IDLE_WAKEUP_S = 30.0  # also the period for housekeeping when nothing arrives
 HOUSEKEEPING_INTERVAL_S = 3600.0
 # /healthz reports the worker as not delivering once its loop has failed for this long.
 LOOP_FAILURE_GRACE_S = 10.0
+# A channel with this many queued messages gets digests: at about one message per second, a
+# backlog longer than this would keep its newest state from Slack for as many seconds.
+DIGEST_AFTER = 10
+DIGEST_FETCH = 2000  # at most this many queued alerts read per digest (render.py fits what it can)
+PAUSE_PROBE_MAX_S = 60.0  # a fixed token or channel is noticed within this
+
+
+@dataclass
+class Pause:
+    reason: str
+    until: float
+    delay: float
 
 
 class Worker(threading.Thread):
@@ -43,6 +61,8 @@ class Worker(threading.Thread):
         self._last_housekeeping = 0.0
         self._failing_since: float | None = None  # the loop's first failure in a row
         self._failure = ""
+        # "slack", "faxplus" (a refused token) or "#channel"/"C…" (a channel a person must fix)
+        self._pauses: dict[str, Pause] = {}
 
     def notify(self, channels: set[str]) -> None:
         """Called after a commit that queued messages for ``channels``.
@@ -91,6 +111,12 @@ class Worker(threading.Thread):
                     if not self._dirty and not self._stopping:
                         self._wakeup.wait(wait)
 
+    def _pause_scopes(self, message: Message) -> list[str]:
+        scopes = ["slack", message.channel]
+        if message.kind == "fax":
+            scopes.append("faxplus")
+        return scopes
+
     def _step(self) -> float:
         """Send at most one message; return how long to wait before the next look (0: look again now)."""
         now = time.time()
@@ -107,8 +133,11 @@ class Worker(threading.Thread):
         with self._wakeup:
             self._pending_channels = {message.channel for message in heads}
         for message in heads:
-            ready_at = max(message.next_attempt, self._channel_free_at.get(message.channel, 0.0))
+            paused = [self._pauses[s].until for s in self._pause_scopes(message) if s in self._pauses]
+            ready_at = max([message.next_attempt, self._channel_free_at.get(message.channel, 0.0), *paused])
             if ready_at <= now:
+                if "slack" in self._pauses:
+                    self.slack.reload_token()
                 self._deliver(message)
                 return 0
             soonest = min(soonest, ready_at - now)
@@ -116,24 +145,77 @@ class Worker(threading.Thread):
 
     def _deliver(self, message: Message) -> None:
         started = time.time()
+        batch: list[Message] | None = None
+        queued = 0
+        if message.kind == "alert" and message.sending_since is None:
+            queued = self.store.channel_depth(message.channel)
+            if queued >= DIGEST_AFTER:
+                batch = self.store.channel_batch(message.channel, DIGEST_FETCH)
         try:
-            self.slack.send(message)
+            delivered = self.slack.send(message, batch=batch, queued=queued)
         except RateLimited as exc:
-            self._paused_until = time.time() + exc.retry_after
+            if exc.channel:
+                self._channel_free_at[message.channel] = time.time() + max(exc.retry_after, self.channel_interval_s)
+            else:
+                self._paused_until = time.time() + exc.retry_after
             metrics.RATE_LIMITED.inc()
-            log.warning("rate limited", extra={"fields": {"retry_after_s": exc.retry_after, "channel": message.channel}})
+            log.warning("rate limited", extra={"fields": {"retry_after_s": exc.retry_after, "channel": message.channel,
+                                                          "all_channels": exc.channel is None}})
+            return
+        except Deferred as exc:
+            self._channel_free_at[message.channel] = time.time() + exc.seconds
+            log.info("delivery deferred", extra={"fields": {"id": message.id, "channel": message.channel,
+                                                            "reason": str(exc), "retry_in_s": round(exc.seconds, 3)}})
+            return
+        except AuthFailed as exc:
+            self._pause(exc.service, describe(exc), message)
+            return
+        except ChannelBlocked as exc:
+            self._pause(message.channel, describe(exc), message)
             return
         except PermanentError as exc:
             self._failed(message, describe(exc), permanent=True)
         except Exception as exc:  # network errors, 5xx, unexpected answers: retry with backoff
             self._failed(message, describe(exc), permanent=False)
         else:
-            metrics.DELIVERED.labels(message.kind).inc()
+            self._resume(self._pause_scopes(message))
+            if delivered > 1:
+                metrics.DIGESTS.inc()
+            metrics.DELIVERED.labels(message.kind).inc(delivered)
             metrics.DELIVERY_SECONDS.labels(message.kind).observe(time.time() - started)
             log.info("delivered", extra={"fields": {"id": message.id, "kind": message.kind, "channel": message.channel,
-                                                    "attempts": message.attempts + 1}})
+                                                    "attempts": message.attempts + 1, "messages": delivered}})
         finally:
-            self._channel_free_at[message.channel] = time.time() + self.channel_interval_s
+            self._channel_free_at[message.channel] = max(self._channel_free_at.get(message.channel, 0.0),
+                                                         time.time() + self.channel_interval_s)
+
+    def _pause(self, scope: str, reason: str, message: Message) -> None:
+        """Hold everything ``scope`` covers until a probe (the next send after ``delay``) succeeds."""
+        previous = self._pauses.get(scope)
+        delay = min(PAUSE_PROBE_MAX_S, self.retry_max_s, previous.delay * 2 if previous else self.retry_initial_s)
+        self._pauses[scope] = Pause(reason, time.time() + delay, delay)
+        self._update_pause_metrics()
+        fields = {"scope": scope, "reason": reason, "probe_in_s": round(delay, 3), "id": message.id,
+                  "channel": message.channel, "queued": self.store.queue_depth()}
+        if previous is None or previous.reason != reason:
+            what = "delivery paused for every channel" if scope == "slack" else (
+                "fax delivery paused" if scope == "faxplus" else "channel paused")
+            log.error(f"{what}: a person must fix it; nothing is dropped", extra={"fields": fields})
+        else:
+            log.debug("still paused", extra={"fields": fields})
+
+    def _resume(self, scopes: list[str]) -> None:
+        for scope in scopes:
+            pause = self._pauses.pop(scope, None)
+            if pause:
+                log.warning("delivery resumed", extra={"fields": {"scope": scope, "was": pause.reason,
+                                                                  "queued": self.store.queue_depth()}})
+        self._update_pause_metrics()
+
+    def _update_pause_metrics(self) -> None:
+        for service in ("slack", "faxplus"):
+            metrics.DELIVERY_PAUSED.labels(service).set(1 if service in self._pauses else 0)
+        metrics.CHANNELS_BLOCKED.set(sum(1 for scope in self._pauses if scope not in ("slack", "faxplus")))
 
     def _failed(self, message: Message, error: str, permanent: bool) -> None:
         metrics.FAILURES.labels(message.kind).inc()
