@@ -428,10 +428,28 @@ class AlertRelayDeadLetters(ThresholdAlert):
         return [series("alert_relay_dead_letters", self.test_labels, constant(value, samples))]
 
 
+class AlertRelayCannotAuthenticate(BinaryAlert):
+    name = "AlertRelayCannotAuthenticate"
+    group = "alert-relay"
+    test_labels = {**ALERT_RELAY, "service": "slack"}
+    expr = "alert_relay_delivery_paused == 1"
+    summary = "The alert relay on $instance cannot authenticate to $service"
+
+    def description(self, level: Level) -> str:
+        return ("$service has refused the relay's token or its scopes for "
+                f"{self.for_}: delivery through it is paused (nothing is dropped) until the token works again.")
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("alert_relay_delivery_paused", self.test_labels, constant(1, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("alert_relay_delivery_paused", self.test_labels, constant(0, samples))]
+
+
 CATALOG: tuple[type[Alert], ...] = (
     InstanceDown, HostMemoryHigh, HostLoadHigh, HostDiskFillingUp,
     ProbeFailed, ProbeSlow,
     ToyRedisDown, ToyRedisLatencyHigh, ToyRedisMemoryGrowing, ToyRedisExpiredKeysNotReclaimed,
     Nginx5xxRatioHigh,
-    AlertRelayDown, AlertRelayDeadLetters,
+    AlertRelayDown, AlertRelayDeadLetters, AlertRelayCannotAuthenticate,
 )

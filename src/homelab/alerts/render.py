@@ -41,6 +41,7 @@ class Alerts(StrictModel):
     Nginx5xxRatioHigh: catalog.Nginx5xxRatioHigh
     AlertRelayDown: catalog.AlertRelayDown
     AlertRelayDeadLetters: catalog.AlertRelayDeadLetters
+    AlertRelayCannotAuthenticate: catalog.AlertRelayCannotAuthenticate
 
 
 assert set(Alerts.model_fields) == {alert.name for alert in catalog.CATALOG}, "Alerts must list the whole catalog"
