@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.alert_relay.conftest import RELAY, fax_webhook, notification, wait_for
+from alert_relay.slack import SHARE_SETTLE_S
 from tests.alert_relay.fakes import Channel
 
 pytestmark = pytest.mark.slow
@@ -189,7 +190,8 @@ def test_sigkill_during_a_fax_share_neither_loses_nor_repeats_it(relay, slack, f
     wait_for(lambda: slack.calls_of("conversations.history"), 10, "the relay to look before resending")
     faxplus.add_pdf("next")
     relay.post_fax(fax_webhook("next"))
-    wait_for(lambda: len(slack.calls_of("files.completeUploadExternal")) >= 2, 10, "the next fax")
+    # If the relay looked before Slack showed the share, it waits out SHARE_SETTLE_S first.
+    wait_for(lambda: len(slack.calls_of("files.completeUploadExternal")) >= 2, 10 + SHARE_SETTLE_S, "the next fax")
     time.sleep(0.5)
     comments = [call.params["initial_comment"] for call in slack.calls_of("files.completeUploadExternal")]
     assert len(comments) == 2 and relay.metric("alert_relay_queue_depth") == 0
