@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from homelab.alerts.catalog import CATALOG
 from homelab.alerts.cli import main
 from homelab.alerts.render import (
     GENERATED_DIR,
@@ -127,7 +128,7 @@ def edited_thresholds(tmp_path: Path, edit) -> Path:
 
 def test_a_disabled_alert_leaves_no_rule_and_an_emptied_group_leaves_no_file(tmp_path):
     def disable(data):
-        for name in ("AlertRelayDown", "AlertRelayDeadLetters", "HostLoadHigh"):
+        for name in [alert.name for alert in CATALOG if alert.group == "alert-relay"] + ["HostLoadHigh"]:
             data["alerts"][name]["enabled"] = False
 
     out = tmp_path / "out"

@@ -33,7 +33,7 @@ LOOP_FAILURE_GRACE_S = 10.0
 # A channel with this many queued messages gets digests: at about one message per second, a
 # backlog longer than this would keep its newest state from Slack for as many seconds.
 DIGEST_AFTER = 10
-DIGEST_FETCH = 2000  # at most this many queued alerts read per digest (render.py fits what it can)
+DIGEST_FETCH = 500  # queued alerts read per digest: more than render.py can fit in one message
 PAUSE_PROBE_MAX_S = 60.0  # a fixed token or channel is noticed within this
 
 
