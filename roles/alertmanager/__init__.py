@@ -21,7 +21,7 @@ from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routi
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.install import Install, install_packages
 from roles.prometheus import host_address, service_port
-from roles.prometheus.durations import Duration
+from homelab.types import Duration
 
 PACKAGE = "prometheus-alertmanager"
 SERVICE = "prometheus-alertmanager"

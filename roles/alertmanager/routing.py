@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from homelab.config import ConfigError, FieldError, StrictModel, model_from_data, read_yaml
-from roles.prometheus.durations import Duration
+from homelab.types import Duration
 
 RELAY_RECEIVER = "alert-relay"
 BLACKHOLE_RECEIVER = "blackhole"

@@ -19,7 +19,7 @@ from pyinfra.operations import systemd
 from homelab.config import FieldError, StrictModel
 from roles.common import checked_file, render, role_settings
 from roles.install import Install, install_packages
-from roles.prometheus.durations import Duration
+from homelab.types import Duration
 
 PACKAGE = "prometheus-blackbox-exporter"
 SERVICE = "prometheus-blackbox-exporter"

@@ -31,7 +31,7 @@ from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.grafana_repo import runs_on
 from roles.install import Install, install_packages
 from roles.promtail import DEFAULT_LOG_SHIPPER
-from roles.prometheus.durations import Duration, seconds
+from homelab.types import ByteSize, Duration, Port, seconds
 
 PACKAGE = "prometheus"
 SERVICE = "prometheus"
@@ -57,7 +57,7 @@ class Settings(StrictModel):
     evaluation_interval: Duration = "15s"
     retention_time: Duration = "15d"
     # e.g. "20GB"; the oldest blocks go first once the TSDB is larger (None: no size limit).
-    retention_size: str | None = Field(None, pattern=r"^[0-9]+(B|KB|MB|GB|TB|PB|EB)$")
+    retention_size: ByteSize | None = None
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> "Settings":
@@ -221,7 +221,7 @@ def rule_files(thresholds_file: str | Path = THRESHOLDS_FILE) -> dict[str, str]:
     thresholds = Path(thresholds_file)
     if not thresholds.is_absolute():
         thresholds = REPO_ROOT / thresholds
-    return {path.name: path.read_text() for path in require_current_rules(thresholds, RULES_SOURCE)}
+    return require_current_rules(thresholds, RULES_SOURCE)
 
 
 @deploy("prometheus")

@@ -152,11 +152,12 @@ def test_a_changed_threshold_reaches_the_rule(tmp_path):
 def test_deploy_refuses_rules_not_rendered_from_the_current_thresholds(tmp_path):
     out = tmp_path / "out"
     write_generated(generated_files(load_thresholds()), out)
-    assert [path.name for path in require_current_rules(THRESHOLDS_FILE, out)] == sorted(
-        path.name for path in out.glob(RULES_GLOB))
+    current = require_current_rules(THRESHOLDS_FILE, out)
+    assert current == {path.name: path.read_text() for path in sorted(out.glob(RULES_GLOB))}
 
     edited = edited_thresholds(tmp_path, lambda data: data["alerts"]["HostMemoryHigh"].update(warning_percent=70))
-    assert stale_generated_files(load_thresholds(edited), out) == ["node.rules.yml", "tests/node.test.yml"]
+    assert stale_generated_files(generated_files(load_thresholds(edited)), out) == [
+        "node.rules.yml", "tests/node.test.yml"]
     with pytest.raises(ConfigError, match=r"out of date with .*thresholds.yaml \(node.rules.yml, "
                                           r"tests/node.test.yml\): run `alerts render`"):
         require_current_rules(edited, out)

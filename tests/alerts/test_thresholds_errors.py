@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from homelab.alerts import catalog, render
 from homelab.alerts.catalog import CATALOG
 from homelab.alerts.cli import main
 from homelab.alerts.render import THRESHOLDS_FILE
@@ -32,6 +33,8 @@ def write_with(tmp_path: Path, dotted_key: str, value) -> Path:
     return path
 
 
+DURATION_EXPECTED = "expected a duration like 30s, 5m, 1h30m or 15d (units largest first, each once)"
+
 BAD_INPUTS = {
     "unknown key": ("alerts.HostMemoryHigh.warn_percent", 60,
                     "alerts.HostMemoryHigh.warn_percent: unknown key"),
@@ -53,7 +56,12 @@ BAD_INPUTS = {
         "alerts.HostDiskFillingUp.warning_hours", 2,
         "alerts.HostDiskFillingUp.warning_hours: expected above critical_hours (4), got 2"),
     "bad duration": ("alerts.HostMemoryHigh.for", "5 minutes",
-                     "alerts.HostMemoryHigh.for: expected a duration like 30s, 5m or 1h (got '5 minutes')"),
+                     f"alerts.HostMemoryHigh.for: {DURATION_EXPECTED} (got '5 minutes')"),
+    # Prometheus refuses these (units largest first, each once), so the compiler must too.
+    "duration units out of order": ("alerts.HostMemoryHigh.for", "30m1h",
+                                    f"alerts.HostMemoryHigh.for: {DURATION_EXPECTED} (got '30m1h')"),
+    "duration unit repeated": ("alerts.Nginx5xxRatioHigh.window", "5m5m",
+                               f"alerts.Nginx5xxRatioHigh.window: {DURATION_EXPECTED} (got '5m5m')"),
     "window too short for rate()": ("alerts.Nginx5xxRatioHigh.window", "30s",
                                     "alerts.Nginx5xxRatioHigh.window: expected a window of at least 1m, "
                                     "so that it holds several scrapes (got '30s')"),
@@ -105,6 +113,30 @@ def test_console_script_exits_2_with_one_line(tmp_path):
     assert result.stderr.splitlines() == [
         f"{bad}: alerts.HostMemoryHigh.critical_percent: expected a percent above 0 and below 100 (got 150)"]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["missing alert", "duration units out of order", "warning not below critical"])
+def test_checks_hold_under_python_optimize(case, tmp_path):
+    """`python -O` strips assert statements: no check of the thresholds file may rely on one."""
+    key, value, expected = BAD_INPUTS[case]
+    path = write_with(tmp_path, key, value)
+    result = subprocess.run([sys.executable, "-O", "-m", "homelab.alerts.cli", "check", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (2, f"{path}: {expected}\n")
+
+
+def test_alerts_section_has_one_required_key_per_catalog_alert(monkeypatch):
+    class ExtraAlert(catalog.ToyRedisDown):
+        name = "ExtraAlert"
+
+    monkeypatch.setattr(catalog, "CATALOG", (*catalog.CATALOG, ExtraAlert))
+    model = render._alerts_model()
+    assert list(model.model_fields) == [alert.name for alert in catalog.CATALOG]
+    assert all(field.is_required() for field in model.model_fields.values())
+
+    monkeypatch.setattr(catalog, "CATALOG", (*catalog.CATALOG, ExtraAlert))
+    with pytest.raises(TypeError, match="repeated: ExtraAlert"):
+        render._alerts_model()
 
 
 def test_committed_file_checks_ok():

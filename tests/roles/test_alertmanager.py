@@ -71,7 +71,7 @@ def test_webhook_from_group_data_and_the_relays_own_port():
 
 @pytest.mark.parametrize(("edit", "expected"), [
     (lambda t: t.replace("group_wait: 30s", "group_wait: soon"),
-     "alertmanager.group_wait: expected a duration like 30s, 5m, 1h30m or 15d (got 'soon')"),
+     "alertmanager.group_wait: expected a duration like 30s, 5m, 1h30m or 15d (units largest first, each once) (got 'soon')"),
     (lambda t: t.replace("repeat_interval: 1h", "repeat_intervals: 1h"),
      "alertmanager.routes.0.repeat_intervals: unknown key"),
     (lambda t: t.replace("{severity: critical}", "{severity: critical, alertname: 'Toy(Redis'}"),

@@ -180,7 +180,7 @@ def settings_error(data: dict) -> str:
 def test_bad_settings_give_one_line_errors_naming_the_key():
     assert settings_error({"scrape_interval": "often"}) == (
         "inventory data for worker-node-14: prometheus.scrape_interval: "
-        "expected a duration like 30s, 5m, 1h30m or 15d (got 'often')"
+        "expected a duration like 30s, 5m, 1h30m or 15d (units largest first, each once) (got 'often')"
     )
     assert settings_error({"scrape_interval": "5s"}) == (
         "inventory data for worker-node-14: prometheus.scrape_timeout: "

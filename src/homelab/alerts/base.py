@@ -9,7 +9,6 @@ fire and the text of the description.
 from __future__ import annotations
 
 import math
-import re
 from decimal import Decimal
 from string import Template
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
@@ -17,35 +16,10 @@ from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 from pydantic import AfterValidator, Field, model_validator
 
 from homelab.config import FieldError, StrictModel
+from homelab.types import Duration, duration_text, seconds
 
 # promtool's unit tests step the rules this often; short enough for any sensible `for:`.
 TEST_INTERVAL_S = 15
-
-_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def seconds(duration: str) -> float:
-    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(duration))
-
-
-def duration_text(total_seconds: float) -> str:
-    """Seconds as a Prometheus duration ("1h30m"), for eval times in tests."""
-    total = int(total_seconds)
-    parts = []
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if total >= size or (unit == "s" and not parts):
-            parts.append(f"{total // size}{unit}")
-            total %= size
-    return "".join(parts)
-
-
-def _check_duration(value: str) -> str:
-    if not _DURATION.match(value):
-        raise ValueError("expected a duration like 30s, 5m or 1h")
-    return value
-
 
 # rate(), deriv() and predict_linear() need at least two scrapes inside the window, or the alert
 # silently never fires; a minute holds several at any usual scrape interval.
@@ -53,28 +27,13 @@ MIN_WINDOW_S = 60
 
 
 def _check_window(value: str) -> str:
-    _check_duration(value)
     if seconds(value) < MIN_WINDOW_S:
         raise ValueError("expected a window of at least 1m, so that it holds several scrapes")
     return value
 
 
-def _check_percent(value: float) -> float:
-    if not 0 < value < 100:
-        raise ValueError("expected a percent above 0 and below 100")
-    return value
-
-
-def _check_positive(value: float) -> float:
-    if not value > 0:
-        raise ValueError("expected a number above 0")
-    return value
-
-
-Duration = Annotated[str, AfterValidator(_check_duration)]
-Window = Annotated[str, AfterValidator(_check_window)]
-Percent = Annotated[float, AfterValidator(_check_percent)]
-Positive = Annotated[float, AfterValidator(_check_positive)]
+# A Duration of at least MIN_WINDOW_S.
+Window = Annotated[Duration, AfterValidator(_check_window)]
 Severity = Literal["warning", "critical"]
 
 

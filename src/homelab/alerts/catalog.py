@@ -11,13 +11,12 @@ from typing import Any, ClassVar
 from pydantic import model_validator
 
 from homelab.config import FieldError
+from homelab.types import Percent, Positive
 from homelab.alerts.base import (
     TEST_INTERVAL_S,
     Alert,
     BinaryAlert,
     Level,
-    Percent,
-    Positive,
     Severity,
     ThresholdAlert,
     WarningCritical,
