@@ -1,0 +1,340 @@
+"""The cluster's topology: which hosts run which role, where each service listens, who calls whom.
+
+Built from a pyinfra inventory (the one a deploy runs against, or an inventory file read the way
+pyinfra reads it) and each role's validated settings, so a port or an address is declared once,
+in the role that owns it (its `Settings`), and read from here by every other role, the deploy's
+role list and the architecture diagram.
+
+    topology = Topology(inventory)            # or Topology.load("inventory/homelab.py")
+    topology.roles_of("worker-node-14")       # ["base", "tuning", "node_exporter", "alert_relay", ...]
+    topology.hosts_of("loki")                 # ["worker-node-11"]
+    topology.endpoint("prometheus").url()     # "http://192.168.1.14:9090", the first prometheus host
+    topology.endpoint("toy_redis", "worker-node-12", "metrics").instance   # "worker-node-12:8080"
+    topology.scrape_jobs(); topology.health_probes(); topology.flows()
+
+ROLES lists every role in the order a host applies them, with the listeners each one has (the
+Settings field holding the port, and the HTTP path that answers when healthy) and the scrape job
+Prometheus collects it under. FLOWS lists the connections between roles that are not scrapes or
+probes. Any inventory mistake found here is a one-line ConfigError naming the host and key.
+"""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel
+from pyinfra.api.inventory import Inventory
+
+from homelab.config import ConfigError, settings_from_data
+from homelab.types import port_of
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A port a role's service listens on."""
+
+    name: str  # "http", "metrics", "resp", ...
+    # The role's Settings field holding the port: an int, or a HostPort string ("0.0.0.0:9095").
+    setting: str
+    # An HTTP path answering 2xx while the service is healthy; blackbox probes it on every host.
+    health: str | None = None
+
+
+@dataclass(frozen=True)
+class Role:
+    """A role (module roles/<name>, group-data key <name>) and the inventory group that gets it."""
+
+    name: str
+    # The inventory group whose hosts run it; None: every host.
+    group: str | None
+    title: str
+    listeners: tuple[Listener, ...] = ()
+    # Scrape job name -> the listener Prometheus scrapes under that job.
+    scrape: dict[str, str] = field(default_factory=dict)
+    # Host data key choosing between the roles that share ``group`` (e.g. log_shipper).
+    chosen_by: str | None = None
+    note: str = ""
+
+    def listener(self, name: str) -> Listener:
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        raise KeyError(f"role {self.name} has no listener {name!r}")
+
+
+_HTTP = "http"
+
+# In the order a host applies them: the base roles first; nginx before grafana (Grafana's site is
+# checked against the installed nginx); the relay before Alertmanager, whose webhook points at it;
+# Prometheus last, once what it scrapes exists.
+ROLES: tuple[Role, ...] = (
+    Role("base", None, "base packages"),
+    Role("tuning", None, "tuning"),
+    Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port"),), {"node": "metrics"}),
+    Role("nginx", "nginx", "nginx",
+         (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port"),
+          Listener("mtail", "mtail_port")),
+         {"nginx": "exporter", "mtail": "mtail"}),
+    Role("grafana", "grafana", "Grafana", note="unix socket"),
+    Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready"),), {"loki": _HTTP}),
+    Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port"), Listener("metrics", "metrics_port")),
+         {"toy-redis": "metrics"}),
+    Role("promtail", "log_shipper", "Promtail", (Listener(_HTTP, "listen_port"),), {"promtail": _HTTP},
+         chosen_by="log_shipper"),
+    Role("alloy", "log_shipper", "Alloy", (Listener(_HTTP, "listen_port"),), {"alloy": _HTTP},
+         chosen_by="log_shipper"),
+    Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz"),),
+         {"alert-relay": _HTTP}),
+    Role("alertmanager", "alertmanager", "Alertmanager", (Listener(_HTTP, "listen_port", health="/-/healthy"),),
+         {"alertmanager": _HTTP}),
+    Role("blackbox", "blackbox", "blackbox_exporter", (Listener(_HTTP, "listen_port"),)),
+    Role("prometheus", "prometheus", "Prometheus", (Listener(_HTTP, "listen_port", health="/-/healthy"),),
+         {"prometheus": _HTTP}),
+)
+ROLE_BY_NAME = {role.name: role for role in ROLES}
+# Parties outside the cluster that connect to it or that it connects to.
+EXTERNAL = {"users": "Users' browsers", "clients": "Redis clients", "slack": "Slack API", "faxplus": "FAX.PLUS"}
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One role (or external party) connecting to another's listener (None: not over a port)."""
+
+    source: str
+    target: str
+    label: str
+    listener: str | None = _HTTP
+
+
+# Connections besides Prometheus's scrapes and blackbox's probes, which scrape_jobs() and
+# health_probes() derive from ROLES.
+FLOWS: tuple[Flow, ...] = (
+    Flow("users", "nginx", "HTTP"),
+    Flow("nginx", "grafana", "proxy over unix socket", None),
+    Flow("grafana", "prometheus", "PromQL"),
+    Flow("grafana", "loki", "LogQL"),
+    Flow("grafana", "alertmanager", "alerts view"),
+    Flow("clients", "toy_redis", "commands", "resp"),
+    Flow("prometheus", "blackbox", "probe requests"),
+    Flow("prometheus", "alertmanager", "firing alerts"),
+    Flow("alertmanager", "alert_relay", "webhook"),
+    Flow("faxplus", "alert_relay", "fax webhook"),
+    Flow("alert_relay", "slack", "messages, files", None),
+    Flow("promtail", "loki", "push logs"),
+    Flow("alloy", "loki", "push logs"),
+)
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """Where one host's service listens, as other hosts reach it."""
+
+    host: str
+    address: str
+    port: int
+
+    @property
+    def instance(self) -> str:
+        """The `instance` label: the host's name, so alerts read the same in the lab and the cluster."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def netloc(self) -> str:
+        """address:port, what a client connects to."""
+        return f"{self.address}:{self.port}"
+
+    def url(self, path: str = "", scheme: str = "http") -> str:
+        return f"{scheme}://{self.address}:{self.port}{path}"
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    name: str
+    role: str
+    targets: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, order=True)
+class HealthProbe:
+    """An HTTP health check of one host's service, made by blackbox_exporter."""
+
+    role: str
+    endpoint: Endpoint
+    path: str
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url(self.path)
+
+    @property
+    def instance(self) -> str:
+        """The URL with the host's name in place of its address, for the `instance` label."""
+        return f"http://{self.endpoint.instance}{self.path}"
+
+
+@dataclass(frozen=True, order=True)
+class Connection:
+    """A Flow resolved to hosts: who connects to whom, on which port (None: not over a port)."""
+
+    source_host: str | None  # None: an external party
+    source: str
+    target_host: str | None
+    target: str
+    label: str
+    port: int | None = None
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """An inventory file with its group_data/ folder, as `pyinfra <path> ...` loads it.
+
+    Module-level lists of (name, data) are groups; group_data/<group>.py holds each group's data
+    and group_data/all.py everyone's. Built without pyinfra_cli, whose import patches the process
+    for gevent.
+    """
+    path = Path(path)
+
+    def public(module_path: Path) -> dict[str, Any]:
+        return {key: value for key, value in runpy.run_path(str(module_path)).items()
+                if not key.startswith("_") and not isinstance(value, ModuleType)}
+
+    group_data = {file.stem: public(file) for file in sorted((path.parent / "group_data").glob("*.py"))}
+    groups = {name: members for name, members in public(path).items() if isinstance(members, list)}
+    hosts = list({name: (name, data) for members in groups.values() for name, data in members}.values())
+    return Inventory((hosts, group_data.get("all", {})),
+                     **{group: (members, group_data.get(group, {})) for group, members in groups.items()})
+
+
+class Topology:
+    """Questions about one inventory; settings are validated once, on first use."""
+
+    def __init__(self, inventory: Inventory):
+        self._hosts = {member.name: member for member in inventory}
+        self._settings: dict[tuple[str, str], BaseModel] = {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Topology":
+        return cls(load_inventory(path))
+
+    # --- hosts and roles --------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(self._hosts)
+
+    def data(self, host: str, key: str, default: Any = None) -> Any:
+        """Host ``host``'s inventory data ``key`` (its own, then its groups', then all's)."""
+        return self._hosts[host].data.get(key, default)
+
+    def groups(self, host: str) -> set[str]:
+        return set(self._hosts[host].groups)
+
+    def address(self, host: str) -> str:
+        """The address other nodes reach ``host`` at: its ssh_hostname, else its inventory name."""
+        return self.data(host, "ssh_hostname") or host
+
+    def chosen(self, host: str, role: Role) -> str:
+        """Which of the roles sharing ``role.group`` host data ``role.chosen_by`` picks."""
+        from roles.promtail import DEFAULT_LOG_SHIPPER  # the one choice there is so far
+
+        choices = [other.name for other in ROLES if other.chosen_by == role.chosen_by]
+        value = self.data(host, role.chosen_by, DEFAULT_LOG_SHIPPER)
+        if value not in choices:
+            raise ConfigError(f"inventory data for {host}", role.chosen_by,
+                              f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    def runs(self, host: str, role: str) -> bool:
+        """Whether a deploy applies ``role`` to ``host``."""
+        spec = ROLE_BY_NAME[role]
+        if spec.group is not None and spec.group not in self.groups(host):
+            return False
+        return spec.chosen_by is None or self.chosen(host, spec) == role
+
+    def roles_of(self, host: str) -> list[str]:
+        """The roles a deploy applies to ``host``, in the order it applies them."""
+        return [role.name for role in ROLES if self.runs(host, role.name)]
+
+    def hosts_of(self, role: str) -> list[str]:
+        """The hosts a deploy applies ``role`` to, sorted by name."""
+        return [host for host in self.hosts if self.runs(host, role)]
+
+    def serving(self, role: str) -> list[str]:
+        """Of hosts_of(role), those where the service will be running: a lab node skips Grafana
+        Labs' packages it cannot fetch (roles.grafana_repo), and nothing there is scraped or probed."""
+        from roles.grafana_repo import runs_on
+
+        return [host for host in self.hosts_of(role) if runs_on(self._hosts[host], role)]
+
+    # --- settings and endpoints ---------------------------------------------------------------
+
+    def settings(self, host: str, role: str) -> BaseModel:
+        """``role``'s validated Settings on ``host``: its defaults overridden by host data ``role``."""
+        key = (host, role)
+        if key not in self._settings:
+            model = import_module(f"roles.{role}").Settings
+            self._settings[key] = settings_from_data(host, role, model, self.data(host, role))
+        return self._settings[key]
+
+    def port(self, host: str, role: str, listener: str = _HTTP) -> int:
+        value = getattr(self.settings(host, role), ROLE_BY_NAME[role].listener(listener).setting)
+        return port_of(value) if isinstance(value, str) else value
+
+    def endpoint(self, role: str, host: str | None = None, listener: str = _HTTP) -> Endpoint:
+        """Where ``role``'s ``listener`` is on ``host`` (default: the first host running the role)."""
+        if host is None:
+            hosts = self.hosts_of(role)
+            if not hosts:
+                group = ROLE_BY_NAME[role].group
+                raise ConfigError("inventory", group, f"expected a host in inventory group {group!r} "
+                                                      f"(another role connects to its {role})")
+            host = hosts[0]
+        return Endpoint(host, self.address(host), self.port(host, role, listener))
+
+    def endpoints(self, role: str, listener: str = _HTTP) -> list[Endpoint]:
+        """``role``'s ``listener`` on every host serving it."""
+        return [self.endpoint(role, host, listener) for host in self.serving(role)]
+
+    # --- who scrapes, probes and calls whom -------------------------------------------------
+
+    def scrape_jobs(self) -> list[ScrapeJob]:
+        """Prometheus's jobs: for each role's scraped listener, every host serving the role."""
+        jobs = []
+        for role in ROLES:
+            for job, listener in role.scrape.items():
+                targets = self.endpoints(role.name, listener)
+                if targets:
+                    jobs.append(ScrapeJob(job, role.name, tuple(targets)))
+        return jobs
+
+    def health_probes(self) -> list[HealthProbe]:
+        """blackbox_exporter's checks: each health path of every host serving its role."""
+        return sorted(
+            HealthProbe(role.name, endpoint, listener.health)
+            for role in ROLES for listener in role.listeners if listener.health
+            for endpoint in self.endpoints(role.name, listener.name)
+        )
+
+    def flows(self) -> list[Connection]:
+        """Every connection between hosts' roles and external parties, scrapes and probes included."""
+        connections = []
+        for flow in FLOWS:
+            sources = [(None, flow.source)] if flow.source in EXTERNAL else [
+                (host, flow.source) for host in self.hosts_of(flow.source)]
+            targets = [(None, None)] if flow.target in EXTERNAL else [
+                (host, self.port(host, flow.target, flow.listener) if flow.listener else None)
+                for host in self.hosts_of(flow.target)]
+            connections += [Connection(source_host, source, target_host, flow.target, flow.label, port)
+                            for source_host, source in sources for target_host, port in targets]
+        for prometheus in self.hosts_of("prometheus"):
+            connections += [Connection(prometheus, "prometheus", target.host, job.role, "scrape", target.port)
+                            for job in self.scrape_jobs() for target in job.targets]
+        for prober in self.hosts_of("blackbox")[:1]:
+            connections += [Connection(prober, "blackbox", probe.endpoint.host, probe.role,
+                                       f"probe {probe.path}", probe.endpoint.port)
+                            for probe in self.health_probes()]
+        return connections
