@@ -143,7 +143,8 @@ class RelayConfig(RelayTuning):
 
     routes_file: str
     queue_path: str
-    # Secrets are read from files (written 0600 by roles.secrets), never from this file or argv.
+    # Secrets are read from files (written root:alert-relay 0640 by roles/alert_relay), never from
+    # this file or argv.
     slack_token_file: str
     faxplus_token_file: str
     alertmanager_token_file: str
