@@ -27,9 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from homelab.topology import ROLES
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BASE_ROLES = "base,tuning,node_exporter"
+# The roles every host gets, whatever its groups.
+BASE_ROLES = ",".join(role.name for role in ROLES if role.group is None)
 # Bounded: a hung command fails the bench instead of stalling it.
 COMMAND_TIMEOUT_S = 900
 NOOP_RUNS = 3

@@ -1,8 +1,9 @@
 """Everything, everywhere: `pyinfra -y inventory/<name>.py deploys/all.py` (run from the repo root).
 
-Every host gets the base roles; the other roles follow the inventory groups a host is in, in the
-order of GROUP_ROLES. A bad settings file stops the run while operations are being prepared,
-before any host is changed.
+Each host gets the roles homelab.topology assigns it: the base roles on every host, the others by
+the inventory groups it is in (and, for the log_shipper group, the shipper its data chooses), in
+the order of homelab.topology.ROLES. A bad settings file stops the run while operations are being
+prepared, before any host is changed.
 
 To apply only some roles: `--data only_roles=nginx,grafana`.
 """
@@ -11,28 +12,11 @@ from importlib import import_module
 
 from pyinfra import host
 
-from roles.promtail import DEFAULT_LOG_SHIPPER
-
-BASE_ROLES = ["base", "tuning", "node_exporter"]
-
-# inventory group -> role module under roles/, in the order they are applied on a host.
-# nginx before grafana: Grafana's site is checked against the installed nginx. The relay before
-# Alertmanager, whose webhook points at it; Prometheus last, once what it scrapes exists.
-GROUP_ROLES = {
-    "nginx": "nginx",
-    "grafana": "grafana",
-    "loki": "loki",
-    "toy_redis": "toy_redis",
-    "log_shipper": host.data.get("log_shipper", DEFAULT_LOG_SHIPPER),  # "promtail" or "alloy"
-    "alert_relay": "alert_relay",
-    "alertmanager": "alertmanager",
-    "blackbox": "blackbox",
-    "prometheus": "prometheus",
-}
+from roles.common import current_topology
 
 only = host.data.get("only_roles")
 wanted = set(only.split(",")) if only else None
 
-for role_name in BASE_ROLES + [role for group, role in GROUP_ROLES.items() if group in host.groups]:
+for role_name in current_topology().roles_of(host.name):
     if wanted is None or role_name in wanted:
         import_module(f"roles.{role_name}").apply()

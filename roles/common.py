@@ -19,12 +19,14 @@ import jinja2
 from pydantic import BaseModel
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.context import ctx_inventory
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files
 
-from homelab.config import ConfigError, model_from_data
+from homelab.config import ConfigError, settings_from_data
 from homelab.releases import SUPPORTED, DebianRelease, UnsupportedRelease, debian_release
+from homelab.topology import Topology
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -33,18 +35,21 @@ SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 def role_settings(role: str, model: type[SettingsT], data: Any = None) -> SettingsT:
-    """A role's settings: its model's defaults overridden by the host data key named after it.
+    """This host's settings for ``role``: its model's defaults overridden by host data ``role``.
 
     Group data (inventory/group_data/*.py) sets e.g. ``prometheus = {"retention": "30d"}``.
     """
-    if data is None:
-        data = host.data.get(role)
-    where = f"inventory data for {host.name}"
-    try:
-        return model_from_data(where, model, data)
-    except ConfigError as exc:
-        # Prefix the role so the key reads as it is written in group data: prometheus.retention
-        raise ConfigError(exc.file, f"{role}.{exc.key}" if exc.key else role, exc.expected) from None
+    return settings_from_data(host.name, role, model, host.data.get(role) if data is None else data)
+
+
+def current_topology() -> Topology:
+    """The topology of the inventory this deploy runs against (built once per run)."""
+    return _topology_of(ctx_inventory.get())
+
+
+@cache
+def _topology_of(current) -> Topology:
+    return Topology(current)
 
 
 def node_release() -> DebianRelease:

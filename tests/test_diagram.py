@@ -7,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from homelab.config import ConfigError
 from homelab.diagram import INVENTORY, OUTPUT, main, render
+from roles.alloy import Settings as AlloySettings
+from roles.node_exporter import Settings as NodeExporterSettings
+from roles.toy_redis import Settings as ToyRedisSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DIAGRAM_CLI = Path(sys.executable).with_name("homelab-diagram")
@@ -29,29 +35,37 @@ def test_a_host_added_to_a_group_appears_with_its_roles_and_flows(tmp_path):
     inventory = copy_inventory(tmp_path)
     inventory.write_text(inventory.read_text() + '\ntoy_redis.append(("worker-node-15", {"ssh_hostname": "192.168.1.15"}))\n')
     diagram = render(inventory)
+    toy_redis, node = ToyRedisSettings(), NodeExporterSettings()
     assert 'subgraph worker_node_15["worker-node-15"]' in diagram
-    assert 'worker_node_15__toy_redis["toy-redis<br/>RESP :6379, metrics :8080"]' in diagram
-    assert 'worker_node_14__prometheus -->|"scrape :8080"| worker_node_15__toy_redis' in diagram
+    assert f'worker_node_15__toy_redis["toy-redis<br/>resp :{toy_redis.port}, metrics :{toy_redis.metrics_port}"]' in diagram
+    assert f'worker_node_14__prometheus -->|"scrape :{toy_redis.metrics_port}"| worker_node_15__toy_redis' in diagram
     # Every host gets node_exporter, and Prometheus scrapes it.
-    assert 'worker_node_14__prometheus -->|"scrape :9100"| worker_node_15__node_exporter' in diagram
-    assert "| worker-node-15 | toy-redis | `toy_redis` | 6379 (RESP), 8080 (metrics) |" in diagram
+    assert f'worker_node_14__prometheus -->|"scrape :{node.listen_port}"| worker_node_15__node_exporter' in diagram
+    assert (f"| worker-node-15 | toy-redis | `toy_redis` | {toy_redis.port} (resp), {toy_redis.metrics_port} (metrics) |"
+            in diagram)
 
 
 def test_a_port_changed_in_group_data_changes_the_diagram(tmp_path):
     inventory = copy_inventory(tmp_path)
     all_data = tmp_path / "group_data" / "all.py"
-    all_data.write_text(all_data.read_text().replace('"listen_port": 9100', '"listen_port": 19100'))
+    all_data.write_text(all_data.read_text() + '\nnode_exporter = {"listen_port": 19100}\n')
     diagram = render(inventory)
     assert 'worker_node_14__prometheus -->|"scrape :19100"| master_node__node_exporter' in diagram
-    assert ":9100" not in diagram
+    assert f":{NodeExporterSettings().listen_port}" not in diagram
 
 
 def test_the_log_shipper_drawn_is_the_one_group_data_chooses(tmp_path):
     inventory = copy_inventory(tmp_path)
-    (tmp_path / "group_data" / "log_shipper.py").write_text('log_shipper = "alloy"\n')
+    shipper_data = tmp_path / "group_data" / "log_shipper.py"
+    shipper_data.write_text(shipper_data.read_text() + '\nlog_shipper = "alloy"\n')
     diagram = render(inventory)
-    assert 'worker_node_12__log_shipper["Alloy<br/>HTTP :12345"]' in diagram
+    alloy_port = AlloySettings.model_fields["listen_port"].default
+    assert f'worker_node_12__alloy["Alloy<br/>http :{alloy_port}"]' in diagram
+    assert 'worker_node_12__alloy -->|"push logs :' in diagram
     assert "Promtail" not in diagram
+    shipper_data.write_text(shipper_data.read_text() + '\nlog_shipper = "fluentd"\n')
+    with pytest.raises(ConfigError, match="^inventory data for worker-node-12: log_shipper: expected one of"):
+        render(inventory)
 
 
 def test_check_fails_on_a_stale_file_and_writing_fixes_it(tmp_path, capsys):

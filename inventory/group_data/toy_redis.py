@@ -5,8 +5,6 @@ toy_redis_password (auth is on by default).
 """
 
 toy_redis = {
-    "port": 6379,
-    "metrics_port": 8080,
     # Bytes; evict least-recently-used keys past it rather than refuse writes.
     "maxmemory": 256 * 1024 * 1024,
     "maxmemory_policy": "allkeys-lru",

@@ -25,6 +25,7 @@ from pyinfra.operations import files
 from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
 
 from homelab.config import ConfigError
+from homelab.types import check_host_port
 from roles import python_app
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.tuning import host_tuning
@@ -59,10 +60,7 @@ class Settings(RelayTuning):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or " " in host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError("expected host:port with a port in 1..65535, e.g. 0.0.0.0:9095")
-        return value
+        return check_host_port(value)
 
     @field_validator("slack_base_url", "faxplus_base_url", "alertmanager_url")
     @classmethod
@@ -71,9 +69,6 @@ class Settings(RelayTuning):
             raise ValueError("expected an http:// or https:// URL")
         return value
 
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
 
 def token_path(secret: str) -> str:

@@ -11,17 +11,15 @@ The config is swapped only after `amtool check-config` passes, then Alertmanager
 from __future__ import annotations
 
 from pydantic import Field
-from pyinfra import inventory
 from pyinfra.api import deploy
-from pyinfra.api.inventory import Inventory
 from pyinfra.operations import systemd
 
 from homelab.config import ConfigError, StrictModel
+from homelab.topology import Topology
+from homelab.types import Duration, Port
 from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routing, load_routing
-from roles.common import REPO_ROOT, checked_file, render, role_settings
+from roles.common import REPO_ROOT, checked_file, current_topology, render, role_settings
 from roles.install import Install, install_packages
-from roles.prometheus import host_address, service_port
-from homelab.types import Duration
 
 PACKAGE = "prometheus-alertmanager"
 SERVICE = "prometheus-alertmanager"
@@ -40,38 +38,36 @@ class Settings(StrictModel):
     """Group data key `alertmanager`."""
 
     install: Install = Install()
-    listen_port: int = Field(9093, ge=1, le=65535)
+    listen_port: Port = 9093
     # Repo-relative; its `alertmanager:` section becomes the route tree.
     routes_file: str = "alerts/routes.yaml"
-    # None: the first alert_relay host, http://<its address>:<its port>/alertmanager.
+    # None: the first alert_relay host's webhook, http://<its address>:<its listen port>/alertmanager.
     webhook_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
     webhook_token_file: str = Field("/etc/prometheus/alertmanager-webhook.token", pattern=r"^/[^\s]+$")
     resolve_timeout: Duration = "5m"
 
 
-def webhook_url(settings: Settings, inv: Inventory) -> str:
+def webhook_url(settings: Settings, topology: Topology) -> str:
     if settings.webhook_url:
         return settings.webhook_url
-    relays = inv.get_group("alert_relay", [])
-    if not relays:
+    if not topology.hosts_of("alert_relay"):
         raise ConfigError("inventory/group_data/alertmanager.py", "alertmanager.webhook_url",
                           "required when the inventory has no alert_relay host")
-    relay = relays[0]
-    return f"http://{host_address(relay)}:{service_port(relay, 'alert_relay', 'listen', 9095)}{WEBHOOK_PATH}"
+    return topology.endpoint("alert_relay").url(WEBHOOK_PATH)
 
 
 def routing(settings: Settings) -> Routing:
     return load_routing(REPO_ROOT / settings.routes_file, settings.routes_file)
 
 
-def render_config(settings: Settings, inv: Inventory, routes: Routing | None = None) -> str:
+def render_config(settings: Settings, topology: Topology, routes: Routing | None = None) -> str:
     return render(
         "alertmanager/alertmanager.yml.j2",
         settings=settings,
         routing=routes or routing(settings),
         relay_receiver=RELAY_RECEIVER,
         blackhole_receiver=BLACKHOLE_RECEIVER,
-        webhook_url=webhook_url(settings, inv),
+        webhook_url=webhook_url(settings, topology),
         routes_file=settings.routes_file,
     )
 
@@ -87,7 +83,7 @@ def apply() -> None:
 
     settings = role_settings("alertmanager", Settings)
     # Rendered before anything is installed: a broken routes file stops the run with no change.
-    config_text = render_config(settings, inventory)
+    config_text = render_config(settings, current_topology())
     install_packages("alertmanager", [PACKAGE], settings.install)
 
     secret_file(

@@ -15,10 +15,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from homelab.config import StrictModel
-from roles.common import checked_file, render, role_settings
+from homelab.types import Port
 from roles.alloy.package import ENVIRONMENT_FILE, PACKAGE, STORAGE_PATH
+from roles.common import checked_file, current_topology, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
-from roles.loki import loki_url
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 from roles.promtail import require_chosen, stop_other_shipper
 
@@ -32,7 +32,7 @@ class Settings(StrictModel):
     """Group data key `alloy`."""
 
     install: GrafanaInstall
-    listen_port: int = Field(12345, ge=1, le=65535)
+    listen_port: Port = 12345
     # The real file, not the /var/log/toy-redis.log link: tailers follow rotation by inode.
     toy_redis_log: str = Field(TOY_REDIS_LOG_FILE, pattern=r"^/\S+$")
 
@@ -51,7 +51,7 @@ def render_defaults(settings: Settings) -> str:
 def apply() -> None:
     require_chosen("alloy")
     settings = role_settings("alloy", Settings)
-    config_content = render_config(settings, host.name, loki_url())
+    config_content = render_config(settings, host.name, current_topology().endpoint("loki").url())
     if not install_grafana_package(PACKAGE, settings.install):
         return
     stop_other_shipper("promtail", "alloy")

@@ -1,10 +1,9 @@
-"""blackbox_exporter on the blackbox group: probe modules and the probe list from group data.
+"""blackbox_exporter on the blackbox group: its probe modules from group data.
 
 Group data key `blackbox` holds the exporter's `modules` (blackbox_exporter's own module format)
-and the `probes`: which URL to probe with which module on every host of an inventory group, e.g.
-``{"module": "http_2xx", "group": "nginx", "url": "http://{host}/healthz"}``. The exporter only
-knows the modules; roles/prometheus turns the probes into the `blackbox` scrape job, so adding a
-host to a group adds its probes.
+and `health_module`, the module the health probes use. What is probed is not listed here: every
+health path a role declares (homelab.topology.ROLES) on every host serving that role, which
+roles/prometheus turns into the `blackbox` scrape job, so adding a host to a group adds its probes.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import model_validator
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from homelab.config import FieldError, StrictModel
+from homelab.types import Duration, Port
 from roles.common import checked_file, render, role_settings
 from roles.install import Install, install_packages
-from homelab.types import Duration
 
 PACKAGE = "prometheus-blackbox-exporter"
 SERVICE = "prometheus-blackbox-exporter"
@@ -52,21 +51,6 @@ class Module(StrictModel):
         return self
 
 
-class Probe(StrictModel):
-    module: str
-    # Every host of this inventory group is probed.
-    group: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    # "{host}" stands for each host's address (its ssh_hostname, else its name).
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _names_the_host(cls, url: str) -> str:
-        if "{host}" not in url:
-            raise ValueError("expected a URL containing {host}, which stands for each host of the group")
-        return url
-
-
 DEFAULT_MODULES = {
     "http_2xx": Module(prober="http", timeout="5s", http={"preferred_ip_protocol": "ip4"}),
     "tcp_connect": Module(prober="tcp", timeout="5s", tcp={"preferred_ip_protocol": "ip4"}),
@@ -77,18 +61,16 @@ class Settings(StrictModel):
     """Group data key `blackbox`."""
 
     install: Install = Install()
-    listen_port: int = Field(9115, ge=1, le=65535)
+    listen_port: Port = 9115
     modules: dict[str, Module] = DEFAULT_MODULES
-    probes: list[Probe] = []
+    # The module of the health probes (homelab.topology's health paths, on every host serving them).
+    health_module: str = "http_2xx"
 
     @model_validator(mode="after")
-    def _probes_use_known_modules(self) -> "Settings":
-        for index, probe in enumerate(self.probes):
-            if probe.module not in self.modules:
-                raise FieldError(
-                    f"probes.{index}.module",
-                    f"expected one of the modules {sorted(self.modules)}, got {probe.module!r}",
-                )
+    def _health_module_is_known(self) -> "Settings":
+        if self.health_module not in self.modules:
+            raise FieldError("health_module",
+                             f"expected one of the modules {sorted(self.modules)}, got {self.health_module!r}")
         return self
 
 

@@ -1,9 +1,9 @@
 """Grafana on a unix socket behind nginx, with datasources and dashboards provisioned from the repo.
 
 Grafana listens on /run/grafana/grafana.sock only (tmpfiles.d recreates the folder at boot); the
-nginx on the same node serves it on port 80, or on 443 with a redirect from 80 when certificate
-files are set in group data. Datasources (Prometheus, Loki, Alertmanager) point at the hosts of
-those inventory groups; dashboards are the JSON files in templates/grafana/dashboards/, and a
+nginx on the same node serves it on nginx's HTTP port, or on https_port with a redirect from HTTP
+when certificate files are set in group data. Datasources (Prometheus, Loki, Alertmanager) point at
+the first host of each role, found by homelab.topology; dashboards are the JSON files in templates/grafana/dashboards/, and a
 dashboard removed there is removed from Grafana on the next deploy.
 
 The admin password is the vault secret grafana_admin_password, written to a 0640 root:grafana
@@ -19,17 +19,18 @@ import json
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pyinfra import host, inventory
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from homelab.config import ConfigError, FieldError, StrictModel
-from roles.common import TEMPLATES_DIR, checked_file, render, role_settings
+from homelab.config import FieldError, StrictModel
+from homelab.topology import Topology
+from homelab.types import Port
+from roles.common import TEMPLATES_DIR, checked_file, current_topology, render, role_settings
 from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
-from roles.loki import loki_url
 from roles.nginx import NGINX_USER, site
 from roles.secrets import secret_file
 from roles.tuning import host_tuning
@@ -57,13 +58,12 @@ class Settings(StrictModel):
     # The name users type in the browser; nginx serves Grafana for it. Default: the host's name.
     server_name: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
     admin_user: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]+$")
-    http_port: int = Field(80, ge=1, le=65535)
-    https_port: int = Field(443, ge=1, le=65535)
-    # Paths on the node; both set = TLS on https_port, with port 80 redirecting to it.
+    # None: the port nginx listens on for HTTP on this host (nginx.listen_port).
+    http_port: Port | None = None
+    https_port: Port = 443
+    # Paths on the node; both set = TLS on https_port, with http_port redirecting to it.
     tls_certificate: str | None = Field(None, pattern=r"^/\S+$")
     tls_certificate_key: str | None = Field(None, pattern=r"^/\S+$")
-    prometheus_port: int = Field(9090, ge=1, le=65535)
-    alertmanager_port: int = Field(9093, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> "Settings":
@@ -75,6 +75,10 @@ class Settings(StrictModel):
     @property
     def tls(self) -> bool:
         return bool(self.tls_certificate)
+
+    def on_nginx_port(self, nginx_port: int) -> "Settings":
+        """These settings with http_port resolved: nginx's own port unless group data sets one."""
+        return self if self.http_port else self.model_copy(update={"http_port": nginx_port})
 
 
 def root_url(settings: Settings, server_name: str) -> str:
@@ -129,29 +133,17 @@ def dashboard_files() -> list[Path]:
     return sorted(DASHBOARDS_SOURCE.glob("*.json"))
 
 
-def group_address(group: str) -> str:
-    """The address of the (first) host in an inventory group, as this control machine reaches it."""
-    members = inventory.get_group(group, [])
-    if not members:
-        raise ConfigError(f"inventory for {host.name}", "grafana",
-                          f"a datasource needs a host in inventory group {group!r}, which is empty or missing")
-    member = members[0]
-    return member.data.get("ssh_hostname") or member.name
-
-
-def datasource_urls(settings: Settings) -> dict[str, str]:
-    return {
-        "prometheus_url": f"http://{group_address('prometheus')}:{settings.prometheus_port}",
-        "loki_url": loki_url(),
-        "alertmanager_url": f"http://{group_address('alertmanager')}:{settings.alertmanager_port}",
-    }
+def datasource_urls(topology: Topology) -> dict[str, str]:
+    """Each datasource's URL: the first host of its role, on that host's port."""
+    return {f"{role}_url": topology.endpoint(role).url() for role in ("prometheus", "loki", "alertmanager")}
 
 
 @deploy("grafana")
 def apply() -> None:
-    settings = role_settings("grafana", Settings)
+    topology = current_topology()
+    settings = role_settings("grafana", Settings).on_nginx_port(topology.port(host.name, "nginx"))
     server_name = settings.server_name or host.name
-    urls = datasource_urls(settings)
+    urls = datasource_urls(topology)
     for dashboard in dashboard_files():
         json.loads(dashboard.read_text())  # a broken file fails here, before any host changes
     # Read before anything is installed: on a first deploy there is no database yet.

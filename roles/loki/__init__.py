@@ -3,7 +3,7 @@
 The config is checked with `loki -verify-config` before it replaces the live one. What the package
 installs (binary, unit, user, paths) is in roles/loki/package.py, read from Loki's packaging. Retention is
 applied by the compactor, so it must be whole days (the index period is 24h). The log shippers and
-Grafana find Loki through `loki_url()`: the first host of the `loki` group, on its listen_port.
+Grafana find Loki through homelab.topology: the first host of the `loki` group, on its listen_port.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 
 from pydantic import Field, field_validator
-from pyinfra import inventory
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
-from homelab.config import ConfigError, StrictModel, model_from_data
+from homelab.config import StrictModel
+from homelab.types import Port
 from roles.common import checked_file, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki.package import PACKAGE
@@ -30,8 +30,8 @@ class Settings(StrictModel):
     """Group data key `loki`."""
 
     install: GrafanaInstall
-    listen_port: int = Field(3100, ge=1, le=65535)
-    grpc_port: int = Field(9096, ge=1, le=65535)
+    listen_port: Port = 3100
+    grpc_port: Port = 9096
     log_level: str = Field("info", pattern=r"^(debug|info|warn|error)$")
     # Whole days: the compactor deletes by 24h index period.
     retention: str = "31d"
@@ -55,16 +55,6 @@ class Settings(StrictModel):
 
 def render_config(settings: Settings) -> str:
     return render("loki/config.yml.j2", settings=settings, data_dir=DATA_DIR)
-
-
-def loki_url() -> str:
-    """http://<loki host>:<port>, for Grafana's datasource and the shippers' push URL."""
-    members = inventory.get_group("loki", [])
-    if not members:
-        raise ConfigError("inventory", "loki", "expected a host in inventory group 'loki' (logs are pushed there)")
-    loki_host = members[0]
-    settings = model_from_data(f"inventory data for {loki_host.name}", Settings, loki_host.data.get("loki"))
-    return f"http://{loki_host.data.get('ssh_hostname') or loki_host.name}:{settings.listen_port}"
 
 
 @deploy("loki")

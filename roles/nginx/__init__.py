@@ -22,6 +22,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import StrictModel
+from homelab.types import Port
 from roles.common import checked_file, render, role_settings
 from roles.install import Install, install_packages
 from roles.tuning import host_tuning, tuning_path
@@ -42,10 +43,10 @@ class Settings(StrictModel):
     """Group data key `nginx`."""
 
     install: Install = Install()
-    listen_port: int = Field(80, ge=1, le=65535)
-    status_port: int = Field(8081, ge=1, le=65535)
-    exporter_port: int = Field(9113, ge=1, le=65535)
-    mtail_port: int = Field(3903, ge=1, le=65535)
+    listen_port: Port = 80
+    status_port: Port = 8081
+    exporter_port: Port = 9113
+    mtail_port: Port = 3903
     static_root: str = "/var/www/homelab"
     upstreams: list[Upstream] = []
     # Groups owning unix sockets nginx proxies to; nginx's user joins those that exist.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
-from pydantic import Field
 
 from homelab.config import StrictModel
+from homelab.types import Port
 from roles.common import checked_file, render, role_settings
 
 PACKAGE = "prometheus-node-exporter"
@@ -17,7 +17,7 @@ DEFAULTS_FILE = "/etc/default/prometheus-node-exporter"
 class Settings(StrictModel):
     """Group data key `node_exporter`."""
 
-    listen_port: int = Field(9100, ge=1, le=65535)
+    listen_port: Port = 9100
     # systemd: unit states for the "service failed" view; textfile: cron-style scripts drop metrics.
     collectors_enabled: list[str] = ["systemd", "textfile"]
     collectors_disabled: list[str] = []

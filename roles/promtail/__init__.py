@@ -17,9 +17,9 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import files, server, systemd
 
 from homelab.config import ConfigError, StrictModel
-from roles.common import checked_file, render, role_settings
+from homelab.types import Port
+from roles.common import checked_file, current_topology, render, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
-from roles.loki import loki_url
 from roles.promtail.package import PACKAGE
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 
@@ -39,14 +39,14 @@ class Settings(StrictModel):
     """Group data key `promtail`."""
 
     install: GrafanaInstall
-    listen_port: int = Field(9080, ge=1, le=65535)
+    listen_port: Port = 9080
     # The real file, not the /var/log/toy-redis.log link: tailers follow rotation by inode.
     toy_redis_log: str = Field(TOY_REDIS_LOG_FILE, pattern=r"^/\S+$")
 
 
 def chosen_log_shipper() -> str:
     """The role named by host data `log_shipper`: "promtail" or "alloy"."""
-    chosen = host.data.get("log_shipper")
+    chosen = host.data.get("log_shipper", DEFAULT_LOG_SHIPPER)
     if chosen not in LOG_SHIPPERS:
         raise ConfigError(f"inventory data for {host.name}", "log_shipper",
                           f"expected 'promtail' or 'alloy' (got {chosen!r})")
@@ -78,7 +78,7 @@ def apply() -> None:
     require_chosen("promtail")
     logger.warning(f"{host.name}: {DEPRECATION}")
     settings = role_settings("promtail", Settings)
-    config_content = render_config(settings, host.name, loki_url())
+    config_content = render_config(settings, host.name, current_topology().endpoint("loki").url())
     if not install_grafana_package(PACKAGE, settings.install):
         return
     stop_other_shipper("alloy", "promtail")

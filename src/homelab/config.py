@@ -88,6 +88,17 @@ def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
         raise ConfigError(path, key, f"{message}{shown}") from None
 
 
+def settings_from_data(host: str, role: str, model: type[ModelT], data: Any) -> ModelT:
+    """A role's settings on ``host``: ``model``'s defaults overridden by host data ``role``.
+
+    Errors name the key as group data writes it: ``inventory data for worker-node-14: prometheus.retention``.
+    """
+    try:
+        return model_from_data(f"inventory data for {host}", model, data)
+    except ConfigError as exc:
+        raise ConfigError(exc.file, f"{role}.{exc.key}" if exc.key else role, exc.expected) from None
+
+
 def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
     """Read a YAML file and validate it into ``model``; any problem is one ConfigError line."""
     return model_from_data(path, model, read_yaml(path))

@@ -69,7 +69,8 @@ def _check_positive(value: float) -> float:
 PORT_MIN, PORT_MAX = 1, 65535
 
 
-def _check_host_port(value: str) -> str:
+def check_host_port(value: str) -> str:
+    """``value`` if it is address:port with a port in 1..65535 (HostPort's validator)."""
     address, _, port = value.rpartition(":")
     if not address or " " in address or not port.isdigit() or not PORT_MIN <= int(port) <= PORT_MAX:
         raise ValueError(f"expected address:port with a port in {PORT_MIN}..{PORT_MAX}, e.g. 0.0.0.0:8000")
@@ -86,4 +87,4 @@ ByteSize = Annotated[str, AfterValidator(_check_byte_size)]
 Percent = Annotated[float, AfterValidator(_check_percent)]
 Positive = Annotated[float, AfterValidator(_check_positive)]
 Port = Annotated[int, Field(ge=PORT_MIN, le=PORT_MAX)]
-HostPort = Annotated[str, AfterValidator(_check_host_port)]
+HostPort = Annotated[str, AfterValidator(check_host_port)]

@@ -1,7 +1,6 @@
 """alert-relay on its lab hosts: accepting Alertmanager's webhook with the vault's token, sandboxed, idempotent."""
 
 import re
-import runpy
 import time
 
 import pytest
@@ -11,13 +10,12 @@ from homelab.vault import load_vault
 from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, TOKEN_MODE, token_path
 from roles.python_app import build_wheels
 from roles.tuning.settings import load_tuning
-from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
+from tests.conftest import REPO, hosts_in, run_pyinfra, wheel_target
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
-GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "alert_relay.py"))["alert_relay"]
-PORT = int(GROUP_DATA["listen"].rpartition(":")[2])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,7 @@ def node(request, deployed, testinfra_hosts):
 
 @pytest.fixture
 def relay_url(node) -> str:
-    return f"http://{lab_address(node.backend.hostname)}:{PORT}"
+    return LAB_TOPOLOGY.endpoint("alert_relay", node.backend.hostname).url()
 
 
 def main_pid(node) -> int:

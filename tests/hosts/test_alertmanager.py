@@ -10,7 +10,7 @@ import yaml
 
 from roles.alertmanager import CONFIG_FILE, Settings, render_config
 from tests.conftest import REPO, hosts_in, run_pyinfra
-from tests.roles.test_prometheus import LAB
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -22,23 +22,27 @@ def node(request, deployed, testinfra_hosts):
     return testinfra_hosts[request.param]
 
 
+def api_url(node, path: str) -> str:
+    return f"http://127.0.0.1:{LAB_TOPOLOGY.port(node.backend.host.name, 'alertmanager')}/api/v2/{path}"
+
+
 def alerts(node, alertname: str) -> list[dict]:
-    answer = node.check_output(f"curl -sf 'http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D{alertname}'")
+    answer = node.check_output(f"curl -sf '{api_url(node, 'alerts')}?filter=alertname%3D{alertname}'")
     return json.loads(answer)
 
 
 def test_alertmanager_runs_the_routing_from_routes_yaml(node):
     service = node.service("prometheus-alertmanager")
     assert service.is_running and service.is_enabled
-    status = json.loads(node.check_output("curl -sf http://127.0.0.1:9093/api/v2/status"))
+    status = json.loads(node.check_output(f"curl -sf {api_url(node, 'status')}"))
     loaded = yaml.safe_load(status["config"]["original"])
-    wanted = yaml.safe_load(render_config(Settings(), LAB))
+    wanted = yaml.safe_load(render_config(Settings(), LAB_TOPOLOGY))
     # What Alertmanager loaded (it reports the parsed config, defaults filled in) is our route tree.
     for key in ("receiver", "group_by", "group_wait", "group_interval", "repeat_interval"):
         assert loaded["route"][key] == wanted["route"][key], key
     assert [(r["matchers"], r["receiver"]) for r in loaded["route"]["routes"]] == [
         (r["matchers"], r["receiver"]) for r in wanted["route"]["routes"]]
-    assert node.file(CONFIG_FILE).content_string == render_config(Settings(), LAB)
+    assert node.file(CONFIG_FILE).content_string == render_config(Settings(), LAB_TOPOLOGY)
     # Single node: no cluster gossip port.
     assert not node.socket("tcp://0.0.0.0:9094").is_listening
 
@@ -68,7 +72,7 @@ def test_stopping_toy_redis_makes_its_down_alert_reach_alertmanager(node, testin
         while not (arrived := alerts(node, "ToyRedisDown")):
             assert time.monotonic() < deadline, f"ToyRedisDown did not reach Alertmanager within {for_s + 120}s"
             time.sleep(5)
-        assert arrived[0]["labels"]["instance"] == f"{redis_host}:8080"
+        assert arrived[0]["labels"]["instance"] == LAB_TOPOLOGY.endpoint("toy_redis", redis_host, "metrics").instance
         assert arrived[0]["labels"]["severity"] == "critical"
         assert arrived[0]["status"]["state"] == "active"
     finally:

@@ -7,10 +7,9 @@ import json
 import pytest
 
 from roles.blackbox import CONFIG_FILE, render_config
-from roles.prometheus import probe_job
 from tests.conftest import hosts_in, run_pyinfra
 from tests.roles.test_blackbox import lab_settings
-from tests.roles.test_prometheus import LAB
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -24,24 +23,26 @@ def test_exporter_runs_with_the_modules_from_group_data(node):
     service = node.service("prometheus-blackbox-exporter")
     assert service.is_running and service.is_enabled
     assert node.file(CONFIG_FILE).content_string == render_config(lab_settings())
-    assert node.socket("tcp://0.0.0.0:9115").is_listening or node.socket("tcp://:::9115").is_listening
+    port = lab_settings().listen_port
+    assert node.socket(f"tcp://0.0.0.0:{port}").is_listening or node.socket(f"tcp://:::{port}").is_listening
 
 
 def test_every_configured_probe_succeeds_from_the_exporter(node):
-    # The probes Prometheus asks the exporter for, as roles/prometheus generates them.
-    probes, _ = probe_job(LAB)
-    assert probes.targets
-    for target in probes.targets:
-        metrics = node.check_output(
-            f"curl -sf 'http://127.0.0.1:9115/probe?module={target.module}&target={target.address}'")
-        assert "\nprobe_success 1" in metrics, f"{target.module} probe of {target.instance} failed"
+    # The health probes Prometheus asks the exporter for, from the topology.
+    settings = lab_settings()
+    probes = LAB_TOPOLOGY.health_probes()
+    assert probes
+    for probe in probes:
+        metrics = node.check_output(f"curl -sf 'http://127.0.0.1:{settings.listen_port}/probe"
+                                    f"?module={settings.health_module}&target={probe.url}'")
+        assert "\nprobe_success 1" in metrics, f"{settings.health_module} probe of {probe.instance} failed"
 
 
 def test_a_config_failing_the_exporters_check_is_never_swapped_in(node):
     """The deploy fails with the checker's message; the live config and the running exporter stay."""
     before = node.file(CONFIG_FILE).content_string
     pid = node.check_output("systemctl show -p MainPID --value prometheus-blackbox-exporter")
-    broken = {"modules": {"web": {"prober": "http", "http": {"valid_status_code": [200]}}}}
+    broken = {"modules": {"web": {"prober": "http", "http": {"valid_status_code": [200]}}}, "health_module": "web"}
     run = run_pyinfra("deploys/all.py", "--limit", node.backend.host.name, "--data", "only_roles=blackbox",
                       "--data", f"blackbox={json.dumps(broken)}")
     assert run.returncode != 0

@@ -23,6 +23,7 @@ from roles.grafana.package import DATA_DIR, PACKAGE
 from roles.grafana_repo import GRAFANA_APT_SUITE, GRAFANA_APT_URL, VendorPackage
 from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
 from tests.roles.test_grafana_repo import pinned_install
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -133,7 +134,7 @@ def test_repo_dashboards_and_datasources_are_provisioned(node):
     assert {json.loads(path.read_text())["uid"] for path in grafana.dashboard_files()} <= found
     sources = {item["uid"]: item for item in admin_get(node, "/api/datasources")}
     assert {"prometheus", "loki", "alertmanager"} <= set(sources)
-    assert sources["prometheus"]["url"].endswith(":9090")
+    assert sources["prometheus"]["url"] == LAB_TOPOLOGY.endpoint("prometheus").url()
     assert admin_get(node, "/api/datasources/uid/prometheus/health")["status"] == "OK"
 
 

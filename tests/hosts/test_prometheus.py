@@ -9,7 +9,7 @@ import pytest
 
 from roles.prometheus import RULES_DIR, Settings, render_config, rule_files
 from tests.conftest import REPO, hosts_in, run_pyinfra
-from tests.roles.test_prometheus import LAB, scrape_jobs
+from tests.roles.test_prometheus import LAB_TOPOLOGY, scrape_jobs
 
 pytestmark = pytest.mark.lab
 
@@ -25,21 +25,23 @@ def node(request, deployed, testinfra_hosts):
 
 def api(node, path: str) -> dict:
     """GET Prometheus's HTTP API on the node itself; the `data` of its answer."""
-    answer = json.loads(node.check_output(f"curl -sf 'http://127.0.0.1:9090/api/v1/{path}'"))
+    port = LAB_TOPOLOGY.port(node.backend.host.name, "prometheus")
+    answer = json.loads(node.check_output(f"curl -sf 'http://127.0.0.1:{port}/api/v1/{path}'"))
     assert answer["status"] == "success", answer
     return answer["data"]
 
 
 def expected_targets() -> set[tuple[str, str]]:
     """(job, instance) for every target the lab inventory implies."""
-    jobs = scrape_jobs(render_config(Settings(), LAB))
+    jobs = scrape_jobs(render_config(Settings(), LAB_TOPOLOGY))
     return {(job, instance) for job, targets in jobs.items() for instance in targets}
 
 
 def test_prometheus_runs_with_the_deployed_rules(node):
     service = node.service("prometheus")
     assert service.is_running and service.is_enabled
-    assert node.socket("tcp://0.0.0.0:9090").is_listening or node.socket("tcp://:::9090").is_listening
+    port = LAB_TOPOLOGY.port(node.backend.host.name, "prometheus")
+    assert node.socket(f"tcp://0.0.0.0:{port}").is_listening or node.socket(f"tcp://:::{port}").is_listening
     deployed = set(node.check_output(f"ls {RULES_DIR}").split())
     assert deployed == set(rule_files())
     loaded = {group["file"].rsplit("/", 1)[-1] for group in api(node, "rules")["groups"]}
@@ -65,7 +67,7 @@ def test_every_expected_target_is_up(node):
     assert not not_up, f"targets not up after {TARGETS_UP_WITHIN_S}s: {not_up}"
     # Nothing beyond what the inventory implies, and worker-node-12's toy-redis among them.
     assert set(health) == expected_targets()
-    assert ("toy-redis", "worker-node-12:8080") in health
+    assert ("toy-redis", LAB_TOPOLOGY.endpoint("toy_redis", "worker-node-12", "metrics").instance) in health
 
 
 def test_bad_prometheus_settings_stop_the_deploy_before_any_change(lab):
@@ -77,7 +79,7 @@ def test_bad_prometheus_settings_stop_the_deploy_before_any_change(lab):
     errors = [line for line in run.stderr.splitlines() if "prometheus.scrape_interval" in line]
     assert len(errors) == 1, run.stderr
     assert errors[0].endswith(f"inventory data for {host}: prometheus.scrape_interval: "
-                              "expected a duration like 30s, 5m, 1h30m or 15d (got 'often')")
+                              "expected a duration like 30s, 5m, 1h30m or 15d (units largest first, each once) (got 'often')")
     assert "Traceback" not in run.stderr
 
 

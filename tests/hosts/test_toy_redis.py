@@ -8,9 +8,10 @@ import pytest
 import redis
 import requests
 
+from homelab.config import model_from_data
 from homelab.vault import load_vault
 from roles.python_app import build_wheels
-from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH
+from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH, Settings
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
 
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.lab
 
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
-PORT = GROUP_DATA["port"]
-METRICS_PORT = GROUP_DATA["metrics_port"]
+# Group data holds only what differs from the role's defaults.
+SETTINGS = model_from_data("inventory/group_data/toy_redis.py", Settings, GROUP_DATA)
+PORT = SETTINGS.port
+METRICS_PORT = SETTINGS.metrics_port
 
 
 @pytest.fixture(scope="module")

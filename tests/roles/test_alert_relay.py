@@ -11,7 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alert_relay.config import RelayTuning
 from homelab.config import ConfigError, model_from_data
+from homelab.types import port_of
 from roles.alert_relay import (
     APP,
     QUEUE_PATH,
@@ -28,14 +30,15 @@ from roles.alert_relay import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "alert_relay.py"))["alert_relay"]
+# Only what differs from the role's defaults, which may be nothing.
+GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "alert_relay.py")).get("alert_relay", {})
 SECRETS = {"slack_bot_token", "faxplus_token", "alertmanager_webhook_token", "fax_webhook_token"}
 
 
 def test_group_data_renders_a_config_with_its_paths_and_values():
     settings = model_from_data("inventory/group_data/alert_relay.py", Settings, GROUP_DATA)
     config = yaml.safe_load(render_config(settings))
-    assert config["listen"] == "0.0.0.0:9095"
+    assert config["listen"] == GROUP_DATA.get("listen", RelayTuning().listen)
     assert config["routes_file"] == ROUTES_PATH
     assert config["queue_path"] == QUEUE_PATH and QUEUE_PATH.startswith("/var/lib/alert-relay/")
     assert config["slack_base_url"] == "https://slack.com/api/"
@@ -50,7 +53,7 @@ def test_config_carries_group_data_overrides():
     settings = Settings(listen="127.0.0.1:19095", alertmanager_url="http://worker-node-14:9093",
                         slack_base_url="http://127.0.0.1:8999/api/", max_body_bytes=4096)
     config = yaml.safe_load(render_config(settings))
-    assert config["listen"] == "127.0.0.1:19095" and settings.port == 19095
+    assert config["listen"] == "127.0.0.1:19095" and port_of(settings.listen) == 19095
     assert config["alertmanager_url"] == "http://worker-node-14:9093"
     assert config["slack_base_url"] == "http://127.0.0.1:8999/api/"
     assert config["max_body_bytes"] == 4096
@@ -59,8 +62,8 @@ def test_config_carries_group_data_overrides():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"listen": "9095"}, "alert-relay group data: listen: expected host:port with a port in 1..65535, e.g. 0.0.0.0:9095 (got '9095')"),
-    ({"listen": "0.0.0.0:99999"}, "alert-relay group data: listen: expected host:port with a port in 1..65535, e.g. 0.0.0.0:9095 (got '0.0.0.0:99999')"),
+    ({"listen": "9095"}, "alert-relay group data: listen: expected address:port with a port in 1..65535, e.g. 0.0.0.0:8000 (got '9095')"),
+    ({"listen": "0.0.0.0:99999"}, "alert-relay group data: listen: expected address:port with a port in 1..65535, e.g. 0.0.0.0:8000 (got '0.0.0.0:99999')"),
     ({"slack_base_url": "slack.com"}, "alert-relay group data: slack_base_url: expected an http:// or https:// URL (got 'slack.com')"),
     ({"log_level": "verbose"}, "alert-relay group data: log_level: expected 'debug', 'info', 'warning' or 'error' (got 'verbose')"),
     ({"slack_token": "xoxb-1"}, "alert-relay group data: slack_token: unknown key"),

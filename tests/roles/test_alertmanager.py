@@ -20,7 +20,9 @@ from homelab.config import ConfigError
 from roles.alertmanager import CONFIG_CHECK, Settings, render_config, render_defaults
 from roles.alertmanager.routing import load_routing
 from roles.common import REPO_ROOT, role_settings
-from tests.roles.test_prometheus import LAB, flag_args, free_port, inventory_of
+from homelab.types import port_of
+from roles.alert_relay import Settings as RelaySettings
+from tests.roles.test_prometheus import LAB, LAB_TOPOLOGY, flag_args, free_port, topology_of
 
 needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="needs Debian's prometheus-alertmanager (amtool)")
 needs_alertmanager = pytest.mark.skipif(not shutil.which("prometheus-alertmanager"),
@@ -34,8 +36,8 @@ def routes_file(tmp_path: Path, text: str) -> Settings:
     return Settings(routes_file=str(path))
 
 
-def rendered(settings: Settings = Settings(), inv=LAB) -> dict:
-    return yaml.safe_load(render_config(settings, inv))
+def rendered(settings: Settings = Settings(), topology=LAB_TOPOLOGY) -> dict:
+    return yaml.safe_load(render_config(settings, topology))
 
 
 def test_repo_routes_become_the_route_tree_and_the_relay_is_the_receiver():
@@ -50,7 +52,8 @@ def test_repo_routes_become_the_route_tree_and_the_relay_is_the_receiver():
         [f'{label}="{value}"' for label, value in wanted["match"].items()] for wanted in source["routes"]
     ]
     [webhook] = next(r for r in config["receivers"] if r["name"] == "alert-relay")["webhook_configs"]
-    assert webhook["url"] == f"http://{LAB_RELAY.data.ssh_hostname}:9095/alertmanager"
+    relay_port = port_of(RelaySettings().listen)
+    assert webhook["url"] == f"http://{LAB_RELAY.data.ssh_hostname}:{relay_port}/alertmanager"
     assert webhook["http_config"]["authorization"] == {
         "type": "Bearer", "credentials_file": "/etc/prometheus/alertmanager-webhook.token"}
     assert "--cluster.listen-address=" in flag_args(render_defaults(Settings()))
@@ -61,10 +64,10 @@ def test_webhook_from_group_data_and_the_relays_own_port():
     [webhook] = rendered(custom)["receivers"][0]["webhook_configs"]
     assert (webhook["url"], webhook["http_config"]["authorization"]["credentials_file"]) == (
         "https://relay.example/hook", "/etc/relay.token")
-    relay_elsewhere = inventory_of({"relay": {"alert_relay": {"listen": "0.0.0.0:9500"}}}, alert_relay=["relay"])
-    assert rendered(inv=relay_elsewhere)["receivers"][0]["webhook_configs"][0]["url"] == "http://relay:9500/alertmanager"
+    relay_elsewhere = topology_of({"relay": {"alert_relay": {"listen": "0.0.0.0:9500"}}}, alert_relay=["relay"])
+    assert rendered(topology=relay_elsewhere)["receivers"][0]["webhook_configs"][0]["url"] == "http://relay:9500/alertmanager"
     with pytest.raises(ConfigError) as error:
-        render_config(Settings(), inventory_of({"mon": {}}, alertmanager=["mon"]))
+        render_config(Settings(), topology_of({"mon": {}}, alertmanager=["mon"]))
     assert str(error.value) == ("inventory/group_data/alertmanager.py: alertmanager.webhook_url: "
                                 "required when the inventory has no alert_relay host")
 
@@ -86,7 +89,7 @@ def test_webhook_from_group_data_and_the_relays_own_port():
 def test_a_broken_routes_file_is_one_line_naming_the_file_and_key(tmp_path, edit, expected):
     settings = routes_file(tmp_path, edit((REPO_ROOT / "alerts" / "routes.yaml").read_text()))
     with pytest.raises(ConfigError) as error:
-        render_config(settings, LAB)
+        render_config(settings, LAB_TOPOLOGY)
     message = str(error.value)
     assert message.startswith(f"{settings.routes_file}: {expected}"), message
     assert "\n" not in message
@@ -118,7 +121,7 @@ alertmanager:
 slack: {default_channel: "#x"}
 """)
     staged = tmp_path / "alertmanager.yml.staged"
-    staged.write_text(render_config(settings, LAB))
+    staged.write_text(render_config(settings, LAB_TOPOLOGY))
     check = subprocess.run(["sh", "-c", CONFIG_CHECK.format(staged=shlex.quote(str(staged)))],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -166,7 +169,7 @@ def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_tok
     Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_by: [alertname]\n"
                                           "  routes:\n    - match: {severity: critical}\n")
     config = tmp_path / "alertmanager.yml"
-    config.write_text(render_config(settings, LAB))
+    config.write_text(render_config(settings, LAB_TOPOLOGY))
     port = free_port()
     args = [arg for arg in flag_args(render_defaults(settings))
             if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]

@@ -38,27 +38,21 @@ def settings_error(data: dict) -> str:
     return str(error.value)
 
 
-def test_lab_probes_check_nginx_health_with_a_known_module():
+def test_lab_probes_use_a_module_the_exporter_has():
     settings = lab_settings()
-    assert any(probe.group == "nginx" and probe.url.endswith("/healthz") and probe.module == "http_2xx"
-               for probe in settings.probes)
-    assert "http_2xx:" in render_config(settings)
-    assert "--web.listen-address=:9115" in flag_args(render_defaults(settings))
+    assert f"{settings.health_module}:" in render_config(settings)
+    assert f"--web.listen-address=:{settings.listen_port}" in flag_args(render_defaults(settings))
 
 
-def test_bad_probes_and_modules_give_one_line_errors():
+def test_bad_modules_give_one_line_errors():
     where = "inventory data for worker-node-14: blackbox"
-    assert settings_error({"probes": [{"module": "http_3xx", "group": "nginx", "url": "http://{host}/"}]}) == (
-        f"{where}.probes.0.module: expected one of the modules ['http_2xx', 'tcp_connect'], got 'http_3xx'"
+    assert settings_error({"health_module": "http_3xx"}) == (
+        f"{where}.health_module: expected one of the modules ['http_2xx', 'tcp_connect'], got 'http_3xx'"
     )
     assert settings_error({"modules": {"web": {"prober": "http", "tcp": {}}}}) == (
         f"{where}.modules.web.tcp: a 'http' module takes no 'tcp' section"
     )
     assert settings_error({"modules": {"web": {"prober": "smtp"}}}).startswith(f"{where}.modules.web.prober: expected ")
-    assert settings_error({"probes": [{"module": "http_2xx", "group": "nginx", "url": "http://web/"}]}) == (
-        f"{where}.probes.0.url: expected a URL containing {{host}}, which stands for each host of the group"
-        " (got 'http://web/')"
-    )
 
 
 def run_check(staged: Path) -> subprocess.CompletedProcess:
@@ -73,7 +67,7 @@ def test_the_exporters_own_check_accepts_ours_and_refuses_a_bad_prober_option(tm
     result = run_check(staged)
     assert result.returncode == 0, result.stderr
     # Prober sections pass through our model: the exporter's check is what catches their typos.
-    bad = Settings(modules={"web": {"prober": "http", "http": {"valid_status_code": [200]}}})
+    bad = Settings(modules={"web": {"prober": "http", "http": {"valid_status_code": [200]}}}, health_module="web")
     staged.write_text(render_config(bad))
     result = run_check(staged)
     assert result.returncode != 0 and "valid_status_code" in result.stderr

@@ -26,9 +26,13 @@ from homelab.config import ConfigError, model_from_data
 from homelab.vault import load_vault
 from roles import grafana, grafana_repo
 from roles.grafana import Settings
+from roles.alertmanager import Settings as AlertmanagerSettings
+from roles.loki import Settings as LokiSettings
+from roles.nginx import Settings as NginxSettings
 from roles.loki.package import PACKAGE as LOKI
 from roles.nginx import site_check_command
 from roles.tuning.settings import load_tuning
+from tests.roles.test_prometheus import topology_of
 
 REPO = Path(__file__).resolve().parents[2]
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
@@ -41,7 +45,9 @@ needs_nginx = pytest.mark.skipif(
 
 
 def settings(**data) -> Settings:
-    return model_from_data("inventory data for master-node", Settings, {**PINNED, **data})
+    """Grafana's settings from group data, on nginx's default port unless the data sets http_port."""
+    parsed = model_from_data("inventory data for master-node", Settings, {**PINNED, **data})
+    return parsed.on_nginx_port(NginxSettings().listen_port)
 
 
 def ini(settings_: Settings, server_name: str = "master-node") -> configparser.ConfigParser:
@@ -91,16 +97,18 @@ def test_the_grafana_version_must_be_pinned():
     assert str(exc.value) == "inventory data for master-node: install.version: required key is missing"
 
 
-def test_datasources_point_at_the_given_hosts_with_the_uids_dashboards_use():
-    doc = yaml.safe_load(grafana.render_datasources("http://10.0.0.14:9090", "http://10.0.0.11:3100",
-                                                    "http://10.0.0.14:9093"))
+def test_datasources_point_at_the_first_host_of_each_role_with_the_uids_dashboards_use():
+    topology = topology_of({"mon": {"ssh_hostname": "10.0.0.14", "prometheus": {"listen_port": 9999}},
+                            "logs": {"ssh_hostname": "10.0.0.11", "loki": PINNED}, "spare": {}},
+                           prometheus=["mon", "spare"], alertmanager=["mon"], loki=["logs"])
+    doc = yaml.safe_load(grafana.render_datasources(**grafana.datasource_urls(topology)))
     by_uid = {source["uid"]: source for source in doc["datasources"]}
+    loki_port = LokiSettings.model_fields["listen_port"].default
     assert {uid: (s["type"], s["url"]) for uid, s in by_uid.items()} == {
-        "prometheus": ("prometheus", "http://10.0.0.14:9090"),
-        "loki": ("loki", "http://10.0.0.11:3100"),
-        "alertmanager": ("alertmanager", "http://10.0.0.14:9093"),
+        "prometheus": ("prometheus", "http://10.0.0.14:9999"),
+        "loki": ("loki", f"http://10.0.0.11:{loki_port}"),
+        "alertmanager": ("alertmanager", f"http://10.0.0.14:{AlertmanagerSettings().listen_port}"),
     }
-    assert [s["uid"] for s in doc["datasources"] if s.get("isDefault")] == ["prometheus"]
 
 
 def test_dashboard_provider_reads_the_folder_the_repo_dashboards_are_synced_to():

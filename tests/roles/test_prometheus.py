@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import runpy
 import shlex
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import requests
@@ -17,8 +15,20 @@ import yaml
 from pyinfra.api.inventory import Inventory
 from pyinfra.context import ctx_host
 
+import roles.alert_relay
+import roles.alertmanager
+import roles.alloy
+import roles.blackbox
+import roles.loki
+import roles.nginx
+import roles.node_exporter
+import roles.promtail
+import roles.toy_redis
 from homelab.config import ConfigError
+from homelab.topology import Topology, load_inventory
+from homelab.types import port_of
 from roles.common import role_settings
+from roles.promtail import DEFAULT_LOG_SHIPPER
 from roles.prometheus import (
     CONFIG_CHECK,
     RULES_CHECK,
@@ -34,27 +44,10 @@ needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="needs 
 needs_prometheus = pytest.mark.skipif(not shutil.which("prometheus"), reason="needs Debian's prometheus")
 
 
-def lab_inventory() -> Inventory:
-    """inventory/lab.py with inventory/group_data, as `pyinfra inventory/lab.py` loads it.
-
-    Built here rather than with pyinfra_cli, whose import monkey-patches the test process (gevent).
-    """
-    def public(path: Path) -> dict:
-        return {key: value for key, value in runpy.run_path(str(path)).items()
-                if not key.startswith("_") and not isinstance(value, ModuleType)}
-
-    group_data = {path.stem: public(path) for path in sorted((REPO / "inventory" / "group_data").glob("*.py"))}
-    groups = {name: members for name, members in public(REPO / "inventory" / "lab.py").items()
-              if isinstance(members, list)}
-    names = list({name: (name, data) for members in groups.values() for name, data in members}.values())
-    return Inventory((names, group_data.get("all", {})),
-                     **{group: (members, group_data.get(group, {})) for group, members in groups.items()})
-
-
-def inventory_of(hosts: dict[str, dict], **groups: list[str]) -> Inventory:
-    """An inventory of ``hosts`` (name -> data) with ``groups`` (group -> host names)."""
+def topology_of(hosts: dict[str, dict], **groups: list[str]) -> Topology:
+    """The topology of ``hosts`` (name -> data) in ``groups`` (group -> host names)."""
     names = [(name, data) for name, data in hosts.items()]
-    return Inventory((names, {}), **{group: (members, {}) for group, members in groups.items()})
+    return Topology(Inventory((names, {}), **{group: (members, {}) for group, members in groups.items()}))
 
 
 def scrape_jobs(config_text: str) -> dict[str, dict[str, str]]:
@@ -82,92 +75,116 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-LAB = lab_inventory()
+LAB = load_inventory(REPO / "inventory" / "lab.py")
+LAB_TOPOLOGY = Topology(LAB)
 LAB_ADDRESS = {host.name: host.data.ssh_hostname for host in LAB}
+# Each role's default ports, from the Settings that own them.
+NODE = roles.node_exporter.Settings().listen_port
+NGINX = roles.nginx.Settings()
+TOY_REDIS_METRICS = roles.toy_redis.Settings().metrics_port
+ALERTMANAGER = roles.alertmanager.Settings().listen_port
+RELAY = port_of(roles.alert_relay.Settings().listen)
+PROMETHEUS = Settings().listen_port
+LOKI = roles.loki.Settings.model_fields["listen_port"].default
+PROMTAIL = roles.promtail.Settings.model_fields["listen_port"].default
+ALLOY = roles.alloy.Settings.model_fields["listen_port"].default
+BLACKBOX = roles.blackbox.Settings().listen_port
 
 
 def test_lab_config_scrapes_every_component_where_the_inventory_puts_it():
-    jobs = scrape_jobs(render_config(Settings(), LAB))
-    assert jobs["node"] == {f"{name}:9100": f"{address}:9100" for name, address in LAB_ADDRESS.items()}
-    assert jobs["toy-redis"] == {"worker-node-12:8080": f"{LAB_ADDRESS['worker-node-12']}:8080"}
-    assert jobs["nginx"] == {"master-node:9113": f"{LAB_ADDRESS['master-node']}:9113"}
-    assert jobs["mtail"] == {"master-node:3903": f"{LAB_ADDRESS['master-node']}:3903"}
-    assert jobs["alertmanager"] == {"worker-node-14:9093": f"{LAB_ADDRESS['worker-node-14']}:9093"}
-    assert jobs["alert-relay"] == {"worker-node-14:9095": f"{LAB_ADDRESS['worker-node-14']}:9095"}
-    assert jobs["prometheus"] == {"worker-node-14:9090": f"{LAB_ADDRESS['worker-node-14']}:9090"}
-    assert jobs["blackbox"]["http://master-node/healthz"] == f"http://{LAB_ADDRESS['master-node']}/healthz"
+    jobs = scrape_jobs(render_config(Settings(), LAB_TOPOLOGY))
+
+    def only(host: str, port: int) -> dict[str, str]:
+        return {f"{host}:{port}": f"{LAB_ADDRESS[host]}:{port}"}
+
+    assert jobs["node"] == {f"{name}:{NODE}": f"{address}:{NODE}" for name, address in LAB_ADDRESS.items()}
+    assert jobs["toy-redis"] == only("worker-node-12", TOY_REDIS_METRICS)
+    assert jobs["nginx"] == only("master-node", NGINX.exporter_port)
+    assert jobs["mtail"] == only("master-node", NGINX.mtail_port)
+    assert jobs["alertmanager"] == only("worker-node-14", ALERTMANAGER)
+    assert jobs["alert-relay"] == only("worker-node-14", RELAY)
+    assert jobs["prometheus"] == only("worker-node-14", PROMETHEUS)
+    assert jobs["blackbox"][f"http://master-node:{NGINX.listen_port}/healthz"] == (
+        f"http://{LAB_ADDRESS['master-node']}:{NGINX.listen_port}/healthz")
 
 
 def test_grafana_labs_components_are_scraped_where_they_run():
     # Lab nodes skip Grafana's packages unless they come from offline .debs: nothing to scrape there.
     lab = {"logs": {"vendor_packages_optional": True}, "ship": {"vendor_packages_optional": True}}
-    inv = inventory_of(lab, loki=["logs"], log_shipper=["ship"], blackbox=["logs"])
-    jobs = scrape_jobs(render_config(Settings(), inv))
-    assert "loki" not in jobs and "alloy" not in jobs
+    topology = topology_of(lab, loki=["logs"], log_shipper=["ship"], blackbox=["logs"])
+    jobs = scrape_jobs(render_config(Settings(), topology))
+    assert "loki" not in jobs and DEFAULT_LOG_SHIPPER not in jobs and "blackbox" not in jobs
     lab["logs"]["loki"] = {"install": {"source": "offline", "version": "3.5.0"}}
-    lab["logs"]["blackbox"] = {"probes": [{"module": "http_2xx", "group": "loki", "url": "http://{host}:3100/ready"}]}
-    jobs = scrape_jobs(render_config(Settings(), inventory_of(lab, loki=["logs"], blackbox=["logs"])))
-    assert jobs["loki"] == {"logs:3100": "logs:3100"}
-    assert list(jobs["blackbox"]) == ["http://logs:3100/ready"]
+    jobs = scrape_jobs(render_config(Settings(), topology_of(lab, loki=["logs"], blackbox=["logs"])))
+    assert jobs["loki"] == {f"logs:{LOKI}": f"logs:{LOKI}"}
+    assert list(jobs["blackbox"]) == [f"http://logs:{LOKI}/ready"]
     # The real cluster installs them from Grafana's repository: always scraped.
-    jobs = scrape_jobs(render_config(Settings(), inventory_of({"logs": {}, "ship": {}}, loki=["logs"],
-                                                                log_shipper=["ship"])))
-    assert jobs["loki"] == {"logs:3100": "logs:3100"} and jobs["alloy"] == {"ship:12345": "ship:12345"}
+    pinned = {"install": {"version": "3.5.0"}}
+    cluster = {"logs": {"loki": pinned}, "ship": {"promtail": pinned, "alloy": pinned}}
+    jobs = scrape_jobs(render_config(Settings(), topology_of(cluster, loki=["logs"], log_shipper=["ship"])))
+    assert jobs["loki"] == {f"logs:{LOKI}": f"logs:{LOKI}"}
+    shipper_port = {"promtail": PROMTAIL, "alloy": ALLOY}[DEFAULT_LOG_SHIPPER]
+    assert jobs[DEFAULT_LOG_SHIPPER] == {f"ship:{shipper_port}": f"ship:{shipper_port}"}
 
 
 def test_the_log_shipper_job_follows_the_hosts_choice():
-    hosts = {"a": {"log_shipper": "alloy"}, "b": {"log_shipper": "promtail", "promtail": {"listen_port": 9081}}}
-    jobs = scrape_jobs(render_config(Settings(), inventory_of(hosts, log_shipper=["a", "b"])))
-    assert jobs["alloy"] == {"a:12345": "a:12345"}
+    pinned = {"install": {"version": "3.5.0"}}
+    hosts = {"a": {"log_shipper": "alloy", "alloy": pinned},
+             "b": {"log_shipper": "promtail", "promtail": {**pinned, "listen_port": 9081}}}
+    jobs = scrape_jobs(render_config(Settings(), topology_of(hosts, log_shipper=["a", "b"])))
+    assert jobs["alloy"] == {f"a:{ALLOY}": f"a:{ALLOY}"}
     assert jobs["promtail"] == {"b:9081": "b:9081"}
 
 
 def test_probes_go_through_the_blackbox_host_with_their_module():
-    config = yaml.safe_load(render_config(Settings(), LAB))
+    config = yaml.safe_load(render_config(Settings(), LAB_TOPOLOGY))
     [job] = [job for job in config["scrape_configs"] if job["job_name"] == "blackbox"]
     assert job["metrics_path"] == "/probe"
     assert {static["labels"]["module"] for static in job["static_configs"]} == {"http_2xx"}
     relabel = {rule["target_label"]: rule for rule in job["relabel_configs"]}
     assert relabel["__param_target"]["source_labels"] == ["__address__"]
     assert relabel["__param_module"]["source_labels"] == ["module"]
-    assert relabel["__address__"]["replacement"] == f"{LAB_ADDRESS['worker-node-14']}:9115"
+    assert relabel["__address__"]["replacement"] == f"{LAB_ADDRESS['worker-node-14']}:{BLACKBOX}"
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
-        f"{LAB_ADDRESS['worker-node-14']}:9093"
+        f"{LAB_ADDRESS['worker-node-14']}:{ALERTMANAGER}"
     ]
+    # Every health path of the lab's services (Loki is skipped there: no Grafana repository).
+    probed = {static["labels"]["instance"] for static in job["static_configs"]}
+    assert probed == {f"http://master-node:{NGINX.listen_port}/healthz", f"http://worker-node-14:{RELAY}/healthz",
+                      f"http://worker-node-14:{ALERTMANAGER}/-/healthy", f"http://worker-node-14:{PROMETHEUS}/-/healthy"}
 
 
 def test_a_host_added_to_a_group_gains_its_targets_and_none_is_listed_twice():
     hosts = {"web-1": {"ssh_hostname": "192.0.2.1"}, "web-2": {}, "mon": {"ssh_hostname": "192.0.2.9"}}
     # mon is in two groups and listed twice in one: each of its targets still appears once.
-    inv = inventory_of(hosts, nginx=["web-1"], prometheus=["mon", "mon"], alertmanager=["mon"],
-                       blackbox=["mon"])
-    before = scrape_jobs(render_config(Settings(), inv))
-    inv = inventory_of(hosts, nginx=["web-1", "web-2"], prometheus=["mon", "mon"], alertmanager=["mon"],
-                       blackbox=["mon"])
-    after = scrape_jobs(render_config(Settings(), inv))
-    assert set(after["nginx"]) - set(before["nginx"]) == {"web-2:9113"}
-    assert set(after["mtail"]) - set(before["mtail"]) == {"web-2:3903"}
+    topology = topology_of(hosts, nginx=["web-1"], prometheus=["mon", "mon"], alertmanager=["mon"],
+                           blackbox=["mon"])
+    before = scrape_jobs(render_config(Settings(), topology))
+    topology = topology_of(hosts, nginx=["web-1", "web-2"], prometheus=["mon", "mon"], alertmanager=["mon"],
+                           blackbox=["mon"])
+    after = scrape_jobs(render_config(Settings(), topology))
+    assert set(after["nginx"]) - set(before["nginx"]) == {f"web-2:{NGINX.exporter_port}"}
+    assert set(after["mtail"]) - set(before["mtail"]) == {f"web-2:{NGINX.mtail_port}"}
     # Without an ssh_hostname, a host is reached by its inventory name.
-    assert after["node"]["web-2:9100"] == "web-2:9100"
-    assert after["node"]["mon:9100"] == "192.0.2.9:9100"
-    assert list(after["prometheus"]) == ["mon:9090"]
+    assert after["node"][f"web-2:{NODE}"] == f"web-2:{NODE}"
+    assert after["node"][f"mon:{NODE}"] == f"192.0.2.9:{NODE}"
+    assert list(after["prometheus"]) == [f"mon:{PROMETHEUS}"]
     assert "toy-redis" not in after  # no toy_redis group, no job
 
 
 def test_ports_follow_the_serving_roles_group_data():
     hosts = {"web-1": {"nginx": {"exporter_port": 9999}, "node_exporter": {"listen_port": 9200}},
              "relay": {"alert_relay": {"listen": "0.0.0.0:9500"}}}
-    jobs = scrape_jobs(render_config(Settings(), inventory_of(hosts, nginx=["web-1"], alert_relay=["relay"])))
+    jobs = scrape_jobs(render_config(Settings(), topology_of(hosts, nginx=["web-1"], alert_relay=["relay"])))
     assert jobs["nginx"] == {"web-1:9999": "web-1:9999"}
     assert jobs["node"]["web-1:9200"] == "web-1:9200"
     assert jobs["alert-relay"] == {"relay:9500": "relay:9500"}
 
 
-def test_a_probe_of_an_unknown_group_is_a_one_line_error():
-    hosts = {"mon": {"blackbox": {"probes": [{"module": "http_2xx", "group": "ngnix", "url": "http://{host}/"}]}}}
+def test_a_log_shipper_nobody_knows_is_a_one_line_error():
     with pytest.raises(ConfigError) as error:
-        render_config(Settings(), inventory_of(hosts, blackbox=["mon"]))
-    assert str(error.value) == "inventory data for mon: blackbox.probes.0: group: no inventory group 'ngnix'"
+        render_config(Settings(), topology_of({"ship": {"log_shipper": "fluentd"}}, log_shipper=["ship"]))
+    assert str(error.value) == "inventory data for ship: log_shipper: expected one of 'promtail', 'alloy', got 'fluentd'"
 
 
 def settings_error(data: dict) -> str:
@@ -193,7 +210,7 @@ def test_bad_settings_give_one_line_errors_naming_the_key():
 def test_group_data_settings_reach_the_config_and_the_flags():
     with ctx_host.use(LAB.get_host("worker-node-14")):
         settings = role_settings("prometheus", Settings)
-    config = yaml.safe_load(render_config(settings, LAB))
+    config = yaml.safe_load(render_config(settings, LAB_TOPOLOGY))
     assert config["global"]["scrape_interval"] == settings.scrape_interval
     assert config["global"]["evaluation_interval"] == settings.evaluation_interval
     assert f"--storage.tsdb.retention.time={settings.retention_time}" in flag_args(render_defaults(settings))
@@ -223,7 +240,7 @@ def test_rendered_config_passes_promtool_with_the_generated_rules(tmp_path):
         (rules_dir / name).write_text(content)
     (rules_dir / "example.rules.yml").write_text(GOOD_RULES)
     staged = tmp_path / "prometheus.yml.staged"
-    staged.write_text(render_config(Settings(), LAB, rules_dir=str(rules_dir)))
+    staged.write_text(render_config(Settings(), LAB_TOPOLOGY, rules_dir=str(rules_dir)))
     result = run_check(CONFIG_CHECK, staged)
     assert result.returncode == 0, result.stdout + result.stderr
     # The glob reached the rule files: promtool loaded and checked each of them.
@@ -241,7 +258,7 @@ def test_checks_refuse_a_broken_rule_file_and_a_broken_config(tmp_path):
     assert result.returncode != 0 and "parse error" in result.stdout + result.stderr
 
     config = tmp_path / "prometheus.yml.staged"
-    config.write_text(render_config(Settings(), LAB, rules_dir=str(tmp_path)).replace("scrape_interval", "scrape_intervall", 1))
+    config.write_text(render_config(Settings(), LAB_TOPOLOGY, rules_dir=str(tmp_path)).replace("scrape_interval", "scrape_intervall", 1))
     result = run_check(CONFIG_CHECK, config)
     assert result.returncode != 0 and "scrape_intervall" in result.stdout + result.stderr
 
@@ -251,10 +268,10 @@ def test_prometheus_runs_with_the_rendered_flags_and_config(tmp_path):
     """Prometheus itself loads what we render: retention from settings, one target per inventory entry."""
     # Only loopback addresses: the test must not send traffic to the lab's or anyone's network.
     hosts = {"web-1": {"ssh_hostname": "127.0.0.1"}, "mon": {"ssh_hostname": "127.0.0.2"}}
-    inv = inventory_of(hosts, nginx=["web-1"], prometheus=["mon"])
+    topology = topology_of(hosts, nginx=["web-1"], prometheus=["mon"])
     settings = Settings(retention_time="3d", scrape_interval="1h", scrape_timeout="10s")
     config = tmp_path / "prometheus.yml"
-    config.write_text(render_config(settings, inv, rules_dir=str(tmp_path)))
+    config.write_text(render_config(settings, topology, rules_dir=str(tmp_path)))
     port = free_port()
     args = [arg for arg in flag_args(render_defaults(settings)) if not arg.startswith(("--config.file", "--storage.tsdb.path", "--web.listen"))]
     process = subprocess.Popen(
@@ -280,8 +297,9 @@ def test_prometheus_runs_with_the_rendered_flags_and_config(tmp_path):
             assert time.monotonic() < deadline, "prometheus listed no targets in 30s"
             time.sleep(0.5)
         seen = {(t["labels"]["job"], t["labels"]["instance"], t["scrapeUrl"]) for t in targets["activeTargets"]}
-        assert ("nginx", "web-1:9113", "http://127.0.0.1:9113/metrics") in seen
-        assert ("node", "mon:9100", "http://127.0.0.2:9100/metrics") in seen
+        exporter = NGINX.exporter_port
+        assert ("nginx", f"web-1:{exporter}", f"http://127.0.0.1:{exporter}/metrics") in seen
+        assert ("node", f"mon:{NODE}", f"http://127.0.0.2:{NODE}/metrics") in seen
         assert len(seen) == len(targets["activeTargets"]) == 5  # node x2, nginx, mtail, prometheus
     finally:
         process.terminate()
