@@ -1,24 +1,30 @@
 """The reference cluster as local systemd-nspawn nodes (`lab up inventory/lab.py`).
 
-Same host names and groups as inventory/homelab.py, so every deploy runs unchanged against either.
-Addresses come from the lab subnet (HOMELAB_LAB_SUBNET, default 10.77.0.0/24). Every node runs
-Debian 13 (the default release); `debian_release=12` on a host boots it as Debian 12 instead.
+The same hosts in the same groups as inventory/homelab.py, read from it, so every deploy runs
+unchanged against either. Only each host's data differs: a lab address from the lab subnet
+(HOMELAB_LAB_SUBNET, default 10.77.0.0/24; _LAB_INDEX gives each host's place in it, so a host
+added to homelab.py needs a line there), the lab's SSH keys and its test vault
+(homelab.lab.settings.lab_host). Every node runs Debian 13, the default release; lab_host's
+`debian_release=12` boots a node as Debian 12 instead.
 """
 
-from homelab.lab.settings import lab_host
+import runpy as _runpy
+from pathlib import Path as _Path
 
-_master_node = lab_host("master-node", 10)
-_worker_node_11 = lab_host("worker-node-11", 11)
-_worker_node_12 = lab_host("worker-node-12", 12)
-_worker_node_14 = lab_host("worker-node-14", 14)
+from homelab.lab.settings import lab_host as _lab_host
 
-# Groups are named by role; a host's roles are the groups it is in (see deploys/all.py).
-grafana = [_master_node]
-nginx = [_master_node]
-loki = [_worker_node_11]
-toy_redis = [_worker_node_12]
-log_shipper = [_worker_node_12]
-prometheus = [_worker_node_14]
-blackbox = [_worker_node_14]
-alertmanager = [_worker_node_14]
-alert_relay = [_worker_node_14]
+# Host -> its address's last number in the lab subnet (10 upward: room below for the host machine).
+_LAB_INDEX = {"master-node": 10, "worker-node-11": 11, "worker-node-12": 12, "worker-node-14": 14}
+
+_cluster = _runpy.run_path(str(_Path(__file__).with_name("homelab.py")))
+_unplaced = sorted({name for members in _cluster.values() if isinstance(members, list) for name, _data in members}
+                   - set(_LAB_INDEX))
+if _unplaced:
+    raise ValueError(f"inventory/lab.py: _LAB_INDEX: expected a lab address index for {', '.join(_unplaced)}")
+_lab_nodes = {name: _lab_host(name, index) for name, index in _LAB_INDEX.items()}
+# Each of homelab.py's groups (module-level lists of hosts), with its hosts as lab nodes.
+globals().update({
+    group: [_lab_nodes[name] for name, _data in members]
+    for group, members in _cluster.items()
+    if not group.startswith("_") and isinstance(members, list)
+})

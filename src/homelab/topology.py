@@ -8,8 +8,8 @@ role list and the architecture diagram.
     topology = Topology(inventory)            # or Topology.load("inventory/homelab.py")
     topology.roles_of("worker-node-14")       # ["base", "tuning", "node_exporter", "alert_relay", ...]
     topology.hosts_of("loki")                 # ["worker-node-11"]
-    topology.endpoint("prometheus").url()     # "http://192.168.1.14:9090", the first prometheus host
-    topology.endpoint("toy_redis", "worker-node-12", "metrics").instance   # "worker-node-12:8080"
+    topology.endpoint("prometheus").url()     # "http://192.168.1.14:<its listen_port>", the first host
+    topology.endpoint("toy_redis", "worker-node-12", "metrics").instance   # "worker-node-12:<metrics_port>"
     topology.scrape_jobs(); topology.health_probes(); topology.flows()
 
 ROLES lists every role in the order a host applies them, with the listeners each one has (the
@@ -39,7 +39,7 @@ class Listener:
     """A port a role's service listens on."""
 
     name: str  # "http", "metrics", "resp", ...
-    # The role's Settings field holding the port: an int, or a HostPort string ("0.0.0.0:9095").
+    # The role's Settings field holding the port: an int, or a HostPort string ("0.0.0.0:<port>").
     setting: str
     # An HTTP path answering 2xx while the service is healthy; blackbox probes it on every host.
     health: str | None = None

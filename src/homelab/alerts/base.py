@@ -70,7 +70,7 @@ class Alert(StrictModel):
     # The rule file (alerts/generated/<group>.rules.yml) the alert goes into.
     group: ClassVar[str]
     # Labels of the alert's result series in the tests, besides alertname and severity.
-    test_labels: ClassVar[dict[str, str]] = {"instance": "node-a:9100", "job": "node"}
+    test_labels: ClassVar[dict[str, str]] = {"instance": "node-a", "job": "node"}
     summary: ClassVar[str]
 
     enabled: bool = True

@@ -53,7 +53,7 @@ class InstanceDown(BinaryAlert):
         # toy-redis being down is ToyRedisDown's to report, not this alert's.
         return [
             series("up", self.test_labels, constant(1, samples)),
-            series("up", {"instance": "worker-node-12:8080", "job": "toy-redis"}, constant(0, samples)),
+            series("up", {"instance": "worker-node-12", "job": "toy-redis"}, constant(0, samples)),
         ]
 
 
@@ -115,7 +115,7 @@ class HostDiskFillingUp(Alert):
 
     name = "HostDiskFillingUp"
     group = "node"
-    test_labels = {"device": "/dev/sda1", "fstype": "ext4", "instance": "node-a:9100", "job": "node", "mountpoint": "/"}
+    test_labels = {"device": "/dev/sda1", "fstype": "ext4", "instance": "node-a", "job": "node", "mountpoint": "/"}
     summary = "$mountpoint on $instance is filling up"
 
     window: Window
@@ -243,7 +243,7 @@ class ProbeSlow(WarningCritical):
 
 # --- toy-redis ----------------------------------------------------------------------------------
 
-TOY_REDIS = {"instance": "worker-node-12:8080", "job": "toy-redis"}
+TOY_REDIS = {"instance": "worker-node-12", "job": "toy-redis"}
 
 
 class ToyRedisDown(BinaryAlert):
@@ -354,7 +354,7 @@ class Nginx5xxRatioHigh(WarningCritical):
     name = "Nginx5xxRatioHigh"
     group = "nginx"
     warning_key, critical_key = "warning_percent", "critical_percent"
-    test_labels = {"instance": "master-node:3903", "job": "mtail"}
+    test_labels = {"instance": "master-node", "job": "mtail"}
     value_ceiling = 100
     summary = "nginx on $instance answers with server errors"
 
@@ -383,7 +383,7 @@ class Nginx5xxRatioHigh(WarningCritical):
 
 # --- the alert relay ----------------------------------------------------------------------------
 
-ALERT_RELAY = {"instance": "worker-node-14:9095", "job": "alert-relay"}
+ALERT_RELAY = {"instance": "worker-node-14", "job": "alert-relay"}
 
 
 class AlertRelayDown(BinaryAlert):
