@@ -10,23 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from alert_relay import config as _rules
+from alert_relay.config import FieldError, StrictModel
+from pydantic import BaseModel
 from pyinfra.api.exceptions import PyinfraError
 
+# The rules have one implementation, alert_relay.config's, since the relay must apply them on nodes
+# where homelab is not installed. StrictModel: unknown keys are errors, values are not coerced
+# across types. FieldError: raised by a validator to blame a key below the validated field, e.g.
+# FieldError("net.core.somaxconn", "expected an integer in 128..65535") raised while validating
+# ``sysctl`` is reported as ``sysctl.net.core.somaxconn: expected ...``.
+__all__ = ["ConfigError", "FieldError", "StrictModel", "load_yaml_model", "model_from_data", "read_yaml",
+           "settings_from_data"]
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class FieldError(ValueError):
-    """Raised by a model's validators to blame a key below the validated field.
-
-    ``FieldError("net.core.somaxconn", "expected an integer in 128..65535")`` raised while
-    validating ``sysctl`` is reported as ``sysctl.net.core.somaxconn: expected ...``.
-    """
-
-    def __init__(self, key: str, expected: str):
-        self.key, self.expected = key, expected
-        super().__init__(f"{key}: {expected}")
 
 
 class ConfigError(PyinfraError):
@@ -40,52 +37,29 @@ class ConfigError(PyinfraError):
         super().__init__(f"{self.file}: {key}: {expected}" if key else f"{self.file}: {expected}")
 
 
+def _one_line(exc: _rules.ConfigFileError) -> ConfigError:
+    return ConfigError(exc.file, exc.key, exc.expected)
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error becomes a ConfigError."""
-    path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read file ({exc.strerror})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(path, where, f"invalid YAML ({problem})") from None
-
-
-_UNION_MEMBER_TAGS = {"int", "str", "float", "bool", "dict", "list", "none"}
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    # pydantic appends the union member it tried ("int", "literal['auto']"): not a key the user wrote.
-    keys = [str(part) for part in loc if not (str(part) in _UNION_MEMBER_TAGS or "[" in str(part))]
-    return ".".join(keys)
+        return _rules.read_yaml(path)
+    except _rules.ConfigFileError as exc:
+        raise _one_line(exc) from None
 
 
 def model_from_data(path: str | Path, model: type[ModelT], data: Any) -> ModelT:
     """Validate already-parsed data against a pydantic model, reporting the first error."""
     try:
-        return model.model_validate({} if data is None else data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = _dotted(err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, FieldError):
-            raise ConfigError(path, f"{key}.{cause.key}" if key else cause.key, cause.expected) from None
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(path, key, "unknown key") from None
-        if err["type"] == "missing":
-            raise ConfigError(path, key, "required key is missing") from None
-        given = err.get("input")
-        message = err["msg"]
-        # pydantic prefixes custom errors with "Value error, "; the user needs only the reason.
-        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        message = message.replace("Input should be ", "expected ")
-        shown = f" (got {given!r})" if isinstance(given, (str, int, float, bool)) or given is None else ""
-        raise ConfigError(path, key, f"{message}{shown}") from None
+        return _rules.model_from_data(path, model, data)
+    except _rules.ConfigFileError as exc:
+        raise _one_line(exc) from None
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
+    """Read a YAML file and validate it into ``model``; any problem is one ConfigError line."""
+    return model_from_data(path, model, read_yaml(path))
 
 
 def settings_from_data(host: str, role: str, model: type[ModelT], data: Any) -> ModelT:
@@ -97,14 +71,3 @@ def settings_from_data(host: str, role: str, model: type[ModelT], data: Any) -> 
         return model_from_data(f"inventory data for {host}", model, data)
     except ConfigError as exc:
         raise ConfigError(exc.file, f"{role}.{exc.key}" if exc.key else role, exc.expected) from None
-
-
-def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
-    """Read a YAML file and validate it into ``model``; any problem is one ConfigError line."""
-    return model_from_data(path, model, read_yaml(path))
-
-
-class StrictModel(BaseModel):
-    """Base for config models: unknown keys are errors, values are not coerced across types."""
-
-    model_config = {"extra": "forbid", "strict": True, "frozen": True}

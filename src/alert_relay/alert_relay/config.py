@@ -1,8 +1,8 @@
 """The relay's config file and one-line config errors.
 
-The same rules as the control machine's homelab.config (unknown keys are errors, one line naming
-the file, the key and what was expected), restated here because the relay runs on a node from
-its own wheel, where homelab and pyinfra are not installed.
+The rules every settings file follows (unknown keys are errors, one line naming the file, the key
+and what was expected). They live here because the relay runs on a node from its own wheel, where
+homelab and pyinfra are not installed; the control machine's homelab.config uses them as well.
 """
 
 from __future__ import annotations
