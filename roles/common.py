@@ -22,7 +22,8 @@ from pyinfra.api import operation
 from pyinfra.context import ctx_inventory
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import files
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, settings_from_data
 from homelab.releases import SUPPORTED, DebianRelease, UnsupportedRelease, debian_release
@@ -118,3 +119,17 @@ def checked_file(
     if check:
         yield check.format(staged=shlex.quote(staged))
     yield f"mv -f {shlex.quote(staged)} {shlex.quote(dest)}"
+
+
+def keep_running(service: str, restart_on: tuple = (), reload_on: tuple = ()) -> None:
+    """Enable and start ``service``; restart it when an operation in ``restart_on`` changed
+    something (what it reads only at start: flags), else reload it when one in ``reload_on`` did
+    (what it rereads on SIGHUP: config, rules), which keeps its in-memory state."""
+    systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True)
+    if restart_on:
+        systemd.service(name=f"Restart {service} for new flags", service=service, restarted=True,
+                        _if=any_changed(*restart_on))
+    if reload_on:
+        restarted, reloaded = any_changed(*restart_on), any_changed(*reload_on)
+        systemd.service(name=f"Reload {service} for its new config", service=service, reloaded=True,
+                        _if=lambda: reloaded() and not restarted())

@@ -294,6 +294,12 @@ def unit_check_command(app: PythonApp) -> str:
     )
 
 
+def unit_values(app: PythonApp, config_path: str, data_dir: str, nofile: int) -> dict[str, str | int]:
+    """What each service's unit template fills in: user, binary, config, file limit, state folder."""
+    return {"user": app.service, "binary": app.binary(), "config_path": config_path, "nofile": nofile,
+            "data_dir": data_dir, "state_dir_name": data_dir.removeprefix("/var/lib/")}
+
+
 def unit(app: PythonApp, content: str) -> OperationMeta:
     """The service's systemd unit, verified before it is swapped in; systemd re-reads it on change."""
     changed = checked_file(

@@ -90,6 +90,17 @@ def run_pyinfra(*args: str, inventory: Path = LAB_INVENTORY, timeout: int = 1200
     return PyinfraRun(result.returncode, report, result.stderr + ("" if report else result.stdout))
 
 
+def dry_run_error(host: str, about: str, *data: str) -> str:
+    """The one error line of a `--dry` deploy of ``host`` with ``data`` (KEY=VALUE each) that must
+    stop while operations are prepared, before anything could run: the line mentioning ``about``."""
+    run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, *[arg for item in data for arg in ("--data", item)])
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if about in line]
+    assert len(errors) == 1, run.stderr
+    return errors[0]
+
+
 @pytest.fixture(scope="session")
 def lab():
     """The lab booted from inventory/lab.py; its LabSettings."""

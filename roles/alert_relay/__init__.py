@@ -89,15 +89,7 @@ def render_config(settings: Settings, routes_file: str = ROUTES_PATH) -> str:
 
 
 def render_unit(nofile: int) -> str:
-    return render(
-        "alert_relay/alert-relay.service.j2",
-        user=APP.service,
-        binary=APP.binary(),
-        config_path=CONFIG_PATH,
-        nofile=nofile,
-        data_dir=DATA_DIR,
-        state_dir_name=DATA_DIR.removeprefix("/var/lib/"),
-    )
+    return render("alert_relay/alert-relay.service.j2", **python_app.unit_values(APP, CONFIG_PATH, DATA_DIR, nofile))
 
 
 def read_routes(settings: Settings) -> str:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pydantic import Field
 from pyinfra.api import deploy
-from pyinfra.operations import systemd
 
 from homelab.config import ConfigError, StrictModel
 from homelab.topology import Topology
 from homelab.types import Duration, Port
 from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routing, load_routing
-from roles.common import REPO_ROOT, checked_file, current_topology, render, role_settings
+from roles.common import REPO_ROOT, checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
 
 PACKAGE = "prometheus-alertmanager"
@@ -98,9 +97,5 @@ def apply() -> None:
                           check=CONFIG_CHECK)
     flags = checked_file(name=f"Alertmanager flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
                          content=render_defaults(settings))
-    systemd.service(name=f"{SERVICE} enabled and running", service=SERVICE, running=True, enabled=True)
-    systemd.service(name=f"Restart {SERVICE} for new flags", service=SERVICE, restarted=True,
-                    _if=flags.did_change)
     # The token file is read on every notification, so a new token needs no reload.
-    systemd.service(name=f"Reload {SERVICE} for new routing", service=SERVICE, reloaded=True,
-                    _if=lambda: config.did_change() and not flags.did_change())
+    keep_running(SERVICE, restart_on=(flags,), reload_on=(config,))

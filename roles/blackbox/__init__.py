@@ -13,11 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import model_validator
 from pyinfra.api import deploy
-from pyinfra.operations import systemd
 
 from homelab.config import FieldError, StrictModel
 from homelab.types import Duration, Port
-from roles.common import checked_file, render, role_settings
+from roles.common import checked_file, keep_running, render, role_settings
 from roles.install import Install, install_packages
 
 PACKAGE = "prometheus-blackbox-exporter"
@@ -100,9 +99,4 @@ def apply() -> None:
         dest=DEFAULTS_FILE,
         content=render_defaults(settings),
     )
-    systemd.service(name=f"{SERVICE} enabled and running", service=SERVICE, running=True, enabled=True)
-    # Flags are read only at start; modules are re-read on reload (SIGHUP).
-    systemd.service(name=f"Restart {SERVICE} for new flags", service=SERVICE, restarted=True,
-                    _if=flags.did_change)
-    systemd.service(name=f"Reload {SERVICE} for new modules", service=SERVICE, reloaded=True,
-                    _if=lambda: config.did_change() and not flags.did_change())
+    keep_running(SERVICE, restart_on=(flags,), reload_on=(config,))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import apt
 
 from homelab.config import StrictModel
 from homelab.types import Port
-from roles.common import checked_file, render, role_settings
+from roles.common import checked_file, keep_running, render, role_settings
 
 PACKAGE = "prometheus-node-exporter"
 SERVICE = "prometheus-node-exporter"
@@ -52,16 +52,4 @@ def apply() -> None:
         dest=DEFAULTS_FILE,
         content=render_defaults(settings),
     )
-    systemd.service(
-        name=f"{SERVICE} enabled and running",
-        service=SERVICE,
-        running=True,
-        enabled=True,
-    )
-    # node_exporter reads its flags only at start.
-    systemd.service(
-        name=f"Restart {SERVICE} for new flags",
-        service=SERVICE,
-        restarted=True,
-        _if=flags.did_change,
-    )
+    keep_running(SERVICE, restart_on=(flags,))

@@ -21,13 +21,13 @@ from pydantic import model_validator
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files
 
 from homelab.alerts.render import require_current_rules
 from homelab.config import FieldError, StrictModel
 from homelab.topology import Topology
 from homelab.types import ByteSize, Duration, Port, seconds
-from roles.common import REPO_ROOT, checked_file, current_topology, render, role_settings
+from roles.common import REPO_ROOT, checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
 
 PACKAGE = "prometheus"
@@ -122,14 +122,4 @@ def apply() -> None:
                           check=CONFIG_CHECK)
     flags = checked_file(name=f"Prometheus flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
                          content=render_defaults(settings))
-    systemd.service(name=f"{SERVICE} enabled and running", service=SERVICE, running=True, enabled=True)
-    # Flags (retention, listen address) are read only at start.
-    systemd.service(name=f"Restart {SERVICE} for new flags", service=SERVICE, restarted=True,
-                    _if=flags.did_change)
-    # Config and rules are re-read on reload (SIGHUP), which keeps the TSDB head in memory.
-    changes = [config, *changed_rules]
-    systemd.service(
-        name=f"Reload {SERVICE} for new config or rules", service=SERVICE, reloaded=True,
-        _if=lambda: any(op.did_change() for op in changes) and not flags.did_change(),
-    )
-
+    keep_running(SERVICE, restart_on=(flags,), reload_on=(config, *changed_rules))

@@ -112,17 +112,8 @@ def render_config(settings: Settings) -> str:
 
 
 def render_unit(nofile: int) -> str:
-    return render(
-        "toy_redis/toy-redis.service.j2",
-        user=APP.service,
-        binary=APP.binary(),
-        config_path=CONFIG_PATH,
-        nofile=nofile,
-        data_dir=DATA_DIR,
-        log_dir=LOG_DIR,
-        state_dir_name=DATA_DIR.removeprefix("/var/lib/"),
-        logs_dir_name=LOG_DIR.removeprefix("/var/log/"),
-    )
+    return render("toy_redis/toy-redis.service.j2", **python_app.unit_values(APP, CONFIG_PATH, DATA_DIR, nofile),
+                  log_dir=LOG_DIR, logs_dir_name=LOG_DIR.removeprefix("/var/log/"))
 
 
 def render_logrotate(settings: Settings) -> str:

@@ -7,10 +7,11 @@ import pytest
 import requests
 
 from homelab.vault import load_vault
-from roles.alert_relay import APP, QUEUE_PATH, TOKEN_FILES, TOKEN_MODE, token_path
+from roles.alert_relay import APP, DATA_DIR, QUEUE_PATH, TOKEN_FILES, TOKEN_MODE, token_path
 from roles.python_app import build_wheels
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, run_pyinfra, wheel_target
+from tests.hosts.python_app_checks import check_runs_as_its_own_user, check_sandboxed
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
@@ -31,10 +32,6 @@ def node(request, deployed, testinfra_hosts):
 @pytest.fixture
 def relay_url(node) -> str:
     return LAB_TOPOLOGY.endpoint("alert_relay", node.backend.hostname).url()
-
-
-def main_pid(node) -> int:
-    return int(node.check_output(f"systemctl show -p MainPID --value {APP.service}"))
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -60,24 +57,11 @@ def alert_payload(name: str) -> dict:
 
 
 def test_service_enabled_and_running_as_its_own_user(node):
-    service = node.service(APP.service)
-    assert service.is_running and service.is_enabled
-    assert node.check_output(f"ps -o user= -p {main_pid(node)}") == APP.service
+    check_runs_as_its_own_user(node, APP)
 
 
 def test_sandboxed_with_the_tuned_file_limit(node):
-    shown = dict(line.split("=", 1) for line in node.check_output(
-        f"systemctl show {APP.service} -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
-        "-p ReadWritePaths -p Restart -p LimitNOFILE").splitlines())
-    assert shown["NoNewPrivileges"] == "yes" and shown["ProtectSystem"] == "strict"
-    assert shown["ProtectHome"] == "yes" and shown["PrivateTmp"] == "yes" and shown["Restart"] == "on-failure"
-    assert shown["ReadWritePaths"].split() == ["/var/lib/alert-relay"]
-    assert int(shown["LimitNOFILE"]) == TUNING.limits.nofile
-    # The process gets it, unless the node's own PID 1 is held lower (a lab node on a host whose hard
-    # limit is smaller; a real machine's systemd has 524288).
-    ceiling = int(node.check_output("grep 'Max open files' /proc/1/limits").split()[4])
-    limits = node.check_output(f"grep 'Max open files' /proc/{main_pid(node)}/limits").split()
-    assert int(limits[3]) == min(TUNING.limits.nofile, ceiling)
+    check_sandboxed(node, APP, {DATA_DIR}, TUNING.limits.nofile)
 
 
 def test_healthz_and_metrics_answer_over_the_lab_network(relay_url):

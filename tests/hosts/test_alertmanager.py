@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from roles.alertmanager import CONFIG_FILE, Settings, render_config
-from tests.conftest import REPO, hosts_in, run_pyinfra
+from tests.conftest import REPO, dry_run_error, hosts_in
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
@@ -83,12 +83,7 @@ def test_a_broken_routes_file_stops_the_deploy_before_any_change(lab, tmp_path):
     broken = tmp_path / "routes.yaml"
     broken.write_text((REPO / "alerts" / "routes.yaml").read_text().replace("group_wait: 30s", "group_wait: soon"))
     [host] = hosts_in("alertmanager")[:1]
-    # --dry: the error must come while operations are prepared, before anything could run.
-    run = run_pyinfra("--dry", "deploys/all.py", "--limit", host, "--data", "only_roles=alertmanager",
-                      "--data", json.dumps({"routes_file": str(broken)}).join(["alertmanager=", ""]))
-    assert run.returncode != 0
-    errors = [line for line in run.stderr.splitlines() if "alertmanager.group_wait" in line]
-    assert len(errors) == 1, run.stderr
-    assert errors[0].endswith(f"{broken}: alertmanager.group_wait: "
-                              "expected a duration like 30s, 5m, 1h30m or 15d (got 'soon')")
-    assert "Traceback" not in run.stderr
+    error = dry_run_error(host, "alertmanager.group_wait", "only_roles=alertmanager",
+                          "alertmanager=" + json.dumps({"routes_file": str(broken)}))
+    assert error.endswith(f"{broken}: alertmanager.group_wait: expected a duration like 30s, 5m, 1h30m or 15d "
+                          "(units largest first, each once) (got 'soon')")

@@ -11,9 +11,10 @@ import requests
 from homelab.config import model_from_data
 from homelab.vault import load_vault
 from roles.python_app import build_wheels
-from roles.toy_redis import APP, LOG_FILE, LOG_LINK, REQUIREPASS_PATH, Settings
+from roles.toy_redis import APP, DATA_DIR, LOG_DIR, LOG_FILE, LOG_LINK, REQUIREPASS_PATH, Settings
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
+from tests.hosts.python_app_checks import check_runs_as_its_own_user, check_sandboxed, main_pid
 
 pytestmark = pytest.mark.lab
 
@@ -42,30 +43,12 @@ def client(node, password):
     client.close()
 
 
-def main_pid(node) -> int:
-    return int(node.check_output(f"systemctl show -p MainPID --value {APP.service}"))
-
-
 def test_service_enabled_and_running_as_its_own_user(node):
-    service = node.service(APP.service)
-    assert service.is_running and service.is_enabled
-    assert node.check_output(f"ps -o user= -p {main_pid(node)}") == APP.service
-    assert node.user(APP.service).shell == "/usr/sbin/nologin"
+    check_runs_as_its_own_user(node, APP)
 
 
 def test_sandboxed_with_the_tuned_file_limit(node):
-    shown = dict(line.split("=", 1) for line in node.check_output(
-        f"systemctl show {APP.service} -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
-        "-p ReadWritePaths -p Restart -p LimitNOFILE").splitlines())
-    assert shown["NoNewPrivileges"] == "yes" and shown["ProtectSystem"] == "strict"
-    assert shown["ProtectHome"] == "yes" and shown["PrivateTmp"] == "yes" and shown["Restart"] == "on-failure"
-    assert set(shown["ReadWritePaths"].split()) == {"/var/lib/toy-redis", "/var/log/toy-redis"}
-    assert int(shown["LimitNOFILE"]) == TUNING.limits.nofile
-    # The process gets it, unless the node's own PID 1 is held lower (a lab node on a host whose hard
-    # limit is smaller; a real machine's systemd has 524288).
-    ceiling = int(node.check_output("grep 'Max open files' /proc/1/limits").split()[4])
-    limits = node.check_output(f"grep 'Max open files' /proc/{main_pid(node)}/limits").split()
-    assert int(limits[3]) == min(TUNING.limits.nofile, ceiling)
+    check_sandboxed(node, APP, {DATA_DIR, LOG_DIR}, TUNING.limits.nofile)
 
 
 def test_set_and_get_from_the_control_machine_with_the_vault_password(node, client):
@@ -100,9 +83,9 @@ def test_json_log_written_and_reopened_after_logrotate(node):
     first = json.loads(log.content_string.splitlines()[0])
     assert {"ts", "level", "event"} <= set(first)
 
-    pid = main_pid(node)
+    pid = main_pid(node, APP)
     node.check_output("logrotate --force /etc/logrotate.d/toy-redis")
-    assert main_pid(node) == pid  # SIGHUP reopened the log; it did not restart the server
+    assert main_pid(node, APP) == pid  # SIGHUP reopened the log; it did not restart the server
     assert node.file(f"{LOG_FILE}.1").exists
     # The server writes to the new file: logrotate created it inside the sandbox's writable folder.
     deadline = time.monotonic() + 10
@@ -133,14 +116,14 @@ def test_second_deploy_changes_nothing(node):
 def test_a_config_change_restarts_the_server_with_it_and_keeps_the_data(node, client):
     key = f"lab-test:restart:{time.time_ns()}"
     client.set(key, "kept")  # the AOF must carry it across the restart
-    pid = main_pid(node)
+    pid = main_pid(node, APP)
     changed = {**GROUP_DATA, "slowlog_max_len": GROUP_DATA.get("slowlog_max_len", 128) + 1}
     try:
         run = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=toy_redis",
                           "--data", f"toy_redis={json.dumps(changed)}")
         assert run.returncode == 0 and run.failed() == [], run.stderr[-4000:]
         assert f"slowlog_max_len: {changed['slowlog_max_len']}" in node.file("/etc/toy-redis/toy-redis.yaml").content_string
-        assert main_pid(node) != pid
+        assert main_pid(node, APP) != pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not node.socket(f"tcp://0.0.0.0:{PORT}").is_listening:
             time.sleep(0.2)
