@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from alert_relay.config import RelayTuning
 from homelab.config import ConfigError, model_from_data
-from homelab.types import port_of
+from homelab.types import PORT_MAX, PORT_MIN, port_of
 from roles.alert_relay import (
     APP,
     QUEUE_PATH,
@@ -28,6 +28,7 @@ from roles.alert_relay import (
     routes_check_command,
     token_path,
 )
+from tests.strategies import choices, within
 
 REPO = Path(__file__).resolve().parents[2]
 # Only what differs from the role's defaults, which may be nothing.
@@ -137,17 +138,14 @@ def test_the_relay_checks_the_staged_config_with_its_routes_and_tokens(tmp_path)
 
 relay_settings_accepted_here = st.builds(
     Settings,
-    listen=st.tuples(st.sampled_from(["0.0.0.0", "127.0.0.1", "10.77.0.14", "localhost"]), st.integers(1, 65535))
+    listen=st.tuples(st.sampled_from(["0.0.0.0", "127.0.0.1", "10.77.0.14", "localhost"]), st.integers(PORT_MIN, PORT_MAX))
     .map(lambda host_port: f"{host_port[0]}:{host_port[1]}"),
     slack_base_url=st.sampled_from(["https://slack.com/api/", "http://127.0.0.1:8999/api/"]),
     faxplus_base_url=st.sampled_from(["https://restapi.fax.plus", "http://127.0.0.1:8998"]),
     alertmanager_url=st.sampled_from([None, "http://worker-node-14:9093"]),
-    max_body_bytes=st.integers(1024, 64 << 20),
-    max_attempts=st.integers(1, 1000),
-    retry_initial_s=st.floats(0, 3600, exclude_min=True),
-    retry_max_s=st.floats(0, 86400, exclude_min=True),
-    channel_interval_s=st.floats(0, 60),
-    log_level=st.sampled_from(["debug", "info", "warning", "error"]),
+    **{field: within(Settings, field)
+       for field in ("max_body_bytes", "max_attempts", "retry_initial_s", "retry_max_s", "channel_interval_s")},
+    log_level=choices(Settings, "log_level"),
 )
 
 
