@@ -149,7 +149,7 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
     def url(self, path: str = "", scheme: str = "http") -> str:
-        return f"{scheme}://{self.address}:{self.port}{path}"
+        return f"{scheme}://{self.netloc}{path}"
 
 
 @dataclass(frozen=True)
