@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import queue
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -18,10 +16,10 @@ import yaml
 
 from homelab.config import ConfigError
 from roles.alertmanager import CONFIG_CHECK, Settings, render_config, render_defaults
-from roles.alertmanager.routing import load_routing
 from roles.common import REPO_ROOT, role_settings
 from homelab.types import port_of
 from roles.alert_relay import Settings as RelaySettings
+from tests.local_http import QuietHandler, serving
 from tests.roles.test_prometheus import LAB, LAB_TOPOLOGY, flag_args, free_port, topology_of
 
 needs_amtool = pytest.mark.skipif(not shutil.which("amtool"), reason="needs Debian's prometheus-alertmanager (amtool)")
@@ -141,7 +139,7 @@ slack: {default_channel: "#x"}
     assert check.returncode != 0 and "nobody" in check.stdout + check.stderr
 
 
-class _Webhook(http.server.BaseHTTPRequestHandler):
+class _Webhook(QuietHandler):
     received: queue.Queue = queue.Queue()
 
     def do_POST(self):  # noqa: N802 - http.server's name
@@ -150,67 +148,61 @@ class _Webhook(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, *args):
-        pass
-
 
 @needs_alertmanager
 def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_token(tmp_path):
-    webhook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=webhook.serve_forever, daemon=True).start()
-    token = tmp_path / "webhook.token"
-    token.write_text("s3cret-token\n")
-    token.chmod(0o600)
-    settings = Settings(
-        routes_file=str(tmp_path / "routes.yaml"),
-        webhook_url=f"http://127.0.0.1:{webhook.server_port}/alertmanager",
-        webhook_token_file=str(token),
-    )
-    Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_by: [alertname]\n"
-                                          "  routes:\n    - match: {severity: critical}\n")
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(render_config(settings, LAB_TOPOLOGY))
-    port = free_port()
-    args = [arg for arg in flag_args(render_defaults(settings))
-            if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]
-    process = subprocess.Popen(
-        ["prometheus-alertmanager", *args, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        alert = [{"labels": {"alertname": "ToyRedisDown", "severity": "critical", "instance": "worker-node-12:8080"},
-                  "annotations": {"summary": "toy-redis is down"}}]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=alert, timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
-            time.sleep(0.2)
-        path, authorization, payload = _Webhook.received.get(timeout=30)
-        assert path == "/alertmanager"
-        assert authorization == "Bearer s3cret-token"
-        assert payload["status"] == "firing"
-        assert payload["alerts"][0]["labels"]["alertname"] == "ToyRedisDown"
+    with serving(_Webhook) as webhook:
+        token = tmp_path / "webhook.token"
+        token.write_text("s3cret-token\n")
+        token.chmod(0o600)
+        settings = Settings(
+            routes_file=str(tmp_path / "routes.yaml"),
+            webhook_url=f"http://127.0.0.1:{webhook.server_port}/alertmanager",
+            webhook_token_file=str(token),
+        )
+        Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_by: [alertname]\n"
+                                              "  routes:\n    - match: {severity: critical}\n")
+        config = tmp_path / "alertmanager.yml"
+        config.write_text(render_config(settings, LAB_TOPOLOGY))
+        port = free_port()
+        args = [arg for arg in flag_args(render_defaults(settings))
+                if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]
+        process = subprocess.Popen(
+            ["prometheus-alertmanager", *args, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            alert = [{"labels": {"alertname": "ToyRedisDown", "severity": "critical", "instance": "worker-node-12:8080"},
+                      "annotations": {"summary": "toy-redis is down"}}]
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=alert, timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
+                time.sleep(0.2)
+            path, authorization, payload = _Webhook.received.get(timeout=30)
+            assert path == "/alertmanager"
+            assert authorization == "Bearer s3cret-token"
+            assert payload["status"] == "firing"
+            assert payload["alerts"][0]["labels"]["alertname"] == "ToyRedisDown"
 
-        # Above critical, both levels of a two-level alert fire; the warning must be inhibited.
-        twins = [{"labels": {"alertname": "HostMemoryHigh", "severity": severity, "instance": "worker-node-12:9100"}}
-                 for severity in ("critical", "warning")]
-        assert requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=twins, timeout=5).ok
-        deadline = time.monotonic() + 20
-        while True:
-            states = {a["labels"]["severity"]: a["status"]["state"] for a in requests.get(
-                f"http://127.0.0.1:{port}/api/v2/alerts", params={"filter": 'alertname="HostMemoryHigh"'},
-                timeout=5).json()}
-            if states == {"critical": "active", "warning": "suppressed"}:
-                break
-            assert time.monotonic() < deadline, f"warning not inhibited by its critical twin: {states}"
-            time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        webhook.shutdown()
-        webhook.server_close()
+            # Above critical, both levels of a two-level alert fire; the warning must be inhibited.
+            twins = [{"labels": {"alertname": "HostMemoryHigh", "severity": severity, "instance": "worker-node-12:9100"}}
+                     for severity in ("critical", "warning")]
+            assert requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=twins, timeout=5).ok
+            deadline = time.monotonic() + 20
+            while True:
+                states = {a["labels"]["severity"]: a["status"]["state"] for a in requests.get(
+                    f"http://127.0.0.1:{port}/api/v2/alerts", params={"filter": 'alertname="HostMemoryHigh"'},
+                    timeout=5).json()}
+                if states == {"critical": "active", "warning": "suppressed"}:
+                    break
+                assert time.monotonic() < deadline, f"warning not inhibited by its critical twin: {states}"
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

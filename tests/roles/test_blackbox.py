@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import requests
 from homelab.config import ConfigError
 from roles.blackbox import CONFIG_CHECK, Settings, render_config, render_defaults
 from roles.common import role_settings
+from tests.local_http import QuietHandler, serving
 from tests.roles.test_prometheus import LAB, flag_args, free_port
 
 needs_blackbox = pytest.mark.skipif(not shutil.which("prometheus-blackbox-exporter"),
@@ -73,41 +72,35 @@ def test_the_exporters_own_check_accepts_ours_and_refuses_a_bad_prober_option(tm
     assert result.returncode != 0 and "valid_status_code" in result.stderr
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
+class _Health(QuietHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         self.send_response(200 if self.path == "/healthz" else 404)
         self.end_headers()
 
-    def log_message(self, *args):
-        pass
-
 
 @needs_blackbox
 def test_http_2xx_module_probes_a_live_endpoint(tmp_path):
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    config = tmp_path / "blackbox.yml"
-    config.write_text(render_config(lab_settings()))
-    port = free_port()
-    exporter = subprocess.Popen(
-        ["prometheus-blackbox-exporter", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        def probe(path: str) -> str:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    return requests.get(f"http://127.0.0.1:{port}/probe", timeout=10, params={
-                        "module": "http_2xx", "target": f"http://127.0.0.1:{web.server_port}{path}"}).text
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline and exporter.poll() is None, "exporter did not start"
-                    time.sleep(0.2)
+    with serving(_Health) as web:
+        config = tmp_path / "blackbox.yml"
+        config.write_text(render_config(lab_settings()))
+        port = free_port()
+        exporter = subprocess.Popen(
+            ["prometheus-blackbox-exporter", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            def probe(path: str) -> str:
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        return requests.get(f"http://127.0.0.1:{port}/probe", timeout=10, params={
+                            "module": "http_2xx", "target": f"http://127.0.0.1:{web.server_port}{path}"}).text
+                    except requests.ConnectionError:
+                        assert time.monotonic() < deadline and exporter.poll() is None, "exporter did not start"
+                        time.sleep(0.2)
 
-        assert "\nprobe_success 1" in probe("/healthz")
-        assert "\nprobe_success 0" in probe("/missing")
-    finally:
-        exporter.terminate()
-        exporter.wait(timeout=30)
-        web.shutdown()
-        web.server_close()
+            assert "\nprobe_success 1" in probe("/healthz")
+            assert "\nprobe_success 0" in probe("/missing")
+        finally:
+            exporter.terminate()
+            exporter.wait(timeout=30)
