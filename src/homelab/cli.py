@@ -2,6 +2,9 @@
 
     homelab image build [NAME...] [--no-cache]   build the service images (default: all)
     homelab image save -o DIR [NAME...]          write each to DIR/NAME-VERSION.tar for `docker load`
+    homelab maintenance start NODE... --for 30m --reason TEXT   silence the nodes' alerts meanwhile
+    homelab maintenance list                     windows not yet over
+    homelab maintenance end NODE...              lift the nodes' windows now
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -14,6 +17,9 @@ import sys
 from pathlib import Path
 
 from homelab.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_INVENTORY = REPO / "inventory" / "lab.py"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     save.add_argument("-o", "--output-dir", type=Path, required=True, metavar="DIR")
     save.set_defaults(run=image_save)
 
+    add_maintenance(areas)
+
     args = parser.parse_args(argv)
+    from homelab.maintenance import MaintenanceError
+
     try:
         return args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, MaintenanceError) as exc:
         print(f"homelab: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -76,6 +86,63 @@ def image_save(args: argparse.Namespace) -> int:
     client = docker_client()
     for name in _names(args):
         print(f"{images.save(client, name, args.output_dir)}: {images.spec_named(name).tag}")
+    return 0
+
+
+def _command(commands, name: str, help_text: str, example: str, run) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_argument("--inventory", type=Path, default=LAB_INVENTORY,
+                         help="the cluster's inventory, which says where Alertmanager is (default: the lab's)")
+    command.set_defaults(run=run)
+    return command
+
+
+def add_maintenance(areas) -> None:
+    maintenance = areas.add_parser("maintenance", help="maintenance windows: silence nodes' alerts while they are worked on",
+                                   description="Maintenance windows are Alertmanager silences on the nodes' "
+                                               "instances and on services that run only on them.")
+    commands = maintenance.add_subparsers(dest="command", required=True)
+    start = _command(commands, "start", "silence the nodes' alerts for a while",
+                     "homelab maintenance start worker-node-12 --for 30m --reason 'kernel upgrade'",
+                     maintenance_start)
+    start.add_argument("nodes", nargs="+", metavar="NODE", help="inventory host names")
+    start.add_argument("--for", dest="duration", required=True, metavar="DURATION",
+                       help="how long: 30m, 2h, 1d (at most 7d); a window already on a node is replaced")
+    start.add_argument("--reason", required=True, help="why, shown in `maintenance list` and on the silences")
+    _command(commands, "list", "the windows not yet over", "homelab maintenance list", maintenance_list)
+    end = _command(commands, "end", "end the nodes' windows now (their alerts notify again)",
+                   "homelab maintenance end worker-node-12", maintenance_end)
+    end.add_argument("nodes", nargs="+", metavar="NODE", help="inventory host names")
+
+
+def _topology(args: argparse.Namespace):
+    from homelab.topology import Topology
+
+    return Topology.load(args.inventory)
+
+
+def maintenance_start(args: argparse.Namespace) -> int:
+    from homelab import maintenance
+
+    ids = maintenance.start(_topology(args), args.nodes, args.duration, args.reason)
+    print(f"maintenance of {', '.join(args.nodes)} for {args.duration}: {len(ids)} silences")
+    return 0
+
+
+def maintenance_list(args: argparse.Namespace) -> int:
+    from homelab import maintenance
+
+    found = maintenance.windows(_topology(args))
+    print(maintenance.table(found) if found else "no maintenance windows")
+    return 0
+
+
+def maintenance_end(args: argparse.Namespace) -> int:
+    from homelab import maintenance
+
+    expired = maintenance.end(_topology(args), args.nodes)
+    print(f"maintenance of {', '.join(args.nodes)} ended: {len(expired)} silences expired")
     return 0
 
 

@@ -1,0 +1,200 @@
+"""`homelab maintenance` against a real Alertmanager (Debian's package) on loopback.
+
+The inventory is the lab's, every host at 127.0.0.1 and Alertmanager on a free port, so the node
+names, the services each runs and their ports all come from the same topology a deploy uses.
+"""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from homelab.cli import LAB_INVENTORY, main
+from homelab.topology import Topology
+from tests.alert_relay.conftest import ALERTMANAGER, free_port, wait_for
+
+pytestmark = pytest.mark.skipif(not Path(ALERTMANAGER).exists(),
+                                reason="needs Debian's prometheus-alertmanager (apt-get install prometheus-alertmanager)")
+
+
+def loopback_inventory(directory: Path, alertmanager_port: int) -> Path:
+    """The lab's inventory with its group data, every host at 127.0.0.1, Alertmanager on ``alertmanager_port``."""
+    (directory / "inventory").mkdir()
+    shutil.copytree(LAB_INVENTORY.parent / "group_data", directory / "inventory" / "group_data")
+    groups = {name: [member for member in members]
+              for name, members in runpy.run_path(str(LAB_INVENTORY)).items()
+              if not name.startswith("_") and isinstance(members, list)}
+    lines = []
+    for group, members in groups.items():
+        entries = []
+        for name, _data in members:
+            data = {"ssh_hostname": "127.0.0.1"}
+            if group == "alertmanager":
+                data["alertmanager"] = {"listen_port": alertmanager_port}
+            entries.append((name, data))
+        lines.append(f"{group} = {entries!r}")
+    path = directory / "inventory" / "lab.py"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """(inventory path, Alertmanager URL, topology) with a real Alertmanager running."""
+    port = free_port()
+    inventory = loopback_inventory(tmp_path, port)
+    topology = Topology.load(inventory)
+    url = topology.endpoint("alertmanager").url()
+    # Notifications go nowhere: the test reads alert states from the API.
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({"route": {"receiver": "none"},
+                                                                "receivers": [{"name": "none"}]}))
+    log = (tmp_path / "alertmanager.log").open("w")
+    process = subprocess.Popen(
+        [ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=log, stderr=subprocess.STDOUT)
+
+    def ready():
+        assert process.poll() is None, (tmp_path / "alertmanager.log").read_text()[-2000:]
+        try:
+            return requests.get(f"{url}/-/ready", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(ready, 20, "Alertmanager to be ready", interval=0.2)
+        yield inventory, url, topology
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def homelab(inventory: Path, *args: str) -> int:
+    command, rest = args[0], args[1:]
+    return main(["maintenance", command, "--inventory", str(inventory), *rest])
+
+
+def states(url: str) -> dict[str, str]:
+    """alert name -> its state (active, suppressed) as Alertmanager reports it now."""
+    return {alert["labels"]["alertname"]: alert["status"]["state"]
+            for alert in requests.get(f"{url}/api/v2/alerts", timeout=5).json()}
+
+
+def post_alerts(url: str, topology: Topology) -> None:
+    """Alerts as Prometheus sends them: about worker-node-12's scrapes, probes and its sole service,
+    and about another node."""
+    redis = topology.endpoint("toy_redis", "worker-node-12", "metrics")
+    node = topology.endpoint("node_exporter", "worker-node-12", "metrics")
+    other = topology.endpoint("node_exporter", "worker-node-11", "metrics")
+    alerts = [
+        {"alertname": "ToyRedisDown", "job": "toy-redis", "instance": redis.instance},
+        {"alertname": "HostMemoryHigh", "job": "node", "instance": node.instance},
+        {"alertname": "ProbeFailed", "job": "blackbox", "instance": f"http://{redis.instance}/healthz"},
+        {"alertname": "ToyRedisAbsent", "job": "toy-redis"},
+        {"alertname": "OtherNodeMemoryHigh", "job": "node", "instance": other.instance},
+    ]
+    response = requests.post(f"{url}/api/v2/alerts", json=[{"labels": {**labels, "severity": "critical"}}
+                                                          for labels in alerts], timeout=5)
+    assert response.ok, response.text
+
+
+def test_a_window_mutes_the_nodes_alerts_until_it_ends(cluster, capsys):
+    inventory, url, topology = cluster
+    post_alerts(url, topology)
+    assert set(states(url).values()) == {"active"}
+
+    assert homelab(inventory, "start", "worker-node-12", "--for", "30m", "--reason", "kernel upgrade") == 0
+    muted = {"ToyRedisDown": "suppressed", "HostMemoryHigh": "suppressed", "ProbeFailed": "suppressed",
+             "ToyRedisAbsent": "suppressed", "OtherNodeMemoryHigh": "active"}
+    assert states(url) == muted
+
+    silences = [s for s in requests.get(f"{url}/api/v2/silences", timeout=5).json() if s["status"]["state"] == "active"]
+    assert silences and all(s["comment"] == "maintenance of worker-node-12: kernel upgrade" for s in silences)
+    for silence in silences:
+        lasts = _seconds_between(silence["startsAt"], silence["endsAt"])
+        assert 30 * 60 - 5 <= lasts <= 30 * 60
+
+    capsys.readouterr()
+    assert homelab(inventory, "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("worker-node-12 ") and lines[1].endswith("kernel upgrade")
+    assert " active " in lines[1] and (" 0h29m " in lines[1] or " 0h30m " in lines[1])
+
+    assert homelab(inventory, "end", "worker-node-12") == 0
+    assert set(states(url).values()) == {"active"}
+    assert all(s["status"]["state"] == "expired" for s in requests.get(f"{url}/api/v2/silences", timeout=5).json())
+    capsys.readouterr()
+    assert homelab(inventory, "list") == 0
+    assert capsys.readouterr().out == "no maintenance windows\n"
+
+
+def test_starting_again_replaces_the_window_and_ending_leaves_other_nodes_alone(cluster, capsys):
+    inventory, url, topology = cluster
+    post_alerts(url, topology)
+    assert homelab(inventory, "start", "worker-node-12", "--for", "1h", "--reason", "disk swap") == 0
+    assert homelab(inventory, "start", "worker-node-11", "--for", "2h", "--reason", "bios update") == 0
+    assert homelab(inventory, "start", "worker-node-12", "--for", "10m", "--reason", "disk swap, shorter") == 0
+    capsys.readouterr()
+    homelab(inventory, "list")
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["worker-node-12", "worker-node-11"]  # soonest end first
+    assert rows[0].endswith("disk swap, shorter")
+
+    assert homelab(inventory, "end", "worker-node-12") == 0
+    assert states(url)["OtherNodeMemoryHigh"] == "suppressed"
+    assert states(url)["ToyRedisDown"] == "active"
+
+
+def test_a_service_alert_without_instance_is_muted_only_when_all_its_nodes_are_in_the_window(cluster):
+    inventory, url, topology = cluster
+    post_alerts(url, topology)
+    others = [host for host in topology.hosts if host not in topology.hosts_of("toy_redis")]
+    assert homelab(inventory, "start", *others, "--for", "5m", "--reason", "everything but toy-redis") == 0
+    assert states(url)["ToyRedisAbsent"] == "active"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["start", "worker-node-99", "--for", "30m", "--reason", "x"], "unknown node 'worker-node-99': expected one of "),
+    (["start", "worker-node-12", "--for", "soon", "--reason", "x"], "--for: expected a duration like 30m, 2h or 1d, got 'soon'"),
+    (["start", "worker-node-12", "--for", "8d", "--reason", "x"], "--for: expected more than 0s and at most 7d, got '8d'"),
+    (["start", "worker-node-12", "--for", "30m", "--reason", "  "], "--reason: expected a short text saying why"),
+    (["end", "worker-node-99"], "unknown node 'worker-node-99'"),
+])
+def test_a_bad_argument_is_one_line_and_changes_nothing(cluster, capsys, args, message):
+    inventory, url, _topology = cluster
+    assert homelab(inventory, *args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"homelab: {message}") and err.count("\n") == 1
+    assert requests.get(f"{url}/api/v2/silences", timeout=5).json() == []
+
+
+def test_an_unreachable_alertmanager_is_one_line(tmp_path, capsys):
+    port = free_port()  # nothing listens there
+    inventory = loopback_inventory(tmp_path, port)
+    started = time.monotonic()
+    assert homelab(inventory, "list") == 1
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert err == f"homelab: cannot reach Alertmanager at http://127.0.0.1:{port} (ConnectionError)\n"
+
+
+def test_every_maintenance_command_has_help_with_an_example(capsys):
+    for command in ("start", "list", "end"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["maintenance", command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"example:\n  homelab maintenance {command}" in capsys.readouterr().out
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from homelab.maintenance import _parse_time
+
+    return (_parse_time(end) - _parse_time(start)).total_seconds()
