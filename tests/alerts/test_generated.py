@@ -14,8 +14,10 @@ from homelab.alerts.cli import main
 from homelab.alerts.render import (
     GENERATED_DIR,
     RULES_GLOB,
+    SLOS_FILE,
     THRESHOLDS_FILE,
     generated_files,
+    load_slos,
     load_thresholds,
     require_current_rules,
     stale_generated_files,
@@ -76,8 +78,9 @@ def test_unit_tests_catch_a_rule_with_the_wrong_threshold(rendered, tmp_path):
 
 
 def all_rules(root: Path) -> list[dict]:
+    """Every alerting rule (the SLOs' recording rules left out)."""
     return [rule for path in sorted(root.glob(RULES_GLOB))
-            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule]
 
 
 def test_every_alert_has_severity_summary_description_and_an_existing_runbook(rendered):
@@ -144,19 +147,19 @@ def test_a_changed_threshold_reaches_the_rule(tmp_path):
     def raise_memory_warning(data):
         data["alerts"]["HostMemoryHigh"]["warning_percent"] = 70
 
-    files = generated_files(load_thresholds(edited_thresholds(tmp_path, raise_memory_warning)))
+    files = generated_files(load_thresholds(edited_thresholds(tmp_path, raise_memory_warning)), load_slos(SLOS_FILE))
     assert "node_memory_MemTotal_bytes) > 70" in files["node.rules.yml"]
     assert "(warning above 70%)" in files["tests/node.test.yml"]
 
 
 def test_deploy_refuses_rules_not_rendered_from_the_current_thresholds(tmp_path):
     out = tmp_path / "out"
-    write_generated(generated_files(load_thresholds()), out)
+    write_generated(generated_files(load_thresholds(), load_slos(SLOS_FILE)), out)
     current = require_current_rules(THRESHOLDS_FILE, out)
     assert current == {path.name: path.read_text() for path in sorted(out.glob(RULES_GLOB))}
 
     edited = edited_thresholds(tmp_path, lambda data: data["alerts"]["HostMemoryHigh"].update(warning_percent=70))
-    assert stale_generated_files(generated_files(load_thresholds(edited)), out) == [
+    assert stale_generated_files(generated_files(load_thresholds(edited), load_slos(SLOS_FILE)), out) == [
         "node.rules.yml", "tests/node.test.yml"]
     with pytest.raises(ConfigError, match=r"out of date with .*thresholds.yaml \(node.rules.yml, "
                                           r"tests/node.test.yml\): run `alerts render`"):
@@ -199,7 +202,7 @@ def test_generated_unit_tests_pass_for_unusual_thresholds(variant, tmp_path):
             data["alerts"][alert].update(keys)
 
     out = tmp_path / "out"
-    write_generated(generated_files(load_thresholds(edited_thresholds(tmp_path, apply))), out)
+    write_generated(generated_files(load_thresholds(edited_thresholds(tmp_path, apply)), load_slos(SLOS_FILE)), out)
     tests = sorted(map(str, out.glob("tests/*.test.yml")))
     result = subprocess.run([PROMTOOL, "test", "rules", *tests], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr

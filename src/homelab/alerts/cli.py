@@ -1,7 +1,7 @@
-"""`alerts check [FILE]`, `alerts render [FILE] [--out DIR]`, `alerts test [DIR]`.
+"""`alerts check [FILE] [--slos FILE]`, `alerts render [FILE] [--slos FILE] [--out DIR]`, `alerts test [DIR]`.
 
-Exit status: 0 when all is well, 1 when promtool reports a failure, 2 for a bad thresholds file
-(one line on stderr naming the file and key).
+Exit status: 0 when all is well, 1 when promtool reports a failure, 2 for a bad thresholds or SLO
+file (one line on stderr naming the file and key).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from homelab.alerts.render import (
     GENERATED_DIR,
     RULES_GLOB,
     TESTS_GLOB,
+    SLOS_FILE,
     THRESHOLDS_FILE,
     generated_files,
+    load_slos,
     load_thresholds,
     shown_path,
     write_generated,
@@ -27,13 +29,15 @@ from homelab.config import ConfigError
 
 def check(args: argparse.Namespace) -> int:
     thresholds = load_thresholds(args.file)
+    slos = load_slos(args.slos)
     print(f"{shown_path(args.file)}: OK, {len(thresholds.enabled())} alerts enabled")
+    print(f"{shown_path(args.slos)}: OK, {len(slos.enabled())} objectives enabled")
     return 0
 
 
 def render(args: argparse.Namespace) -> int:
     thresholds = load_thresholds(args.file)
-    for path in write_generated(generated_files(thresholds), args.out):
+    for path in write_generated(generated_files(thresholds, load_slos(args.slos)), args.out):
         print(f"wrote {shown_path(path)}")
     return 0
 
@@ -61,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check_cmd = commands.add_parser("check", help="validate the thresholds file")
     check_cmd.add_argument("file", nargs="?", type=Path, default=THRESHOLDS_FILE)
+    check_cmd.add_argument("--slos", type=Path, default=SLOS_FILE, help="SLO file (default alerts/slos.yaml)")
     check_cmd.set_defaults(run=check)
 
     render_cmd = commands.add_parser("render", help="write rule files and promtool tests")
     render_cmd.add_argument("file", nargs="?", type=Path, default=THRESHOLDS_FILE)
+    render_cmd.add_argument("--slos", type=Path, default=SLOS_FILE, help="SLO file (default alerts/slos.yaml)")
     render_cmd.add_argument("--out", type=Path, default=GENERATED_DIR, help="output folder (default alerts/generated)")
     render_cmd.set_defaults(run=render)
 
