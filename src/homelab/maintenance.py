@@ -21,9 +21,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import requests
+from pydantic import TypeAdapter, ValidationError
 
-from homelab.alerts.base import seconds
 from homelab.topology import Topology
+from homelab.types import Duration, seconds
 
 # A forgotten window would mute a node for good; a week covers any planned work.
 MAX_WINDOW_S = 7 * 86400
@@ -31,7 +32,6 @@ MAX_WINDOW_S = 7 * 86400
 HTTP_TIMEOUT_S = 10
 COMMENT_PREFIX = "maintenance of "
 _COMMENT = re.compile(r"^maintenance of ([^:\s]+): (.*)$", re.DOTALL)
-_DURATION = re.compile(r"^(?:\d+(?:s|m|h|d|w))+$")
 
 
 class MaintenanceError(RuntimeError):
@@ -40,8 +40,10 @@ class MaintenanceError(RuntimeError):
 
 def window_seconds(text: str) -> float:
     """``--for`` as seconds: a Prometheus duration (30m, 1h30m, 2d) above 0 and at most a week."""
-    if not _DURATION.match(text):
-        raise MaintenanceError(f"--for: expected a duration like 30m, 2h or 1d, got {text!r}")
+    try:
+        TypeAdapter(Duration).validate_python(text)
+    except ValidationError:
+        raise MaintenanceError(f"--for: expected a duration like 30m, 2h or 1d, got {text!r}") from None
     total = seconds(text)
     if not 0 < total <= MAX_WINDOW_S:
         raise MaintenanceError(f"--for: expected more than 0s and at most 7d, got {text!r}")
