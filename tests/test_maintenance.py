@@ -1,80 +1,33 @@
 """`homelab maintenance` against a real Alertmanager (Debian's package) on loopback.
 
-The inventory is the lab's, every host at 127.0.0.1 and Alertmanager on a free port, so the node
-names, the services each runs and their ports all come from the same topology a deploy uses.
+The inventory is the lab's with every host at 127.0.0.1 and every service on a free port, so the
+node names, the services each runs and their ports all come from the same topology a deploy uses.
 """
 
 from __future__ import annotations
 
-import runpy
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from homelab.cli import LAB_INVENTORY, main
+from homelab.cli import main
 from homelab.topology import Topology
-from tests.alert_relay.conftest import ALERTMANAGER, free_port, wait_for
+from tests.alert_relay.conftest import ALERTMANAGER
+from tests.local_monitoring import alertmanager, loopback_inventory
 
 pytestmark = pytest.mark.skipif(not Path(ALERTMANAGER).exists(),
                                 reason="needs Debian's prometheus-alertmanager (apt-get install prometheus-alertmanager)")
 
 
-def loopback_inventory(directory: Path, alertmanager_port: int) -> Path:
-    """The lab's inventory with its group data, every host at 127.0.0.1, Alertmanager on ``alertmanager_port``."""
-    (directory / "inventory").mkdir()
-    shutil.copytree(LAB_INVENTORY.parent / "group_data", directory / "inventory" / "group_data")
-    groups = {name: [member for member in members]
-              for name, members in runpy.run_path(str(LAB_INVENTORY)).items()
-              if not name.startswith("_") and isinstance(members, list)}
-    lines = []
-    for group, members in groups.items():
-        entries = []
-        for name, _data in members:
-            data = {"ssh_hostname": "127.0.0.1"}
-            if group == "alertmanager":
-                data["alertmanager"] = {"listen_port": alertmanager_port}
-            entries.append((name, data))
-        lines.append(f"{group} = {entries!r}")
-    path = directory / "inventory" / "lab.py"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture
 def cluster(tmp_path):
     """(inventory path, Alertmanager URL, topology) with a real Alertmanager running."""
-    port = free_port()
-    inventory = loopback_inventory(tmp_path, port)
+    inventory = loopback_inventory(tmp_path)
     topology = Topology.load(inventory)
-    url = topology.endpoint("alertmanager").url()
-    # Notifications go nowhere: the test reads alert states from the API.
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({"route": {"receiver": "none"},
-                                                                "receivers": [{"name": "none"}]}))
-    log = (tmp_path / "alertmanager.log").open("w")
-    process = subprocess.Popen(
-        [ALERTMANAGER, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT)
-
-    def ready():
-        assert process.poll() is None, (tmp_path / "alertmanager.log").read_text()[-2000:]
-        try:
-            return requests.get(f"{url}/-/ready", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(ready, 20, "Alertmanager to be ready", interval=0.2)
+    with alertmanager(tmp_path / "alertmanager", topology) as url:
         yield inventory, url, topology
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 def homelab(inventory: Path, *args: str) -> int:
@@ -177,13 +130,12 @@ def test_a_bad_argument_is_one_line_and_changes_nothing(cluster, capsys, args, m
 
 
 def test_an_unreachable_alertmanager_is_one_line(tmp_path, capsys):
-    port = free_port()  # nothing listens there
-    inventory = loopback_inventory(tmp_path, port)
+    inventory = loopback_inventory(tmp_path)  # nothing listens on its ports
     started = time.monotonic()
     assert homelab(inventory, "list") == 1
     assert time.monotonic() - started < 5
-    err = capsys.readouterr().err
-    assert err == f"homelab: cannot reach Alertmanager at http://127.0.0.1:{port} (ConnectionError)\n"
+    url = Topology.load(inventory).endpoint("alertmanager").url()
+    assert capsys.readouterr().err == f"homelab: cannot reach Alertmanager at {url} (ConnectionError)\n"
 
 
 def test_every_maintenance_command_has_help_with_an_example(capsys):

@@ -5,6 +5,7 @@
     homelab maintenance start NODE... --for 30m --reason TEXT   silence the nodes' alerts meanwhile
     homelab maintenance list                     windows not yet over
     homelab maintenance end NODE...              lift the nodes' windows now
+    homelab status [--json]                      every node and service: up, firing, budgets (exit 1: not all well)
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -39,13 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     save.set_defaults(run=image_save)
 
     add_maintenance(areas)
+    status = _command(areas, "status", "every node and service: up or down, alerts firing, maintenance, error "
+                                       "budget left; exit status 1 when anything is down or firing",
+                      "homelab status --json", show_status)
+    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
 
     args = parser.parse_args(argv)
-    from homelab.maintenance import MaintenanceError
+    from homelab.maintenance import CommandError
 
     try:
         return args.run(args)
-    except (ConfigError, MaintenanceError) as exc:
+    except (ConfigError, CommandError) as exc:
         print(f"homelab: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -93,7 +98,8 @@ def _command(commands, name: str, help_text: str, example: str, run) -> argparse
     command = commands.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     command.add_argument("--inventory", type=Path, default=LAB_INVENTORY,
-                         help="the cluster's inventory, which says where Alertmanager is (default: the lab's)")
+                         help="the cluster's inventory, which says where Prometheus and Alertmanager are "
+                              "(default: the lab's)")
     command.set_defaults(run=run)
     return command
 
@@ -144,6 +150,12 @@ def maintenance_end(args: argparse.Namespace) -> int:
     expired = maintenance.end(_topology(args), args.nodes)
     print(f"maintenance of {', '.join(args.nodes)} ended: {len(expired)} silences expired")
     return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    from homelab import status
+
+    return status.show(_topology(args), args.json)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ COMMENT_PREFIX = "maintenance of "
 _COMMENT = re.compile(r"^maintenance of ([^:\s]+): (.*)$", re.DOTALL)
 
 
-class MaintenanceError(RuntimeError):
-    """A one-line, user-facing failure (bad argument, Alertmanager unreachable or refusing)."""
+class CommandError(RuntimeError):
+    """A one-line, user-facing failure (bad argument, Alertmanager or Prometheus unreachable or refusing)."""
 
 
 def window_seconds(text: str) -> float:
@@ -43,10 +43,10 @@ def window_seconds(text: str) -> float:
     try:
         TypeAdapter(Duration).validate_python(text)
     except ValidationError:
-        raise MaintenanceError(f"--for: expected a duration like 30m, 2h or 1d, got {text!r}") from None
+        raise CommandError(f"--for: expected a duration like 30m, 2h or 1d, got {text!r}") from None
     total = seconds(text)
     if not 0 < total <= MAX_WINDOW_S:
-        raise MaintenanceError(f"--for: expected more than 0s and at most 7d, got {text!r}")
+        raise CommandError(f"--for: expected more than 0s and at most 7d, got {text!r}")
     return total
 
 
@@ -71,7 +71,7 @@ def silences_for(topology: Topology, nodes: list[str]) -> list[Silence]:
     """The silences of a window on ``nodes`` (validated against the inventory first)."""
     unknown = [node for node in nodes if node not in topology.hosts]
     if unknown:
-        raise MaintenanceError(f"unknown node {unknown[0]!r}: expected one of {', '.join(topology.hosts)}")
+        raise CommandError(f"unknown node {unknown[0]!r}: expected one of {', '.join(topology.hosts)}")
     chosen = sorted(set(nodes))
     silences = [Silence((node,), (_matcher("instance", instance_pattern(node), regex=True),)) for node in chosen]
     for job in topology.scrape_jobs():
@@ -105,10 +105,10 @@ class Alertmanager:
             response = requests.request(method, f"{self.url}/api/v2{path}", timeout=HTTP_TIMEOUT_S, **kwargs)
         except requests.RequestException as exc:
             reason = type(exc).__name__
-            raise MaintenanceError(f"cannot reach Alertmanager at {self.url} ({reason})") from None
+            raise CommandError(f"cannot reach Alertmanager at {self.url} ({reason})") from None
         if not response.ok:
             detail = " ".join(response.text.split())[:200]
-            raise MaintenanceError(f"Alertmanager at {self.url} refused {method} {path}: "
+            raise CommandError(f"Alertmanager at {self.url} refused {method} {path}: "
                                    f"HTTP {response.status_code} {detail}")
         return response.json() if response.content else None
 
@@ -119,6 +119,10 @@ class Alertmanager:
 
     def silences(self) -> list[dict[str, Any]]:
         return self._call("GET", "/silences")
+
+    def firing(self) -> list[dict[str, Any]]:
+        """Alerts firing now that no silence or inhibition mutes."""
+        return self._call("GET", "/alerts", params={"active": "true", "silenced": "false", "inhibited": "false"})
 
     def expire(self, silence_id: str) -> None:
         self._call("DELETE", f"/silence/{silence_id}")
@@ -146,7 +150,7 @@ def start(topology: Topology, nodes: list[str], duration: str, reason: str) -> l
     """Open a window on ``nodes`` for ``duration``, replacing any window already on them; the new ids."""
     length = window_seconds(duration)
     if not reason.strip():
-        raise MaintenanceError("--reason: expected a short text saying why, got an empty one")
+        raise CommandError("--reason: expected a short text saying why, got an empty one")
     silences = silences_for(topology, nodes)
     manager = alertmanager(topology)
     end(topology, nodes, manager)
