@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from homelab.alerts.cli import main
+from tests.alerts.edited_yaml import yaml_with
 from homelab.alerts.render import GENERATED_DIR, SLOS_FILE, THRESHOLDS_FILE
 from homelab.alerts.slos import CATALOG, WINDOWS, load_slos
 from toy_redis.metrics import LATENCY_BUCKETS
@@ -22,18 +23,7 @@ needs_promtool = pytest.mark.skipif(not PROMTOOL, reason="promtool missing: apt-
 
 def slos_with(tmp_path: Path, dotted_key: str, value) -> Path:
     """The committed SLO file with one key set (or, for value ..., removed)."""
-    data = yaml.safe_load(SLOS_FILE.read_text())
-    *parents, last = dotted_key.split(".")
-    node = data
-    for key in parents:
-        node = node[key]
-    if value is ...:
-        del node[last]
-    else:
-        node[last] = value
-    path = tmp_path / "slos.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return yaml_with(SLOS_FILE, tmp_path, dotted_key, value)
 
 
 BUCKETS_MS = ", ".join(format(Decimal(repr(bound * 1000)).normalize(), "f") for bound in LATENCY_BUCKETS)

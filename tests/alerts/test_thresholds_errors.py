@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from homelab.alerts import catalog, render
 from homelab.alerts.catalog import CATALOG
 from homelab.alerts.cli import main
+from tests.alerts.edited_yaml import yaml_with
 from homelab.alerts.render import THRESHOLDS_FILE
 
 ALERTS_CLI = Path(sys.executable).with_name("alerts")
@@ -19,18 +19,7 @@ ALERTS_CLI = Path(sys.executable).with_name("alerts")
 
 def write_with(tmp_path: Path, dotted_key: str, value) -> Path:
     """The committed thresholds file with one key set (or, for value ..., removed)."""
-    data = yaml.safe_load(THRESHOLDS_FILE.read_text())
-    *parents, last = dotted_key.split(".")
-    node = data
-    for key in parents:
-        node = node[key]
-    if value is ...:
-        del node[last]
-    else:
-        node[last] = value
-    path = tmp_path / "thresholds.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return yaml_with(THRESHOLDS_FILE, tmp_path, dotted_key, value)
 
 
 DURATION_EXPECTED = "expected a duration like 30s, 5m, 1h30m or 15d (units largest first, each once)"
