@@ -83,23 +83,29 @@ def _until_ready(process: subprocess.Popen, url: str, log: Path) -> None:
 
 
 @contextlib.contextmanager
+def _serving(log: Path, url: str, command: list[str]) -> Iterator[str]:
+    """``command`` running with its output in ``log`` until the block ends; yields ``url`` once ready."""
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            _until_ready(process, url, log)
+            yield url
+        finally:
+            _stop(process)
+
+
+@contextlib.contextmanager
 def alertmanager(directory: Path, topology: Topology) -> Iterator[str]:
     """Alertmanager where the topology puts it, notifying nobody; yields its URL."""
     endpoint = topology.endpoint("alertmanager")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "alertmanager.yml").write_text(yaml.safe_dump({"route": {"receiver": "none"},
                                                                 "receivers": [{"name": "none"}]}))
-    log = directory / "alertmanager.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [ALERTMANAGER, f"--config.file={directory / 'alertmanager.yml'}", f"--storage.path={directory / 'am-data'}",
-             f"--web.listen-address={endpoint.netloc}", "--cluster.listen-address="],
-            stdout=output, stderr=subprocess.STDOUT)
-        try:
-            _until_ready(process, endpoint.url(), log)
-            yield endpoint.url()
-        finally:
-            _stop(process)
+    with _serving(directory / "alertmanager.log", endpoint.url(),
+                  [ALERTMANAGER, f"--config.file={directory / 'alertmanager.yml'}",
+                   f"--storage.path={directory / 'am-data'}", f"--web.listen-address={endpoint.netloc}",
+                   "--cluster.listen-address="]) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -115,14 +121,7 @@ def prometheus(directory: Path, topology: Topology, rule_files: dict[str, str]) 
         (rules / name).write_text(content)
     settings = Settings(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     (directory / "prometheus.yml").write_text(render_config(settings, topology, rules_dir=str(rules)))
-    log = directory / "prometheus.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'tsdb'}",
-             f"--web.listen-address={endpoint.netloc}"],
-            stdout=output, stderr=subprocess.STDOUT)
-        try:
-            _until_ready(process, endpoint.url(), log)
-            yield endpoint.url()
-        finally:
-            _stop(process)
+    with _serving(directory / "prometheus.log", endpoint.url(),
+                  [PROMETHEUS, f"--config.file={directory / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address={endpoint.netloc}"]) as url:
+        yield url
