@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from .keyspace import glob_matcher, now_ms
+from .glob import matcher
+from .keyspace import now_ms
 from .protocol import (
     LLONG_MAX,
     LLONG_MIN,
@@ -768,10 +769,41 @@ def cmd_copy(conn, argv):
     return ONE
 
 
+# KEYS looks at this many names between checks of its time slice.
+KEYS_STEP = 256
+KEYS_SLICE_S = 0.005
+
+
 @command("keys", 2, "readonly", group="keyspace", summary="Returns all key names that match a pattern.")
 def cmd_keys(conn, argv):
-    keys = conn.db.live_keys(argv[1])
-    return b"*%d\r\n" % len(keys) + b"".join([b"$%d\r\n%s\r\n" % (len(k), k) for k in keys])
+    return keys_job(conn.db, argv[1])
+
+
+def keys_job(db, pattern: bytes):
+    """KEYS in slices of KEYS_SLICE_S, other clients served in between (see Server.advance).
+
+    It walks the names present when it started; a key deleted or expired before its slice is
+    left out, a key added meanwhile is not seen (Redis's KEYS blocks everyone instead). The
+    reply goes out in parts.
+    """
+    match = yield from matcher(pattern)
+    names = list(db.data)
+    found: list[bytes] = []
+    deadline = time.perf_counter() + KEYS_SLICE_S
+    for start in range(0, len(names), KEYS_STEP):
+        if time.perf_counter() > deadline:
+            yield
+            deadline = time.perf_counter() + KEYS_SLICE_S
+        step = names[start : start + KEYS_STEP]
+        if match is not None:
+            step = filter(match, step)
+        now = now_ms()
+        found += [key for key in step if db.is_live(key, now)]
+    del names
+    yield b"*%d\r\n" % len(found)
+    for start in range(0, len(found), KEYS_STEP):
+        yield b"".join([b"$%d\r\n%s\r\n" % (len(key), key) for key in found[start : start + KEYS_STEP]])
+    return b""
 
 
 _CURSOR = re.compile(rb"[+-]?[0-9]+")
@@ -803,9 +835,12 @@ def cmd_scan(conn, argv):
             j += 2
         else:
             raise ReplyError(SYNTAX)
-    db = conn.db
+    return scan_job(conn.db, cursor, count, pattern, wanted_type)
+
+
+def scan_job(db, cursor: int, count: int, pattern: bytes, wanted_type: bytes | None):
+    match = yield from matcher(pattern)
     next_cursor, batch = db.scan(cursor, count)
-    match = glob_matcher(pattern)
     keys = [k for k in batch if (match is None or match(k)) and db.exists(k)]
     if wanted_type is not None and wanted_type != b"string":
         keys = []

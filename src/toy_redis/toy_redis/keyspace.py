@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import re
 import time
 from collections import OrderedDict
 from itertools import islice
@@ -32,68 +31,12 @@ SCAN_POSITION_BITS = 40
 KEY_OVERHEAD = 136
 # A TTL costs an int object, an entry in the TTL table and a slot in the wheel.
 TTL_OVERHEAD = 96
+# Entries freed per step after a flush: freeing a big dict at once would stall every client.
+FREE_STEP = 512
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
-    """Redis's stringmatchlen glob (* ? [abc] [^a] [a-z] \\x) as a compiled bytes regex."""
-    out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i : i + 1]
-        if ch == b"*":
-            out.append(b".*")
-        elif ch == b"?":
-            out.append(b".")
-        elif ch == b"\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i : i + 1]))
-        elif ch == b"[":
-            i += 1
-            negate = i < n and pattern[i : i + 1] == b"^"
-            if negate:
-                i += 1
-            members = []
-            while i < n and pattern[i : i + 1] != b"]":
-                c = pattern[i : i + 1]
-                if c == b"\\" and i + 1 < n:
-                    i += 1
-                    members.append(re.escape(pattern[i : i + 1]))
-                elif i + 2 < n and pattern[i + 1 : i + 2] == b"-" and pattern[i + 2 : i + 3] != b"]":
-                    lo, hi = pattern[i], pattern[i + 2]
-                    if lo > hi:
-                        lo, hi = hi, lo
-                    members.append(re.escape(bytes([lo])) + b"-" + re.escape(bytes([hi])))
-                    i += 2
-                else:
-                    members.append(re.escape(c))
-                i += 1
-            body = b"".join(members)
-            if not body:
-                out.append(b"[^\\x00-\\xff]" if not negate else b"[\\x00-\\xff]")
-            else:
-                out.append(b"[" + (b"^" if negate else b"") + body + b"]")
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile(b"".join(out) + b"\\Z", re.DOTALL)
-
-
-_glob_cache: dict[bytes, re.Pattern[bytes]] = {}
-
-
-def glob_matcher(pattern: bytes):
-    if pattern == b"*":
-        return None
-    compiled = _glob_cache.get(pattern)
-    if compiled is None:
-        if len(_glob_cache) > 256:
-            _glob_cache.clear()
-        compiled = _glob_cache[pattern] = glob_to_regex(pattern)
-    return compiled.match
 
 
 class Keyspace:
@@ -124,6 +67,8 @@ class Keyspace:
         self.misses = 0
         # Called with (key, when_ms or None) so that persistence can log what expiry/eviction did.
         self.on_delete = None
+        # Tables dropped by a flush, emptied a step at a time by free_garbage().
+        self.garbage: list[dict] = []
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -225,6 +170,8 @@ class Keyspace:
             self.on_delete(key)
 
     def flush(self) -> None:
+        """Empty the database at once; the old tables are freed later, in steps (free_garbage)."""
+        self.garbage += [self.data, self.expires, self._wheel, self._scans]
         self.data = OrderedDict() if self.policy == "allkeys-lru" else {}
         self.expires = {}
         self._wheel = {}
@@ -235,6 +182,21 @@ class Keyspace:
         self.peak_keys = 0
         self._scans = {}
 
+    def free_garbage(self, budget_s: float) -> bool:
+        """Free flushed entries for about budget_s; True if some are left."""
+        deadline = time.perf_counter() + budget_s
+        garbage = self.garbage
+        while garbage:
+            table = garbage[-1]
+            popitem = table.popitem
+            for _ in range(min(FREE_STEP, len(table))):
+                popitem()
+            if not table:
+                garbage.pop()
+            if time.perf_counter() > deadline:
+                break
+        return bool(garbage)
+
     def set_policy(self, policy: str) -> None:
         if policy == self.policy:
             return
@@ -244,14 +206,12 @@ class Keyspace:
 
     # -- iteration -----------------------------------------------------------------------------
 
-    def live_keys(self, pattern: bytes = b"*") -> list[bytes]:
-        match = glob_matcher(pattern)
-        now = now_ms()
-        expires = self.expires
-        keys = self.data.keys() if match is None else [k for k in self.data if match(k)]
-        if not expires:
-            return list(keys)
-        return [k for k in keys if k not in expires or expires[k] > now]
+    def is_live(self, key: bytes, now: int) -> bool:
+        """The key exists and had not expired at `now` (no side effect)."""
+        if key not in self.data:
+            return False
+        when = self.expires.get(key)
+        return when is None or when > now
 
     def scan(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
         """One SCAN step: (next cursor, key names, some maybe deleted since).

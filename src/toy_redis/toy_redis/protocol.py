@@ -7,10 +7,16 @@ closed after the replies to the commands it sent before the bad frame.
 
 from __future__ import annotations
 
+import re
+from io import BytesIO
+
 PROTO_INLINE_MAX_SIZE = 64 * 1024
 # Clients that have not authenticated yet may send only small frames (Redis 7.0 does the same).
 UNAUTHENTICATED_MAX_MULTIBULK = 10
 UNAUTHENTICATED_MAX_BULK = 16384
+# A bulk argument at least this big that is not all in one read is copied into its own buffer as
+# it arrives, so that a 512 MB value costs about 512 MB, not one copy for the reads and one joined.
+BIG_ARG = 32 * 1024
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)
 
@@ -112,6 +118,11 @@ except ImportError:
     _HiredisReader = None
 
 
+# hiredis sizes a list for an aggregate as soon as it reads the count: a 13-byte `*2147483647\r\n`
+# would make it allocate, and later free, 16 GB of pointers (seconds during which no client is
+# served). A read holding anything that could be such a count goes to the Python parser, which
+# allocates only for arguments that have arrived.
+_BIG_AGGREGATE = re.compile(rb"[*%~>|][0-9]{6}")
 _ARRAY_HEADER = [len(b"*%d\r\n" % n) for n in range(1024)]
 _BULK_FRAMING = [len(b"$%d\r\n\r\n" % n) for n in range(65536)]
 
@@ -124,8 +135,8 @@ class RequestParser:
     """
 
     __slots__ = (
-        "buffer", "max_bulk_len", "max_query_buffer", "error_at", "chunks", "waiting", "need", "reader",
-        "partial", "partial_bytes",
+        "buffer", "max_bulk_len", "max_query_buffer", "error_at", "reader", "partial", "partial_bytes",
+        "big", "big_left", "big_skip",
     )
 
     def __init__(self, max_bulk_len: int = 512 * 1024 * 1024, max_query_buffer: int = 1024**3):
@@ -134,14 +145,15 @@ class RequestParser:
         self.max_query_buffer = max_query_buffer
         # Where the frame that broke the protocol began, in the bytes of the last feed().
         self.error_at = 0
-        # While a big bulk argument arrives, reads are kept as a list and joined once, when the
-        # `need` bytes are all there (joining on every read would copy the argument over and over).
-        self.chunks: list[bytes] = []
-        self.waiting = 0
-        self.need = 0
         self.reader = _HiredisReader() if _HiredisReader is not None else None
+        # A command cut by the end of a read: (arguments so far, arguments still to come), and
+        # how many of its bytes have been consumed.
         self.partial: tuple[list[bytes], int] | None = None
         self.partial_bytes = 0
+        # A big argument arriving: its buffer, bytes still to come, and CRLF bytes to skip after.
+        self.big: BytesIO | None = None
+        self.big_left = 0
+        self.big_skip = 0
 
     def _fast(self, data: bytes) -> list[list[bytes]] | None:
         """hiredis (C) parsing for the common case: a read holding only whole multibulk commands.
@@ -152,6 +164,8 @@ class RequestParser:
         checked here.
         """
         reader = self.reader
+        if _BIG_AGGREGATE.search(data) is not None:
+            return None
         # hiredis accepts only minimal decimal lengths, so a frame's size on the wire is its
         # canonical size: if the parsed commands add up to the whole read, nothing was left half
         # parsed inside hiredis.
@@ -182,31 +196,27 @@ class RequestParser:
 
     def pending(self) -> int:
         """Bytes received and not yet part of a complete command."""
-        return len(self.buffer) + self.waiting + self.partial_bytes
+        return len(self.buffer) + self.partial_bytes
 
     def feed(self, data: bytes, authenticated: bool = True) -> tuple[list[list[bytes]], ProtocolError | None]:
         """Parse what has arrived; (commands, error). After an error the connection must close."""
-        if (not self.buffer and not self.need and self.partial is None and authenticated
+        if (not self.buffer and self.partial is None and authenticated
                 and data[:1] == b"*" and self.reader is not None):
             commands = self._fast(data)
             if commands is not None:
                 return commands, None
-        if self.need:
-            if len(self.buffer) + self.waiting + len(data) < self.need:
-                self.chunks.append(data)
-                self.waiting += len(data)
+        if self.big is not None:
+            data = self._feed_big(data)
+            if self.big is not None:
                 if self.pending() > self.max_query_buffer:
                     self._reset()
                     return [], ProtocolError("Protocol error: query buffer limit reached")
                 return [], None
-            data = b"".join([self.buffer, *self.chunks, data])
-            self.buffer, self.chunks, self.waiting, self.need = b"", [], 0, 0
         buf = self.buffer + data if self.buffer else data
         # A command cut by the end of the last read resumes where it stopped (its arguments so
         # far are kept), so a command with many arguments is not parsed again on every read.
         partial, self.partial = self.partial, None
         partial_bytes, self.partial_bytes = self.partial_bytes, 0
-        need = 0
         commands: list[list[bytes]] = []
         pos, n = 0, len(buf)
         error = None
@@ -266,13 +276,15 @@ class RequestParser:
                         raise ProtocolError("Protocol error: unauthenticated bulk length")
                     end = cr + 2 + size
                     if end + 2 > n:
-                        need = end + 2 - p
+                        if size >= BIG_ARG:
+                            self._start_big(buf, cr + 2, size)
+                            p = n
                         break
                     append(buf[cr + 2 : end])
                     p = end + 2
                     remaining -= 1
                 if remaining:
-                    # Keep the arguments read so far; the cut one is parsed again from its '$'.
+                    # Keep the arguments read so far; a cut small one is parsed again from its '$'.
                     self.partial = (args, remaining)
                     self.partial_bytes = p - frame
                     pos = p
@@ -285,17 +297,44 @@ class RequestParser:
             self.partial, self.partial_bytes = None, 0
             pos = n
         rest = buf[pos:] if pos < n else b""
-        if need > 65536 and error is None:
-            self.need = need
         self.buffer = rest
         if self.pending() > self.max_query_buffer:
             self._reset()
             error = error or ProtocolError("Protocol error: query buffer limit reached")
         return commands, error
 
+    def _start_big(self, buf: bytes, start: int, size: int) -> None:
+        """A big argument starts at buf[start:] and goes on past this read: buffer it on its own."""
+        self.big = BytesIO()
+        present = len(buf) - start
+        taken = min(present, size)
+        self.big.write(memoryview(buf)[start : start + taken])
+        self.big_left = size - taken
+        self.big_skip = 2 - (present - taken)
+
+    def _feed_big(self, data: bytes) -> bytes:
+        """Add a read to the big argument; once it is complete, append it to the cut command's
+        arguments. Returns what follows the argument in this read."""
+        taken = min(len(data), self.big_left)
+        if taken:
+            self.big.write(data if taken == len(data) else memoryview(data)[:taken])
+            self.big_left -= taken
+        skipped = min(len(data) - taken, self.big_skip)
+        self.big_skip -= skipped
+        self.partial_bytes += taken + skipped
+        if self.big_left or self.big_skip:
+            return b""
+        args, remaining = self.partial
+        # getvalue() hands over BytesIO's own buffer without a copy once the BytesIO is dropped.
+        args.append(self.big.getvalue())
+        self.big = None
+        self.partial = (args, remaining - 1)
+        return data[taken + skipped :]
+
     def _reset(self) -> None:
-        self.buffer, self.chunks, self.waiting, self.need = b"", [], 0, 0
+        self.buffer = b""
         self.partial, self.partial_bytes = None, 0
+        self.big = None
 
 
 # ---------------------------------------------------------------------------------------------

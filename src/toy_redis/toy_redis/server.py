@@ -19,20 +19,24 @@ import time
 from bisect import bisect_left
 from collections import deque
 from time import perf_counter
+from types import GeneratorType
 
 from . import __version__, logs
 from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import POLICIES, Config
-from .keyspace import Keyspace, glob_matcher
+from .glob import matcher
+from .keyspace import Keyspace
 from .metrics import LATENCY_BUCKETS, make_registry, serve_metrics
 from .protocol import ReplyError, RequestParser, encode, error_line
 
 REDIS_VERSION = "7.0.15"
 FIRST_BUCKET = LATENCY_BUCKETS[0]
 HZ = 10
-# Time the active expiry cycle may hold the loop before letting clients in again.
+# Time the active expiry cycle, or freeing what a flush dropped, may hold the loop before
+# letting clients in again.
 EXPIRE_SLICE_S = 0.010
+FREE_SLICE_S = 0.005
 WRITE_HIGH_WATER = 1024 * 1024
 # Commands whose arguments are secrets: never in the slow log or the logs.
 REDACTED = {b"auth", b"hello", b"migrate"}
@@ -84,7 +88,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "db", "id", "transport", "parser", "resp3", "authenticated", "name", "addr", "laddr",
         "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
-        "backlog",
+        "backlog", "job",
     )
 
     def __init__(self, server: "Server"):
@@ -102,8 +106,11 @@ class Connection(asyncio.Protocol):
         self.close_after_reply = False
         self.closed = False
         self.paused = False
-        # Parsed commands not run yet because the client has not read the replies before them.
+        # Parsed commands not run yet because the client has not read the replies before them,
+        # or because a command before them is still at work (see Server.advance).
         self.backlog = None
+        # A command working in slices (a generator, see Server.advance).
+        self.job = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -140,12 +147,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.closed:
-            return
-        if self.backlog is not None:
-            self._run_backlog()
-        else:
-            self.transport.resume_reading()
+        self._resume()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -157,6 +159,13 @@ class Connection(asyncio.Protocol):
     def _run(self, commands: list[list[bytes]], error) -> None:
         server = self.server
         replies = server.execute(self, commands)
+        if self.job is not None:
+            # A command works in slices: what it follows is sent now, what follows it waits.
+            self.backlog = (commands[len(replies) :], error)
+            self._send(replies)
+            self.transport.pause_reading()
+            server.loop.call_soon(self._step_job)
+            return
         if len(replies) < len(commands) and not self.close_after_reply:
             # One read can hold thousands of commands with big replies: send what is ready and
             # run the rest once the client has taken it, so output stays bounded.
@@ -167,6 +176,15 @@ class Connection(asyncio.Protocol):
             logs.info("protocol_error", client=self.addr, error=str(error))
             replies.append(error_line("ERR " + str(error)))
             self.close_after_reply = True
+        self._send(replies)
+        if self.backlog is not None and not self.closed:
+            self.transport.pause_reading()
+            if not self.paused:
+                server.loop.call_soon(self._run_backlog)
+
+    def _send(self, replies: list[bytes]) -> None:
+        """Write replies; close the connection if asked to or if its output is over the limit."""
+        server = self.server
         reply = replies[0] if len(replies) == 1 else b"".join(replies)
         if server.aof is not None:
             server.aof.flush()
@@ -185,18 +203,42 @@ class Connection(asyncio.Protocol):
             self.closed = True
             self.backlog = None
             self.transport.abort()
-        elif self.backlog is not None:
-            self.transport.pause_reading()
-            if not self.paused:
-                server.loop.call_soon(self._run_backlog)
+
+    def _step_job(self) -> None:
+        """The working command's next slice, run once the loop has served other clients (and,
+        if it sends its reply in parts, once the client has read the parts before)."""
+        if self.job is None or self.paused:
+            return  # resume_writing() goes on
+        if self.closed:
+            self.job.close()
+            self.job = None
+            return
+        output, finished = self.server.advance(self, self.job)
+        self._send([output])
+        if finished:
+            self._resume()
+        else:
+            self.server.loop.call_soon(self._step_job)
+
+    def _resume(self) -> None:
+        """Go on with what the client sent after a command that had to wait."""
+        if self.closed or self.paused:
+            return
+        if self.job is not None:
+            self.server.loop.call_soon(self._step_job)
+            return
+        if self.backlog is not None:
+            self._run_backlog()
+        else:
+            self.transport.resume_reading()
 
     def _run_backlog(self) -> None:
-        if self.closed or self.paused or self.backlog is None:
+        if self.closed or self.paused or self.backlog is None or self.job is not None:
             return
         commands, error = self.backlog
         self.backlog = None
         self._run(commands, error)
-        if self.backlog is None and not self.paused and not self.closed:
+        if self.backlog is None and self.job is None and not self.paused and not self.closed:
             self.transport.resume_reading()
 
     def describe(self) -> str:
@@ -223,6 +265,7 @@ class LoaderConnection:
         self.id = 0
         self.addr = "aof"
         self.last_command = "NULL"
+        self.job = None
 
 
 class Server:
@@ -255,6 +298,7 @@ class Server:
         self.started_at = time.time()
         self.event_loop_lag = 0.0
         self._expire_pending = False
+        self._free_pending = False
         self._cron_expected = 0.0
         self._last_fsync = 0.0
         self._ops_samples: deque = deque(maxlen=16)
@@ -289,8 +333,11 @@ class Server:
     # -- command execution ---------------------------------------------------------------------
 
     def call(self, conn, argv: list[bytes]) -> bytes:
-        """Run one command; its reply."""
-        return self.execute(conn, [argv])[0]
+        """Run one command to the end, without yielding to the loop; its reply."""
+        parts = self.execute(conn, [argv])
+        while conn.job is not None:
+            parts.append(self.advance(conn, conn.job)[0])
+        return b"".join(parts)
 
     def execute(self, conn, commands: list[list[bytes]]) -> list[bytes]:
         """Run commands in order and return their replies, stopping early after a command that
@@ -324,15 +371,9 @@ class Server:
                 start = perf_counter()
                 try:
                     reply = cmd.handler(conn, argv)
-                except ReplyError as exc:
-                    reply = error_line(exc.message)
+                except Exception as exc:
+                    reply = self.failure(cmd.name, exc)
                     cmd.failed_calls += 1
-                    self.count_error(exc.kind)
-                except Exception as exc:  # a bug must cost one reply, not the connection or the server
-                    logs.error("command_failed", command=cmd.name, error=repr(exc))
-                    reply = error_line(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
-                    cmd.failed_calls += 1
-                    self.count_error("internal")
                 else:
                     if cmd.is_write:
                         self.dirty += 1
@@ -346,7 +387,13 @@ class Server:
                 if elapsed > self.slowlog_threshold_s:
                     self._slow(conn, cmd, argv, elapsed)
                 if reply.__class__ is not bytes:
-                    reply = encode(reply, conn.resp3)
+                    if reply.__class__ is GeneratorType:
+                        reply, finished = self.advance(conn, reply)
+                        if not finished:
+                            append(reply)
+                            break  # it goes on in slices (conn.job); the rest of its reply comes later
+                    else:
+                        reply = encode(reply, conn.resp3)
             append(reply)
             if conn.close_after_reply:
                 break
@@ -354,6 +401,34 @@ class Server:
             if produced > WRITE_HIGH_WATER:
                 break
         return replies
+
+    def advance(self, conn, job: GeneratorType) -> tuple[bytes, bool]:
+        """Run a command that works in slices until it yields or returns: (output, finished).
+
+        The command is a generator. It yields None to let other clients in before its next
+        slice, or bytes to send as the next part of its reply (a big reply is not built in
+        one piece, whose allocation alone would stall everyone), and returns the rest of its
+        reply. While it is not finished, conn.job holds it."""
+        try:
+            part = next(job)
+        except StopIteration as done:
+            conn.job = None
+            result = done.value
+            return (result if result.__class__ is bytes else encode(result, conn.resp3)), True
+        except Exception as exc:
+            conn.job = None
+            return self.failure(conn.last_command, exc), True
+        conn.job = job
+        return part or b"", False
+
+    def failure(self, name: str, exc: Exception) -> bytes:
+        """The error reply for a command that raised; a bug costs one reply, not the connection."""
+        if isinstance(exc, ReplyError):
+            self.count_error(exc.kind)
+            return error_line(exc.message)
+        logs.error("command_failed", command=name, error=repr(exc))
+        self.count_error("internal")
+        return error_line(f"ERR internal error in '{name}': {type(exc).__name__}")
 
     def _unknown(self, argv: list[bytes]) -> bytes:
         self.unknown_calls += 1
@@ -488,6 +563,8 @@ class Server:
         self._ops_samples.append((now, self.total_commands))
         if not self._expire_pending:
             self._expire_tick()
+        if self.db.garbage and not self._free_pending:
+            self._free_tick()
         self.db.compact()
         used = self.db.used_memory
         if used > self._used_at_trim:
@@ -515,6 +592,13 @@ class Server:
             self.loop.call_soon(self._expire_tick)
         if self.aof is not None:
             self.aof.flush()
+
+    def _free_tick(self) -> None:
+        self._free_pending = self.db.free_garbage(FREE_SLICE_S)
+        if self._free_pending:
+            self.loop.call_soon(self._free_tick)
+        elif malloc_trim is not None:
+            malloc_trim(0)
 
     def check_password(self, username: bytes, password: bytes) -> bool:
         import hmac
@@ -660,12 +744,13 @@ class Server:
             "requirepass": "",
         }
 
-    def config_get(self, patterns: list[bytes]) -> dict[str, str]:
+    def config_get(self, patterns: list[bytes]):
+        """A generator (see advance): a long pattern is read in slices."""
         values = self.config_values()
         values.pop("requirepass")  # a secret: never sent back
         result = {}
         for pattern in patterns:
-            match = glob_matcher(pattern.lower())
+            match = yield from matcher(pattern.lower())
             for name, value in values.items():
                 if match is None or match(name.encode()):
                     result[name] = value

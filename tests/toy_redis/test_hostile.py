@@ -1,0 +1,164 @@
+"""Hostile requests (issue 10): pathological glob patterns, huge multibulk counts, big KEYS and
+FLUSHALL neither stall other clients nor answer differently from redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import RawClient
+
+# How much longer than an idle server's worst PING round trip (measured just before) another
+# client's worst PING may take while the hostile request is served. Before the fix these
+# requests stalled everyone for seconds. The issue's target is 50 ms, which
+# bench/toy_redis_hostile.py measures; here the bound is twice that, because on a shared 2-core
+# machine a server busy with its slices waits for the CPU behind other processes. The server
+# and the pinger run at a higher scheduling priority when the test may set one (root), for the
+# same reason.
+MAX_EXTRA_PING_S = 0.100
+PRIORITY = -10
+
+# Runs in its own process, so that the test's own work cannot delay its pings.
+PINGER = """
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+print("ready", flush=True)
+worst, count, end = 0.0, 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    start = time.perf_counter()
+    sock.sendall(b"PING\\r\\n")
+    reply = b""
+    while not reply.endswith(b"\\r\\n"):
+        reply += sock.recv(64)
+    worst = max(worst, time.perf_counter() - start)
+    count += 1
+    time.sleep(0.001)
+print(json.dumps({"worst": worst, "count": count}), flush=True)
+"""
+
+
+def prioritize(pid: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, PRIORITY)
+    except PermissionError:
+        pass
+
+
+class Pinger:
+    """PINGs the server from another process for `seconds`; worst round trip at the end."""
+
+    def __init__(self, port: int, seconds: float):
+        self.process = subprocess.Popen([sys.executable, "-c", PINGER, str(port), str(seconds)],
+                                        stdout=subprocess.PIPE, text=True)
+        prioritize(self.process.pid)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def result(self) -> dict:
+        out, _ = self.process.communicate(timeout=120)
+        return json.loads(out)
+
+
+def assert_not_stalled(toy, hostile) -> None:
+    """Run hostile() while another process PINGs; its worst round trip stays near the idle one."""
+    prioritize(toy.process.pid)
+    port = toy.port
+    idle = Pinger(port, 1).result()["worst"]
+    pinger = Pinger(port, 3)
+    hostile()
+    worst = pinger.result()["worst"]
+    assert worst < idle + MAX_EXTRA_PING_S, f"a PING waited {worst * 1000:.0f} ms (idle worst {idle * 1000:.0f} ms)"
+
+
+def load_keys(port: int, names: list[bytes]) -> None:
+    client = RawClient(port, timeout=60)
+    for start in range(0, len(names), 50_000):
+        batch = names[start : start + 50_000]
+        client.send(b"".join(client.command("SET", name, "v") for name in batch))
+        for _ in batch:
+            client.read()
+    client.close()
+
+
+TWENTY_STARS = b"*a" * 19 + b"*b"
+HOSTILE_PATTERNS = {
+    "twenty_stars": TWENTY_STARS,
+    "64k_of_stars": b"*a" * 32768,
+    "64k_of_classes": b"[ab]*" * 16384,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_PATTERNS))
+def test_pathological_keys_pattern_does_not_stall_others(name, r, toy):
+    load_keys(toy.port, [b"a" * 39 + b"%d" % (i % 10) for i in range(1000)] + [b"a" * 40])
+    client = RawClient(toy.port, timeout=30)
+
+    def hostile():
+        started = time.monotonic()
+        assert client.call("KEYS", HOSTILE_PATTERNS[name]) == []
+        assert time.monotonic() - started < 5
+
+    assert_not_stalled(toy, hostile)
+    client.close()
+
+
+def test_huge_multibulk_count_does_not_stall_others(toy):
+    clients = [RawClient(toy.port), RawClient(toy.port)]
+
+    def hostile():
+        clients[0].send(b"*2147483647\r\n")
+        clients[1].send(b"*1\r\n*2147483647\r\n")
+        time.sleep(1)
+
+    assert_not_stalled(toy, hostile)
+    for client in clients:
+        client.close()
+    assert RawClient(toy.port).call("PING") == b"PONG"
+
+
+@pytest.mark.parametrize("command", [["KEYS", "*"], ["KEYS", "k1*"], ["FLUSHALL"]])
+def test_big_keys_and_flushall_yield_to_other_clients(command, r, toy):
+    count = 300_000
+    load_keys(toy.port, [b"k%d" % i for i in range(count)])
+    client = RawClient(toy.port, timeout=60)
+    replies = []
+    assert_not_stalled(toy, lambda: replies.append(client.call(*command)))
+    client.close()
+    reply = replies[0]
+    if command[0] == "FLUSHALL":
+        assert reply == b"OK" and r.dbsize() == 0
+    elif command[1] == "*":
+        assert len(reply) == count
+    else:
+        assert sorted(reply) == sorted(b"k%d" % i for i in range(count) if str(i).startswith("1"))
+
+
+# Keys and patterns over bytes that exercise Redis's reading of patterns: escapes, classes,
+# ranges (with `]` as a bound, reversed, across the signed-char boundary), stars.
+KEY_BYTES = [b"a", b"b", b"]", b"-", b"*", b"^", b"\\", b"\x80", b"\xff", b"["]
+GLOB_KEYS = sorted({b""} | {bytes([i % 5 + 97]) * (i % 4) + KEY_BYTES[i % len(KEY_BYTES)] + KEY_BYTES[(i * 7) % len(KEY_BYTES)]
+                           for i in range(200)} | {b"ab", b"aab", b"ba", b"a]b", b"a-b", b"\\", b"a\\"})
+pattern_bytes = st.sampled_from(KEY_BYTES + [b"?", b"*", b"[", b"]", b"^", b"-", b"\\", b"a", b"b"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pattern=st.lists(pattern_bytes, max_size=10).map(b"".join))
+def test_keys_patterns_match_like_redis(toy, real_redis, pattern):
+    replies = []
+    for port in (real_redis.port, toy.port):
+        client = RawClient(port)
+        if client.call("DBSIZE") != len(GLOB_KEYS):
+            client.call("FLUSHALL")
+            for key in GLOB_KEYS:
+                client.call("SET", key, "v")
+        replies.append(sorted(client.call("KEYS", pattern)))
+        client.close()
+    assert replies[1] == replies[0], f"KEYS {pattern!r}"
