@@ -8,6 +8,8 @@
 3. 1M keys expiring at the same moment: time from their TTL until DBSIZE is 0, with no other
    traffic. Target: toy-redis <= 2 s.
 4. Idle CPU with 1M keys holding (long) TTLs: share of one core over a quiet interval. Target: < 10%.
+5. One SET of a 512 MB value (--big-mb): how much the server's peak RSS grows, against the value's
+   size. Target: toy-redis <= 1.2x (issue 10, item 8).
 
 The servers run one after the other for each measurement where they would compete for the two
 cores, and redis-benchmark alternates between them so both see the same machine.
@@ -103,16 +105,50 @@ def idle_cpu(server, keys: int, seconds: float) -> float:
     return (server.cpu_seconds() - before) / (time.monotonic() - start)
 
 
+def status_bytes(server, field: str) -> int:
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def big_set_growth(server, size: int, value: bytes) -> int:
+    """Peak RSS growth of the server while it takes one SET of `size` bytes (then the key is deleted)."""
+    with Client(server.port, timeout=600) as client:
+        client.call("FLUSHALL")
+        time.sleep(1)
+        # Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS (Linux, root).
+        Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")
+        before = status_bytes(server, "VmRSS")
+        client.sock.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n" % size)
+        client.sock.sendall(value)
+        client.sock.sendall(b"\r\n")
+        client.read(1)
+        growth = status_bytes(server, "VmHWM") - before
+        client.call("DEL", "big")
+    return growth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=100_000, help="per redis-benchmark run without pipelining")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--big-mb", type=int, default=512)
     args = parser.parse_args()
     redis, toy = start_pair()
     try:
         print(f"toy-redis event loop: {toy_event_loop(toy.workdir)}\n")
         throughput(redis, toy, args.requests)
+        size = args.big_mb * 2**20
+        value = b"x" * size
+        print(f"\npeak RSS growth during one SET of {args.big_mb} MB")
+        for server in (redis, toy):
+            growth = big_set_growth(server, size, value)
+            verdict = ("ok" if growth <= 1.2 * size else "MISSED") if server is toy else ""
+            print(f"  {server.name:<13}{growth / 2**20:8.1f} MiB   {growth / size:.2f}x the value"
+                  f"{'  target <= 1.2x ' + verdict if verdict else ''}")
+        del value
         memory(redis, toy, args.keys)
         print(f"\n{args.keys:,} keys expiring together: seconds from the TTL to DBSIZE 0, no other traffic")
         results = {}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from .conftest import ToyRedis
+from .conftest import RawClient, ToyRedis
 
 
 @pytest.fixture
@@ -188,3 +190,68 @@ def test_bgrewriteaof_command(tmp_path, aof_server):
     assert (tmp_path / "appendonly.aof").read_bytes() == b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n2\r\n"
     client.close()
     server.stop()
+
+
+def record(*args: str) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+
+
+# Damage in the middle of the file, each followed by valid records (issue 10, item 7).
+MID_FILE_DAMAGE = {
+    "garbage_line": b"hello world\r\n",
+    "inline_command": b"SET sneaky 1\r\n",
+    "torn_record": b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nha",
+    "bulk_without_crlf": b"*2\r\n$3\r\nDEL\r\n$1\r\nkXX",
+    "failing_command": record("SET", "only-a-key"),
+    "unknown_command": record("NOSUCH", "x"),
+}
+
+
+def toy_cli(*args: str):
+    return subprocess.run([sys.executable, "-m", "toy_redis", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", sorted(MID_FILE_DAMAGE))
+def test_mid_file_damage_refuses_to_start_and_fix_repairs_it(tmp_path, aof_server, name):
+    path = tmp_path / "appendonly.aof"
+    good = b"".join(record("SET", f"k{i}", str(i)) for i in range(5))
+    after = b"".join(record("SET", f"later{i}", "x") for i in range(3))
+    damaged = good + MID_FILE_DAMAGE[name] + after
+    path.write_bytes(damaged)
+
+    server = aof_server(tmp_path)
+    with pytest.raises(RuntimeError, match="exited with 1") as failure:
+        server.start()
+    message = str(failure.value).split(": ", 1)[1].strip()
+    assert len(message.splitlines()) == 1
+    assert f"{path}: bad record at byte {len(good)} (" in message
+    assert f"toy-redis --check-aof {path} --fix" in message
+    assert path.read_bytes() == damaged  # a refused start changes nothing
+
+    check = toy_cli("--check-aof", str(path))
+    assert check.returncode == 1 and f"bad record at byte {len(good)}" in check.stdout
+    fixed = toy_cli("--check-aof", str(path), "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    backups = list(tmp_path.glob("appendonly.aof.bak-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == damaged
+    assert path.read_bytes() == good
+    assert toy_cli("--check-aof", str(path)).stdout.strip() == f"{path}: ok, 5 records"
+
+    server.start()
+    client = server.client()
+    assert client.dbsize() == 5 and client.get("k4") == b"4"
+    client.close()
+
+
+def test_big_value_arrives_in_pieces_and_survives_a_restart(tmp_path, aof_server):
+    server = aof_server(tmp_path).start()
+    value = os.urandom(3 * 1024 * 1024)
+    client = RawClient(server.port, timeout=30)
+    frame = client.command("SET", "big", value) + client.command("GET", "big")
+    for start in range(0, len(frame), 100_000):
+        client.send(frame[start : start + 100_000])
+    assert client.read() == b"OK" and client.read() == value
+    client.close()
+    server.stop()
+    server.start()
+    assert server.client().get("big") == value

@@ -122,6 +122,16 @@ SCENARIOS = {
         ["CLIENT", "SETNAME", "bad name"], ["CLIENT", "SETNAME"], ["CLIENT", "NOPE"], ["CLIENT", "SETNAME", ""],
         ["CLIENT", "GETNAME"],
     ],
+    "client_kill_errors": [
+        ["CLIENT", "KILL"], ["CLIENT", "KILL", "1.2.3.4:5"], ["CLIENT", "KILL", "ID"], ["CLIENT", "KILL", "ID", "0"],
+        ["CLIENT", "KILL", "ID", "x"], ["CLIENT", "KILL", "TYPE", "nope"], ["CLIENT", "KILL", "USER", "nobody"],
+        ["CLIENT", "KILL", "SKIPME", "maybe"], ["CLIENT", "KILL", "BOGUS", "1"], ["CLIENT", "KILL", "ID", "1", "TYPE"],
+        ["CLIENT", "KILL", "ID", "999999"], ["CLIENT", "KILL", "TYPE", "master"], ["CLIENT", "KILL", "USER", "default", "ID", "999999"],
+    ],
+    "config_get_several": [
+        ["CONFIG", "GET", "maxmemory", "maxclients"], ["CONFIG", "GET", "maxmemory", "maxmemory"],
+        ["CONFIG", "GET", "appendonly", "nosuch", "slowlog-max-len"], ["CONFIG", "GET", "nosuch"],
+    ],
     "config_errors": [
         ["CONFIG", "GET", "maxmemory"], ["CONFIG", "SET", "maxmemory", "lots"], ["CONFIG", "SET", "nosuch", "1"],
         ["CONFIG", "GET", "maxmemory-policy"], ["CONFIG", "BOGUS"], ["CONFIG", "GET"],
@@ -154,6 +164,8 @@ def run(port: int, scenario: list[list[str]]) -> list:
             reply = normalize(client.call(*command))
             if command[0].upper() in UNORDERED and isinstance(reply, list):
                 reply = sorted(reply)
+            if command[:2] == ["CONFIG", "GET"] and isinstance(reply, list):
+                reply = sorted(zip(reply[::2], reply[1::2]))  # a map: Redis's order is its hash order
             replies.append(reply)
         return replies
     finally:

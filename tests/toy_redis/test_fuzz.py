@@ -139,3 +139,20 @@ def test_python_parser_alone_handles_cut_reads(batch, cuts):
         parsed.extend(got)
         last = cut
     assert parsed == batch
+
+
+@settings(max_examples=100, deadline=None)
+@given(big=st.integers(min_value=32 * 1024, max_value=300_000), cuts=st.lists(st.integers(min_value=1, max_value=400_000), max_size=8))
+def test_big_arguments_cut_anywhere_parse_the_same(big, cuts):
+    """A big bulk argument goes into its own buffer as it arrives: the commands are the same."""
+    batch = [[b"SET", b"k", bytes(range(256)) * (big // 256) + b"x" * (big % 256)], [b"GET", b"k"]]
+    stream = b"".join(frame(args) for args in batch)
+    for parser in (RequestParser(), python_only_parser()):
+        parsed, last = [], 0
+        for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
+            got, error = parser.feed(stream[last:cut])
+            assert error is None
+            parsed.extend(got)
+            last = cut
+        assert parsed == batch
+        assert parser.pending() == 0

@@ -26,6 +26,10 @@ def flag_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="toy-redis", description="A Redis-compatible server with metrics and JSON logs.")
     parser.add_argument("--config", metavar="FILE", help="YAML settings file")
     parser.add_argument("--check-config", metavar="FILE", help="check a settings file and exit (0 if valid, else 2)")
+    parser.add_argument("--check-aof", metavar="FILE",
+                        help="replay an append-only file and exit (0 if toy-redis would load it, 1 if damaged)")
+    parser.add_argument("--fix", action="store_true",
+                        help="with --check-aof: copy the file to FILE.bak-<time>, then cut it at the bad record")
     # Flags named after the YAML keys; each overrides the file.
     parser.add_argument("--bind")
     parser.add_argument("--port", type=int)
@@ -51,7 +55,7 @@ def build_config(args: argparse.Namespace) -> Config:
     overrides = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("config", "check_config") and value is not None
+        if key not in ("config", "check_config", "check_aof", "fix") and value is not None
     }
     if "appendonly" in overrides:
         overrides["appendonly"] = overrides["appendonly"] == "yes"
@@ -66,8 +70,33 @@ def build_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def check_aof(path: str, fix: bool) -> int:
+    """Replay the file as a start would; with fix, back it up and cut it at the bad record."""
+    from .aof import repair, replay
+    from .server import Server
+
+    records, problem = replay(path, Server(Config()).replayer())
+    if problem is None:
+        print(f"{path}: ok, {records} records")
+        return 0
+    kind = "torn last record" if problem.torn else "bad record"
+    found = f"{path}: {kind} at byte {problem.offset} ({problem.reason}) after {records} good records"
+    if not fix:
+        print(found + ("; toy-redis cuts it off when it starts" if problem.torn else
+                       "; --fix backs the file up and cuts it there"))
+        return 0 if problem.torn else 1
+    backup = repair(path, problem)
+    print(f"{found}; cut there, the file as it was is in {backup}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = flag_parser().parse_args(argv)
+    if args.fix and not args.check_aof:
+        print("toy-redis: --fix goes with --check-aof FILE", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.check_aof:
+        return check_aof(args.check_aof, args.fix)
     if args.check_config:
         try:
             config = load_file(args.check_config)
@@ -92,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: Config, config_file: str | None) -> int:
-    from .aof import AofCorrupt
+    from .aof import AofDamaged
     from .server import Server
 
     try:
@@ -110,7 +139,7 @@ def run(config: Config, config_file: str | None) -> int:
             uvloop.run(serve())
         else:
             asyncio.run(serve())
-    except AofCorrupt as exc:
+    except AofDamaged as exc:
         logs.error("aof_corrupt", error=str(exc))
         print(f"toy-redis: {exc}", file=sys.stderr)
         return 1

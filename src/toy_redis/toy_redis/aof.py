@@ -11,34 +11,165 @@ When the file has doubled since the last rewrite (and is over a minimum size), a
 writes the current dataset to a new file while the server goes on; changes made meanwhile are
 kept in memory and appended before the new file replaces the old one.
 
-At start the file is replayed. A last record cut short (power loss) is logged, cut off the file
-and skipped; damage before the last record stops the server with the offset.
+At start the file is replayed, strictly: every record must be a RESP array of bulk strings,
+each bulk followed by CRLF, and every command must succeed. A last record cut short (power loss)
+is logged, cut off the file and skipped; damage before it stops the server with the offset of
+the bad record and the command that repairs the file (`toy-redis --check-aof FILE --fix`, which
+backs the file up and cuts it at that record, like redis-check-aof --fix).
 """
 
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
 
 from . import logs
-from .protocol import RequestParser
+from .protocol import parse_int
 
 AUTO_REWRITE_MIN_SIZE = 64 * 1024 * 1024
 AUTO_REWRITE_PERCENTAGE = 100
-LOAD_CHUNK = 4 * 1024 * 1024
+BIG_VALUE = 64 * 1024
+IOV_MAX = 1024
+# A count or length line is at most this long ("$" or "*", 20 digits, CRLF).
+MAX_HEADER = 24
+_NOT_ZERO = re.compile(rb"[^\x00]")
 
 
-class AofCorrupt(Exception):
-    pass
+@dataclass(frozen=True)
+class Problem:
+    """Where reading stopped before the end of the file: a torn last record, or damage."""
+
+    offset: int
+    reason: str
+    torn: bool
 
 
-def encode_set(key: bytes, value: bytes, when: int | None) -> bytes:
+class AofDamaged(Exception):
+    """Damage before the last record: one line with the offset and how to repair."""
+
+    def __init__(self, path: str, problem: Problem, records: int):
+        self.path, self.problem, self.records = path, problem, records
+        super().__init__(
+            f"{path}: bad record at byte {problem.offset} ({problem.reason}); to keep the {records} "
+            f"records before it, run: toy-redis --check-aof {path} --fix (it backs the file up first)"
+        )
+
+
+class _Stop(Exception):
+    def __init__(self, offset: int, reason: str, torn: bool = False):
+        self.problem = Problem(offset, reason, torn)
+
+
+def _header(data, pos: int, marker: int, what: str, start: int) -> tuple[int, int]:
+    """A `*N` or `$N` line at pos: (N, where the next item starts)."""
+    if pos >= len(data):
+        raise _Stop(start, "file ends inside the record", torn=True)
+    if data[pos] != marker:
+        raise _Stop(start, f"expected '{chr(marker)}', got {data[pos : pos + 1]!r}")
+    line_end = data.find(b"\r\n", pos, pos + MAX_HEADER)
+    if line_end < 0:
+        if len(data) - pos < MAX_HEADER and data.find(b"\n", pos) < 0:
+            raise _Stop(start, "file ends inside the record", torn=True)
+        raise _Stop(start, f"bad {what} line")
+    value = parse_int(data[pos + 1 : line_end])
+    if value is None or value < (1 if marker == 42 else 0):
+        raise _Stop(start, f"bad {what} {data[pos + 1 : line_end]!r}")
+    return value, line_end + 2
+
+
+def _records(data):
+    """(offset, argv) of each record in data; raises _Stop where a record is torn or bad."""
+    pos, size = 0, len(data)
+    while pos < size:
+        start = pos
+        count, pos = _header(data, pos, 42, "multibulk length", start)
+        argv = []
+        for _ in range(count):
+            length, pos = _header(data, pos, 36, "bulk length", start)
+            end = pos + length
+            if end + 2 > size:
+                raise _Stop(start, "file ends inside the record", torn=True)
+            if data[end : end + 2] != b"\r\n":
+                raise _Stop(start, "bulk string not followed by CRLF")
+            argv.append(data[pos:end])
+            pos = end + 2
+        yield start, argv
+
+
+def replay(path: str, apply) -> tuple[int, Problem | None]:
+    """Replay the file through apply(argv) -> reply: (records applied, where it stopped or None).
+
+    A command whose reply is an error counts as damage at its record."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return 0, None
+    records = 0
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return 0, None
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                for offset, argv in _records(data):
+                    reply = apply(argv)
+                    if reply[:1] == b"-":
+                        error = reply[1:].split(b"\r\n", 1)[0].decode(errors="replace")
+                        raise _Stop(offset, f"{argv[0].decode(errors='replace')} failed: {error}")
+                    records += 1
+            except _Stop as stop:
+                problem = stop.problem
+                if not problem.torn and _NOT_ZERO.search(data, problem.offset) is None:
+                    # Zeros after the last record: a torn write the filesystem padded.
+                    problem = Problem(problem.offset, "zeros after the last record", torn=True)
+                return records, problem
+    return records, None
+
+
+def repair(path: str, problem: Problem) -> str:
+    """Copy the file to a backup, then cut it at the bad record; the backup's path."""
+    backup = f"{path}.bak-{time.strftime('%Y%m%dT%H%M%S')}"
+    shutil.copy2(path, backup)
+    with open(path, "r+b") as handle:
+        handle.truncate(problem.offset)
+        os.fsync(handle.fileno())
+    return backup
+
+
+def encode_set(key: bytes, value: bytes, when: int | None) -> tuple[bytes, ...]:
+    """The SET record as parts to write one after the other: a big value is its own part, so
+    logging it does not copy it (a 512 MB SET would otherwise cost another 512 MB)."""
     if when is None:
-        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value)
-    stamp = b"%d" % when
-    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (
-        len(key), key, len(value), value, len(stamp), stamp,
-    )
+        head = b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
+        tail = b"\r\n"
+    else:
+        stamp = b"%d" % when
+        head = b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
+        tail = b"\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (len(stamp), stamp)
+    if len(value) >= BIG_VALUE:
+        return head, value, tail
+    return (head + value + tail,)
+
+
+def write_all(fd: int, parts: list[bytes]) -> int:
+    """Write parts in order with writev (no joined copy); the bytes written."""
+    total = 0
+    while parts:
+        batch = parts[:IOV_MAX]
+        written = os.writev(fd, batch)
+        total += written
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        parts = parts[done:]
+        if written:
+            parts[0] = memoryview(parts[0])[written:]
+    return total
 
 
 def encode_del(key: bytes) -> bytes:
@@ -68,35 +199,14 @@ class AppendOnlyFile:
     # -- load ----------------------------------------------------------------------------------
 
     def load(self, apply) -> int:
-        """Replay the file through apply(argv); returns the number of records applied."""
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
-            return 0
-        parser = RequestParser(max_bulk_len=2**62, max_query_buffer=2**62)
-        offset = 0  # bytes consumed by complete records
-        records = 0
-        with handle:
-            while True:
-                chunk = handle.read(LOAD_CHUNK)
-                if not chunk:
-                    break
-                before = parser.pending()
-                commands, error = parser.feed(chunk)
-                for argv in commands:
-                    apply(argv)
-                    records += 1
-                if error is not None:
-                    bad_at = offset + parser.error_at
-                    handle.seek(bad_at)
-                    if not handle.read().strip(b"\x00"):
-                        # Zeros after the last record: a torn write the filesystem padded.
-                        self._truncate(bad_at, records)
-                        return records
-                    raise AofCorrupt(f"{self.path}: bad record at byte {bad_at} ({error}); fix or move the file")
-                offset += before + len(chunk) - parser.pending()
-        if parser.pending():
-            self._truncate(offset, records)
+        """Replay the file through apply(argv); returns the number of records applied.
+
+        A torn last record is cut off; damage before it raises AofDamaged."""
+        records, problem = replay(self.path, apply)
+        if problem is not None:
+            if not problem.torn:
+                raise AofDamaged(self.path, problem, records)
+            self._truncate(problem.offset, records)
         return records
 
     def _truncate(self, offset: int, records: int) -> None:
@@ -113,23 +223,18 @@ class AppendOnlyFile:
         self.size = os.fstat(self.fd).st_size
         self.base_size = self.size
 
-    def feed(self, record: bytes) -> None:
-        self.buffer.append(record)
+    def feed(self, *parts: bytes) -> None:
+        self.buffer += parts
         if self.rewrite_buffer is not None:
-            self.rewrite_buffer.append(record)
+            self.rewrite_buffer += parts
 
     def flush(self) -> None:
         """Write what the last batch of commands changed; fsync too if appendfsync is always."""
         if not self.buffer or self.fd is None:
             return
-        data = b"".join(self.buffer)
-        self.buffer.clear()
+        parts, self.buffer = self.buffer, []
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-            self.size += len(data)
+            self.size += write_all(self.fd, parts)
             if self.fsync_mode == "always":
                 os.fsync(self.fd)
             self.last_write_status = "ok"
@@ -206,8 +311,8 @@ class AppendOnlyFile:
             return
         self.flush()
         with open(temp, "ab") as handle:
-            handle.write(b"".join(buffered))
             handle.flush()
+            write_all(handle.fileno(), buffered)
             os.fsync(handle.fileno())
         os.replace(temp, self.path)
         dir_fd = os.open(self.directory, os.O_RDONLY)
@@ -249,6 +354,7 @@ def write_snapshot(db, path: str) -> None:
             when = expires.get(key)
             if when is not None and when <= now:
                 continue
-            write(encode_set(key, value, when))
+            for part in encode_set(key, value, when):
+                write(part)
         handle.flush()
         os.fsync(handle.fileno())

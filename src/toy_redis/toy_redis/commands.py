@@ -8,12 +8,15 @@ raised as ReplyError with Redis's text.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from . import info
 from .glob import matcher
 from .keyspace import now_ms
 from .protocol import (
@@ -25,6 +28,7 @@ from .protocol import (
     ONE,
     ZERO,
     ReplyError,
+    SetReply,
     Status,
     Verbatim,
     bulk,
@@ -67,6 +71,13 @@ class Command:
 
 
 COMMANDS: dict[bytes, Command] = {}
+# The subcommands toy-redis has, of the commands that have some.
+SUBCOMMANDS = {
+    "client": {"id", "getname", "setname", "info", "list", "kill", "help"},
+    "config": {"get", "set", "resetstat", "help"},
+    "command": {"count", "docs", "info", "list", "getkeys", "help"},
+    "slowlog": {"get", "len", "reset", "help"},
+}
 
 
 def command(name, arity, flags="", keys=(0, 0, 0), group="generic", summary=""):
@@ -238,6 +249,9 @@ def check_client_name(name: bytes) -> None:
 def cmd_client(conn, argv):
     sub = argv[1].lower()
     n = len(argv)
+    conn.last_command = "client|" + sub.decode(errors="replace")
+    if sub == b"kill":
+        return client_kill(conn, argv)
     if sub == b"id" and n == 2:
         return conn.id
     if sub == b"getname" and n == 2:
@@ -292,6 +306,62 @@ def cmd_client(conn, argv):
     if sub in (b"id", b"getname", b"setname", b"info"):
         raise ReplyError(f"ERR wrong number of arguments for 'client|{sub.decode()}' command", "wrong_arity")
     raise unknown_subcommand(argv)
+
+
+CLIENT_TYPES = (b"normal", b"master", b"slave", b"replica", b"pubsub")
+
+
+def client_kill(conn, argv):
+    """CLIENT KILL addr (old form: +OK or an error) or CLIENT KILL <filter> <value> ... (a count)."""
+    if len(argv) == 2:
+        raise ReplyError("ERR wrong number of arguments for 'client|kill' command", "wrong_arity")
+    if len(argv) == 3:
+        wanted, skipme = {"addr": argv[2].decode(errors="replace")}, False
+    elif len(argv) > 3 and len(argv) % 2 == 0:
+        wanted, skipme = client_kill_filters(argv[2:])
+    else:
+        raise ReplyError(SYNTAX)
+    killed = 0
+    for client in list(conn.server.clients.values()):
+        if (client is conn and skipme) or any(getattr(client, name) != value for name, value in wanted.items()):
+            continue
+        killed += 1
+        if client is conn:
+            conn.close_after_reply = True
+        else:
+            client.kill()
+    if len(argv) == 3:
+        if not killed:
+            raise ReplyError("ERR No such client")
+        return OK
+    return killed
+
+
+def client_kill_filters(pairs) -> tuple[dict, bool]:
+    """Redis 7.0's CLIENT KILL filters as {Connection attribute: value}, and SKIPME."""
+    wanted, skipme = {}, True
+    for option, value in zip(pairs[::2], pairs[1::2]):
+        option = option.lower()
+        if option == b"id":
+            number = parse_int(value)
+            if number is None or number < 1:
+                raise ReplyError("ERR client-id should be greater than 0")
+            wanted["id"] = number
+        elif option == b"type":
+            if value.lower() not in CLIENT_TYPES:
+                raise ReplyError(f"ERR Unknown client type '{value.decode(errors='replace')}'")
+            if value.lower() != b"normal":
+                wanted["id"] = 0  # every toy-redis client is a normal one: none matches
+        elif option in (b"addr", b"laddr"):
+            wanted[option.decode()] = value.decode(errors="replace")
+        elif option == b"user":
+            if value != b"default":
+                raise ReplyError(f"ERR No such user '{value.decode(errors='replace')}'")
+        elif option == b"skipme" and value.lower() in (b"yes", b"no"):
+            skipme = value.lower() == b"yes"
+        else:
+            raise ReplyError(SYNTAX)
+    return wanted, skipme
 
 
 def unknown_subcommand(argv) -> ReplyError:
@@ -999,12 +1069,13 @@ def cmd_time(conn, argv):
 @command("info", -1, "", group="server", summary="Returns information and statistics about the server.")
 def cmd_info(conn, argv):
     sections = [a.decode(errors="replace").lower() for a in argv[1:]]
-    return Verbatim(conn.server.info(sections).encode())
+    return Verbatim(info.render(conn.server, sections).encode())
 
 
 @command("config", -2, "", group="server", summary="A container for server configuration commands.")
 def cmd_config(conn, argv):
     sub = argv[1].lower()
+    conn.last_command = "config|" + sub.decode(errors="replace")
     server = conn.server
     if sub == b"get":
         if len(argv) < 3:
@@ -1088,13 +1159,31 @@ def command_info(cmd: Command) -> list:
     return [cmd.name, cmd.arity, flags, cmd.first_key, cmd.last_key, cmd.step, categories, [], [], []]
 
 
+def _reply_value(raw):
+    """command_docs.json's encoding of RESP3 types back into reply values."""
+    if isinstance(raw, dict):
+        if raw.keys() == {"~"}:
+            return SetReply(_reply_value(item) for item in raw["~"])
+        if raw.keys() == {"+"}:
+            return Status(raw["+"])
+        return {key: _reply_value(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [_reply_value(item) for item in raw]
+    return raw
+
+
+# Redis 7.0.15's COMMAND DOCS for these commands (see tests/toy_redis/test_command_docs.py).
+DOCS = _reply_value(json.loads((Path(__file__).parent / "command_docs.json").read_text()))
+
+
 def command_docs(cmd: Command) -> dict:
-    return {"summary": cmd.summary, "since": "1.0.0", "group": cmd.group if cmd.group != "keyspace" else "generic"}
+    return DOCS[cmd.name]
 
 
 @command("slowlog", -2, "", group="server", summary="A container for slow log commands.")
 def cmd_slowlog(conn, argv):
     sub = argv[1].lower()
+    conn.last_command = "slowlog|" + sub.decode(errors="replace")
     slowlog = conn.server.slowlog
     if sub == b"len" and len(argv) == 2:
         return len(slowlog)

@@ -135,7 +135,7 @@ class RequestParser:
     """
 
     __slots__ = (
-        "buffer", "max_bulk_len", "max_query_buffer", "error_at", "reader", "partial", "partial_bytes",
+        "buffer", "max_bulk_len", "max_query_buffer", "reader", "partial", "partial_bytes",
         "big", "big_left", "big_skip",
     )
 
@@ -143,8 +143,6 @@ class RequestParser:
         self.buffer = b""
         self.max_bulk_len = max_bulk_len
         self.max_query_buffer = max_query_buffer
-        # Where the frame that broke the protocol began, in the bytes of the last feed().
-        self.error_at = 0
         self.reader = _HiredisReader() if _HiredisReader is not None else None
         # A command cut by the end of a read: (arguments so far, arguments still to come), and
         # how many of its bytes have been consumed.
@@ -293,7 +291,6 @@ class RequestParser:
                 pos = p
         except ProtocolError as exc:
             error = exc
-            self.error_at = frame + partial_bytes
             self.partial, self.partial_bytes = None, 0
             pos = n
         rest = buf[pos:] if pos < n else b""
@@ -357,6 +354,10 @@ class ReplyError(Exception):
 
 class Verbatim(bytes):
     """A RESP3 verbatim string (txt), a bulk string in RESP2."""
+
+
+class SetReply(list):
+    """A RESP3 set whose members need not be hashable (an array in RESP2)."""
 
 
 OK = b"+OK\r\n"
@@ -431,7 +432,7 @@ def encode(value, resp3: bool) -> bytes:
         if resp3:
             return b"%%%d\r\n" % len(value) + b"".join(parts)
         return b"*%d\r\n" % (2 * len(value)) + b"".join(parts)
-    if cls is set or cls is frozenset:
+    if cls is set or cls is frozenset or cls is SetReply:
         marker = b"~" if resp3 else b"*"
         return marker + b"%d\r\n" % len(value) + b"".join([encode(item, resp3) for item in value])
     if isinstance(value, ReplyError):

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import signal
-import sys
 import time
 from bisect import bisect_left
 from collections import deque
@@ -40,7 +38,6 @@ FREE_SLICE_S = 0.005
 WRITE_HIGH_WATER = 1024 * 1024
 # Commands whose arguments are secrets: never in the slow log or the logs.
 REDACTED = {b"auth", b"hello", b"migrate"}
-_page_size = os.sysconf("SC_PAGE_SIZE")
 
 
 def _libc_malloc_trim():
@@ -58,21 +55,6 @@ malloc_trim = _libc_malloc_trim()
 TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
 
 
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * _page_size
-    except OSError:
-        return 0
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n}B"
-
-
 def parse_memory(raw: str) -> int | None:
     """Redis's memtoull: 100, 1k, 1kb, 1m, 1mb, 1g, 1gb (k=1000, kb=1024)."""
     text = raw.strip().lower()
@@ -88,7 +70,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "db", "id", "transport", "parser", "resp3", "authenticated", "name", "addr", "laddr",
         "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
-        "backlog", "job",
+        "backlog", "job", "fd",
     )
 
     def __init__(self, server: "Server"):
@@ -101,6 +83,7 @@ class Connection(asyncio.Protocol):
         self.name = b""
         self.id = 0
         self.addr = self.laddr = "?"
+        self.fd = -1
         self.created = self.last_active = time.monotonic()
         self.last_command = "NULL"
         self.close_after_reply = False
@@ -119,6 +102,8 @@ class Connection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         if len(server.clients) >= server.maxclients or server.shutting_down:
             server.rejected_connections += 1
             server.count_error("maxclients")
@@ -241,10 +226,16 @@ class Connection(asyncio.Protocol):
         if self.backlog is None and self.job is None and not self.paused and not self.closed:
             self.transport.resume_reading()
 
+    def kill(self) -> None:
+        """CLIENT KILL: close after what was already written."""
+        self.closed = True
+        self.backlog = None
+        self.transport.close()
+
     def describe(self) -> str:
         now = time.monotonic()
         return (
-            f"id={self.id} addr={self.addr} laddr={self.laddr} fd=-1 name={self.name.decode(errors='replace')} "
+            f"id={self.id} addr={self.addr} laddr={self.laddr} fd={self.fd} name={self.name.decode(errors='replace')} "
             f"age={int(now - self.created)} idle={int(now - self.last_active)} flags=N db=0 sub=0 psub=0 "
             f"ssub=0 multi=-1 qbuf={self.parser.pending()} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 "
             f"obl=0 oll=0 omem={self.transport.get_write_buffer_size() if self.transport else 0} tot-mem=0 "
@@ -273,6 +264,8 @@ class Server:
         self.config = config
         self.config_file = config_file
         self.redis_version = REDIS_VERSION
+        self.run_id = os.urandom(20).hex()
+        self.hz = HZ
         self.db = Keyspace(config.maxmemory_policy)
         self.db.on_delete = self._log_delete
         self.commands = COMMANDS
@@ -312,7 +305,7 @@ class Server:
     def reset_stats(self) -> None:
         self.error_counts: dict[str, int] = {}
         self.rejected_connections = 0
-        self.total_connections = getattr(self, "total_connections", 0)
+        self.total_connections = 0
         self.net_input_bytes = 0
         self.net_output_bytes = 0
         self.db.hits = self.db.misses = 0
@@ -482,17 +475,24 @@ class Server:
         data, expires = self.db.data, self.db.expires
         for key in cmd.keys(argv):
             value = data.get(key)
-            aof.feed(encode_del(key) if value is None else encode_set(key, value, expires.get(key)))
+            if value is None:
+                aof.feed(encode_del(key))
+            else:
+                aof.feed(*encode_set(key, value, expires.get(key)))
 
     def _log_delete(self, key: bytes) -> None:
         if self.aof is not None and not self.shutting_down:
             self.aof.feed(encode_del(key))
 
+    def replayer(self):
+        """apply(argv) -> reply, for replaying an append-only file into this server's keyspace."""
+        loader = LoaderConnection(self)
+        return lambda argv: self.call(loader, argv)
+
     def load_aof(self) -> None:
         aof = AppendOnlyFile(self.config.dir, self.config.appendfsync)
-        loader = LoaderConnection(self)
         started = time.monotonic()
-        records = aof.load(lambda argv: self.call(loader, argv))
+        records = aof.load(self.replayer())
         self.reset_stats()
         logs.info("aof_loaded", path=aof.path, records=records, keys=len(self.db),
                   seconds=round(time.monotonic() - started, 3))
@@ -617,104 +617,6 @@ class Server:
             return 0
         (t0, c0), (t1, c1) = self._ops_samples[0], self._ops_samples[-1]
         return int((c1 - c0) / (t1 - t0)) if t1 > t0 else 0
-
-    def info(self, sections: list[str]) -> str:
-        defaults = ["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "errorstats", "keyspace"]
-        if not sections or "default" in sections:
-            wanted = defaults
-        elif "all" in sections or "everything" in sections:
-            wanted = defaults[:-1] + ["commandstats", "keyspace"]
-        else:
-            wanted = sections
-        db = self.db
-        rss = rss_bytes()
-        uptime = int(time.time() - self.started_at)
-        aof = self.aof
-        usage = os.times()
-        blocks = {
-            "server": {
-                "redis_version": self.redis_version,
-                "toy_redis_version": __version__,
-                "redis_mode": "standalone",
-                "os": f"{platform.system()} {platform.release()} {platform.machine()}",
-                "arch_bits": 64,
-                "multiplexing_api": "epoll",
-                "process_id": os.getpid(),
-                "tcp_port": self.port,
-                "uptime_in_seconds": uptime,
-                "uptime_in_days": uptime // 86400,
-                "hz": HZ,
-                "executable": sys.argv[0],
-                "config_file": self.config_file or "",
-            },
-            "clients": {
-                "connected_clients": len(self.clients),
-                "maxclients": self.maxclients,
-                "blocked_clients": 0,
-            },
-            "memory": {
-                "used_memory": db.used_memory,
-                "used_memory_human": human_bytes(db.used_memory),
-                "used_memory_rss": rss,
-                "used_memory_rss_human": human_bytes(rss),
-                "maxmemory": self.maxmemory,
-                "maxmemory_human": human_bytes(self.maxmemory),
-                "maxmemory_policy": db.policy,
-                "mem_allocator": "pymalloc",
-            },
-            "persistence": {
-                "loading": 0,
-                "rdb_changes_since_last_save": self.dirty,
-                "aof_enabled": int(aof is not None),
-                "aof_rewrite_in_progress": int(aof is not None and aof.rewrite_pid is not None),
-                "aof_rewrites": aof.rewrites if aof else 0,
-                "aof_last_bgrewrite_status": aof.last_rewrite_status if aof else "ok",
-                "aof_last_write_status": aof.last_write_status if aof else "ok",
-                **({"aof_current_size": aof.size, "aof_base_size": aof.base_size} if aof else {}),
-            },
-            "stats": {
-                "total_connections_received": self.total_connections,
-                "total_commands_processed": self.total_commands,
-                "instantaneous_ops_per_sec": self.ops_per_sec(),
-                "total_net_input_bytes": self.net_input_bytes,
-                "total_net_output_bytes": self.net_output_bytes,
-                "rejected_connections": self.rejected_connections,
-                "expired_keys": db.expired_keys,
-                "expired_stale_perc": f"{db.expired_stale_ratio() * 100:.2f}",
-                "evicted_keys": db.evicted_keys,
-                "keyspace_hits": db.hits,
-                "keyspace_misses": db.misses,
-                "total_error_replies": sum(self.error_counts.values()),
-                "event_loop_lag_seconds": f"{self.event_loop_lag:.6f}",
-            },
-            "replication": {"role": "master", "connected_slaves": 0},
-            "cpu": {
-                "used_cpu_sys": f"{usage.system:.6f}",
-                "used_cpu_user": f"{usage.user:.6f}",
-            },
-            "errorstats": {f"errorstat_{kind}": f"count={count}" for kind, count in sorted(self.error_counts.items())},
-            "commandstats": {
-                f"cmdstat_{c.name}": (
-                    f"calls={c.calls},usec={int(c.seconds_total * 1e6)},"
-                    f"usec_per_call={c.seconds_total * 1e6 / c.calls:.2f},rejected_calls=0,failed_calls={c.failed_calls}"
-                )
-                for c in self.commands.values() if c.calls
-            },
-            "keyspace": (
-                {"db0": f"keys={len(db)},expires={len(db.expires)},avg_ttl=0"} if len(db) else {}
-            ),
-        }
-        out = []
-        for name in wanted:
-            block = blocks.get(name)
-            if block is None:
-                continue
-            if out:
-                out.append("")
-            out.append("# " + name.capitalize() if name not in ("commandstats", "errorstats") else
-                       "# " + {"commandstats": "Commandstats", "errorstats": "Errorstats"}[name])
-            out.extend(f"{key}:{value}" for key, value in block.items())
-        return "\r\n".join(out) + "\r\n" if out else ""
 
     def config_values(self) -> dict[str, str]:
         aof = self.aof
