@@ -59,16 +59,20 @@ commands = st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=6)
 @settings(max_examples=300, deadline=None)
 @given(batch=st.lists(commands, min_size=1, max_size=10), cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6))
 def test_parser_result_does_not_depend_on_how_reads_are_cut(batch, cuts):
-    stream = b"".join(frame(args) for args in batch)
     parser = RequestParser()
+    assert parse_in_pieces(parser, b"".join(frame(args) for args in batch), cuts) == batch
+    assert parser.pending() == 0
+
+
+def parse_in_pieces(parser: RequestParser, stream: bytes, cuts: list[int]) -> list[list[bytes]]:
+    """The commands parsed from stream fed in pieces cut at `cuts`."""
     parsed, last = [], 0
     for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
         got, error = parser.feed(stream[last:cut])
         assert error is None
         parsed.extend(got)
         last = cut
-    assert parsed == batch
-    assert parser.pending() == 0
+    return parsed
 
 
 keys = st.sampled_from(["a", "b", "c"])
@@ -130,15 +134,7 @@ def test_hiredis_fast_path_agrees_with_the_python_parser(stream, authenticated):
 @settings(max_examples=200, deadline=None)
 @given(batch=st.lists(commands, min_size=1, max_size=10), cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6))
 def test_python_parser_alone_handles_cut_reads(batch, cuts):
-    stream = b"".join(frame(args) for args in batch)
-    parser = python_only_parser()
-    parsed, last = [], 0
-    for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
-        got, error = parser.feed(stream[last:cut])
-        assert error is None
-        parsed.extend(got)
-        last = cut
-    assert parsed == batch
+    assert parse_in_pieces(python_only_parser(), b"".join(frame(args) for args in batch), cuts) == batch
 
 
 @settings(max_examples=100, deadline=None)
@@ -148,11 +144,5 @@ def test_big_arguments_cut_anywhere_parse_the_same(big, cuts):
     batch = [[b"SET", b"k", bytes(range(256)) * (big // 256) + b"x" * (big % 256)], [b"GET", b"k"]]
     stream = b"".join(frame(args) for args in batch)
     for parser in (RequestParser(), python_only_parser()):
-        parsed, last = [], 0
-        for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
-            got, error = parser.feed(stream[last:cut])
-            assert error is None
-            parsed.extend(got)
-            last = cut
-        assert parsed == batch
+        assert parse_in_pieces(parser, stream, cuts) == batch
         assert parser.pending() == 0
