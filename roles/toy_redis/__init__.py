@@ -12,16 +12,14 @@ appear inside that folder for the reopened log to be writable.
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Literal
-
 import yaml
 from pydantic import Field, field_validator, model_validator
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
+from toy_redis.config import Tuning
 
-from homelab.config import ConfigError, FieldError, StrictModel
+from homelab.config import ConfigError, FieldError
 from roles import python_app
 from roles.common import checked_file, render, role_settings
 from roles.tuning import host_tuning
@@ -43,29 +41,28 @@ CONFIG_CHECK = f"{APP.binary()} --check-config {{staged}}"
 RESERVED_FDS = 32
 
 
-class Settings(StrictModel):
-    """Group data key `toy_redis`: toy-redis's own config keys, except the paths the role owns."""
+class Settings(Tuning):
+    """Group data key `toy_redis`: toy-redis's own settings (toy_redis.config.Tuning: keys,
+    defaults, bounds and meaning), what the role adds, and stricter checks where a deploy needs them."""
 
+    # Served beyond localhost on a node, with the append-only file on.
     bind: str = "0.0.0.0"
-    port: int = Field(6379, ge=1, le=65535)
+    metrics_bind: str = "0.0.0.0"
+    appendonly: bool = True
     # Require a password (the vault's toy_redis_password, in a file only the service can read):
     # the server listens beyond localhost. Off only for a node nobody else can reach.
     auth: bool = True
-    maxclients: int = Field(10000, ge=1, le=1_000_000)
-    # Bytes; 0 = no limit.
-    maxmemory: int = Field(0, ge=0, le=2**63 - 1)
-    maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = "noeviction"
-    appendonly: bool = True
-    appendfsync: Literal["always", "everysec", "no"] = "everysec"
-    metrics_bind: str = "0.0.0.0"
-    metrics_port: int = Field(8080, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # -1 turns the slow log off.
-    slowlog_log_slower_than_us: int = Field(10000, ge=-1, le=2**63 - 1)
-    slowlog_max_len: int = Field(128, ge=0, le=1_000_000)
     # logrotate: rotated files kept, and the size that rotates early.
     log_keep: int = Field(7, ge=1, le=365)
     log_max_size: str = Field("100M", pattern=r"^[0-9]+[kMG]?$")
+
+    @field_validator("port", "metrics_port")
+    @classmethod
+    def _fixed_port(cls, value: int) -> int:
+        # Port 0 ("any free port") is for tests: clients must know where a node listens.
+        if value == 0:
+            raise ValueError("expected a port in 1..65535")
+        return value
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> "Settings":
@@ -73,34 +70,11 @@ class Settings(StrictModel):
             raise FieldError("metrics_port", f"expected a port other than port ({self.port}), got {self.metrics_port}")
         return self
 
-    @field_validator("bind", "metrics_bind")
-    @classmethod
-    def _ip_address(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("expected an IP address such as 0.0.0.0 or 127.0.0.1") from None
-        return value
-
 
 def config_values(settings: Settings) -> dict:
-    """The server's config file as a mapping (toy-redis's keys, in the order its docs list them)."""
-    values = {
-        "bind": settings.bind,
-        "port": settings.port,
-        "maxclients": settings.maxclients,
-        "maxmemory": settings.maxmemory,
-        "maxmemory_policy": settings.maxmemory_policy,
-        "appendonly": settings.appendonly,
-        "appendfsync": settings.appendfsync,
-        "dir": DATA_DIR,
-        "metrics_bind": settings.metrics_bind,
-        "metrics_port": settings.metrics_port,
-        "log_file": LOG_FILE,
-        "log_level": settings.log_level,
-        "slowlog_log_slower_than_us": settings.slowlog_log_slower_than_us,
-        "slowlog_max_len": settings.slowlog_max_len,
-    }
+    """The server's config file as a mapping: toy-redis's settings, then the paths the role owns."""
+    values = {name: getattr(settings, name) for name in Tuning.model_fields}
+    values.update(dir=DATA_DIR, log_file=LOG_FILE)
     if settings.auth:
         values["requirepass_file"] = REQUIREPASS_PATH
     return values

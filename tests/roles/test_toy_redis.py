@@ -4,6 +4,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.config import ConfigError, model_from_data
+from pydantic import ValidationError
+from toy_redis.config import Config
 from roles.toy_redis import (
     APP,
     CONFIG_CHECK,
@@ -29,12 +32,8 @@ from roles.tuning.settings import load_tuning
 REPO = Path(__file__).resolve().parents[2]
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
-# Every key of toy-redis's config file (the shared contract), nothing else.
-CONTRACT_KEYS = {
-    "bind", "port", "requirepass_file", "maxclients", "maxmemory", "maxmemory_policy", "appendonly",
-    "appendfsync", "dir", "metrics_bind", "metrics_port", "log_file", "log_level",
-    "slowlog_log_slower_than_us", "slowlog_max_len",
-}
+# Every key of toy-redis's config file (its settings model), nothing else.
+CONTRACT_KEYS = set(Config.model_fields)
 
 
 def test_group_data_renders_a_config_with_its_values():
@@ -137,21 +136,32 @@ def test_logrotate_accepts_the_rendered_file(tmp_path):
     assert result.returncode != 0
 
 
-settings_accepted_here = st.fixed_dictionaries({
-    "bind": st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "10.77.0.12"]),
-    "port": st.integers(1, 65535),
-    "auth": st.booleans(),
-    "maxclients": st.integers(1, 1_000_000),
-    "maxmemory": st.integers(0, 2**63 - 1),
-    "maxmemory_policy": st.sampled_from(["noeviction", "allkeys-lru", "volatile-ttl"]),
-    "appendonly": st.booleans(),
-    "appendfsync": st.sampled_from(["always", "everysec", "no"]),
-    "metrics_bind": st.sampled_from(["0.0.0.0", "127.0.0.1"]),
-    "metrics_port": st.integers(1, 65535),
-    "log_level": st.sampled_from(["debug", "info", "warning", "error"]),
-    "slowlog_log_slower_than_us": st.integers(-1, 2**63 - 1),
-    "slowlog_max_len": st.integers(0, 1_000_000),
-}).filter(lambda data: data["port"] != data["metrics_port"]).map(lambda data: Settings(**data))
+def values_of(name: str, field) -> st.SearchStrategy:
+    """Values for one setting, from its type and bounds in the model (never restated here)."""
+    if typing.get_origin(field.annotation) is typing.Literal:
+        return st.sampled_from(typing.get_args(field.annotation))
+    if field.annotation is bool:
+        return st.booleans()
+    if field.annotation is int:
+        low = next(c.ge for c in field.metadata if hasattr(c, "ge"))
+        high = next(c.le for c in field.metadata if hasattr(c, "le"))
+        return st.integers(low, high)
+    if name in ("bind", "metrics_bind"):
+        return st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "10.77.0.12"])
+    pattern = next(c.pattern for c in field.metadata if hasattr(c, "pattern"))
+    return st.from_regex(pattern, fullmatch=True)
+
+
+def accepted(data: dict) -> Settings | None:
+    try:
+        return Settings(**data)
+    except ValidationError:
+        return None
+
+
+settings_accepted_here = st.fixed_dictionaries(
+    {name: values_of(name, field) for name, field in Settings.model_fields.items()}
+).map(accepted).filter(lambda settings: settings is not None)
 
 
 @settings(max_examples=200, deadline=None)

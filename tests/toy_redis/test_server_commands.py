@@ -8,6 +8,8 @@ import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from toy_redis.config import Config, bounds
+from toy_redis.runtime_config import MEMORY_VALUES
 
 from .conftest import RawClient, ToyRedis
 
@@ -287,3 +289,24 @@ def test_concurrent_scans_share_bounded_snapshots():
         db.set(b"n%d" % i, b"v")
         db.scan(0, 10)
     assert len(db._scans) <= 4
+
+
+RUNTIME_INTEGERS = [name for name, field in Config.model_fields.items()
+                    if (field.json_schema_extra or {}).get("config_set") and field.annotation is int]
+
+
+@pytest.mark.parametrize("field", RUNTIME_INTEGERS)
+def test_config_set_takes_its_bounds_from_the_settings_model(r, field):
+    name = Config.model_fields[field].json_schema_extra["config_set"]
+    low, high = bounds(field)
+    before = r.config_get(name)[name]
+    try:
+        for value in (low, high):
+            assert r.config_set(name, str(value))
+            assert r.config_get(name) == {name: str(value)}
+        # A memory value cannot be negative: "-1" is refused as text before any bound.
+        for value in (high + 1,) if name in MEMORY_VALUES else (low - 1, high + 1):
+            with pytest.raises(redis.ResponseError, match=f"argument must be between {low} and {high} inclusive"):
+                r.config_set(name, str(value))
+    finally:
+        r.config_set(name, before)

@@ -30,22 +30,13 @@ def flag_parser() -> argparse.ArgumentParser:
                         help="replay an append-only file and exit (0 if toy-redis would load it, 1 if damaged)")
     parser.add_argument("--fix", action="store_true",
                         help="with --check-aof: copy the file to FILE.bak-<time>, then cut it at the bad record")
-    # Flags named after the YAML keys; each overrides the file.
-    parser.add_argument("--bind")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--requirepass-file", dest="requirepass_file")
-    parser.add_argument("--maxclients", type=int)
-    parser.add_argument("--maxmemory", type=int, help="bytes, 0 for no limit")
-    parser.add_argument("--maxmemory-policy", dest="maxmemory_policy")
-    parser.add_argument("--appendonly", choices=("yes", "no"))
-    parser.add_argument("--appendfsync")
-    parser.add_argument("--dir")
-    parser.add_argument("--metrics-bind", dest="metrics_bind")
-    parser.add_argument("--metrics-port", dest="metrics_port", type=int)
-    parser.add_argument("--log-file", dest="log_file")
-    parser.add_argument("--log-level", dest="log_level")
-    parser.add_argument("--slowlog-log-slower-than-us", dest="slowlog_log_slower_than_us", type=int)
-    parser.add_argument("--slowlog-max-len", dest="slowlog_max_len", type=int)
+    # One flag per setting, named after its YAML key (`_` as `-`); each overrides the file.
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, choices=("yes", "no"), help=field.description)
+        else:
+            parser.add_argument(flag, dest=name, type=int if field.annotation is int else str, help=field.description)
     return parser
 
 
@@ -57,15 +48,14 @@ def build_config(args: argparse.Namespace) -> Config:
         for key, value in vars(args).items()
         if key not in ("config", "check_config", "check_aof", "fix") and value is not None
     }
-    if "appendonly" in overrides:
-        overrides["appendonly"] = overrides["appendonly"] == "yes"
     for key, value in overrides.items():
+        if Config.model_fields[key].annotation is bool:
+            value = value == "yes"
         try:
             config = validate({key: value}, "command line", config)
         except ConfigError as exc:
             # Blame the flag the user typed, not the file.
             raise ConfigError("command line", "--" + key.replace("_", "-"), exc.expected) from None
-    config = read_password(config, source)
     check_paths(config, source)
     return config
 
@@ -109,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = build_config(args)
+        password = read_password(config, args.config or "command line")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -117,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{args.config or 'command line'}: log_file: cannot open {config.log_file} ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return run(config, args.config)
+    return run(config, args.config, password)
 
 
-def run(config: Config, config_file: str | None) -> int:
+def run(config: Config, config_file: str | None, password: bytes | None) -> int:
     from .aof import AofDamaged
     from .server import Server
 
@@ -128,7 +119,7 @@ def run(config: Config, config_file: str | None) -> int:
         import uvloop
     except ImportError:
         uvloop = None
-    server = Server(config, config_file)
+    server = Server(config, config_file, password)
 
     async def serve() -> None:
         await server.start()

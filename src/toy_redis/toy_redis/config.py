@@ -1,26 +1,29 @@
-"""toy-redis settings: defaults, a YAML file, then command-line flags, each checked the same way.
+"""toy-redis's settings: one model holding each setting's name, type, bounds, default, meaning
+and, for those a running server can change, its CONFIG SET name. The YAML loader, the
+command-line flags (__main__), CONFIG GET/SET (runtime_config), the deploy role's settings
+(roles/toy_redis extends Tuning) and the tests' value strategies are all derived from it, so a
+bound changes with one edit.
 
 A bad value stops the server before it starts with one line naming the file (or flag) and key and
 what was expected, e.g. ``/etc/toy-redis.yaml: maxmemory_policy: expected one of noeviction,
 allkeys-lru, volatile-ttl, got 'lru'``.
-
-This runs on the nodes, where only Debian's Python packages are installed, so it depends on
-PyYAML alone (no pydantic there).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, fields, replace
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 FSYNC_MODES = ("always", "everysec", "no")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EXPECTED_ADDRESS = "expected an IP address such as 0.0.0.0 or 127.0.0.1"
 
 
 class ConfigError(Exception):
@@ -31,106 +34,96 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {key}: {expected}" if key else f"{source}: {expected}")
 
 
-@dataclass(frozen=True)
-class Config:
-    bind: str = "127.0.0.1"
-    port: int = 6379
-    requirepass_file: str | None = None
-    maxclients: int = 10000
-    maxmemory: int = 0
-    maxmemory_policy: str = "noeviction"
-    appendonly: bool = False
-    appendfsync: str = "everysec"
-    dir: str = "."
-    metrics_bind: str = "127.0.0.1"
-    metrics_port: int = 8080
-    log_file: str | None = None
-    log_level: str = "info"
-    slowlog_log_slower_than_us: int = 10000
-    slowlog_max_len: int = 128
-    # Read from requirepass_file, never from the YAML or a flag (so it is not in a command line).
-    requirepass: bytes | None = None
+def runtime(name: str) -> dict:
+    """Field metadata: CONFIG SET may change this setting, under Redis's name `name`."""
+    return {"config_set": name}
 
 
-def _describe(value: Any) -> str:
-    return repr(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+class Tuning(BaseModel):
+    """What a deployment chooses: every setting but the paths the deploy itself owns."""
+
+    model_config = {"extra": "forbid", "strict": True, "frozen": True}
+
+    bind: str = Field("127.0.0.1", description="address of the RESP listener")
+    port: int = Field(6379, ge=0, le=65535, description="RESP port (0: any free port, logged in `started`)")
+    maxclients: int = Field(10000, ge=1, le=1_000_000, description="more connections get an error",
+                            json_schema_extra=runtime("maxclients"))
+    maxmemory: int = Field(0, ge=0, le=2**63 - 1, description="bytes of dataset; 0 = no limit",
+                           json_schema_extra=runtime("maxmemory"))
+    maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = Field(
+        "noeviction", description="what a write over maxmemory does", json_schema_extra=runtime("maxmemory-policy"))
+    appendonly: bool = Field(False, description="log every change to dir/appendonly.aof")
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        "everysec", description="when the append-only file is fsynced", json_schema_extra=runtime("appendfsync"))
+    metrics_bind: str = Field("127.0.0.1", description="address of the Prometheus /metrics endpoint")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="port of the /metrics endpoint")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="least level logged")
+    slowlog_log_slower_than_us: int = Field(
+        10000, ge=-1, le=2**63 - 1, description="commands slower than this (us) are logged; -1: none",
+        json_schema_extra=runtime("slowlog-log-slower-than"))
+    slowlog_max_len: int = Field(128, ge=0, le=1_000_000, description="entries SLOWLOG keeps",
+                                 json_schema_extra=runtime("slowlog-max-len"))
+
+    @field_validator("bind", "metrics_bind")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(EXPECTED_ADDRESS) from None
+        return value
 
 
-def _int_in(low: int, high: int):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            return f"expected an integer in {low}..{high}, got {_describe(value)}"
-        return None
+class Config(Tuning):
+    """The server's config file (`toy-redis --config FILE`)."""
 
-    return check
-
-
-def _one_of(choices):
-    def check(value):
-        if value not in choices:
-            return f"expected one of {', '.join(choices)}, got {_describe(value)}"
-        return None
-
-    return check
+    # The password is read from this file (mode 0600/0640), never from the YAML or a flag.
+    requirepass_file: str | None = Field(None, min_length=1, description="file with the password on its first line")
+    dir: str = Field(".", min_length=1, description="folder of the append-only file")
+    log_file: str | None = Field(None, min_length=1, description="JSON-lines log file (stderr if unset)")
 
 
-def _address(value):
-    if not isinstance(value, str):
-        return f"expected an IP address, got {_describe(value)}"
+def choices(name: str) -> tuple | None:
+    """The values a Literal setting takes, else None."""
+    annotation = Config.model_fields[name].annotation
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def bounds(name: str) -> tuple[int, int]:
+    """(lowest, highest) of an integer setting."""
+    low = high = None
+    for constraint in Config.model_fields[name].metadata:
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    return low, high
+
+
+def expected(name: str, given: Any) -> str:
+    """What a setting expects, in words, for a value it refused."""
+    shown = repr(given) if isinstance(given, (str, int, float, bool)) or given is None else type(given).__name__
+    annotation = Config.model_fields[name].annotation
+    if choices(name):
+        return f"expected one of {', '.join(choices(name))}, got {shown}"
+    if annotation is int:
+        low, high = bounds(name)
+        return f"expected an integer in {low}..{high}, got {shown}"
+    if annotation is bool:
+        return f"expected true or false, got {shown}"
+    if name in ("bind", "metrics_bind"):
+        return f"expected an IP address, got {shown}"
+    return f"expected a {'directory' if name == 'dir' else 'file'} path, got {shown}"
+
+
+def validate(values: dict[str, Any], source: str, base: Config | None = None) -> Config:
+    """base (or the defaults) with `values` applied, checked. Raises ConfigError."""
     try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"expected an IP address, got {value!r}"
-    return None
-
-
-def _path_or_none(value):
-    if value is not None and (not isinstance(value, str) or not value):
-        return f"expected a file path, got {_describe(value)}"
-    return None
-
-
-def _bool(value):
-    if not isinstance(value, bool):
-        return f"expected true or false, got {_describe(value)}"
-    return None
-
-
-def _directory(value):
-    if not isinstance(value, str) or not value:
-        return f"expected a directory path, got {_describe(value)}"
-    return None
-
-
-CHECKS = {
-    "bind": _address,
-    "port": _int_in(0, 65535),  # 0: any free port (the "started" log line says which)
-    "requirepass_file": _path_or_none,
-    "maxclients": _int_in(1, 1_000_000),
-    "maxmemory": _int_in(0, 2**63 - 1),
-    "maxmemory_policy": _one_of(POLICIES),
-    "appendonly": _bool,
-    "appendfsync": _one_of(FSYNC_MODES),
-    "dir": _directory,
-    "metrics_bind": _address,
-    "metrics_port": _int_in(0, 65535),
-    "log_file": _path_or_none,
-    "log_level": _one_of(LOG_LEVELS),
-    "slowlog_log_slower_than_us": _int_in(-1, 2**63 - 1),
-    "slowlog_max_len": _int_in(0, 1_000_000),
-}
-
-
-def validate(values: dict[str, Any], source: str, base: Config = Config()) -> Config:
-    """Check each key and value; return base with them applied. Raises ConfigError."""
-    for key, value in values.items():
-        check = CHECKS.get(key)
-        if check is None:
-            raise ConfigError(source, key, "unknown key")
-        problem = check(value)
-        if problem:
-            raise ConfigError(source, key, problem)
-    return replace(base, **values)
+        return Config.model_validate({**(base.model_dump() if base else {}), **values})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(source, key, "unknown key") from None
+        raise ConfigError(source, key, expected(key, error.get("input"))) from None
 
 
 def load_file(path: str) -> Config:
@@ -152,10 +145,10 @@ def load_file(path: str) -> Config:
     return validate(data, path)
 
 
-def read_password(config: Config, source: str) -> Config:
-    """Load requirepass from requirepass_file (first line, newline stripped)."""
+def read_password(config: Config, source: str) -> bytes | None:
+    """The password: the first line of requirepass_file (newline stripped), or None."""
     if config.requirepass_file is None:
-        return config
+        return None
     path = config.requirepass_file
     try:
         with open(path, "rb") as handle:
@@ -164,7 +157,7 @@ def read_password(config: Config, source: str) -> Config:
         raise ConfigError(source, "requirepass_file", f"cannot read {path} ({exc.strerror})") from None
     if not password:
         raise ConfigError(source, "requirepass_file", f"{path} is empty: expected the password on its first line")
-    return replace(config, requirepass=password)
+    return password
 
 
 def check_paths(config: Config, source: str) -> None:
@@ -175,6 +168,3 @@ def check_paths(config: Config, source: str) -> None:
         parent = os.path.dirname(os.path.abspath(config.log_file))
         if not os.path.isdir(parent):
             raise ConfigError(source, "log_file", f"expected a file in an existing directory, got {config.log_file!r}")
-
-
-FIELD_NAMES = [f.name for f in fields(Config) if f.name != "requirepass"]

@@ -36,7 +36,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self.parser = RequestParser(server.proto_max_bulk_len, server.client_query_buffer_limit)
         self.resp3 = False
-        self.authenticated = not server.config.requirepass
+        self.authenticated = not server.requirepass
         self.name = b""
         self.id = 0
         self.addr = self.laddr = "?"

@@ -1,6 +1,7 @@
 """CONFIG GET and CONFIG SET: the settings a running server shows under Redis's names, and the
-ones it can change, with Redis 7.0's error texts. `save` and `timeout` are shown with what
-toy-redis does (no snapshots, no idle timeout) and cannot be set."""
+ones it can change, with Redis 7.0's error texts. Which settings of the config file CONFIG SET may
+change, and their bounds, come from the settings model (config.Config). `save` and `timeout` are
+shown with what toy-redis does (no snapshots, no idle timeout) and cannot be set."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from collections import deque
 
 from . import errors, logs
-from .config import FSYNC_MODES, POLICIES
+from .config import Config, bounds, choices
 from .glob import matcher
 from .protocol import ReplyError
 
@@ -82,25 +83,63 @@ def _set_aof(attribute: str):
     return apply
 
 
-# Redis's name -> (parse the text into a value or raise Refused, apply it to the server).
-SETTABLE = {
-    "maxmemory": (memory(), lambda server, value: setattr(server, "maxmemory", value)),
-    "maxmemory-policy": (one_of(POLICIES), lambda server, value: server.db.set_policy(value)),
-    "maxclients": (integer(1, 1_000_000), lambda server, value: setattr(server, "maxclients", value)),
-    "slowlog-log-slower-than": (integer(-1, 2**63 - 1),
-                                lambda server, value: setattr(server, "slowlog_slower_than_us", value)),
-    "slowlog-max-len": (integer(0, 2**31 - 1),
-                        lambda server, value: setattr(server, "slowlog", deque(server.slowlog, maxlen=value))),
-    "proto-max-bulk-len": (memory(MIN_BUFFER_LIMIT), lambda server, value: setattr(server, "proto_max_bulk_len", value)),
-    "client-query-buffer-limit": (memory(MIN_BUFFER_LIMIT),
-                                  lambda server, value: setattr(server, "client_query_buffer_limit", value)),
-    "client-output-buffer-limit": (output_limit,
-                                   lambda server, value: setattr(server, "client_output_buffer_limit", value)),
-    "appendfsync": (one_of(FSYNC_MODES), _set_aof("fsync_mode")),
-    "auto-aof-rewrite-min-size": (memory(), _set_aof("min_rewrite_size")),
-    "loglevel": (one_of(LOG_LEVELS, "debug, verbose, notice, warning"),
-                 lambda server, value: logs.LOGGER.setLevel(LOG_LEVELS[value])),
+# How each setting CONFIG SET may change takes effect on the running server, by Redis's name.
+APPLY = {
+    "maxmemory": lambda server, value: setattr(server, "maxmemory", value),
+    "maxmemory-policy": lambda server, value: server.db.set_policy(value),
+    "maxclients": lambda server, value: setattr(server, "maxclients", value),
+    "slowlog-log-slower-than": lambda server, value: setattr(server, "slowlog_slower_than_us", value),
+    "slowlog-max-len": lambda server, value: setattr(server, "slowlog", deque(server.slowlog, maxlen=value)),
+    "appendfsync": _set_aof("fsync_mode"),
+    "proto-max-bulk-len": lambda server, value: setattr(server, "proto_max_bulk_len", value),
+    "client-query-buffer-limit": lambda server, value: setattr(server, "client_query_buffer_limit", value),
+    "client-output-buffer-limit": lambda server, value: setattr(server, "client_output_buffer_limit", value),
+    "auto-aof-rewrite-min-size": _set_aof("min_rewrite_size"),
+    "loglevel": lambda server, value: logs.LOGGER.setLevel(LOG_LEVELS[value]),
 }
+# Redis's settings that toy-redis's config file does not have, and how their text is read.
+RUNTIME_ONLY = {
+    "proto-max-bulk-len": memory(MIN_BUFFER_LIMIT),
+    "client-query-buffer-limit": memory(MIN_BUFFER_LIMIT),
+    "client-output-buffer-limit": output_limit,
+    "auto-aof-rewrite-min-size": memory(),
+    "loglevel": one_of(LOG_LEVELS, "debug, verbose, notice, warning"),
+}
+# Settings of the file whose CONFIG SET text is a memory value (10mb) rather than an integer.
+MEMORY_VALUES = {"maxmemory"}
+
+
+def _parser(field: str, name: str):
+    """How CONFIG SET reads a setting of the config file: from its type and bounds there."""
+    if choices(field):
+        return one_of(choices(field))
+    low, high = bounds(field)
+    if name in MEMORY_VALUES:
+        read = memory()
+
+        def parse(raw: str) -> int:
+            value = read(raw)
+            if not low <= value <= high:
+                raise Refused(f"argument must be between {low} and {high} inclusive")
+            return value
+
+        return parse
+    return integer(low, high)
+
+
+def _settable() -> dict:
+    """Redis's name -> (parse the text into a value or raise Refused, apply it to the server)."""
+    table = {}
+    for field_name, field in Config.model_fields.items():
+        name = (field.json_schema_extra or {}).get("config_set")
+        if name:
+            table[name] = (_parser(field_name, name), APPLY[name])
+    for name, parse in RUNTIME_ONLY.items():
+        table[name] = (parse, APPLY[name])
+    return table
+
+
+SETTABLE = _settable()
 
 
 def values(server) -> dict[str, str]:

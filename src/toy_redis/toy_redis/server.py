@@ -51,8 +51,10 @@ TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
 
 
 class Server:
-    def __init__(self, config: Config, config_file: str | None = None):
+    def __init__(self, config: Config, config_file: str | None = None, requirepass: bytes | None = None):
         self.config = config
+        # Read from config.requirepass_file by the caller; never part of the settings themselves.
+        self.requirepass = requirepass
         self.config_file = config_file
         self.redis_version = REDIS_VERSION
         self.run_id = os.urandom(20).hex()
@@ -385,7 +387,7 @@ class Server:
     def check_password(self, username: bytes, password: bytes) -> bool:
         import hmac
 
-        expected = self.config.requirepass
+        expected = self.requirepass
         if username != b"default":
             return False
         if not expected:

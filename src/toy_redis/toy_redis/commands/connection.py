@@ -54,7 +54,7 @@ def cmd_auth(conn, argv):
     if len(argv) > 3:
         raise ReplyError(errors.SYNTAX)
     server = conn.server
-    if len(argv) == 2 and not server.config.requirepass:
+    if len(argv) == 2 and not server.requirepass:
         raise ReplyError(errors.AUTH_WITHOUT_PASSWORD)
     username = argv[1] if len(argv) == 3 else b"default"
     password = argv[-1]
@@ -113,7 +113,7 @@ def cmd_hello(conn, argv):
 def cmd_reset(conn, argv):
     conn.resp3 = False
     conn.name = b""
-    conn.authenticated = not conn.server.config.requirepass
+    conn.authenticated = not conn.server.requirepass
     return b"+RESET\r\n"
 
 
