@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from .. import errors
 from ..keyspace import now_ms
 from ..protocol import (
@@ -67,28 +69,16 @@ def expire_generic(conn, argv, unit_ms: int, relative: bool):
     return ONE
 
 
-@command("expire", -3, "write fast", (1, 1, 1), "keyspace", "Sets the expiration time of a key in seconds.")
-def cmd_expire(conn, argv):
-    return expire_generic(conn, argv, 1000, True)
+# EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: milliseconds per unit, and whether relative to now.
+for _name, _unit_ms, _relative in (("expire", 1000, True), ("pexpire", 1, True),
+                                   ("expireat", 1000, False), ("pexpireat", 1, False)):
+    command(_name, -3, "write fast", (1, 1, 1), "keyspace")(
+        partial(expire_generic, unit_ms=_unit_ms, relative=_relative))
 
 
-@command("pexpire", -3, "write fast", (1, 1, 1), "keyspace", "Sets the expiration time of a key in milliseconds.")
-def cmd_pexpire(conn, argv):
-    return expire_generic(conn, argv, 1, True)
-
-
-@command("expireat", -3, "write fast", (1, 1, 1), "keyspace", "Sets the expiration time of a key to a Unix timestamp.")
-def cmd_expireat(conn, argv):
-    return expire_generic(conn, argv, 1000, False)
-
-
-@command("pexpireat", -3, "write fast", (1, 1, 1), "keyspace", "Sets the expiration time of a key to a Unix milliseconds timestamp.")
-def cmd_pexpireat(conn, argv):
-    return expire_generic(conn, argv, 1, False)
-
-
-def ttl_generic(conn, key: bytes, absolute: bool, in_ms: bool) -> bytes:
+def ttl_generic(conn, argv, absolute: bool, in_ms: bool) -> bytes:
     db = conn.db
+    key = argv[1]
     if db.peek(key) is None:
         return integer(-2)
     when = db.ttl_ms(key)
@@ -100,24 +90,10 @@ def ttl_generic(conn, key: bytes, absolute: bool, in_ms: bool) -> bytes:
     return integer(left if in_ms else (left + 500) // 1000)
 
 
-@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace", "Returns the expiration time in seconds of a key.")
-def cmd_ttl(conn, argv):
-    return ttl_generic(conn, argv[1], False, False)
-
-
-@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace", "Returns the expiration time in milliseconds of a key.")
-def cmd_pttl(conn, argv):
-    return ttl_generic(conn, argv[1], False, True)
-
-
-@command("expiretime", 2, "readonly fast", (1, 1, 1), "keyspace", "Returns the expiration time of a key as a Unix timestamp.")
-def cmd_expiretime(conn, argv):
-    return ttl_generic(conn, argv[1], True, False)
-
-
-@command("pexpiretime", 2, "readonly fast", (1, 1, 1), "keyspace", "Returns the expiration time of a key as a Unix milliseconds timestamp.")
-def cmd_pexpiretime(conn, argv):
-    return ttl_generic(conn, argv[1], True, True)
+# TTL, PTTL, EXPIRETIME, PEXPIRETIME: absolute time or time left, milliseconds or seconds.
+for _name, _absolute, _in_ms in (("ttl", False, False), ("pttl", False, True),
+                                 ("expiretime", True, False), ("pexpiretime", True, True)):
+    command(_name, 2, "readonly fast", (1, 1, 1), "keyspace")(partial(ttl_generic, absolute=_absolute, in_ms=_in_ms))
 
 
 @command("persist", 2, "write fast", (1, 1, 1), "keyspace", "Removes the expiration time of a key.")
