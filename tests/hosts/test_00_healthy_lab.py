@@ -3,13 +3,25 @@ on purpose (stopping toy-redis, posting to the relay whose Slack is unreachable 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
+from homelab.alerts.render import load_thresholds
+
 from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S, api, node, wait_for_targets  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.lab
+
+
+def host_load_is_high() -> bool:
+    """Lab nodes share this machine's kernel, so their node_load5 is this machine's load average:
+    HostLoadHigh on them tells the truth whenever this machine is loaded (a busy CI box, other
+    work). Within the few seconds since Prometheus evaluated it, a 5-minute average falls by a few
+    percent at most, hence the 0.9."""
+    warning_per_core = load_thresholds().alerts.HostLoadHigh.warning_per_core
+    return os.getloadavg()[1] / os.cpu_count() >= 0.9 * warning_per_core
 
 
 def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
@@ -24,4 +36,6 @@ def test_no_alert_fires_or_is_pending_on_the_healthy_lab(node):
         time.sleep(5)
     alerts = [(alert["labels"]["alertname"], alert["labels"].get("instance"), alert["state"])
               for alert in api(node, "alerts")["alerts"]]
-    assert alerts == [], f"alerts on the healthy lab: {alerts}"
+    if host_load_is_high():
+        alerts = [alert for alert in alerts if alert[0] != "HostLoadHigh"]
+    assert alerts == [], f"alerts on the healthy lab: {alerts} (load average of this machine: {os.getloadavg()})"
