@@ -18,6 +18,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 from toy_redis.config import Tuning
+from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 
 from homelab.config import ConfigError, FieldError
 from roles import python_app
@@ -37,8 +38,9 @@ LOG_GROUP = "adm"
 LOGROTATE_PATH = "/etc/logrotate.d/toy-redis"
 # The server's own validation, run on the node with the venv's binary before a config goes live.
 CONFIG_CHECK = f"{APP.binary()} --check-config {{staged}}"
-# Descriptors the server needs besides one per client: listeners, AOF, log, metrics.
-RESERVED_FDS = 32
+# Descriptors the server needs besides one per client: listeners, AOF, log, and the metrics
+# endpoint's connections (which it caps).
+RESERVED_FDS = 24 + METRICS_MAX_CONNECTIONS
 
 
 class Settings(Tuning):

@@ -48,6 +48,13 @@ class Tuning(BaseModel):
     port: int = Field(6379, ge=0, le=65535, description="RESP port (0: any free port, logged in `started`)")
     maxclients: int = Field(10000, ge=1, le=1_000_000, description="more connections get an error",
                             json_schema_extra=runtime("maxclients"))
+    # Redis's `timeout` (0..INT_MAX as in its config.c): a client that sends nothing for this long is closed.
+    timeout: int = Field(0, ge=0, le=2**31 - 1, description="seconds a client may stay idle; 0 = forever",
+                         json_schema_extra=runtime("timeout"))
+    # Not Redis's: while a password is required, a connection that has not authenticated within this
+    # is closed, so that idle strangers cannot hold every client slot (Redis's `timeout` is 0 by
+    # default, and a client that knows the password authenticates at once).
+    auth_timeout: int = Field(10, ge=1, le=3600, description="seconds a client may take to authenticate")
     maxmemory: int = Field(0, ge=0, le=2**63 - 1, description="bytes of dataset; 0 = no limit",
                            json_schema_extra=runtime("maxmemory"))
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = Field(

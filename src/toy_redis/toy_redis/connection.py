@@ -95,6 +95,7 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         self.server.net_input_bytes += len(data)
+        self.last_active = time.monotonic()
         commands, error = self.parser.feed(data, self.authenticated)
         self._run(commands, error)
 

@@ -9,6 +9,7 @@ that a scrape reads the counters between commands and the AOF rewrite can fork s
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -86,12 +87,30 @@ def make_registry(server) -> CollectorRegistry:
     return registry
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> asyncio.AbstractServer:
-    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection."""
+# A scraper needs one connection at a time. Past this many open connections the one open longest is
+# dropped to make room, so a flood of idle or stuck connections can neither take the descriptors
+# the Redis clients need (the role reserves these) nor lock a scraper out for long.
+METRICS_MAX_CONNECTIONS = 8
+# Time a connection has to send its request headers (at most REQUEST_LIMIT bytes), and then to
+# take the reply.
+REQUEST_TIMEOUT_S = 10
+REQUEST_LIMIT = 16384
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None) -> asyncio.AbstractServer:
+    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
+    (an ssl.SSLContext) is given."""
+    # Open connections, oldest first.
+    connections: dict[asyncio.StreamWriter, None] = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(connections) >= METRICS_MAX_CONNECTIONS:
+            oldest = next(iter(connections))
+            del connections[oldest]
+            oldest.transport.abort()
+        connections[writer] = None
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
             method, _, rest = request.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method not in (b"GET", b"HEAD"):
@@ -105,10 +124,17 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> as
                 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
                 + (body if method != b"HEAD" else b"")
             )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+            writer.close()
+            # Until the client has taken the reply (a client that never reads is cut off).
+            await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
+                ssl_module.SSLError):
             pass
         finally:
-            writer.close()
+            connections.pop(writer, None)
+            # Frees the descriptor now, also when the client never took the reply (after the
+            # reply went out, it does nothing).
+            writer.transport.abort()
 
-    return await asyncio.start_server(handle, host, port, limit=16384)
+    return await asyncio.start_server(handle, host, port, limit=REQUEST_LIMIT, ssl=ssl,
+                                      ssl_handshake_timeout=REQUEST_TIMEOUT_S if ssl else None)

@@ -1,7 +1,7 @@
 """CONFIG GET and CONFIG SET: the settings a running server shows under Redis's names, and the
 ones it can change, with Redis 7.0's error texts. Which settings of the config file CONFIG SET may
-change, and their bounds, come from the settings model (config.Config). `save` and `timeout` are
-shown with what toy-redis does (no snapshots, no idle timeout) and cannot be set."""
+change, and their bounds, come from the settings model (config.Config). `save` is shown
+with what toy-redis does (no snapshots) and cannot be set."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ APPLY = {
     "maxmemory": lambda server, value: setattr(server, "maxmemory", value),
     "maxmemory-policy": lambda server, value: server.db.set_policy(value),
     "maxclients": lambda server, value: setattr(server, "maxclients", value),
+    "timeout": lambda server, value: setattr(server, "timeout", value),
     "slowlog-log-slower-than": lambda server, value: setattr(server, "slowlog_slower_than_us", value),
     "slowlog-max-len": lambda server, value: setattr(server, "slowlog", deque(server.slowlog, maxlen=value)),
     "appendfsync": _set_aof("fsync_mode"),
@@ -157,7 +158,7 @@ def values(server) -> dict[str, str]:
         "dir": os.path.abspath(config.dir),
         "save": "",
         "databases": "1",
-        "timeout": "0",
+        "timeout": str(server.timeout),
         "loglevel": logging.getLevelName(logs.LOGGER.level).lower(),
         "logfile": config.log_file or "",
         "slowlog-log-slower-than": str(server.slowlog_slower_than_us),

@@ -29,6 +29,8 @@ HZ = 10
 # letting clients in again.
 EXPIRE_SLICE_S = 0.010
 FREE_SLICE_S = 0.005
+# How often clients are checked against `timeout` and `auth_timeout` (whole seconds, as Redis's).
+TIMEOUT_CHECK_S = 1.0
 # Commands whose arguments are secrets: never in the slow log or the logs.
 REDACTED = {b"auth", b"hello", b"migrate"}
 NOAUTH = error_line(errors.NOAUTH)
@@ -67,6 +69,9 @@ class Server:
         self.clients: dict[int, Connection] = {}
         self.next_client_id = 0
         self.maxclients = config.maxclients
+        self.timeout = config.timeout
+        self.auth_timeout = config.auth_timeout
+        self._next_timeout_check = 0.0
         self.maxmemory = config.maxmemory
         self.slowlog_slower_than_us = config.slowlog_log_slower_than_us
         self.slowlog: deque = deque(maxlen=config.slowlog_max_len)
@@ -345,6 +350,9 @@ class Server:
         self._cron_expected = now + 1 / HZ
         loop.call_later(1 / HZ, self._cron)
         self._ops_samples.append((now, self.total_commands))
+        if now >= self._next_timeout_check:
+            self._next_timeout_check = now + TIMEOUT_CHECK_S
+            self._close_timed_out()
         if not self._expire_pending:
             self._expire_tick()
         if self.db.garbage and not self._free_pending:
@@ -365,6 +373,31 @@ class Server:
                 aof.fsync_soon(loop)
             if aof.needs_rewrite():
                 aof.start_rewrite(self.db)
+
+    def _close_timed_out(self) -> None:
+        """Close clients idle for longer than `timeout` (Redis's clientsCronHandleTimeout: no
+        reply, just closed) and, while a password is required, those that have not authenticated
+        within `auth_timeout`. A client whose command is still at work is not idle."""
+        idle_limit = self.timeout
+        auth_limit = self.auth_timeout if self.requirepass else 0
+        if not idle_limit and not auth_limit:
+            return
+        now = time.monotonic()
+        idle = unauthenticated = 0
+        for conn in list(self.clients.values()):
+            if conn.job is not None or conn.closed:
+                continue
+            if auth_limit and not conn.authenticated and now - conn.created > auth_limit:
+                unauthenticated += 1
+            elif idle_limit and now - conn.last_active > idle_limit:
+                idle += 1
+            else:
+                continue
+            conn.kill()
+        if idle or unauthenticated:
+            # One line per sweep, not per client: a flood of idle connections does not flood the log.
+            logs.info("clients_timed_out", idle=idle, unauthenticated=unauthenticated,
+                      timeout=idle_limit, auth_timeout=auth_limit)
 
     def _expire_tick(self) -> None:
         self._expire_pending = False
