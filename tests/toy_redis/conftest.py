@@ -92,18 +92,22 @@ def free_port() -> int:
 class RealRedis:
     """Debian's redis-server on a free loopback port, set up like toy-redis: one database, no persistence."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, config: str = "", password: str | None = None):
+        """`config`: more redis.conf lines, given in a file as the password is (never on a command line)."""
         self.port = free_port()
+        self.config = workdir / "redis.conf"
+        self.config.write_text(config + (f"\nrequirepass {password}\n" if password else ""))
+        self.config.chmod(0o600)
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--databases", "1",
+            ["redis-server", str(self.config), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--databases", "1",
              "--dir", str(workdir), "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
+                redis.Redis(port=self.port, password=password, socket_timeout=1).ping()
                 return
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.process.poll() is not None:

@@ -26,7 +26,7 @@ AUTH_WITHOUT_PASSWORD = (
 )
 HELLO_NOAUTH = (
     "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO "
-    "<proto> AUTH <user> <pass> option can be used to authenticate the client and select "
+    "AUTH <user> <pass> option can be used to authenticate the client and select "
     "the RESP protocol version at the same time"
 )
 PROTOCOL_VERSION_NOT_INTEGER = "ERR Protocol version is not an integer or out of range"
