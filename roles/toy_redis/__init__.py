@@ -51,6 +51,9 @@ class Settings(Tuning):
     bind: str = "0.0.0.0"
     metrics_bind: str = "0.0.0.0"
     appendonly: bool = True
+    # TLS needs the node's certificate and key from the cluster PKI (issue 13, item 1), which the
+    # role does not hand out yet: until it does, the plain port only.
+    tls_port: int = Field(0, ge=0, le=0, description="RESP-over-TLS port: 0 until the role installs node certificates")
     # Require a password (the vault's toy_redis_password, in a file only the service can read):
     # the server listens beyond localhost. Off only for a node nobody else can reach.
     auth: bool = True

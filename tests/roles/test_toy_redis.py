@@ -32,8 +32,10 @@ from roles.tuning.settings import load_tuning
 REPO = Path(__file__).resolve().parents[2]
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
-# Every key of toy-redis's config file (its settings model), nothing else.
-CONTRACT_KEYS = set(Config.model_fields)
+# Every key of toy-redis's config file (its settings model), nothing else; the TLS files only once
+# the role installs node certificates.
+TLS_FILES = {"tls_cert_file", "tls_key_file", "tls_ca_cert_file"}
+CONTRACT_KEYS = set(Config.model_fields) - TLS_FILES
 
 
 def test_group_data_renders_a_config_with_its_values():
@@ -60,6 +62,7 @@ def test_without_auth_no_password_file_is_configured():
     ({"port": 70000}, "toy-redis group data: port: expected less than or equal to 65535 (got 70000)"),
     ({"appendonly": "yes"}, "toy-redis group data: appendonly: expected a valid boolean (got 'yes')"),
     ({"requirepass": "secret"}, "toy-redis group data: requirepass: unknown key"),
+    ({"tls_cert_file": "/tmp/x.crt"}, "toy-redis group data: tls_cert_file: unknown key"),
     ({"metrics_port": 6379}, "toy-redis group data: metrics_port: expected a port other than port (6379), got 6379"),
     ({"bind": "worker-node-12"}, "toy-redis group data: bind: expected an IP address such as 0.0.0.0 or 127.0.0.1 (got 'worker-node-12')"),
 ])

@@ -17,10 +17,16 @@ import pytest
 import redis
 
 START_TIMEOUT_S = 10
+START_ATTEMPTS = 3
+
+
+class PortTaken(Exception):
+    """The free port picked for a server was taken before it could bind it."""
 
 
 class ToyRedis:
-    """`python -m toy_redis` on free loopback ports; ports are read from its "started" log line."""
+    """`python -m toy_redis` on free loopback ports (a RESP port it is given, as `port: 0` turns the
+    listener off as in Redis; the metrics port it picks); ports are read from its "started" log line."""
 
     def __init__(self, workdir: Path, *flags: str, config: Path | None = None, env: dict | None = None):
         self.workdir = workdir
@@ -29,19 +35,28 @@ class ToyRedis:
         self.config = config
         self.env = env
         self.process: subprocess.Popen | None = None
-        self.port = self.metrics_port = 0
+        self.port = self.metrics_port = self.tls_port = 0
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "toy_redis", "--log-file", str(self.log_file)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         if "--port" not in self.flags and self.config is None:
-            cmd += ["--port", "0"]
+            cmd += ["--port", str(free_port())]
         if "--metrics-port" not in self.flags and self.config is None:
             cmd += ["--metrics-port", "0"]
         return cmd + self.flags
 
     def start(self) -> "ToyRedis":
+        # Another process may take the free port between free_port() and the server's bind.
+        for _ in range(START_ATTEMPTS - 1):
+            try:
+                return self._start()
+            except PortTaken:
+                pass
+        return self._start()
+
+    def _start(self) -> "ToyRedis":
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.process = subprocess.Popen(
             self.command(), cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -52,9 +67,12 @@ class ToyRedis:
             for event in self.events(offset):
                 if event["event"] == "started":
                     self.port, self.metrics_port = event["port"], event["metrics_port"]
+                    self.tls_port = event["tls_port"]
                     return self
             if self.process.poll() is not None:
                 _, err = self.process.communicate()
+                if b"address already in use" in err.lower():
+                    raise PortTaken(err.decode())
                 raise RuntimeError(f"toy-redis exited with {self.process.returncode}: {err.decode()}")
             time.sleep(0.02)
         self.stop()

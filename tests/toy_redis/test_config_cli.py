@@ -144,6 +144,6 @@ def test_unwritable_log_file_is_one_line(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "toy-redis.log").mkdir()  # a directory where the file should be: cannot be opened
-    result = toy_cli("--port", "0", "--metrics-port", "0", "--log-file", str(locked / "toy-redis.log"))
+    result = toy_cli("--port", str(free_port()), "--metrics-port", "0", "--log-file", str(locked / "toy-redis.log"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"command line: log_file: cannot open {locked / 'toy-redis.log'} (Is a directory)"

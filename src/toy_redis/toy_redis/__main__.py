@@ -11,7 +11,8 @@ import asyncio
 import sys
 
 from . import logs
-from .config import Config, ConfigError, check_paths, load_file, read_password, validate
+from .config import Config, ConfigError, check_listeners, check_paths, load_file, read_password, validate
+from .tls import server_context
 
 EXIT_BAD_CONFIG = 2
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_file(args.check_config)
             read_password(config, args.check_config)
+            check_listeners(config, args.check_config)
+            server_context(config, args.check_config)
             check_paths(config, args.check_config)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(args)
         password = read_password(config, args.config or "command line")
+        check_listeners(config, args.config or "command line")
+        tls = server_context(config, args.config or "command line")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -108,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{args.config or 'command line'}: log_file: cannot open {config.log_file} ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return run(config, args.config, password)
+    return run(config, args.config, password, tls)
 
 
-def run(config: Config, config_file: str | None, password: bytes | None) -> int:
+def run(config: Config, config_file: str | None, password: bytes | None, tls=None) -> int:
     from .aof import AofDamaged
     from .server import Server
 
@@ -119,7 +124,7 @@ def run(config: Config, config_file: str | None, password: bytes | None) -> int:
         import uvloop
     except ImportError:
         uvloop = None
-    server = Server(config, config_file, password)
+    server = Server(config, config_file, password, tls)
 
     async def serve() -> None:
         await server.start()

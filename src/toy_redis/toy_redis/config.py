@@ -45,7 +45,11 @@ class Tuning(BaseModel):
     model_config = {"extra": "forbid", "strict": True, "frozen": True}
 
     bind: str = Field("127.0.0.1", description="address of the RESP listener")
-    port: int = Field(6379, ge=0, le=65535, description="RESP port (0: any free port, logged in `started`)")
+    # 0 turns a listener off, as in Redis (`port 0` with `tls-port 6379` serves TLS only).
+    port: int = Field(6379, ge=0, le=65535, description="RESP port; 0: no plain listener")
+    tls_port: int = Field(0, ge=0, le=65535, description="RESP-over-TLS port; 0: no TLS (the metrics then serve plain HTTP)")
+    tls_auth_clients: Literal["yes", "no", "optional"] = Field(
+        "yes", description="whether TLS clients must present a certificate the CA signed (Redis's tls-auth-clients)")
     maxclients: int = Field(10000, ge=1, le=1_000_000, description="more connections get an error",
                             json_schema_extra=runtime("maxclients"))
     # Redis's `timeout` (0..INT_MAX as in its config.c): a client that sends nothing for this long is closed.
@@ -54,7 +58,9 @@ class Tuning(BaseModel):
     # Not Redis's: while a password is required, a connection that has not authenticated within this
     # is closed, so that idle strangers cannot hold every client slot (Redis's `timeout` is 0 by
     # default, and a client that knows the password authenticates at once).
-    auth_timeout: int = Field(10, ge=1, le=3600, description="seconds a client may take to authenticate")
+    # It bounds TLS handshakes too.
+    auth_timeout: int = Field(10, ge=1, le=3600,
+                              description="seconds a client may take to authenticate (its TLS handshake included)")
     maxmemory: int = Field(0, ge=0, le=2**63 - 1, description="bytes of dataset; 0 = no limit",
                            json_schema_extra=runtime("maxmemory"))
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = Field(
@@ -71,6 +77,12 @@ class Tuning(BaseModel):
     slowlog_max_len: int = Field(128, ge=0, le=1_000_000, description="entries SLOWLOG keeps",
                                  json_schema_extra=runtime("slowlog-max-len"))
 
+    @field_validator("tls_auth_clients", mode="before")
+    @classmethod
+    def _yes_no(cls, value):
+        # YAML reads a bare yes/no as a boolean: take it as the word Redis uses.
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("bind", "metrics_bind")
     @classmethod
     def _ip_address(cls, value: str) -> str:
@@ -86,6 +98,10 @@ class Config(Tuning):
 
     # The password is read from this file (mode 0600/0640), never from the YAML or a flag.
     requirepass_file: str | None = Field(None, min_length=1, description="file with the password on its first line")
+    # The node's certificate (with its chain) and key, and the CA clients' certificates must chain to.
+    tls_cert_file: str | None = Field(None, min_length=1, description="PEM certificate the TLS listeners present")
+    tls_key_file: str | None = Field(None, min_length=1, description="PEM private key of tls_cert_file (mode 0600/0640)")
+    tls_ca_cert_file: str | None = Field(None, min_length=1, description="PEM CA certificate(s) client certificates are checked against")
     dir: str = Field(".", min_length=1, description="folder of the append-only file")
     log_file: str | None = Field(None, min_length=1, description="JSON-lines log file (stderr if unset)")
 
@@ -165,6 +181,21 @@ def read_password(config: Config, source: str) -> bytes | None:
     if not password:
         raise ConfigError(source, "requirepass_file", f"{path} is empty: expected the password on its first line")
     return password
+
+
+def check_listeners(config: Config, source: str) -> None:
+    """What Redis refuses at start: nothing to listen on, TLS without its files."""
+    if not config.port and not config.tls_port:
+        raise ConfigError(source, "port", "expected a port, or a tls_port, to listen on (both are 0)")
+    if config.tls_port:
+        for key in ("tls_cert_file", "tls_key_file"):
+            if getattr(config, key) is None:
+                raise ConfigError(source, key, f"expected a file path: tls_port is {config.tls_port}")
+        if config.tls_auth_clients != "no" and config.tls_ca_cert_file is None:
+            raise ConfigError(source, "tls_ca_cert_file",
+                              f"expected a file path: tls_auth_clients is {config.tls_auth_clients}")
+        if config.tls_port == config.port:
+            raise ConfigError(source, "tls_port", f"expected a port other than port ({config.port})")
 
 
 def check_paths(config: Config, source: str) -> None:

@@ -149,6 +149,11 @@ def values(server) -> dict[str, str]:
     return {
         "bind": config.bind,
         "port": str(server.port),
+        "tls-port": str(server.tls_port),
+        "tls-cert-file": config.tls_cert_file or "",
+        "tls-key-file": config.tls_key_file or "",
+        "tls-ca-cert-file": config.tls_ca_cert_file or "",
+        "tls-auth-clients": config.tls_auth_clients,
         "maxclients": str(server.maxclients),
         "maxmemory": str(server.maxmemory),
         "maxmemory-policy": server.db.policy,

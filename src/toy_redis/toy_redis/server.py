@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
 from bisect import bisect_left
 from collections import deque
@@ -53,8 +54,11 @@ TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
 
 
 class Server:
-    def __init__(self, config: Config, config_file: str | None = None, requirepass: bytes | None = None):
+    def __init__(self, config: Config, config_file: str | None = None, requirepass: bytes | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.config = config
+        # The TLS listeners' context (tls.server_context), made by the caller so a bad file stops the start.
+        self.tls = tls
         # Read from config.requirepass_file by the caller; never part of the settings themselves.
         self.requirepass = requirepass
         self.config_file = config_file
@@ -84,6 +88,7 @@ class Server:
         self.shutting_down = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listener = None
+        self.tls_listener = None
         self.metrics_listener = None
         self.stopped: asyncio.Future | None = None
         self.started_at = time.time()
@@ -95,6 +100,7 @@ class Server:
         self._ops_samples: deque = deque(maxlen=16)
         self._used_at_trim = 0
         self.port = config.port
+        self.tls_port = config.tls_port
         self.metrics_port = config.metrics_port
         self.reset_stats()
 
@@ -296,19 +302,28 @@ class Server:
         self.stopped = self.loop.create_future()
         if self.config.appendonly:
             self.load_aof()
-        self.listener = await self.loop.create_server(
-            lambda: Connection(self), self.config.bind, self.config.port, backlog=511, reuse_address=True
-        )
-        self.port = self.listener.sockets[0].getsockname()[1]
+        config = self.config
+        if config.port:
+            self.listener = await self.loop.create_server(
+                lambda: Connection(self), config.bind, config.port, backlog=511, reuse_address=True
+            )
+        if self.tls is not None:
+            # A client counts (maxclients, timeout) once its handshake is done; until then the
+            # handshake itself is bounded by auth_timeout (Redis bounds it by nothing but `timeout`).
+            self.tls_listener = await self.loop.create_server(
+                lambda: Connection(self), config.bind, config.tls_port, backlog=511, reuse_address=True,
+                ssl=self.tls, ssl_handshake_timeout=config.auth_timeout,
+            )
         registry = make_registry(self)
-        self.metrics_listener = await serve_metrics(registry, self.config.metrics_bind, self.config.metrics_port)
+        self.metrics_listener = await serve_metrics(registry, config.metrics_bind, config.metrics_port, ssl=self.tls)
         self.metrics_port = self.metrics_listener.sockets[0].getsockname()[1]
         for signum, handler in ((signal.SIGTERM, self.request_shutdown), (signal.SIGINT, self.request_shutdown),
                                 (signal.SIGHUP, self._reopen_logs)):
             self.loop.add_signal_handler(signum, handler, signum)
         self._cron_expected = self.loop.time() + 1 / HZ
         self.loop.call_later(1 / HZ, self._cron)
-        logs.info("started", bind=self.config.bind, port=self.port, metrics_bind=self.config.metrics_bind,
+        logs.info("started", bind=self.config.bind, port=self.port, tls_port=self.tls_port,
+                  tls_auth_clients=config.tls_auth_clients if self.tls else None, metrics_bind=self.config.metrics_bind,
                   metrics_port=self.metrics_port, pid=os.getpid(), version=__version__,
                   appendonly=self.config.appendonly, maxmemory=self.maxmemory,
                   maxmemory_policy=self.db.policy, loop=type(self.loop).__module__.split(".")[0])
@@ -327,8 +342,9 @@ class Server:
         self.loop.call_soon(self._finish_shutdown)
 
     def _finish_shutdown(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                listener.close()
         if self.metrics_listener is not None:
             self.metrics_listener.close()
         if self.aof is not None:
