@@ -6,6 +6,7 @@ is shared), so it never disturbs the reference lab the other lab tests use.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from homelab.lab.errors import LabError
 from homelab.lab.inventory import read_nodes
+from homelab.lab.nodes import machine_name
 from homelab.lab.settings import DEFAULT_SUBNET, lab_settings
 from tests.conftest import REPO, VENV_BIN, lab_unavailable_reason
 
@@ -87,7 +89,8 @@ def ssh_out(env, name, command):
 
 
 def nspawn_pids(name):
-    out = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*-M {name} "], capture_output=True, text=True).stdout
+    machine = machine_name(dataclasses.replace(lab_settings(), bridge=SCRATCH["HOMELAB_LAB_BRIDGE"]), name)
+    out = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*-M {machine} "], capture_output=True, text=True).stdout
     return sorted(out.split())
 
 
@@ -147,7 +150,7 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
     assert nspawn_pids("t-node-a") == nspawn_pids("t-node-b") == []
     assert subprocess.run(["ip", "link", "show", SCRATCH["HOMELAB_LAB_BRIDGE"]], capture_output=True).returncode != 0
     assert not (tmp_path / "state").exists()
-    assert not list(Path("/sys/fs/cgroup").glob("*/homelab-lab/t-node-*"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/homelab-lab/{SCRATCH['HOMELAB_LAB_BRIDGE']}"))
     assert Path("/proc/sys/fs/inotify/max_user_instances").read_text() == inotify
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forwarding
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout

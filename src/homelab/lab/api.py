@@ -86,7 +86,7 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
     network.ensure_bridge(settings)
     mirrors = network.mirror_addresses()
     network.ensure_mirror_nat(settings, mirrors)
-    network.raise_inotify_limit(settings, len(wanted))
+    network.raise_inotify_limit(len(wanted))
     client_key = ssh.ensure_client_key(settings)
     running = {node for node in wanted if nodes.running_pid(settings, node.name) is not None}
     # A running node's upper layer is mounted: leave it alone (overlayfs forbids changing it under
@@ -135,8 +135,7 @@ def down(purge: bool = False, log=_log) -> None:
         list(pool.map(lambda name: nodes.stop(settings, name), names))
     network.remove_mirror_nat(settings)
     network.remove_bridge(settings)
-    network.restore_inotify_limit(settings)
-    nodes.remove_cgroup_parents()
+    nodes.remove_cgroup_parents(settings)
     shutil.rmtree(settings.state_dir, ignore_errors=True)
     if purge:
         shutil.rmtree(settings.cache_dir, ignore_errors=True)

@@ -22,6 +22,9 @@ INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Each booted systemd takes several inotify instances; the default 128 runs out near 18 nodes.
 INOTIFY_PER_NODE = 32
+TABLE_PREFIX = "homelab_lab_"
+# Starts the comment of a lab's nft table that records the machine's settings before any lab.
+ORIGINALS = "machine settings before the lab: "
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess:
@@ -49,7 +52,7 @@ def remove_bridge(settings: LabSettings) -> None:
 
 
 def nft_table(settings: LabSettings) -> str:
-    return f"homelab_lab_{settings.bridge}"
+    return f"{TABLE_PREFIX}{settings.bridge}"
 
 
 def mirror_addresses() -> dict[str, list[str]]:
@@ -66,6 +69,40 @@ def mirror_addresses() -> dict[str, list[str]]:
     return {name: sorted({info[4][0] for info in infos})}
 
 
+def _lab_tables() -> list[str]:
+    """The nft tables of every lab up on this machine (in this network namespace), by name."""
+    listed = run("nft", "list", "tables", "ip").stdout.split()
+    return [word for word in listed if word.startswith(TABLE_PREFIX)]
+
+
+def _recorded_originals(table: str) -> dict[str, str]:
+    """The machine settings a lab's table records as they were before any lab changed them."""
+    for line in run("nft", "list", "table", "ip", table).stdout.splitlines():
+        line = line.strip()
+        if line.startswith(f'comment "{ORIGINALS}'):
+            return dict(item.split("=", 1) for item in line[len(f'comment "{ORIGINALS}'):].rstrip('"').split())
+    return {}
+
+
+def _machine_originals(settings: LabSettings) -> dict[str, str]:
+    """What ip_forward and the inotify limit were before the first lab now up changed them.
+
+    Labs share both settings. The first lab records them; every later lab copies that record into
+    its own table, so whichever lab goes down last restores them, and no lab restores them while
+    another still needs them (a scratch lab going down must not cut the shared lab off the mirror).
+    """
+    for table in sorted(_lab_tables(), key=lambda name: name != nft_table(settings)):
+        recorded = _recorded_originals(table)
+        if recorded:
+            return recorded
+    originals = {IP_FORWARD.name: IP_FORWARD.read_text().strip(), INOTIFY_INSTANCES.name: INOTIFY_INSTANCES.read_text().strip()}
+    # Recorded in the state folder by the lab tool before it kept them in the table.
+    for setting, legacy in ((IP_FORWARD, "ip_forward"), (INOTIFY_INSTANCES, "inotify.max_user_instances")):
+        if (settings.state_dir / legacy).exists():
+            originals[setting.name] = (settings.state_dir / legacy).read_text().strip()
+    return originals
+
+
 def ensure_mirror_nat(settings: LabSettings, mirrors: dict[str, list[str]]) -> None:
     """Forward and masquerade traffic from the bridge to the mirror's addresses only.
 
@@ -73,14 +110,12 @@ def ensure_mirror_nat(settings: LabSettings, mirrors: dict[str, list[str]]) -> N
     Everything else from the nodes is rejected (not dropped), so a fetch from elsewhere, such as
     a vendor repository, fails at once instead of after a timeout.
     """
-    saved = settings.state_dir / "ip_forward"
-    if not saved.exists():
-        saved.write_text(IP_FORWARD.read_text().strip())
-    IP_FORWARD.write_text("1")
+    originals = _machine_originals(settings)
     addresses = ", ".join(address for found in mirrors.values() for address in found)
     table = nft_table(settings)
     ruleset = f"""
 table ip {table} {{
+  comment "{ORIGINALS}{' '.join(f'{key}={value}' for key, value in sorted(originals.items()))}"
   chain forward {{
     type filter hook forward priority 0; policy accept;
     iifname "{settings.bridge}" oifname "{settings.bridge}" accept
@@ -94,34 +129,29 @@ table ip {table} {{
   }}
 }}
 """
-    remove_mirror_nat(settings, restore_forwarding=False)
+    run("nft", "delete", "table", "ip", table)
     result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
     if result.returncode != 0:
         raise LabError(f"nft could not load table {table}: {result.stderr.strip().splitlines()[-1:]}")
+    for legacy in ("ip_forward", "inotify.max_user_instances"):
+        (settings.state_dir / legacy).unlink(missing_ok=True)
+    IP_FORWARD.write_text("1")
 
 
-def remove_mirror_nat(settings: LabSettings, restore_forwarding: bool = True) -> None:
-    run("nft", "delete", "table", "ip", nft_table(settings))
-    saved = settings.state_dir / "ip_forward"
-    if restore_forwarding and saved.exists():
-        IP_FORWARD.write_text(saved.read_text().strip())
-        saved.unlink()
-
-
-def raise_inotify_limit(settings: LabSettings, node_count: int) -> None:
-    """Raise fs.inotify.max_user_instances for many nodes, remembering the value to restore."""
-    saved = settings.state_dir / "inotify.max_user_instances"
-    current = int(INOTIFY_INSTANCES.read_text())
-    wanted = 128 + INOTIFY_PER_NODE * node_count
-    if current >= wanted:
+def remove_mirror_nat(settings: LabSettings) -> None:
+    """Remove the lab's table; the last lab on the machine also restores what the first one changed."""
+    table = nft_table(settings)
+    originals = _recorded_originals(table) if table in _lab_tables() else {}
+    run("nft", "delete", "table", "ip", table)
+    if _lab_tables():
         return
-    if not saved.exists():
-        saved.write_text(str(current))
-    INOTIFY_INSTANCES.write_text(str(wanted))
+    for setting in (IP_FORWARD, INOTIFY_INSTANCES):
+        if setting.name in originals:
+            setting.write_text(originals[setting.name])
 
 
-def restore_inotify_limit(settings: LabSettings) -> None:
-    saved = settings.state_dir / "inotify.max_user_instances"
-    if saved.exists():
-        INOTIFY_INSTANCES.write_text(saved.read_text().strip())
-        saved.unlink()
+def raise_inotify_limit(node_count: int) -> None:
+    """Raise fs.inotify.max_user_instances for many nodes (the last lab down restores it)."""
+    wanted = 128 + INOTIFY_PER_NODE * node_count
+    if int(INOTIFY_INSTANCES.read_text()) < wanted:
+        INOTIFY_INSTANCES.write_text(str(wanted))

@@ -38,26 +38,28 @@ def cgroup_parents() -> list[Path]:
             for hierarchy in ("systemd", "unified") if (CGROUP_ROOT / hierarchy).is_dir()]
 
 
-def cgroup_dirs(name: str) -> list[Path]:
-    """The node's own cgroup under each of the lab's."""
-    return [parent / name for parent in cgroup_parents()]
+def cgroup_dirs(settings: LabSettings, name: str) -> list[Path]:
+    """The node's own cgroup under each of the lab's, in a folder of its lab (named by its bridge,
+    which no two labs share): labs may have nodes of the same name."""
+    return [parent / settings.bridge / name for parent in cgroup_parents()]
 
 
-def remove_cgroup_parents() -> None:
-    """Once every node is gone; a parent still holding a node's cgroup stays."""
+def remove_cgroup_parents(settings: LabSettings) -> None:
+    """Once every node of the lab is gone; a folder still holding another lab's or node's cgroup stays."""
     for parent in cgroup_parents():
-        try:
-            parent.rmdir()
-        except OSError:
-            pass
+        for folder in (parent / settings.bridge, parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
-def kill_leftover_processes(name: str) -> None:
+def kill_leftover_processes(settings: LabSettings, name: str) -> None:
     """SIGKILL whatever still runs in the node's cgroup: after nspawn itself was killed, the
     node's systemd and services live on, holding its address and answering ssh."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        pids = [int(pid) for top in cgroup_dirs(name) if top.exists()
+        pids = [int(pid) for top in cgroup_dirs(settings, name) if top.exists()
                 for folder, _subdirs, _files in os.walk(top)
                 for pid in (Path(folder) / "cgroup.procs").read_text().split()]
         if not pids:
@@ -68,11 +70,11 @@ def kill_leftover_processes(name: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
-    raise LabError(f"processes of node {name} survive SIGKILL; see {cgroup_dirs(name)[0]}/cgroup.procs")
+    raise LabError(f"processes of node {name} survive SIGKILL; see {cgroup_dirs(settings, name)[0]}/cgroup.procs")
 
 
-def remove_cgroups(name: str) -> None:
-    for top in cgroup_dirs(name):
+def remove_cgroups(settings: LabSettings, name: str) -> None:
+    for top in cgroup_dirs(settings, name):
         if not top.exists():
             continue
         # Children first: systemd inside the node made its own sub-cgroups.
@@ -88,24 +90,38 @@ def running_pid(settings: LabSettings, name: str) -> int | None:
     pid_file = node_dir(settings, name) / "pid"
     try:
         pid = int(pid_file.read_text())
-        if _is_nspawn_for(pid, name):
+        if _is_nspawn_for(pid, settings, name):
             return pid
     except (FileNotFoundError, ValueError):
         pass
-    # The pid file can be stale or gone (crash, state dir removed) while the node still runs.
+    # The pid file can be stale or gone (crash) while the node still runs.
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _is_nspawn_for(int(proc.name), name):
+        if proc.name.isdigit() and _is_nspawn_for(int(proc.name), settings, name):
             return int(proc.name)
     return None
 
 
-def _is_nspawn_for(pid: int, name: str) -> bool:
+def _is_nspawn_for(pid: int, settings: LabSettings, name: str) -> bool:
+    """Whether ``pid`` is the nspawn of this lab's node ``name``, known by its upper layer in this
+    lab's state folder: another lab may run a node of the same name."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
-    return bool(argv) and argv[0].endswith(b"systemd-nspawn") and name.encode() in argv \
-        and b"-M" in argv and argv[argv.index(b"-M") + 1] == name.encode()
+    return bool(argv) and argv[0].endswith(b"systemd-nspawn") \
+        and any(arg.startswith(b"--overlay=") and arg.endswith(_overlay_upper(settings, name)) for arg in argv)
+
+
+def machine_name(settings: LabSettings, name: str) -> str:
+    """nspawn's name for the node, unique on the machine (labs may share node names): nspawn names
+    the node's network interface on the bridge after it, and two of the same name cannot exist.
+    The node's hostname is its own name, from its /etc/hostname."""
+    return f"{settings.bridge}-{name}"
+
+
+def _overlay_upper(settings: LabSettings, name: str) -> bytes:
+    """How start() names the node's upper layer in nspawn's --overlay argument."""
+    return f":{node_dir(settings, name) / 'upper'}:/".encode()
 
 
 def booted_release(settings: LabSettings, name: str) -> int:
@@ -180,10 +196,10 @@ def host_public_key(settings: LabSettings, node: LabNode) -> str:
 def start(settings: LabSettings, node: LabNode, base: Path) -> int:
     """Boot the node; returns the nspawn pid. Does not wait for it to be ready."""
     folder = node_dir(settings, node.name)
-    cgroups = cgroup_dirs(node.name)
+    cgroups = cgroup_dirs(settings, node.name)
     # Left over from a node whose nspawn died without shutting it down.
-    kill_leftover_processes(node.name)
-    remove_cgroups(node.name)
+    kill_leftover_processes(settings, node.name)
+    remove_cgroups(settings, node.name)
     for cgroup in cgroups:
         cgroup.mkdir(parents=True, exist_ok=True)
 
@@ -192,8 +208,8 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
     command = [
-        "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", node.name, "-D", str(base),
-        f"--overlay={base}:{folder / 'upper'}:/", "-b", "--console=pipe",
+        "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", machine_name(settings, node.name), "-D", str(base),
+        f"--overlay={base}{_overlay_upper(settings, node.name).decode()}", "-b", "--console=pipe",
         f"--network-bridge={settings.bridge}",
         # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
         # and no tuning inside a node could raise a service's open-file limit past it.
@@ -214,15 +230,15 @@ def stop(settings: LabSettings, name: str) -> None:
     if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _is_nspawn_for(pid, name) and time.monotonic() < deadline:
+        while _is_nspawn_for(pid, settings, name) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.1)
-        if _is_nspawn_for(pid, name):
+        if _is_nspawn_for(pid, settings, name):
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
     (node_dir(settings, name) / "pid").unlink(missing_ok=True)
-    kill_leftover_processes(name)
-    remove_cgroups(name)
+    kill_leftover_processes(settings, name)
+    remove_cgroups(settings, name)
 
 
 def _reap(pid: int) -> None:
