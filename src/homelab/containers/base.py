@@ -81,7 +81,7 @@ def _trim(root: Path, mirror: str) -> None:
             path.unlink(missing_ok=True)
     (root / "var/lib/apt/lists/partial").mkdir()
     (root / "var/cache/apt/archives/partial").mkdir(parents=True)
-    (root / "etc/apt/sources.list").write_text(sources_list(mirror))
+    (root / "etc/apt/sources.list").write_text(sources_list(mirror, SUITE))
 
 
 def python_version(tree: Path) -> str:
