@@ -32,10 +32,10 @@ from roles.tuning.settings import load_tuning
 REPO = Path(__file__).resolve().parents[2]
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
-# Every key of toy-redis's config file (its settings model), nothing else; the TLS files only once
-# the role installs node certificates.
-TLS_FILES = {"tls_cert_file", "tls_key_file", "tls_ca_cert_file"}
-CONTRACT_KEYS = set(Config.model_fields) - TLS_FILES
+# Every key of toy-redis's config file (its settings model), nothing else; the TLS files and the
+# metrics' logins only once the role installs the cluster PKI's certificates and the hashed logins.
+PKI_FILES = {"tls_cert_file", "tls_key_file", "tls_ca_cert_file", "metrics_users_file"}
+CONTRACT_KEYS = set(Config.model_fields) - PKI_FILES
 
 
 def test_group_data_renders_a_config_with_its_values():

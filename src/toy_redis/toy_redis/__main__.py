@@ -11,7 +11,16 @@ import asyncio
 import sys
 
 from . import logs
-from .config import Config, ConfigError, check_listeners, check_paths, load_file, read_password, validate
+from .config import (
+    Config,
+    ConfigError,
+    check_listeners,
+    check_paths,
+    load_file,
+    read_metrics_users,
+    read_password,
+    validate,
+)
 from .tls import server_context
 
 EXIT_BAD_CONFIG = 2
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_file(args.check_config)
             read_password(config, args.check_config)
+            read_metrics_users(config, args.check_config)
             check_listeners(config, args.check_config)
             server_context(config, args.check_config)
             check_paths(config, args.check_config)
@@ -102,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = build_config(args)
-        password = read_password(config, args.config or "command line")
-        check_listeners(config, args.config or "command line")
-        tls = server_context(config, args.config or "command line")
+        source = args.config or "command line"
+        password = read_password(config, source)
+        metrics_users = read_metrics_users(config, source)
+        check_listeners(config, source)
+        tls = server_context(config, source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -113,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{args.config or 'command line'}: log_file: cannot open {config.log_file} ({exc.strerror})", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    return run(config, args.config, password, tls)
+    return run(config, args.config, password, tls, metrics_users)
 
 
-def run(config: Config, config_file: str | None, password: bytes | None, tls=None) -> int:
+def run(config: Config, config_file: str | None, password: bytes | None, tls=None, metrics_users=None) -> int:
     from .aof import AofDamaged
     from .server import Server
 
@@ -124,7 +136,7 @@ def run(config: Config, config_file: str | None, password: bytes | None, tls=Non
         import uvloop
     except ImportError:
         uvloop = None
-    server = Server(config, config_file, password, tls)
+    server = Server(config, config_file, password, tls, metrics_users)
 
     async def serve() -> None:
         await server.start()

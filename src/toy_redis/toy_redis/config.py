@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +103,9 @@ class Config(Tuning):
     tls_cert_file: str | None = Field(None, min_length=1, description="PEM certificate the TLS listeners present")
     tls_key_file: str | None = Field(None, min_length=1, description="PEM private key of tls_cert_file (mode 0600/0640)")
     tls_ca_cert_file: str | None = Field(None, min_length=1, description="PEM CA certificate(s) client certificates are checked against")
+    # Logins the metrics endpoint asks for: `basic_auth_users: {name: bcrypt hash}`, the key and
+    # format of Prometheus's exporter-toolkit web config, so one hashed password serves both.
+    metrics_users_file: str | None = Field(None, min_length=1, description="YAML file of basic_auth_users: name: bcrypt hash")
     dir: str = Field(".", min_length=1, description="folder of the append-only file")
     log_file: str | None = Field(None, min_length=1, description="JSON-lines log file (stderr if unset)")
 
@@ -181,6 +185,30 @@ def read_password(config: Config, source: str) -> bytes | None:
     if not password:
         raise ConfigError(source, "requirepass_file", f"{path} is empty: expected the password on its first line")
     return password
+
+
+BCRYPT_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+
+
+def read_metrics_users(config: Config, source: str) -> dict[str, bytes] | None:
+    """The metrics endpoint's logins from metrics_users_file (name -> bcrypt hash), or None."""
+    path = config.metrics_users_file
+    if path is None:
+        return None
+    key = "metrics_users_file"
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(source, key, f"cannot read {path} ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise ConfigError(source, key, f"{path} is not valid YAML") from None
+    users = data.get("basic_auth_users") if isinstance(data, dict) else None
+    if not isinstance(users, dict) or not users:
+        raise ConfigError(source, key, f"expected {path} to hold basic_auth_users: a mapping of user names to bcrypt hashes")
+    for name, hashed in users.items():
+        if not isinstance(name, str) or not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
+            raise ConfigError(source, key, f"{path}: basic_auth_users: {name}: expected a bcrypt hash such as $2y$10$...")
+    return {name: hashed.encode() for name, hashed in users.items()}
 
 
 def check_listeners(config: Config, source: str) -> None:

@@ -9,6 +9,9 @@ that a scrape reads the counters between commands and the AOF rewrite can fork s
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import ssl as ssl_module
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -97,11 +100,65 @@ REQUEST_TIMEOUT_S = 10
 REQUEST_LIMIT = 16384
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None) -> asyncio.AbstractServer:
+UNAUTHORIZED = (b"401 Unauthorized", b"log in to read the metrics\n", b"text/plain")
+
+
+class BasicAuth:
+    """HTTP basic auth against bcrypt hashes, as Prometheus's exporter-toolkit checks its
+    `basic_auth_users`: a login that matched once is remembered (so a scrape costs no bcrypt),
+    an unknown user costs the same as a wrong password, and one hash is checked at a time, in a
+    thread, so wrong passwords cannot stall the event loop or take both cores."""
+
+    def __init__(self, users: dict[str, bytes]):
+        self.users = users
+        self.verified: set[bytes] = set()
+        self.lock = asyncio.Lock()
+        # Compared against for unknown users, so that they take as long as known ones.
+        self.decoy = next(iter(users.values()))
+
+    async def allows(self, request: bytes) -> bool:
+        credentials = _authorization(request)
+        if credentials is None:
+            return False
+        user, password = credentials
+        remembered = hashlib.sha256(user + b"\0" + password).digest()
+        if remembered in self.verified:
+            return True
+        hashed = self.users.get(user.decode(errors="replace"))
+        async with self.lock:
+            import bcrypt
+
+            matches = await asyncio.get_running_loop().run_in_executor(
+                None, bcrypt.checkpw, password, hashed or self.decoy)
+        if matches and hashed is not None:
+            self.verified.add(remembered)  # at most one entry per user: only right passwords
+            return True
+        return False
+
+
+def _authorization(request: bytes) -> tuple[bytes, bytes] | None:
+    """(user, password) of the request's `Authorization: Basic` header, or None."""
+    for line in request.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() != b"basic":
+                return None
+            try:
+                user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+            except (binascii.Error, ValueError):
+                return None
+            return (user, password) if colon else None
+    return None
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
+                        users: dict[str, bytes] | None = None) -> asyncio.AbstractServer:
     """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
-    (an ssl.SSLContext) is given."""
+    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given."""
     # Open connections, oldest first.
     connections: dict[asyncio.StreamWriter, None] = {}
+    auth = BasicAuth(users) if users else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(connections) >= METRICS_MAX_CONNECTIONS:
@@ -113,14 +170,17 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
             method, _, rest = request.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
+            if auth is not None and not await auth.allows(request):
+                status, body, ctype = UNAUTHORIZED
+            elif method not in (b"GET", b"HEAD"):
                 status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
             elif path in (b"/metrics", b"/"):
                 status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
             else:
                 status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
+            challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + challenge
                 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
                 + (body if method != b"HEAD" else b"")
             )

@@ -55,8 +55,10 @@ TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
 
 class Server:
     def __init__(self, config: Config, config_file: str | None = None, requirepass: bytes | None = None,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, metrics_users: dict[str, bytes] | None = None):
         self.config = config
+        # The metrics endpoint's logins (config.read_metrics_users): name -> bcrypt hash.
+        self.metrics_users = metrics_users
         # The TLS listeners' context (tls.server_context), made by the caller so a bad file stops the start.
         self.tls = tls
         # Read from config.requirepass_file by the caller; never part of the settings themselves.
@@ -315,7 +317,8 @@ class Server:
                 ssl=self.tls, ssl_handshake_timeout=config.auth_timeout,
             )
         registry = make_registry(self)
-        self.metrics_listener = await serve_metrics(registry, config.metrics_bind, config.metrics_port, ssl=self.tls)
+        self.metrics_listener = await serve_metrics(registry, config.metrics_bind, config.metrics_port, ssl=self.tls,
+                                                    users=self.metrics_users)
         self.metrics_port = self.metrics_listener.sockets[0].getsockname()[1]
         for signum, handler in ((signal.SIGTERM, self.request_shutdown), (signal.SIGINT, self.request_shutdown),
                                 (signal.SIGHUP, self._reopen_logs)):

@@ -1,0 +1,113 @@
+"""The metrics endpoint's logins (metrics_users_file, exporter-toolkit's basic_auth_users):
+no login or a wrong one gets 401 with a challenge, a listed one gets the metrics, over plain HTTP
+and TLS; wrong passwords, costly to check, do not stall RESP clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import bcrypt
+import pytest
+import requests
+
+from .certs import Authority
+from .conftest import RawClient, ToyRedis, free_port
+
+USER, PASSWORD = "prometheus", "scrape-pass"
+# Cost 4 keeps most tests quick; the stall test uses exporter-toolkit's usual cost 10.
+FAST_COST = 4
+
+
+def users_file(folder, cost: int = FAST_COST, user: str = USER):
+    path = folder / "metrics-users.yml"
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(cost)).decode().replace("$2b$", "$2y$")
+    path.write_text(f"basic_auth_users:\n  {user}: '{hashed}'\n")
+    path.chmod(0o640)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_with_logins(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("metrics-auth")
+    server = ToyRedis(folder, "--metrics-users-file", str(users_file(folder))).start()
+    yield server
+    server.stop()
+
+
+def test_metrics_ask_for_a_listed_login(toy_with_logins):
+    url = f"http://127.0.0.1:{toy_with_logins.metrics_port}/metrics"
+    anonymous = requests.get(url, timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="toy-redis"'
+    assert "toy_redis" not in anonymous.text
+    for auth in ((USER, "wrong"), ("nobody", PASSWORD), (USER, PASSWORD + "x")):
+        assert requests.get(url, auth=auth, timeout=10).status_code == 401
+    response = requests.get(url, auth=(USER, PASSWORD), timeout=10)
+    assert response.status_code == 200 and "toy_redis_connected_clients" in response.text
+    # A remembered login is checked without bcrypt, and still only for the right password.
+    assert requests.get(url, auth=(USER, PASSWORD), timeout=10).status_code == 200
+    assert requests.get(url, auth=(USER, "wrong"), timeout=10).status_code == 401
+
+
+def test_metrics_over_tls_with_a_login(tmp_path):
+    authority = Authority(tmp_path / "pki")
+    cert = authority.issue("server", "node", server=True)
+    server = ToyRedis(tmp_path, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file", str(cert.cert),
+                      "--tls-key-file", str(cert.key), "--tls-auth-clients", "no",
+                      "--metrics-users-file", str(users_file(tmp_path))).start()
+    try:
+        url = f"https://127.0.0.1:{server.metrics_port}/metrics"
+        ca = str(authority.pair.cert)
+        assert requests.get(url, verify=ca, timeout=10).status_code == 401
+        assert requests.get(url, verify=ca, auth=(USER, PASSWORD), timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_wrong_passwords_do_not_stall_other_clients(tmp_path):
+    server = ToyRedis(tmp_path, "--metrics-users-file", str(users_file(tmp_path, cost=10))).start()
+    try:
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        stop = threading.Event()
+
+        def guess():
+            while not stop.is_set():
+                requests.get(url, auth=(USER, "guess"), timeout=30)
+
+        guessers = [threading.Thread(target=guess) for _ in range(6)]
+        for thread in guessers:
+            thread.start()
+        client = RawClient(server.port)
+        worst = 0.0
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            assert client.call("PING") == b"PONG"
+            worst = max(worst, time.perf_counter() - started)
+            time.sleep(0.01)
+        stop.set()
+        for thread in guessers:
+            thread.join(60)
+        client.close()
+        # A cost-10 bcrypt takes ~50-100 ms of CPU; checked on the loop, PINGs would wait that long.
+        assert worst < 0.25, f"a PING waited {worst * 1000:.0f} ms during the guessing"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("users: {}\n", "to hold basic_auth_users: a mapping of user names to bcrypt hashes"),
+    ("basic_auth_users:\n  prometheus: plain-text\n", "basic_auth_users: prometheus: expected a bcrypt hash"),
+    ("basic_auth_users: [\n", "is not valid YAML"),
+])
+def test_a_bad_users_file_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "metrics-users.yml"
+    path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "toy_redis", "--port", str(free_port()),
+                             "--metrics-users-file", str(path)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("command line: metrics_users_file: ") and expected in lines[0]
