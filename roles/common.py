@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from functools import cache
 from io import BytesIO
 from pathlib import Path
@@ -17,12 +19,12 @@ from typing import Any, TypeVar
 
 import jinja2
 from pydantic import BaseModel
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.context import ctx_inventory
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files, python, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, settings_from_data
@@ -121,14 +123,66 @@ def checked_file(
     yield f"mv -f {shlex.quote(staged)} {shlex.quote(dest)}"
 
 
-def keep_running(service: str, restart_on: tuple = (), reload_on: tuple = ()) -> None:
-    """Enable and start ``service``; restart it when an operation in ``restart_on`` changed
-    something (what it reads only at start: flags), else reload it when one in ``reload_on`` did
-    (what it rereads on SIGHUP: config, rules), which keeps its in-memory state."""
+# A restart's silence ends by itself after this long even if the deploy cannot lift it (Alertmanager
+# itself restarting, the run killed): systemd's default stop and start timeouts, 90 s each, and room.
+RESTART_SILENCE_S = 300
+# A deploy does not wait on an Alertmanager that is down or not installed yet (a first deploy).
+RESTART_SILENCE_TIMEOUT_S = 3
+
+
+def restart(service: str, role: str, name: str, when: Callable[[], bool],
+            listeners: tuple[str, ...] | None = None) -> None:
+    """Restart ``service`` when ``when()`` is true, with the alerts about ``role``'s ``listeners``
+    (default: all) on this host silenced in Alertmanager from just before until just after.
+
+    A run that does not restart creates no silence (all three operations are skipped). Alertmanager
+    unreachable or refusing is one warning line, never a failed deploy.
+    """
+    from homelab.maintenance import restart_matchers
+
+    topology = current_topology()
+    matchers = restart_matchers(topology, host.name, role, listeners) if topology.hosts_of("alertmanager") else ()
+    if not matchers:  # nothing that could alert on it, or no Alertmanager to tell
+        systemd.service(name=name, service=service, restarted=True, _if=when)
+        return
+    silence: dict[str, str] = {}
+    python.call(name=f"Silence {service}'s alerts on {host.name} during its restart", function=_silence,
+                topology=topology, matchers=matchers, service=service, silence=silence, _if=when)
+    systemd.service(name=name, service=service, restarted=True, _if=when)
+    python.call(name=f"Lift the silence of {service}'s alerts on {host.name}", function=_lift_silence,
+                topology=topology, service=service, silence=silence, _if=when)
+
+
+def _silence(topology: Topology, matchers: tuple, service: str, silence: dict[str, str]) -> None:
+    from homelab.maintenance import CommandError, alertmanager, operator
+
+    ends = datetime.now(timezone.utc) + timedelta(seconds=RESTART_SILENCE_S)
+    try:
+        silence["id"] = alertmanager(topology, RESTART_SILENCE_TIMEOUT_S).create(
+            matchers, ends, operator(), f"restart of {service} on {host.name} by a deploy")
+    except CommandError as exc:
+        logger.warning(f"[{host.name}] {service} restarts without a silence: {exc}")
+
+
+def _lift_silence(topology: Topology, service: str, silence: dict[str, str]) -> None:
+    from homelab.maintenance import CommandError, alertmanager
+
+    if "id" not in silence:
+        return
+    try:
+        alertmanager(topology, RESTART_SILENCE_TIMEOUT_S).expire(silence["id"])
+    except CommandError as exc:
+        logger.warning(f"[{host.name}] the silence of {service}'s restart ends by itself within "
+                       f"{RESTART_SILENCE_S // 60} min: {exc}")
+
+
+def keep_running(service: str, role: str, restart_on: tuple = (), reload_on: tuple = ()) -> None:
+    """Enable and start ``service`` (of ``role``); restart it when an operation in ``restart_on``
+    changed something (what it reads only at start: flags), else reload it when one in
+    ``reload_on`` did (what it rereads on SIGHUP: config, rules), which keeps its in-memory state."""
     systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True)
     if restart_on:
-        systemd.service(name=f"Restart {service} for new flags", service=service, restarted=True,
-                        _if=any_changed(*restart_on))
+        restart(service, role, f"Restart {service} for new flags", any_changed(*restart_on))
     if reload_on:
         restarted, reloaded = any_changed(*restart_on), any_changed(*reload_on)
         systemd.service(name=f"Reload {service} for its new config", service=service, reloaded=True,

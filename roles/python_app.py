@@ -39,7 +39,7 @@ from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError
 from homelab.releases import DebianRelease
-from roles.common import REPO_ROOT, checked_file, node_release
+from roles.common import REPO_ROOT, checked_file, node_release, restart
 from roles.install import Install, install_packages
 
 WHEEL_CACHE = REPO_ROOT / "build" / "wheels"
@@ -312,13 +312,11 @@ def unit(app: PythonApp, content: str) -> OperationMeta:
     return changed
 
 
-def running(app: PythonApp, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
+def running(app: PythonApp, role: str, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
     """Enabled and running; restarted when its wheels, unit or config changed (neither service reloads)."""
     systemd.service(name=f"{app.service} enabled and running", service=app.service, running=True, enabled=True)
-    systemd.service(
-        name=f"Restart {app.service} for new wheels, unit or config",
-        service=app.service, restarted=True, _if=any_changed(installed, *restart_when_changed),
-    )
+    restart(app.service, role, f"Restart {app.service} for new wheels, unit or config",
+            any_changed(installed, *restart_when_changed))
     # Only now is no process running from the old venvs.
     server.shell(
         name=f"Remove {app.service}'s previous venvs",

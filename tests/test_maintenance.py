@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from homelab.cli import main
+from homelab.cli import REPO, main
+from homelab.maintenance import alertmanager as alertmanager_client
 from homelab.topology import Topology
 from tests.alert_relay.conftest import ALERTMANAGER
 from tests.local_monitoring import alertmanager, loopback_inventory
@@ -146,7 +147,57 @@ def test_every_maintenance_command_has_help_with_an_example(capsys):
         assert f"example:\n  homelab maintenance {command}" in capsys.readouterr().out
 
 
-def _seconds_between(start: str, end: str) -> float:
-    from homelab.maintenance import _parse_time
+def test_a_restart_silence_mutes_that_service_on_that_node_only(cluster):
+    from datetime import datetime, timedelta, timezone
 
-    return (_parse_time(end) - _parse_time(start)).total_seconds()
+    from homelab.maintenance import restart_matchers
+
+    _inventory, url, topology = cluster
+    post_alerts(url, topology)
+    manager = alertmanager_client(topology)
+    manager.create(restart_matchers(topology, "worker-node-12", "toy_redis"),
+                   datetime.now(timezone.utc) + timedelta(minutes=5), "test", "restart of toy-redis")
+    # Its scrape and its health probe (if it had one) are muted; the node's other alerts are not.
+    assert states(url) == {"ToyRedisDown": "suppressed", "HostMemoryHigh": "active", "ProbeFailed": "active",
+                           "ToyRedisAbsent": "active", "OtherNodeMemoryHigh": "active"}
+
+
+def test_restart_matchers_cover_every_scrape_and_probe_of_the_service_on_the_node():
+    import re
+
+    from homelab.maintenance import restart_matchers
+
+    topology = Topology.load(REPO / "inventory" / "lab.py")
+    [relay] = restart_matchers(topology, "worker-node-14", "alert_relay")
+    pattern = re.compile(relay["value"])
+    endpoint = topology.endpoint("alert_relay", "worker-node-14")
+    assert pattern.fullmatch(endpoint.instance) and pattern.fullmatch(f"http://{endpoint.instance}/healthz")
+    assert not pattern.fullmatch(topology.endpoint("alertmanager", "worker-node-14").instance)
+    assert not pattern.fullmatch(topology.endpoint("node_exporter", "worker-node-14", "metrics").instance)
+    # Only mtail's port when mtail restarts, not nginx's own.
+    [mtail] = restart_matchers(topology, "master-node", "nginx", ("mtail",))
+    assert mtail["value"] == re.escape(topology.endpoint("nginx", "master-node", "mtail").instance)
+    assert restart_matchers(topology, "master-node", "grafana") == ()  # no port, nothing alerts on it
+
+
+def test_list_shows_hostile_silence_text_escaped(cluster, capsys):
+    inventory, url, topology = cluster
+    from homelab.maintenance import instance_pattern
+
+    hostile = "ok\x1b[2J\x1b]0;pwned\x07\nworker-node-99  active  fake row\u202e"
+    body = {"matchers": [{"name": "instance", "value": instance_pattern("worker-node-12"), "isRegex": True}],
+            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+            "createdBy": "eve\x1b[31m", "comment": f"maintenance of worker-node-12: {hostile}"}
+    assert requests.post(f"{url}/api/v2/silences", json=body, timeout=5).ok
+    capsys.readouterr()
+    assert homelab(inventory, "list") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and out.count("\n") == 2
+    assert "ok\\x1b[2J\\x1b]0;pwned\\x07\\x0aworker-node-99  active  fake row\\u202e" in out
+    assert "eve\\x1b[31m" in out
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from homelab.maintenance import parse_time
+
+    return (parse_time(end) - parse_time(start)).total_seconds()

@@ -159,4 +159,4 @@ def apply() -> None:
         mode="0640",
     )
     unit = python_app.unit(APP, render_unit(nofile))
-    python_app.running(APP, restart_when_changed=[*tokens, routes_changed, config, unit], installed=installed)
+    python_app.running(APP, "alert_relay", restart_when_changed=[*tokens, routes_changed, config, unit], installed=installed)

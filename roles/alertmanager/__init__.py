@@ -98,4 +98,4 @@ def apply() -> None:
     flags = checked_file(name=f"Alertmanager flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
                          content=render_defaults(settings))
     # The token file is read on every notification, so a new token needs no reload.
-    keep_running(SERVICE, restart_on=(flags,), reload_on=(config,))
+    keep_running(SERVICE, "alertmanager", restart_on=(flags,), reload_on=(config,))

@@ -17,7 +17,7 @@ from pyinfra.operations import systemd
 from homelab.config import StrictModel
 from homelab.types import Port
 from roles.alloy.package import ENVIRONMENT_FILE, PACKAGE, STORAGE_PATH
-from roles.common import checked_file, current_topology, render, role_settings
+from roles.common import checked_file, current_topology, render, restart, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 from roles.promtail import require_chosen, stop_other_shipper
@@ -60,6 +60,6 @@ def apply() -> None:
                           group=PACKAGE.group, mode="0640")
     flags = checked_file(name="Alloy flags", dest=DEFAULTS_FILE, content=render_defaults(settings))
     systemd.service(name="Alloy enabled and running", service=SERVICE, running=True, enabled=True)
-    systemd.service(name="Restart Alloy for new flags", service=SERVICE, restarted=True, _if=flags.did_change)
+    restart(SERVICE, "alloy", "Restart Alloy for new flags", flags.did_change)
     systemd.service(name="Reload Alloy for its new config", service=SERVICE, reloaded=True,
                     _if=lambda: config.did_change() and not flags.did_change())

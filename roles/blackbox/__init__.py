@@ -99,4 +99,4 @@ def apply() -> None:
         dest=DEFAULTS_FILE,
         content=render_defaults(settings),
     )
-    keep_running(SERVICE, restart_on=(flags,), reload_on=(config,))
+    keep_running(SERVICE, "blackbox", restart_on=(flags,), reload_on=(config,))

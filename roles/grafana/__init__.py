@@ -28,7 +28,7 @@ from pyinfra.operations.util import any_changed
 from homelab.config import FieldError, StrictModel
 from homelab.topology import Topology
 from homelab.types import Port
-from roles.common import TEMPLATES_DIR, checked_file, current_topology, render, role_settings
+from roles.common import TEMPLATES_DIR, checked_file, current_topology, render, restart, role_settings
 from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.nginx import NGINX_USER, site
@@ -179,8 +179,8 @@ def apply() -> None:
                      _if=password.did_change)
     systemd.service(name="Grafana enabled and running", service=SERVICE, running=True, enabled=True)
     # A server just started again after the password change already reads the new settings.
-    systemd.service(name="Restart Grafana for new settings", service=SERVICE, restarted=True,
-                    _if=lambda: any_changed(config, datasources, provider)() and not (database_existed and password.did_change()))
+    restart(SERVICE, "grafana", "Restart Grafana for new settings",
+            lambda: any_changed(config, datasources, provider)() and not (database_existed and password.did_change()))
 
     # nginx runs first on this node, before the grafana group existed: join it here and reload.
     joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],

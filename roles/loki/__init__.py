@@ -16,7 +16,7 @@ from pyinfra.operations import files, systemd
 
 from homelab.config import StrictModel
 from homelab.types import Port
-from roles.common import checked_file, render, role_settings
+from roles.common import checked_file, render, restart, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki.package import PACKAGE
 
@@ -65,4 +65,4 @@ def apply() -> None:
     files.directory(name="Loki data folder", path=DATA_DIR, user=PACKAGE.user, group=PACKAGE.group, mode="0750")
     config = checked_file(name="Loki config", dest=CONFIG_FILE, content=render_config(settings), check=CHECK)
     systemd.service(name="Loki enabled and running", service=SERVICE, running=True, enabled=True)
-    systemd.service(name="Restart Loki for its new config", service=SERVICE, restarted=True, _if=config.did_change)
+    restart(SERVICE, "loki", "Restart Loki for its new config", config.did_change)

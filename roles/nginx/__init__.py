@@ -23,7 +23,7 @@ from pyinfra.operations.util import any_changed
 
 from homelab.config import StrictModel
 from homelab.types import Port
-from roles.common import checked_file, render, role_settings
+from roles.common import checked_file, render, restart, role_settings
 from roles.install import Install, install_packages
 from roles.tuning import host_tuning, tuning_path
 
@@ -176,6 +176,6 @@ def apply() -> None:
         content=render("nginx/mtail.default.j2", access_log=ACCESS_LOG, mtail_port=settings.mtail_port),
     )
     systemd.service(name="mtail running", service="mtail", running=True, enabled=True)
-    systemd.service(name="Restart mtail for new program or flags", service="mtail", restarted=True,
-                    _if=any_changed(program, mtail_flags))
+    restart("mtail", "nginx", "Restart mtail for new program or flags", any_changed(program, mtail_flags),
+            listeners=("mtail",))
 

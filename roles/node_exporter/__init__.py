@@ -52,4 +52,4 @@ def apply() -> None:
         dest=DEFAULTS_FILE,
         content=render_defaults(settings),
     )
-    keep_running(SERVICE, restart_on=(flags,))
+    keep_running(SERVICE, "node_exporter", restart_on=(flags,))

@@ -122,4 +122,4 @@ def apply() -> None:
                           check=CONFIG_CHECK)
     flags = checked_file(name=f"Prometheus flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
                          content=render_defaults(settings))
-    keep_running(SERVICE, restart_on=(flags,), reload_on=(config, *changed_rules))
+    keep_running(SERVICE, "prometheus", restart_on=(flags,), reload_on=(config, *changed_rules))

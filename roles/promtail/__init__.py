@@ -18,7 +18,7 @@ from pyinfra.operations import files, server, systemd
 
 from homelab.config import ConfigError, StrictModel
 from homelab.types import Port
-from roles.common import checked_file, current_topology, render, role_settings
+from roles.common import checked_file, current_topology, render, restart, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.promtail.package import PACKAGE
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
@@ -89,5 +89,4 @@ def apply() -> None:
                     mode="0750")
     config = checked_file(name="Promtail config", dest=CONFIG_FILE, content=config_content, check=CHECK)
     systemd.service(name="Promtail enabled and running", service=SERVICE, running=True, enabled=True)
-    systemd.service(name="Restart Promtail for its new config", service=SERVICE, restarted=True,
-                    _if=config.did_change)
+    restart(SERVICE, "promtail", "Restart Promtail for its new config", config.did_change)

@@ -151,4 +151,4 @@ def apply() -> None:
     files.file(name="toy-redis log file", path=LOG_FILE, user=APP.service, group=LOG_GROUP, mode="0640")
     files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
 
-    python_app.running(APP, restart_when_changed=[config, unit, password], installed=installed)
+    python_app.running(APP, "toy_redis", restart_when_changed=[config, unit, password], installed=installed)

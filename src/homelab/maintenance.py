@@ -23,6 +23,7 @@ from typing import Any
 import requests
 from pydantic import TypeAdapter, ValidationError
 
+from homelab.terminal import printable
 from homelab.topology import Topology
 from homelab.types import Duration, seconds
 
@@ -81,6 +82,26 @@ def silences_for(topology: Topology, nodes: list[str]) -> list[Silence]:
     return silences
 
 
+def service_instances(topology: Topology, node: str, role: str, listeners: tuple[str, ...] | None = None) -> list[str]:
+    """The `instance` labels of ``role``'s ``listeners`` (default: all) on ``node``: its scrapes and probes."""
+    from homelab.topology import ROLE_BY_NAME
+
+    names = listeners if listeners is not None else tuple(listener.name for listener in ROLE_BY_NAME[role].listeners)
+    instances = {topology.endpoint(role, node, name).instance for name in names}
+    instances |= {probe.instance for probe in topology.health_probes()
+                  if probe.role == role and probe.endpoint.host == node and probe.endpoint.instance in instances}
+    return sorted(instances)
+
+
+def restart_matchers(topology: Topology, node: str, role: str,
+                     listeners: tuple[str, ...] | None = None) -> tuple[dict[str, Any], ...]:
+    """Matchers of the alerts about ``role``'s service on ``node`` (none: it has no port to alert on)."""
+    instances = service_instances(topology, node, role, listeners)
+    if not instances:
+        return ()
+    return (_matcher("instance", "|".join(re.escape(instance) for instance in instances), regex=True),)
+
+
 @dataclass(frozen=True)
 class Window:
     """Silences sharing nodes, reason and end: one line of `maintenance list`."""
@@ -97,12 +118,13 @@ class Window:
 class Alertmanager:
     """The few calls of Alertmanager's API v2 that maintenance windows need."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout_s: float = HTTP_TIMEOUT_S):
         self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = requests.request(method, f"{self.url}/api/v2{path}", timeout=HTTP_TIMEOUT_S, **kwargs)
+            response = requests.request(method, f"{self.url}/api/v2{path}", timeout=self.timeout_s, **kwargs)
         except requests.RequestException as exc:
             reason = type(exc).__name__
             raise CommandError(f"cannot reach Alertmanager at {self.url} ({reason})") from None
@@ -132,14 +154,14 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     # Alertmanager writes nanoseconds (2026-11-29T12:00:00.123456789Z); Python parses microseconds.
     text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
     return datetime.fromisoformat(text)
 
 
-def alertmanager(topology: Topology) -> Alertmanager:
-    return Alertmanager(topology.endpoint("alertmanager").url())
+def alertmanager(topology: Topology, timeout_s: float = HTTP_TIMEOUT_S) -> Alertmanager:
+    return Alertmanager(topology.endpoint("alertmanager").url(), timeout_s)
 
 
 def operator() -> str:
@@ -179,8 +201,8 @@ def windows(topology: Topology, manager: Alertmanager | None = None) -> list[Win
     for (reason, ends, created_by), members in grouped.items():
         first = members[0][1]
         nodes = tuple(sorted({node for member_nodes, _ in members for node in member_nodes}))
-        found.append(Window(nodes, reason, first["status"]["state"], _parse_time(first["startsAt"]),
-                            _parse_time(ends), created_by, tuple(silence["id"] for _, silence in members)))
+        found.append(Window(nodes, reason, first["status"]["state"], parse_time(first["startsAt"]),
+                            parse_time(ends), created_by, tuple(silence["id"] for _, silence in members)))
     return sorted(found, key=lambda window: (window.ends, window.nodes))
 
 
@@ -201,8 +223,9 @@ def table(found: list[Window], now: datetime | None = None) -> str:
     rows = [("NODES", "STATE", "ENDS (UTC)", "LEFT", "BY", "REASON")]
     for window in found:
         left = max(0, int((window.ends - now).total_seconds()))
-        rows.append((",".join(window.nodes), window.state, window.ends.strftime("%Y-%m-%d %H:%M"),
-                     f"{left // 3600}h{left % 3600 // 60:02d}m", window.created_by, window.reason))
+        # Everything but the times comes from silences, which anyone reaching Alertmanager may post.
+        rows.append(tuple(map(printable, (",".join(window.nodes), window.state, window.ends.strftime("%Y-%m-%d %H:%M"),
+                                          f"{left // 3600}h{left % 3600 // 60:02d}m", window.created_by, window.reason))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return "\n".join("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
                      for row in rows)
