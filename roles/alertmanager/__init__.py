@@ -16,6 +16,7 @@ from pyinfra.api import deploy
 from homelab.config import ConfigError, StrictModel
 from homelab.topology import Topology
 from homelab.types import Duration, Port
+from roles.alertmanager.maintenance_windows import Window, load_windows, window_routes
 from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routing, load_routing
 from roles.common import REPO_ROOT, checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
@@ -40,6 +41,8 @@ class Settings(StrictModel):
     listen_port: Port = 9093
     # Repo-relative; its `alertmanager:` section becomes the route tree.
     routes_file: str = "alerts/routes.yaml"
+    # Repo-relative; recurring maintenance windows, muting their nodes' alerts while open.
+    maintenance_file: str = "alerts/maintenance.yaml"
     # None: the first alert_relay host's webhook, http://<its address>:<its listen port>/alertmanager.
     webhook_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
     webhook_token_file: str = Field("/etc/prometheus/alertmanager-webhook.token", pattern=r"^/[^\s]+$")
@@ -59,11 +62,21 @@ def routing(settings: Settings) -> Routing:
     return load_routing(REPO_ROOT / settings.routes_file, settings.routes_file)
 
 
+def maintenance_windows(settings: Settings, topology: Topology) -> dict[str, Window]:
+    return load_windows(REPO_ROOT / settings.maintenance_file, settings.maintenance_file, topology)
+
+
 def render_config(settings: Settings, topology: Topology, routes: Routing | None = None) -> str:
+    routes = routes or routing(settings)
+    windows = maintenance_windows(settings, topology)
+    user_routes = [route.config() for route in routes.routes]
     return render(
         "alertmanager/alertmanager.yml.j2",
         settings=settings,
-        routing=routes or routing(settings),
+        routing=routes,
+        routes=window_routes(windows, topology, user_routes) + user_routes,
+        time_intervals={name: window.time_intervals() for name, window in windows.items()},
+        maintenance_file=settings.maintenance_file,
         relay_receiver=RELAY_RECEIVER,
         blackhole_receiver=BLACKHOLE_RECEIVER,
         webhook_url=webhook_url(settings, topology),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -68,6 +68,18 @@ class Route(StrictModel):
             f"{label}{'=~' if is_regex(value) else '='}{json.dumps(value, ensure_ascii=False)}"
             for label, value in self.match.items()
         ]
+
+    def config(self) -> dict[str, Any]:
+        """This route as Alertmanager's config has it."""
+        config: dict[str, Any] = {"matchers": self.matchers(), "receiver": self.receiver}
+        if self.group_by is not None:
+            config["group_by"] = self.group_by
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            if getattr(self, key):
+                config[key] = getattr(self, key)
+        if self.continue_:
+            config["continue"] = True
+        return config
 
 
 class Routing(StrictModel):

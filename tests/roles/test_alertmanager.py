@@ -133,7 +133,7 @@ slack: {default_channel: "#x"}
     tree = amtool("config", "routes", f"--config.file={staged}").stdout
     assert '{alertname=~"ToyRedis.*",severity="critical"}  receiver: alert-relay' in tree
 
-    staged.write_text(staged.read_text().replace("receiver: \"blackhole\"", "receiver: \"nobody\""))
+    staged.write_text(staged.read_text().replace('"receiver": "blackhole"', '"receiver": "nobody"'))
     check = subprocess.run(["sh", "-c", CONFIG_CHECK.format(staged=shlex.quote(str(staged)))],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode != 0 and "nobody" in check.stdout + check.stderr
@@ -203,6 +203,164 @@ def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_tok
                     break
                 assert time.monotonic() < deadline, f"warning not inhibited by its critical twin: {states}"
                 time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+# --- recurring maintenance windows (alerts/maintenance.yaml) ---------------------------------------
+
+def maintenance_file(tmp_path: Path, text: str, **settings) -> Settings:
+    path = tmp_path / "maintenance.yaml"
+    path.write_text(text)
+    return Settings(maintenance_file=str(path), **settings)
+
+
+WINDOW = """
+windows:
+  patching:
+    nodes: [worker-node-12]
+    location: Europe/Berlin
+    times:
+      - weekdays: [saturday]
+        times: [{start_time: "02:00", end_time: "04:00"}]
+"""
+
+
+def test_the_repo_maintenance_file_is_valid_and_adds_nothing_while_empty():
+    config = rendered()
+    assert "time_intervals" not in config
+    assert all("mute_time_intervals" not in route for route in config["route"]["routes"])
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t: t.replace("worker-node-12", "worker-node-99"),
+     "windows.patching.nodes.0: expected an inventory host (master-node, worker-node-11, worker-node-12, "
+     "worker-node-14), got 'worker-node-99'"),
+    (lambda t: t + t.replace("windows:\n", "").replace("patching", "again"),
+     "windows.again.nodes.0: worker-node-12 is already in window 'patching'"),
+    (lambda t: t.replace("[saturday]", "[caturday]"),
+     "windows.patching.times.0.weekdays.0: expected a weekday name or a range of them (start:end), got 'caturday'"),
+    (lambda t: t.replace("[saturday]", "[\"saturday:monday\"]"),
+     "windows.patching.times.0.weekdays.0: expected a weekday name or a range of them"),
+    (lambda t: t.replace('"04:00"', '"01:00"'),
+     "windows.patching.times.0.times.0.end_time: expected a time after start_time 02:00, got '01:00'"),
+    (lambda t: t.replace('"02:00"', '"2am"'), "windows.patching.times.0.times.0.start_time: "),
+    (lambda t: t.replace("Europe/Berlin", "Mars/Olympus"),
+     "windows.patching.location: expected an IANA time zone like UTC or Europe/Berlin, got 'Mars/Olympus'"),
+    (lambda t: t.replace("weekdays:", "weekday:"), "windows.patching.times.0.weekday: unknown key"),
+    (lambda t: t.replace("patching:", "patching now:"), "windows.patching now: "),
+    (lambda t: t.replace("    times:\n", "    times: []\n    x:\n"), "windows.patching."),
+])
+def test_a_broken_maintenance_file_is_one_line_naming_the_file_and_key(tmp_path, edit, expected):
+    settings = maintenance_file(tmp_path, edit(WINDOW))
+    with pytest.raises(ConfigError) as error:
+        render_config(settings, LAB_TOPOLOGY)
+    message = str(error.value)
+    assert message.startswith(f"{settings.maintenance_file}: {expected}"), message
+    assert "\n" not in message
+
+
+@needs_amtool
+def test_a_window_routes_its_nodes_alerts_as_before_muted_by_its_interval(tmp_path):
+    settings = maintenance_file(tmp_path, WINDOW)
+    staged = tmp_path / "alertmanager.yml.staged"
+    staged.write_text(render_config(settings, LAB_TOPOLOGY))
+    check = subprocess.run(["sh", "-c", CONFIG_CHECK.format(staged=shlex.quote(str(staged)))],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    config = yaml.safe_load(staged.read_text())
+    assert config["time_intervals"] == [{"name": "patching", "time_intervals": [
+        {"weekdays": ["saturday"], "times": [{"start_time": "02:00", "end_time": "04:00"}], "location": "Europe/Berlin"}]}]
+
+    def path(*labels: str) -> str:
+        return amtool("config", "routes", "test", f"--config.file={staged}", "--tree", *labels).stdout
+
+    node = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-12", "metrics").instance
+    other = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-11", "metrics").instance
+    assert "worker\\\\-node\\\\-12" in path(f"instance={node}", "severity=critical")
+    assert "worker\\\\-node\\\\-12" in path("instance=http://worker-node-12:8080/healthz", "severity=critical")
+    assert "worker\\\\-node\\\\-12" not in path(f"instance={other}", "severity=critical")
+    # Every route an alert of the window can end on is muted: Alertmanager does not inherit mutes.
+    [node_route, service_route, *rest] = config["route"]["routes"]
+    assert service_route["matchers"] == ['job="toy-redis"', 'instance=""']  # toy-redis runs only there
+    for route in (node_route, service_route):
+        assert route["mute_time_intervals"] == ["patching"]
+        assert [child["mute_time_intervals"] for child in route["routes"]] == [["patching"]] * len(rest)
+        assert [{k: v for k, v in child.items() if k != "mute_time_intervals"} for child in route["routes"]] == rest
+
+
+def _running_alertmanager(tmp_path: Path, settings: Settings, config_text: str):
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(config_text)
+    port = free_port()
+    args = [arg for arg in flag_args(render_defaults(settings))
+            if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]
+    process = subprocess.Popen(
+        ["prometheus-alertmanager", *args, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+@needs_alertmanager
+def test_alertmanager_mutes_an_alert_inside_its_window_and_not_outside(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from roles.alertmanager.maintenance_windows import WEEKDAYS
+
+    now = datetime.now(timezone.utc)
+    today, yesterday = (WEEKDAYS[(moment.weekday() + 1) % 7] for moment in (now, now - timedelta(days=1)))
+    windows = f"""
+windows:
+  open-now:
+    nodes: [worker-node-12]
+    times: [{{weekdays: [{today}]}}]
+  closed-now:
+    nodes: [worker-node-11]
+    times: [{{weekdays: [{yesterday}]}}]
+"""
+    received: queue.Queue = queue.Queue()
+
+    class Webhook(QuietHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+    with serving(Webhook) as webhook:
+        token = tmp_path / "webhook.token"
+        token.write_text("s3cret-token\n")
+        settings = maintenance_file(tmp_path, windows, routes_file=str(tmp_path / "routes.yaml"),
+                                    webhook_url=f"http://127.0.0.1:{webhook.server_port}/alertmanager",
+                                    webhook_token_file=str(token))
+        Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_interval: 1s\n"
+                                              "  group_by: [alertname, instance]\n"
+                                              "  routes:\n    - match: {severity: critical}\n")
+        process, url = _running_alertmanager(tmp_path, settings, render_config(settings, LAB_TOPOLOGY))
+        try:
+            muted = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-12", "metrics").instance
+            sent = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-11", "metrics").instance
+            alerts = [{"labels": {"alertname": "HostDown", "severity": "critical", "instance": instance}}
+                      for instance in (muted, sent)]
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.post(f"{url}/api/v2/alerts", json=alerts, timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
+                time.sleep(0.2)
+            first = received.get(timeout=30)
+            assert [alert["labels"]["instance"] for alert in first["alerts"]] == [sent]
+            # Several group intervals later, the alert inside its window has still not been sent.
+            time.sleep(3)
+            later = [alert["labels"]["instance"] for payload in iter(lambda: None if received.empty() else received.get(), None)
+                     for alert in payload["alerts"]]
+            assert muted not in later
         finally:
             process.terminate()
             process.wait(timeout=30)
