@@ -35,9 +35,10 @@ def listener_ports() -> dict[str, dict[str, int | str]]:
     return data
 
 
-def loopback_inventory(directory: Path, groups: dict[str, list[str]] | None = None) -> Path:
+def loopback_inventory(directory: Path, groups: dict[str, list[str]] | None = None,
+                       host_data: dict[str, object] | None = None) -> Path:
     """An inventory file in ``directory`` with the lab's group data: ``groups`` (default: the lab's
-    groups and hosts), every host at 127.0.0.1 with its own free ports."""
+    groups and hosts), every host at 127.0.0.1 with its own free ports, and ``host_data`` besides."""
     import runpy
 
     (directory / "inventory").mkdir(parents=True)
@@ -50,7 +51,7 @@ def loopback_inventory(directory: Path, groups: dict[str, list[str]] | None = No
     for host in {host for members in groups.values() for host in members}:
         # A host's data for a role replaces its groups' (pyinfra does not merge them): merge here.
         host_groups = ["all", *(group for group, members in groups.items() if host in members)]
-        data[host] = {"ssh_hostname": "127.0.0.1"}
+        data[host] = {"ssh_hostname": "127.0.0.1", **(host_data or {})}
         for role, ports in listener_ports().items():
             merged = {}
             for group in host_groups:

@@ -131,8 +131,10 @@ def _topology(args: argparse.Namespace):
 def maintenance_start(args: argparse.Namespace) -> int:
     from homelab import maintenance
 
-    ids = maintenance.start(_topology(args), args.nodes, args.duration, args.reason)
+    ids, warning = maintenance.start(_topology(args), args.nodes, args.duration, args.reason)
     print(f"maintenance of {', '.join(args.nodes)} for {args.duration}: {len(ids)} silences")
+    if warning:
+        print(f"homelab: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -147,8 +149,10 @@ def maintenance_list(args: argparse.Namespace) -> int:
 def maintenance_end(args: argparse.Namespace) -> int:
     from homelab import maintenance
 
-    expired = maintenance.end(_topology(args), args.nodes)
+    expired, warning = maintenance.end(_topology(args), args.nodes)
     print(f"maintenance of {', '.join(args.nodes)} ended: {len(expired)} silences expired")
+    if warning:
+        print(f"homelab: warning: {warning}", file=sys.stderr)
     return 0
 
 

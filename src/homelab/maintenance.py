@@ -23,6 +23,7 @@ from typing import Any
 import requests
 from pydantic import TypeAdapter, ValidationError
 
+from homelab.config import ConfigError
 from homelab.terminal import printable
 from homelab.topology import Topology
 from homelab.types import Duration, seconds
@@ -168,18 +169,79 @@ def operator() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
-def start(topology: Topology, nodes: list[str], duration: str, reason: str) -> list[str]:
-    """Open a window on ``nodes`` for ``duration``, replacing any window already on them; the new ids."""
+# --- notices in Slack: the relay's webhook, spoken as Alertmanager speaks it ---------------------
+
+NOTICE_ALERTNAME = "MaintenanceWindow"
+NOTICE_SEVERITY = "info"
+
+
+def notice(node: str, reason: str, starts: datetime, ends: datetime, status: str, by: str,
+           external_url: str) -> dict[str, Any]:
+    """An Alertmanager webhook notification (version 4) saying a window on ``node`` started (firing)
+    or ended (resolved), so that the relay routes it like the node's alerts (by its labels) and
+    threads the end under the start (same group, same start time)."""
+    labels = {"alertname": NOTICE_ALERTNAME, "instance": node, "severity": NOTICE_SEVERITY}
+    if status == "firing":
+        summary = f"Maintenance of {node} until {ends.strftime('%Y-%m-%d %H:%M')} UTC: {reason}"
+        description = f"Its alerts are silenced until then (`homelab maintenance start` by {by})."
+    else:
+        summary = f"Maintenance of {node} is over: {reason}"
+        description = f"Its alerts notify again (`homelab maintenance end` by {by})."
+    alert = {"status": status, "labels": labels, "annotations": {"summary": summary, "description": description},
+             "startsAt": _iso(starts), "endsAt": _iso(ends), "generatorURL": "", "fingerprint": ""}
+    return {"version": "4", "groupKey": f'{{}}:{{alertname="{NOTICE_ALERTNAME}", instance="{node}"}}',
+            "truncatedAlerts": 0, "status": status, "receiver": "homelab-maintenance", "groupLabels": labels,
+            "commonLabels": labels, "commonAnnotations": alert["annotations"], "externalURL": external_url,
+            "alerts": [alert]}
+
+
+def post_notices(topology: Topology, notices: list[dict[str, Any]]) -> str | None:
+    """Send ``notices`` to the relay's Alertmanager webhook; None, or why they could not all be sent.
+
+    The window itself is the silences: a relay that cannot be reached costs the notice, not the window.
+    """
+    from homelab.vault import load_vault
+    from roles.alertmanager import TOKEN_SECRET, WEBHOOK_PATH
+
+    relays = topology.hosts_of("alert_relay")
+    if not notices or not relays:
+        return None
+    url = topology.endpoint("alert_relay").url(WEBHOOK_PATH)
+    vault_file, password_file = (topology.data(relays[0], key) for key in ("vault_file", "vault_password_file"))
+    if not (vault_file and password_file):
+        return f"no Slack notice: inventory data for {relays[0]} names no vault_file and vault_password_file"
+    try:
+        token = load_vault(vault_file, password_file)[TOKEN_SECRET]
+    except ConfigError as exc:
+        return f"no Slack notice: {exc}"
+    except KeyError:
+        return f"no Slack notice: {vault_file}: {TOKEN_SECRET}: secret is missing from the vault"
+    for body in notices:
+        try:
+            response = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+        except requests.RequestException as exc:
+            return f"no Slack notice: cannot reach the alert relay at {url} ({type(exc).__name__})"
+        if not response.ok:
+            return f"no Slack notice: the alert relay at {url} refused it: HTTP {response.status_code} {response.text[:200]}"
+    return None
+
+
+def start(topology: Topology, nodes: list[str], duration: str, reason: str) -> tuple[list[str], str | None]:
+    """Open a window on ``nodes`` for ``duration``, replacing any window already on them; the new ids,
+    and a warning if a Slack notice could not be sent."""
     length = window_seconds(duration)
     if not reason.strip():
         raise CommandError("--reason: expected a short text saying why, got an empty one")
     silences = silences_for(topology, nodes)
     manager = alertmanager(topology)
-    end(topology, nodes, manager)
-    ends = datetime.now(timezone.utc) + timedelta(seconds=length)
+    _expired, ended_notices = _end(topology, nodes, manager)
+    starts = datetime.now(timezone.utc)
+    ends = starts + timedelta(seconds=length)
     reason = " ".join(reason.split())
-    return [manager.create(silence.matchers, ends, operator(), f"{COMMENT_PREFIX}{','.join(silence.nodes)}: {reason}")
-            for silence in silences]
+    ids = [manager.create(silence.matchers, ends, operator(), f"{COMMENT_PREFIX}{','.join(silence.nodes)}: {reason}")
+           for silence in silences]
+    started = [notice(node, reason, starts, ends, "firing", operator(), manager.url) for node in sorted(set(nodes))]
+    return ids, post_notices(topology, ended_notices + started)
 
 
 def _ours(manager: Alertmanager) -> list[tuple[tuple[str, ...], str, dict[str, Any]]]:
@@ -206,16 +268,28 @@ def windows(topology: Topology, manager: Alertmanager | None = None) -> list[Win
     return sorted(found, key=lambda window: (window.ends, window.nodes))
 
 
-def end(topology: Topology, nodes: list[str], manager: Alertmanager | None = None) -> list[str]:
-    """Expire every window silence covering any of ``nodes``; the ids expired."""
+def end(topology: Topology, nodes: list[str]) -> tuple[list[str], str | None]:
+    """Expire every window silence covering any of ``nodes``; the ids expired, and a warning if a
+    Slack notice could not be sent."""
+    expired, notices = _end(topology, nodes, alertmanager(topology))
+    return expired, post_notices(topology, notices)
+
+
+def _end(topology: Topology, nodes: list[str], manager: Alertmanager) -> tuple[list[str], list[dict[str, Any]]]:
+    """Expire the window silences covering any of ``nodes``: their ids, and a notice per node whose window ended."""
     silences_for(topology, nodes)  # rejects unknown nodes
-    manager = manager or alertmanager(topology)
-    expired = []
-    for silence_nodes, _reason, silence in _ours(manager):
+    expired, windows_of = [], {}
+    for silence_nodes, reason, silence in _ours(manager):
         if set(silence_nodes) & set(nodes):
             manager.expire(silence["id"])
             expired.append(silence["id"])
-    return expired
+            for node in set(silence_nodes) & set(nodes):
+                if silence["status"]["state"] == "active":
+                    windows_of.setdefault(node, (parse_time(silence["startsAt"]), reason))
+    now = datetime.now(timezone.utc)
+    notices = [notice(node, reason, starts, now, "resolved", operator(), manager.url)
+               for node, (starts, reason) in sorted(windows_of.items())]
+    return expired, notices
 
 
 def table(found: list[Window], now: datetime | None = None) -> str:
