@@ -21,13 +21,16 @@ import pytest
 import requests
 import yaml
 
+from homelab.alerts.render import SLOS_FILE, THRESHOLDS_FILE, generated_files, load_slos, load_thresholds
 from homelab.config import model_from_data
 from roles import grafana
 from roles.common import render
 
-DASHBOARDS = grafana.dashboard_files()
+# File name -> JSON, as the grafana role provisions them (the SLO one generated from alerts/slos.yaml).
+DASHBOARDS = grafana.dashboards()
 # Which exporters serve the metrics each dashboard queries.
 DASHBOARD_EXPORTERS = {
+    "slo-error-budgets": ["slo_rules"],
     "toy-redis": ["toy_redis"],
     "node-overview": ["node_exporter"],
     "nginx": ["nginx_exporter", "mtail"],
@@ -36,8 +39,12 @@ PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "gr
                    "bool", "offset", "inf", "nan"}
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
+def load(name: str) -> dict:
+    return json.loads(DASHBOARDS[name])
+
+
+def stem(name: str) -> str:
+    return name.removesuffix(".json")
 
 
 def all_panels(dashboard: dict) -> list[dict]:
@@ -112,22 +119,22 @@ def test_variable_queries_name_only_the_metric():
     assert variable_metric_names('label_values(node_uname_info{job="node"}, instance)') == {"node_uname_info"}
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", DASHBOARDS, ids=stem)
 def test_dashboard_is_valid_json_with_unique_panel_ids(path):
     dashboard = load(path)
     ids = [panel["id"] for panel in all_panels(dashboard)]
-    assert len(ids) == len(set(ids)), f"duplicate panel ids in {path.name}"
+    assert len(ids) == len(set(ids)), f"duplicate panel ids in {path}"
     assert dashboard["uid"] and dashboard["title"]
     for panel in all_panels(dashboard):
         if panel["type"] != "row":
-            assert panel.get("targets"), f"{path.name}: panel {panel['title']!r} has no query"
+            assert panel.get("targets"), f"{path}: panel {panel['title']!r} has no query"
 
 
 def test_dashboard_uids_and_titles_are_unique():
     dashboards = [load(path) for path in DASHBOARDS]
     assert len({d["uid"] for d in dashboards}) == len(dashboards)
     assert len({d["title"] for d in dashboards}) == len(dashboards)
-    assert {path.stem for path in DASHBOARDS} == set(DASHBOARD_EXPORTERS), \
+    assert {stem(path) for path in DASHBOARDS} == set(DASHBOARD_EXPORTERS), \
         "every dashboard needs an entry in DASHBOARD_EXPORTERS so its metrics are checked"
 
 
@@ -137,11 +144,11 @@ def test_panels_use_only_provisioned_datasources():
         for panel in all_panels(load(path)):
             for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
                 if ref:
-                    assert (ref["type"], ref["uid"]) in provisioned, f"{path.name}: {panel['title']!r} uses {ref}"
+                    assert (ref["type"], ref["uid"]) in provisioned, f"{path}: {panel['title']!r} uses {ref}"
 
 
 def test_toy_redis_dashboard_covers_what_operators_watch():
-    dashboard = load(grafana.DASHBOARDS_SOURCE / "toy-redis.json")
+    dashboard = load("toy-redis.json")
     exprs = [t["expr"] for p in all_panels(dashboard) for t in p.get("targets", [])]
     text = "\n".join(exprs)
     for quantile in ("0.5", "0.9", "0.95", "0.99"):
@@ -157,7 +164,7 @@ def test_toy_redis_dashboard_covers_what_operators_watch():
 def test_logs_panel_selects_the_labels_the_log_shippers_set():
     from roles import alloy, promtail
 
-    dashboard = load(grafana.DASHBOARDS_SOURCE / "toy-redis.json")
+    dashboard = load("toy-redis.json")
     [logs] = [p for p in all_panels(dashboard) if p["type"] == "logs"]
     selector = re.match(r"\{([^}]*)\}", logs["targets"][0]["expr"]).group(1)
     wanted = dict(re.findall(r'(\w+)="([^"]*)"', selector))
@@ -320,7 +327,16 @@ def mtail_metrics(tmp_path_factory):
         stop(process)
 
 
+@pytest.fixture(scope="module")
+def slo_rules_metrics():
+    """The series the SLO recording rules write, as an exposition: what the SLO dashboard may read."""
+    rules = yaml.safe_load(generated_files(load_thresholds(THRESHOLDS_FILE), load_slos(SLOS_FILE))["slos.rules.yml"])
+    return "".join(f"# TYPE {rule['record']} gauge\n" for group in rules["groups"] for rule in group["rules"]
+                   if "record" in rule)
+
+
 EXPORTER_FIXTURES = {
+    "slo_rules": "slo_rules_metrics",
     "toy_redis": "toy_redis_metrics",
     "node_exporter": "node_exporter_metrics",
     "nginx_exporter": "nginx_exporter_metrics",
@@ -328,17 +344,17 @@ EXPORTER_FIXTURES = {
 }
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", DASHBOARDS, ids=stem)
 def test_every_queried_metric_is_served_by_a_live_exporter(path, request):
     types, samples = {}, set()
-    for exporter in DASHBOARD_EXPORTERS[path.stem]:
+    for exporter in DASHBOARD_EXPORTERS[stem(path)]:
         more_types, more_samples = exposed(request.getfixturevalue(EXPORTER_FIXTURES[exporter]))
         types.update(more_types)
         samples |= more_samples
     names = dashboard_prometheus_names(load(path))
-    assert names, f"{path.name} queries no Prometheus metric"
+    assert names, f"{path} queries no Prometheus metric"
     unknown = sorted(name for name in names if not is_served(name, types, samples))
-    assert not unknown, f"{path.name} queries metrics no exporter serves: {unknown}"
+    assert not unknown, f"{path} queries metrics no exporter serves: {unknown}"
 
 
 def test_a_misspelt_metric_or_a_suffix_on_a_non_histogram_is_caught(node_exporter_metrics):

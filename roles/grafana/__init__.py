@@ -21,14 +21,16 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
+from pyinfra.facts.files import File, FindFiles
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from homelab.config import FieldError, StrictModel
+from homelab.alerts import slo_dashboard
+from homelab.alerts.render import SLOS_FILE, load_slos
+from homelab.config import ConfigError, FieldError, StrictModel
 from homelab.topology import Topology
 from homelab.types import Port
-from roles.common import TEMPLATES_DIR, checked_file, current_topology, render, restart, role_settings
+from roles.common import REPO_ROOT, TEMPLATES_DIR, checked_file, current_topology, render, restart, role_settings
 from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.nginx import NGINX_USER, site
@@ -133,6 +135,20 @@ def dashboard_files() -> list[Path]:
     return sorted(DASHBOARDS_SOURCE.glob("*.json"))
 
 
+def dashboards(slos_file: Path = SLOS_FILE) -> dict[str, str]:
+    """File name -> JSON of every provisioned dashboard: the repo's files and the one generated from
+    the SLO file (validated here: a bad file stops the run before any host changes)."""
+    found = {path.name: path.read_text() for path in dashboard_files()}
+    for name, text in found.items():
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(DASHBOARDS_SOURCE.relative_to(REPO_ROOT) / name, f"line {exc.lineno}",
+                              f"expected a JSON dashboard ({exc.msg})") from None
+    found[slo_dashboard.FILE_NAME] = slo_dashboard.dashboard_text(load_slos(slos_file))
+    return found
+
+
 def datasource_urls(topology: Topology) -> dict[str, str]:
     """Each datasource's URL: the first host of its role, on that host's port."""
     return {f"{role}_url": topology.endpoint(role).url() for role in ("prometheus", "loki", "alertmanager")}
@@ -144,8 +160,7 @@ def apply() -> None:
     settings = role_settings("grafana", Settings).on_nginx_port(topology.port(host.name, "nginx"))
     server_name = settings.server_name or host.name
     urls = datasource_urls(topology)
-    for dashboard in dashboard_files():
-        json.loads(dashboard.read_text())  # a broken file fails here, before any host changes
+    wanted_dashboards = dashboards()
     # Read before anything is installed: on a first deploy there is no database yet.
     database_existed = bool(host.get_fact(File, path=DATABASE))
     if not install_grafana_package(PACKAGE, settings.install):
@@ -166,8 +181,11 @@ def apply() -> None:
                             content=render_dashboard_provider(), group=group, mode="0640")
     files.directory(name="Dashboards folder", path=DASHBOARDS_DIR, user="root", group=group, mode="0750")
     # Grafana rereads this folder on its own (updateIntervalSeconds); deleted files leave Grafana too.
-    files.sync(name="Dashboards from the repo", src=str(DASHBOARDS_SOURCE), dest=DASHBOARDS_DIR,
-               user="root", group=group, mode="0640", dir_mode="0750", delete=True)
+    for name, text in wanted_dashboards.items():
+        checked_file(name=f"Dashboard {name}", dest=f"{DASHBOARDS_DIR}/{name}", content=text, group=group, mode="0640")
+    present = host.get_fact(FindFiles, path=DASHBOARDS_DIR, maxdepth=1) or []
+    for stale in sorted(set(present) - {f"{DASHBOARDS_DIR}/{name}" for name in wanted_dashboards}):
+        files.file(name=f"Remove dashboard no longer provisioned: {stale}", path=stale, present=False)
 
     # grafana.ini's admin_password only seeds a new database; an existing one needs the CLI. The
     # server is stopped first: the CLI and the server starting up (migrations) would both write the

@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 
+from homelab.alerts.slos import BUDGET_LEFT
 from homelab.maintenance import HTTP_TIMEOUT_S, CommandError, alertmanager, windows
 from homelab.topology import Topology
 
@@ -90,7 +91,7 @@ def collect(topology: Topology) -> Status:
             row.firing.append(name)
     # NaN when there were no events over the period at all: nothing spent, nothing to say.
     budget = {sample["metric"].get("slo", "?"): None if math.isnan(float(sample["value"][1])) else float(sample["value"][1])
-              for sample in _prometheus_query(prometheus, "slo:error_budget_remaining:ratio")}
+              for sample in _prometheus_query(prometheus, BUDGET_LEFT)}
     maintenance = [{"nodes": list(window.nodes), "ends": window.ends.isoformat(), "reason": window.reason}
                    for window in windows(topology, manager)]
     return Status(rows, maintenance, dict(sorted(budget.items())), other)

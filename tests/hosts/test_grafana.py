@@ -131,7 +131,7 @@ def test_admin_password_is_in_a_private_file_and_nowhere_in_grafana_ini(node):
 
 def test_repo_dashboards_and_datasources_are_provisioned(node):
     found = {item["uid"] for item in admin_get(node, "/api/search?type=dash-db")}
-    assert {json.loads(path.read_text())["uid"] for path in grafana.dashboard_files()} <= found
+    assert {json.loads(text)["uid"] for text in grafana.dashboards().values()} <= found
     sources = {item["uid"]: item for item in admin_get(node, "/api/datasources")}
     assert {"prometheus", "loki", "alertmanager"} <= set(sources)
     assert sources["prometheus"]["url"] == LAB_TOPOLOGY.endpoint("prometheus").url()

@@ -119,7 +119,7 @@ def test_dashboard_provider_reads_the_folder_the_repo_dashboards_are_synced_to()
     # Grafana's file reader deletes a provisioned dashboard whose file is gone only when this is false
     # (pkg/services/provisioning/dashboards/file_reader.go, deleteDashboardIfFileIsMissing).
     assert provider["disableDeletion"] is False
-    assert {path.stem for path in grafana.dashboard_files()} >= {"toy-redis", "node-overview", "nginx"}
+    assert set(grafana.dashboards()) >= {"toy-redis.json", "node-overview.json", "nginx.json", "slo-error-budgets.json"}
 
 
 def test_socket_folder_is_recreated_at_boot_for_grafana_only():
@@ -458,7 +458,7 @@ def test_dry_run_plans_every_role_and_never_shows_the_admin_password(tmp_path):
     plan, output, commands = dry_plan(tmp_path, "grafana,loki,alloy", offline,
                                       expand=("loki | Loki config", "alloy | Alloy config"))
     for expected in ("grafana | Install grafana_11.6.0_amd64.deb", "grafana | Grafana admin password",
-                     "grafana | grafana.ini", "grafana | Dashboards from the repo",
+                     "grafana | grafana.ini", "grafana | Dashboard toy-redis.json", "grafana | Dashboard slo-error-budgets.json",
                      "grafana | www-data may open Grafana's socket", "grafana | nginx site grafana",
                      "loki | Install loki_3.5.0_amd64.deb", "loki | Loki config",
                      "alloy | Install alloy-1.10.0-1.amd64.deb", "alloy | Alloy config"):

@@ -40,7 +40,12 @@ TEST_EVENTS_PER_STEP = 100000
 GENERATED_GROUP = "slos"
 
 
-def _recorded(window: str) -> str:
+# Recorded per objective (label slo): the share of its error budget left over its whole period.
+BUDGET_LEFT = "slo:error_budget_remaining:ratio"
+
+
+def recorded(window: str) -> str:
+    """The recorded series of an objective's error ratio over ``window``."""
     return f"slo:error_ratio:rate{window}"
 
 
@@ -106,18 +111,18 @@ class Slo(StrictModel):
     def rules(self, runbook_base: str) -> list[dict[str, Any]]:
         windows = sorted({w for pair in WINDOWS for w in (pair.long, pair.short)}, key=seconds)
         rules: list[dict[str, Any]] = [
-            {"record": _recorded(window), "expr": self.error_ratio(window), "labels": {"slo": self.name}}
+            {"record": recorded(window), "expr": self.error_ratio(window), "labels": {"slo": self.name}}
             for window in [*windows, self.period]
         ]
-        rules.append({"record": "slo:error_budget_remaining:ratio",
-                      "expr": f"1 - {_recorded(self.period)}{{slo=\"{self.name}\"}} / {_decimal(self.budget)}",
+        rules.append({"record": BUDGET_LEFT,
+                      "expr": f"1 - {recorded(self.period)}{{slo=\"{self.name}\"}} / {decimal_text(self.budget)}",
                       "labels": {"slo": self.name}})
         for window in WINDOWS:
-            limit = _decimal(self.threshold(window))
+            limit = decimal_text(self.threshold(window))
             selector = f'{{slo="{self.name}"}}'
             rules.append({
                 "alert": self.alert,
-                "expr": f"{_recorded(window.long)}{selector} > {limit} and {_recorded(window.short)}{selector} > {limit}",
+                "expr": f"{recorded(window.long)}{selector} > {limit} and {recorded(window.short)}{selector} > {limit}",
                 "labels": {"severity": SEVERITY, "window": window.long},
                 "annotations": self.annotations(window, runbook_base),
             })
@@ -176,7 +181,7 @@ class Slo(StrictModel):
         return tests
 
 
-def _decimal(value: Decimal) -> str:
+def decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
