@@ -9,18 +9,20 @@ ports are served by prometheus-client exporters, since status reads only whether
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import start_http_server
 
 from homelab.alerts.render import SLOS_FILE, THRESHOLDS_FILE, generated_files, load_slos, load_thresholds
 from homelab.cli import main
 from homelab.topology import Topology
+from roles.node_exporter import DEPLOY_METRIC
 from tests.alert_relay.conftest import ALERTMANAGER, wait_for
 from tests.local_monitoring import PROMETHEUS, alertmanager, loopback_inventory, prometheus
 
@@ -29,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     reason="needs Debian's prometheus and prometheus-alertmanager packages")]
 
 NODE = "worker-node-14"
+DEPLOYED_AT = 1_790_000_000
 
 
 def exporter(port: int, registry: CollectorRegistry):
@@ -45,7 +48,10 @@ def cluster(tmp_path):
     # Commands keep coming (an idle server's error ratio is 0/0, which status shows as no events).
     busy = threading.Event()
     threading.Thread(target=lambda: [commands.inc(100) for _ in iter(lambda: busy.wait(0.05), True)], daemon=True).start()
-    servers = [exporter(topology.endpoint("node_exporter", NODE, "metrics").port, CollectorRegistry()),
+    node_registry = CollectorRegistry()
+    # The deploy stamp as node_exporter's textfile collector serves it (roles.node_exporter).
+    Gauge(DEPLOY_METRIC, "Last deploy.", ["commit"], registry=node_registry).labels("0123456789ab").set(DEPLOYED_AT)
+    servers = [exporter(topology.endpoint("node_exporter", NODE, "metrics").port, node_registry),
                exporter(topology.endpoint("toy_redis", NODE, "metrics").port, redis_registry)]
     rules = {name: content for name, content in generated_files(load_thresholds(THRESHOLDS_FILE), load_slos(SLOS_FILE)).items()
              if name == "slos.rules.yml"}
@@ -85,6 +91,15 @@ def test_status_tells_up_down_firing_and_silenced_apart(cluster, capsys):
         return status(inventory, capsys)[1]["error_budget_left"].get("ToyRedisAvailability")
 
     assert wait_for(budget, 30, "ToyRedisAvailability's budget to be recorded", interval=0.5) == 1.0
+    report = status(inventory, capsys)[1]
+    rows = {row["service"]: row for row in report["rows"]}
+    assert rows["toy-redis"]["error_budget_left"] == 1.0 and rows["node"]["error_budget_left"] is None
+    # Versions from each service's own build_info (the stand-in exporters serve none).
+    prometheus_version = requests.get(f"{prom_url}/api/v1/status/buildinfo", timeout=5).json()["data"]["version"]
+    assert rows["prometheus"]["version"] == prometheus_version
+    assert rows["alertmanager"]["version"] not in ("", "-") and rows["node"]["version"] == "-"
+    assert report["last_deploy"] == {NODE: {"time": datetime.fromtimestamp(DEPLOYED_AT, timezone.utc).isoformat(), "commit": "0123456789ab"}}
+    assert report["last_backup"] is None
 
     redis = topology.endpoint("toy_redis", NODE, "metrics")
     alert = {"labels": {"alertname": "ToyRedisDown", "severity": "critical", "job": "toy-redis",
@@ -111,13 +126,38 @@ def test_status_tells_up_down_firing_and_silenced_apart(cluster, capsys):
     assert status(inventory, capsys)[0] == 1
 
 
-def test_status_table_and_unreachable_prometheus(tmp_path, capsys):
+def test_hostile_labels_and_annotations_print_escaped(cluster, capsys):
+    inventory, topology, am_url, _prom_url, _servers = cluster
+    redis = topology.endpoint("toy_redis", NODE, "metrics")
+    hostile = "Evil\x1b[2J\x1b]0;owned\x07\r\nworker-node-99  toy-redis  up\u202e\x9b31m"
+    alerts = [{"labels": {"alertname": hostile, "severity": "critical\x1b[32m", "job": "toy-redis", "instance": redis.instance}},
+              {"labels": {"alertname": hostile, "job": "nowhere\x1bc"}}]
+    assert requests.post(f"{am_url}/api/v2/alerts", json=alerts, timeout=5).ok
+    silence = {"matchers": [{"name": "instance", "value": "none", "isRegex": False}], "startsAt": "2026-01-01T00:00:00Z",
+               "endsAt": "2099-01-01T00:00:00Z", "createdBy": "x", "comment": f"maintenance of {NODE}: {hostile}"}
+    assert requests.post(f"{am_url}/api/v2/silences", json=silence, timeout=5).ok
+    capsys.readouterr()
+    assert main(["status", "--inventory", str(inventory)]) == 1
+    out = capsys.readouterr().out
+    assert not [char for char in out if char != "\n" and (ord(char) < 0x20 or 0x7f <= ord(char) < 0xa0 or char == "\u202e")]
+    assert "Evil\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0aworker-node-99  toy-redis  up\\u202e\\x9b31m(critical\\x1b[32m)" in out
+    assert "job=nowhere\\x1bc" in out
+    assert out.count("Evil") == 3  # its row, the other alert, the maintenance line: no line forged
+
+
+def test_status_with_prometheus_and_alertmanager_down_says_so_in_under_two_seconds(tmp_path, capsys):
     inventory = loopback_inventory(tmp_path, {"prometheus": [NODE], "alertmanager": [NODE]})
     started = time.monotonic()
     assert main(["status", "--inventory", str(inventory)]) == 1
-    assert time.monotonic() - started < 5
-    url = Topology.load(inventory).endpoint("prometheus").url()
-    assert capsys.readouterr().err == f"homelab: cannot reach Prometheus at {url} (ConnectionError)\n"
+    assert time.monotonic() - started < 2
+    topology = Topology.load(inventory)
+    out = capsys.readouterr().out
+    prometheus, manager = topology.endpoint("prometheus").url(), topology.endpoint("alertmanager").url()
+    assert (f"unreachable: Prometheus: cannot reach Prometheus at {prometheus} (ConnectionError); services and deploys "
+            "asked over SSH") in out
+    assert f"unreachable: Alertmanager: cannot reach Alertmanager at {manager} (ConnectionError)" in out
+    assert f"unreachable: {NODE}: no answer over SSH" in out  # nothing listens for SSH here either
+    assert all(line.split()[2] == "unknown" for line in out.splitlines()[1:4])
 
 
 def test_status_help_has_an_example(capsys):

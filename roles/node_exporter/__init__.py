@@ -1,17 +1,30 @@
-"""node_exporter on every node, from Debian's prometheus-node-exporter package."""
+"""node_exporter on every node, from Debian's prometheus-node-exporter package.
+
+Its textfile collector also serves the node's deploy stamp (`stamp_deploy`, the last step of
+deploys/all.py): when the last deploy that changed something on the node ran, and from which commit.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import time
+from functools import cache
+from io import BytesIO
+
 from pyinfra.api import deploy
-from pyinfra.operations import apt
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra.operations import apt, files
 
 from homelab.config import StrictModel
 from homelab.types import Port
-from roles.common import checked_file, keep_running, render, role_settings
+from roles.common import REPO_ROOT, checked_file, keep_running, render, role_settings
 
 PACKAGE = "prometheus-node-exporter"
 SERVICE = "prometheus-node-exporter"
 DEFAULTS_FILE = "/etc/default/prometheus-node-exporter"
+# In the textfile directory; homelab status reads it through Prometheus, or over SSH when that is down.
+DEPLOY_STAMP_FILE = "homelab_deploy.prom"
+DEPLOY_METRIC = "homelab_last_deploy_timestamp_seconds"
 
 
 class Settings(StrictModel):
@@ -53,3 +66,36 @@ def apply() -> None:
         content=render_defaults(settings),
     )
     keep_running(SERVICE, "node_exporter", restart_on=(flags,))
+
+
+@cache
+def deployed_commit() -> str:
+    """The repo's commit this control machine deploys (with -dirty for uncommitted changes), or unknown."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def render_deploy_stamp(moment: float, commit: str) -> str:
+    return (f"# HELP {DEPLOY_METRIC} When a deploy last changed something on this node, and from which commit.\n"
+            f"# TYPE {DEPLOY_METRIC} gauge\n"
+            f'{DEPLOY_METRIC}{{commit="{commit}"}} {moment:.0f}\n')
+
+
+def _changed_anything() -> bool:
+    """Whether an operation of this run has changed this host so far."""
+    operations = ctx_state.get().ops[ctx_host.get()].values()
+    return any(data.operation_meta.is_complete() and data.operation_meta.did_change() for data in operations)
+
+
+def stamp_deploy() -> None:
+    """The last step of a deploy: the stamp, rewritten only when the run changed the node, so a run
+    that changes nothing changes nothing (and the stamp tells when the node last changed)."""
+    settings = role_settings("node_exporter", Settings)
+    files.put(name="Deploy stamp for homelab status", src=BytesIO(render_deploy_stamp(time.time(), deployed_commit()).encode()),
+              dest=f"{settings.textfile_directory}/{DEPLOY_STAMP_FILE}", mode="0644", _if=_changed_anything)

@@ -1,9 +1,18 @@
 """`homelab status`: one table of the cluster's health, read from Prometheus and Alertmanager.
 
 Each row is one thing Prometheus should be scraping (from the topology: every scrape target and
-health probe), with whether its last scrape worked, and the alerts firing on it that no silence or
-inhibition mutes. Then the maintenance windows and the SLOs' error budget left. The exit status is
-1 when anything is down, unknown (no scrape yet) or firing, 0 when all is well.
+health probe): whether its last scrape worked, the version it reports (its `*_build_info`), the
+node's last deploy (the stamp deploys/all.py leaves, roles.node_exporter), the error budget left of
+the service's SLOs, and the alerts firing on it that no silence or inhibition mutes. Then the
+maintenance windows and the newest backup's age.
+
+When Prometheus cannot be reached, the nodes are asked over SSH instead (is each service's unit
+active, the deploy stamp's file); when Alertmanager cannot be reached, firing alerts and windows are
+unknown. Either is said on a line of its own, and counts as not well. The exit status is 1 when
+anything is down, unknown, firing or unreachable, 0 when all is well.
+
+Labels, annotations and silence comments are anyone's who can reach Alertmanager: the table shows
+their control characters escaped (homelab.terminal); JSON escapes them by itself.
 """
 
 from __future__ import annotations
@@ -11,18 +20,30 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
+import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 import requests
 
-from homelab.alerts.slos import BUDGET_LEFT
+from homelab.alerts.slos import BUDGET_LEFT, CATALOG
 from homelab.maintenance import HTTP_TIMEOUT_S, CommandError, alertmanager, windows
-from homelab.topology import Topology
+from homelab.terminal import printable
+from homelab.topology import ROLE_BY_NAME, Topology
+from homelab.types import duration_text
 
 # instance labels: "worker-node-12:9100", "worker-node-12", "http://worker-node-12:3000/healthz"
 _INSTANCE_HOST = re.compile(r"^(?:https?://)?([^:/]+)")
+# Over SSH, when Prometheus is down: a node that does not answer in this long is shown unknown.
+SSH_TIMEOUT_S = 5
+# Units of the listeners whose role runs more than one service; the others' is the role's SERVICE.
+_UNITS = {("nginx", "http"): "nginx", ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
+NO_VALUE = "-"
 
 
 @dataclass
@@ -30,8 +51,12 @@ class Row:
     node: str
     service: str  # the scrape job
     instance: str
-    state: str  # up, down, unknown (Prometheus has no such series yet)
+    state: str  # up, down, unknown (Prometheus has no such series yet, or the node did not answer)
+    version: str = NO_VALUE
+    error_budget_left: float | None = None  # the lowest of the service's SLOs'
     firing: list[str] = field(default_factory=list)
+    # Internal: the systemd unit serving it, asked over SSH when Prometheus is down.
+    unit: str = field(default="", repr=False)
 
 
 @dataclass
@@ -41,10 +66,16 @@ class Status:
     error_budget_left: dict[str, float | None]
     # Firing alerts on nothing in the topology (e.g. a service-wide alert without an instance).
     other_firing: list[str]
+    # node -> {"time": ISO time, "commit": ...} of the last deploy that changed it; absent: never stamped.
+    last_deploy: dict[str, dict[str, str]] = field(default_factory=dict)
+    last_backup: str | None = None  # ISO time of the newest backup
+    # What could not be asked, one line each ("Prometheus unreachable: ...").
+    unreachable: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return all(row.state == "up" and not row.firing for row in self.rows) and not self.other_firing
+        return (all(row.state == "up" and not row.firing for row in self.rows) and not self.other_firing
+                and not self.unreachable)
 
 
 def _prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
@@ -57,25 +88,102 @@ def _prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
     return response.json()["data"]["result"]
 
 
-def expected_targets(topology: Topology) -> list[tuple[str, str, str]]:
-    """(node, job, instance) of everything Prometheus scrapes, as the deploy configures it."""
+def _unit(role: str, listener: str) -> str:
+    from importlib import import_module
+
+    if (role, listener) in _UNITS:
+        return _UNITS[role, listener]
+    module = import_module(f"roles.{role}")
+    app = getattr(module, "APP", None)
+    return app.service if app else module.SERVICE
+
+
+def expected_targets(topology: Topology) -> list[tuple[str, str, str, str]]:
+    """(node, job, instance, systemd unit) of everything Prometheus scrapes, as the deploy configures it."""
     from roles.prometheus import PROBE_JOB
 
-    targets = [(endpoint.host, job.name, endpoint.instance) for job in topology.scrape_jobs() for endpoint in job.targets]
+    targets = [(endpoint.host, job.name, endpoint.instance, _unit(job.role, ROLE_BY_NAME[job.role].scrape[job.name]))
+               for job in topology.scrape_jobs() for endpoint in job.targets]
     if topology.hosts_of("blackbox"):  # without a prober, nothing probes
-        targets += [(probe.endpoint.host, PROBE_JOB, probe.instance) for probe in topology.health_probes()]
+        listener_of = {(role.name, listener.health): listener.name for role in ROLE_BY_NAME.values()
+                       for listener in role.listeners if listener.health}
+        targets += [(probe.endpoint.host, PROBE_JOB, probe.instance, _unit(probe.role, listener_of[probe.role, probe.path]))
+                    for probe in topology.health_probes()]
     return sorted(targets)
 
 
-def collect(topology: Topology) -> Status:
-    prometheus = topology.endpoint("prometheus").url()
+def _slo_jobs() -> dict[str, str]:
+    return {slo.name: slo.job for slo in CATALOG}
+
+
+def _from_prometheus(topology: Topology, rows: list[Row], status: Status, answers: dict[str, list]) -> None:
+    up = {(s["metric"].get("job"), s["metric"].get("instance")): s["value"][1] for s in answers["up"]}
+    versions = {(s["metric"].get("job"), s["metric"].get("instance")): s["metric"].get("version", NO_VALUE)
+                for s in answers["versions"]}
+    for row in rows:
+        row.state = {"1": "up", "0": "down"}.get(up.get((row.service, row.instance)), "unknown")
+        row.version = versions.get((row.service, row.instance), NO_VALUE)
+    for sample in answers["deploys"]:
+        host = _INSTANCE_HOST.match(sample["metric"].get("instance", ""))
+        if host and host.group(1) in topology.hosts:
+            status.last_deploy[host.group(1)] = {"time": _iso(float(sample["value"][1])),
+                                                 "commit": sample["metric"].get("commit", NO_VALUE)}
+    # NaN when there were no events over the period at all: nothing spent, nothing to say.
+    status.error_budget_left = dict(sorted(
+        (sample["metric"].get("slo", "?"), None if math.isnan(float(sample["value"][1])) else float(sample["value"][1]))
+        for sample in answers["budgets"]))
+
+
+def _ssh_argv(topology: Topology, host: str, script: str) -> list[str]:
+    data = lambda key: topology.data(host, key)  # noqa: E731
+    options = {"BatchMode": "yes", "ConnectTimeout": SSH_TIMEOUT_S, "LogLevel": "ERROR"}
+    if data("ssh_key"):
+        options.update(IdentityFile=data("ssh_key"), IdentitiesOnly="yes")
+    if data("ssh_known_hosts_file"):
+        options["UserKnownHostsFile"] = data("ssh_known_hosts_file")
+    if data("ssh_strict_host_key_checking"):
+        options["StrictHostKeyChecking"] = data("ssh_strict_host_key_checking")
+    argv = ["ssh", *(f"-o{key}={value}" for key, value in options.items())]
+    if data("ssh_port"):
+        argv += ["-p", str(data("ssh_port"))]
+    user = data("ssh_user")
+    return [*argv, f"{user}@{topology.address(host)}" if user else topology.address(host), script]
+
+
+def _from_nodes(topology: Topology, rows: list[Row], status: Status) -> None:
+    """Each row's unit state and each node's deploy stamp, asked over SSH (one connection per node)."""
+    from roles.node_exporter import DEPLOY_METRIC, DEPLOY_STAMP_FILE
+
+    def ask(node: str) -> tuple[str, list[Row], str | None]:
+        mine = [row for row in rows if row.node == node]
+        stamp = f"{topology.settings(node, 'node_exporter').textfile_directory}/{DEPLOY_STAMP_FILE}"
+        units = " ".join(shlex.quote(row.unit) for row in mine)
+        script = f"systemctl is-active {units}; echo ---; cat {shlex.quote(stamp)} 2>/dev/null || true"
+        try:
+            result = subprocess.run(_ssh_argv(topology, node, script), capture_output=True, text=True,
+                                    timeout=SSH_TIMEOUT_S * 2)
+        except subprocess.TimeoutExpired:
+            return node, mine, None
+        if result.returncode == 255 or "---" not in result.stdout:
+            return node, mine, None
+        return node, mine, result.stdout
+
+    with ThreadPoolExecutor(max_workers=len(topology.hosts) or 1) as pool:
+        for node, mine, output in pool.map(ask, topology.hosts):
+            if output is None:
+                status.unreachable.append(f"{node}: no answer over SSH")
+                continue
+            states, stamp = output.split("---", 1)
+            for row, state in zip(mine, states.split()):
+                row.state = {"active": "up"}.get(state, "down")
+            match = re.search(rf'^{DEPLOY_METRIC}{{commit="([^"]*)"}} ([0-9.e+]+)$', stamp, re.MULTILINE)
+            if match:
+                status.last_deploy[node] = {"time": _iso(float(match.group(2))), "commit": match.group(1)}
+
+
+def _from_alertmanager(topology: Topology, rows: list[Row], status: Status) -> None:
     manager = alertmanager(topology)
-    up = {(sample["metric"].get("job"), sample["metric"].get("instance")): sample["value"][1]
-          for sample in _prometheus_query(prometheus, "up")}
-    rows = [Row(node, job, instance, {"1": "up", "0": "down"}.get(up.get((job, instance)), "unknown"))
-            for node, job, instance in expected_targets(topology)]
     by_target = {(row.service, row.instance): row for row in rows}
-    other = []
     for alert in sorted(manager.firing(), key=lambda alert: alert["labels"].get("alertname", "")):
         labels = alert["labels"]
         name = f"{labels.get('alertname', '?')}({labels['severity']})" if "severity" in labels else labels.get("alertname", "?")
@@ -86,39 +194,106 @@ def collect(topology: Topology) -> Status:
             candidates = [r for r in rows if host and r.node == host.group(1) and r.service == labels.get("job")]
             row = candidates[0] if candidates else None
         if row is None:
-            other.append(name if "job" not in labels else f"{name} job={labels['job']}")
+            status.other_firing.append(name if "job" not in labels else f"{name} job={labels['job']}")
         else:
             row.firing.append(name)
-    # NaN when there were no events over the period at all: nothing spent, nothing to say.
-    budget = {sample["metric"].get("slo", "?"): None if math.isnan(float(sample["value"][1])) else float(sample["value"][1])
-              for sample in _prometheus_query(prometheus, BUDGET_LEFT)}
-    maintenance = [{"nodes": list(window.nodes), "ends": window.ends.isoformat(), "reason": window.reason}
-                   for window in windows(topology, manager)]
-    return Status(rows, maintenance, dict(sorted(budget.items())), other)
+    status.maintenance = [{"nodes": list(window.nodes), "ends": window.ends.isoformat(), "reason": window.reason}
+                          for window in windows(topology, manager)]
+
+
+def _iso(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="seconds")
+
+
+def newest_backup() -> datetime | None:
+    """The newest backup's time; None until backups exist (homelab backup)."""
+    return None
+
+
+def collect(topology: Topology) -> Status:
+    from roles.node_exporter import DEPLOY_METRIC
+
+    rows = [Row(node, job, instance, "unknown", unit=unit) for node, job, instance, unit in expected_targets(topology)]
+    status = Status(rows, [], {}, [])
+    prometheus = topology.endpoint("prometheus").url()
+    queries = {"up": "up", "versions": '{__name__=~".+_build_info"}', "deploys": DEPLOY_METRIC, "budgets": BUDGET_LEFT}
+
+    def attempt(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except CommandError as exc:
+            return exc
+
+    # Every question at once: each is a round trip to a different process.
+    with ThreadPoolExecutor(max_workers=len(queries) + 1) as pool:
+        asked = {key: pool.submit(attempt, lambda query=query: _prometheus_query(prometheus, query))
+                 for key, query in queries.items()}
+        from_alertmanager = pool.submit(attempt, lambda: _from_alertmanager(topology, rows, status))
+        answers = {key: future.result() for key, future in asked.items()}
+        failed = next((answer for answer in answers.values() if isinstance(answer, CommandError)), None)
+        if failed:
+            status.unreachable.append(f"Prometheus: {failed}; services and deploys asked over SSH")
+            _from_nodes(topology, rows, status)
+        else:
+            _from_prometheus(topology, rows, status, answers)
+        manager_failed = from_alertmanager.result()
+        if isinstance(manager_failed, CommandError):
+            status.unreachable.append(f"Alertmanager: {manager_failed}; firing alerts and maintenance unknown")
+    slo_jobs = _slo_jobs()
+    for row in rows:
+        budgets = [left for slo, left in status.error_budget_left.items() if slo_jobs.get(slo) == row.service and left is not None]
+        row.error_budget_left = min(budgets) if budgets else None
+    backup = newest_backup()
+    status.last_backup = backup.isoformat(timespec="seconds") if backup else None
+    return status
 
 
 def as_json(status: Status) -> str:
-    return json.dumps({**asdict(status), "healthy": status.healthy}, indent=2)
+    report = asdict(status)
+    for row in report["rows"]:
+        del row["unit"]
+    return json.dumps({**report, "healthy": status.healthy}, indent=2)
 
 
-def as_table(status: Status, colour: bool) -> str:
+def _age(iso_time: str | None, now: float) -> str:
+    if not iso_time:
+        return NO_VALUE
+    return duration_text(max(0, int(now - datetime.fromisoformat(iso_time).timestamp()))) + " ago"
+
+
+def as_table(status: Status, colour: bool, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+
     def paint(text: str, good: bool) -> str:
         return f"\033[{32 if good else 31}m{text}\033[0m" if colour else text
 
-    header = ("NODE", "SERVICE", "STATE", "INSTANCE", "FIRING")
-    cells = [(row.node, row.service, row.state, row.instance, ", ".join(row.firing)) for row in status.rows]
-    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(4)]
+    header = ("NODE", "SERVICE", "STATE", "VERSION", "INSTANCE", "LAST DEPLOY", "BUDGET", "FIRING")
+    cells, shown_nodes = [], set()
+    for row in status.rows:
+        deploy = status.last_deploy.get(row.node)
+        # Node-wide facts on the node's first row only.
+        deployed = "" if row.node in shown_nodes else (
+            f"{_age(deploy['time'], now)} ({deploy['commit']})" if deploy else NO_VALUE)
+        shown_nodes.add(row.node)
+        budget = NO_VALUE if row.error_budget_left is None else f"{row.error_budget_left * 100:.1f}%"
+        # Everything from Prometheus or Alertmanager is printed through printable(): anyone may post labels.
+        cells.append(tuple(map(printable, (row.node, row.service, row.state, row.version, row.instance, deployed, budget,
+                                           ", ".join(row.firing)))))
+    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header) - 1)]
     lines = ["  ".join(text.ljust(width) for text, width in zip(header, widths)) + "  FIRING"]
     for row, line in zip(status.rows, cells):
         padded = [text.ljust(width) for text, width in zip(line, widths)]
         padded[2] = paint(padded[2], row.state == "up")
-        lines.append("  ".join(padded) + ("  " + paint(line[4], False) if line[4] else ""))
+        lines.append("  ".join(padded) + ("  " + paint(line[-1], False) if line[-1] else ""))
     for name in status.other_firing:
-        lines.append(f"firing: {paint(name, False)}")
+        lines.append(f"firing: {paint(printable(name), False)}")
+    for problem in status.unreachable:
+        lines.append(f"unreachable: {paint(printable(problem), False)}")
     for window in status.maintenance:
-        lines.append(f"maintenance: {','.join(window['nodes'])} until {window['ends']} ({window['reason']})")
+        lines.append(printable(f"maintenance: {','.join(window['nodes'])} until {window['ends']} ({window['reason']})"))
     for slo, left in status.error_budget_left.items():
-        lines.append(f"error budget left: {slo} " + ("no events yet" if left is None else f"{left * 100:.1f}%"))
+        lines.append(printable(f"error budget left: {slo} ") + ("no events yet" if left is None else f"{left * 100:.1f}%"))
+    lines.append(f"last backup: {_age(status.last_backup, now)}")
     return "\n".join(line.rstrip() for line in lines)
 
 
