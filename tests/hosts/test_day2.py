@@ -1,0 +1,171 @@
+"""Day-2 operations on the lab: `homelab status` tells the truth in each state, a maintenance window
+mutes a real alert and lets it through once it ends, an SLO burn alert fires under errors caused on
+purpose. Each test puts the lab back as it found it (services started, windows ended, the burn
+diluted until its alert resolves), since the healthy-lab check expects no alert."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from homelab.cli import main
+from homelab.maintenance import alertmanager
+from homelab.vault import load_vault
+from roles.toy_redis import APP
+from tests.conftest import LAB_INVENTORY, hosts_in, lab_address
+from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S, api
+from tests.roles.test_prometheus import LAB_TOPOLOGY
+
+pytestmark = pytest.mark.lab
+
+REDIS_NODE = hosts_in("toy_redis")[0]
+PROMETHEUS_NODE = hosts_in("prometheus")[0]
+
+
+def status(capsys) -> tuple[int, dict, float]:
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(["status", "--json", "--inventory", str(LAB_INVENTORY)])
+    took = time.monotonic() - started
+    return code, json.loads(capsys.readouterr().out), took
+
+
+def rows_of(report: dict, node: str, service: str) -> list[dict]:
+    return [row for row in report["rows"] if row["node"] == node and row["service"] == service]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def prometheus_node(deployed, testinfra_hosts):
+    return testinfra_hosts[PROMETHEUS_NODE]
+
+
+@pytest.fixture
+def redis_node(deployed, testinfra_hosts):
+    node = testinfra_hosts[REDIS_NODE]
+    yield node
+    node.run(f"systemctl start {APP.service}")
+
+
+def test_status_tells_the_truth_when_healthy_when_a_service_stops_and_when_prometheus_is_down(
+        prometheus_node, redis_node, capsys):
+    def all_up():
+        _code, report, _took = status(capsys)
+        return report if all(row["state"] == "up" for row in report["rows"]) else None
+
+    wait_until(all_up, TARGETS_UP_WITHIN_S, "every target up")
+    _code, report, took = status(capsys)
+    assert took < 2, f"homelab status took {took:.2f}s on the lab"
+    # Every target Prometheus has, and only those, with their versions and the nodes' deploy stamps.
+    targets = {(t["labels"]["job"], t["labels"]["instance"]) for t in api(prometheus_node, "targets?state=active")["activeTargets"]}
+    assert {(row["service"], row["instance"]) for row in report["rows"]} == targets
+    [prometheus_row] = rows_of(report, PROMETHEUS_NODE, "prometheus")
+    assert prometheus_row["version"] == api(prometheus_node, "status/buildinfo")["version"]
+    assert set(report["last_deploy"]) == set(LAB_TOPOLOGY.hosts)  # the session's deploy changed every node
+    assert report["error_budget_left"] and report["unreachable"] == []
+
+    redis_node.run(f"systemctl stop {APP.service}")
+    down = wait_until(lambda: [row for row in rows_of(status(capsys)[1], REDIS_NODE, "toy-redis") if row["state"] == "down"],
+                      60, "toy-redis shown down")
+    assert down and status(capsys)[0] == 1
+
+    prometheus_node.run("systemctl stop prometheus")
+    try:
+        code, report, took = status(capsys)
+        assert code == 1 and any(line.startswith("Prometheus: cannot reach Prometheus") for line in report["unreachable"])
+        by_unit = {row["service"]: row["state"] for row in report["rows"] if row["node"] == REDIS_NODE}
+        assert by_unit["toy-redis"] == "down" and by_unit["node"] == "up"  # asked over SSH
+        assert set(report["last_deploy"]) == set(LAB_TOPOLOGY.hosts)  # read from the stamp files
+        assert took < 5
+    finally:
+        prometheus_node.run("systemctl start prometheus")
+        redis_node.run(f"systemctl start {APP.service}")
+    wait_until(all_up, TARGETS_UP_WITHIN_S, "every target up again")
+
+
+def test_a_window_mutes_a_real_alert_which_notifies_once_the_window_ends(redis_node, testinfra_hosts):
+    """toy-redis stopped inside a window: ToyRedisDown fires in Prometheus but Alertmanager holds it;
+    after `maintenance end`, Alertmanager sends it to the relay (found in the relay's queue, which
+    keeps it: the lab cannot reach Slack)."""
+    import requests
+
+    from roles.alert_relay import QUEUE_PATH
+
+    manager = alertmanager(LAB_TOPOLOGY)
+    relay_node = testinfra_hosts[hosts_in("alert_relay")[0]]
+
+    def queued_since(moment: float) -> int:
+        """Messages about ToyRedisDown the relay took in since ``moment`` (nodes share this clock)."""
+        script = ("import sqlite3; db = sqlite3.connect('file:" + QUEUE_PATH + "?mode=ro', uri=True); "
+                  "print(sum('ToyRedisDown' in payload for (payload,) in db.execute("
+                  f"'SELECT payload FROM messages WHERE created > {moment} UNION ALL "
+                  f"SELECT payload FROM dead_letters WHERE created > {moment}')))")
+        return int(relay_node.check_output(f'python3 -c "{script}"'))
+
+    def held():
+        found = [alert for alert in requests.get(f"{manager.url}/api/v2/alerts", timeout=5).json()
+                 if alert["labels"].get("alertname") == "ToyRedisDown"]
+        return found if found and all(alert["status"]["state"] == "suppressed" for alert in found) else None
+
+    started = time.time()
+    assert main(["maintenance", "start", REDIS_NODE, "--for", "15m", "--reason", "lab test: muted alert",
+                 "--inventory", str(LAB_INVENTORY)]) == 0
+    try:
+        redis_node.run(f"systemctl stop {APP.service}")
+        wait_until(held, 180, "ToyRedisDown to fire and be held by the window", interval=5)
+        time.sleep(35)  # past Alertmanager's group_wait: a notification would have gone by now
+        assert queued_since(started) == 0, "the muted alert reached the relay"
+    finally:
+        assert main(["maintenance", "end", REDIS_NODE, "--inventory", str(LAB_INVENTORY)]) == 0
+    try:
+        # Still firing: at the group's next flush (group_interval) it is sent.
+        wait_until(lambda: queued_since(started) > 0, 330, "the alert to reach the relay after the window", interval=10)
+    finally:
+        redis_node.run(f"systemctl start {APP.service}")
+
+
+def test_an_slo_burn_alert_fires_under_slow_commands_and_stops_when_they_stop(redis_node, prometheus_node):
+    """Slow commands on purpose (KEYS over a large keyspace, well over the latency SLO's threshold):
+    ToyRedisLatencyErrorBudgetBurn fires; then fast commands dilute the ratio below every burn rate
+    and it resolves, leaving the lab quiet."""
+    password = load_vault("secrets/lab.vault.yml", "secrets/lab.vault-password")["toy_redis_password"]
+    client = redis.Redis(host=lab_address(REDIS_NODE), port=LAB_TOPOLOGY.port(REDIS_NODE, "toy_redis", "resp"),
+                         password=password, socket_timeout=30)
+
+    def firing() -> list[dict]:
+        return [alert for alert in api(prometheus_node, "alerts")["alerts"]
+                if alert["labels"]["alertname"] == "ToyRedisLatencyErrorBudgetBurn" and alert["state"] == "firing"]
+
+    assert firing() == []  # not on the healthy lab
+    prefix = f"lab-slo:{time.time_ns()}:"
+    pipe = client.pipeline(transaction=False)
+    for index in range(50_000):
+        pipe.set(f"{prefix}{index}", "x", ex=600)
+    pipe.execute()
+    try:
+        for _ in range(200):
+            client.keys(f"{prefix}*")
+        wait_until(firing, 120, "the burn alert to fire", interval=5)
+        # The long windows still hold the slow commands; enough fast ones bring every window below its rate.
+        for _ in range(20):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(10_000):
+                pipe.ping()
+            pipe.execute()
+        wait_until(lambda: not firing(), 180, "the burn alert to resolve", interval=5)
+    finally:
+        for start in range(0, 50_000, 5_000):
+            client.delete(*[f"{prefix}{index}" for index in range(start, start + 5_000)])
+        client.close()
