@@ -364,3 +364,14 @@ windows:
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_alerts_check_validates_the_maintenance_file_against_the_inventory(tmp_path, capsys):
+    from homelab.alerts.cli import main as alerts_main
+
+    assert alerts_main(["check"]) == 0
+    assert "alerts/maintenance.yaml: OK, 0 recurring maintenance windows" in capsys.readouterr().out
+    settings = maintenance_file(tmp_path, WINDOW.replace("worker-node-12", "worker-node-99"))
+    assert alerts_main(["check", "--maintenance", settings.maintenance_file]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{settings.maintenance_file}: windows.patching.nodes.0: expected an inventory host") and err.count("\n") == 1

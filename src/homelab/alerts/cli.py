@@ -1,7 +1,7 @@
-"""`alerts check [FILE] [--slos FILE]`, `alerts render [FILE] [--slos FILE] [--out DIR]`, `alerts test [DIR]`.
+"""`alerts check [FILE] [--slos FILE] [--maintenance FILE --inventory FILE]`, `alerts render [FILE] [--slos FILE] [--out DIR]`, `alerts test [DIR]`.
 
-Exit status: 0 when all is well, 1 when promtool reports a failure, 2 for a bad thresholds or SLO
-file (one line on stderr naming the file and key).
+Exit status: 0 when all is well, 1 when promtool reports a failure, 2 for a bad thresholds, SLO or
+maintenance file (one line on stderr naming the file and key).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from homelab.alerts.render import (
     GENERATED_DIR,
+    MAINTENANCE_FILE,
+    REPO,
     RULES_GLOB,
     TESTS_GLOB,
     SLOS_FILE,
@@ -32,6 +34,12 @@ def check(args: argparse.Namespace) -> int:
     slos = load_slos(args.slos)
     print(f"{shown_path(args.file)}: OK, {len(thresholds.enabled())} alerts enabled")
     print(f"{shown_path(args.slos)}: OK, {len(slos.enabled())} objectives enabled")
+    from homelab.topology import Topology
+    from roles.alertmanager.maintenance_windows import load_windows
+
+    # Its nodes must be the inventory's: checked against the one given (default: the lab's).
+    windows = load_windows(args.maintenance, shown_path(args.maintenance), Topology.load(args.inventory))
+    print(f"{shown_path(args.maintenance)}: OK, {len(windows)} recurring maintenance windows")
     return 0
 
 
@@ -66,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     check_cmd = commands.add_parser("check", help="validate the thresholds file")
     check_cmd.add_argument("file", nargs="?", type=Path, default=THRESHOLDS_FILE)
     check_cmd.add_argument("--slos", type=Path, default=SLOS_FILE, help="SLO file (default alerts/slos.yaml)")
+    check_cmd.add_argument("--maintenance", type=Path, default=MAINTENANCE_FILE,
+                           help="recurring maintenance windows (default alerts/maintenance.yaml)")
+    check_cmd.add_argument("--inventory", type=Path, default=REPO / "inventory" / "lab.py",
+                           help="inventory whose hosts the windows may name (default: the lab's)")
     check_cmd.set_defaults(run=check)
 
     render_cmd = commands.add_parser("render", help="write rule files and promtool tests")

@@ -22,6 +22,8 @@ from homelab.config import ConfigError, StrictModel, load_yaml_model
 REPO = Path(__file__).resolve().parents[3]
 THRESHOLDS_FILE = REPO / "alerts" / "thresholds.yaml"
 SLOS_FILE = REPO / "alerts" / "slos.yaml"
+# Recurring maintenance windows; roles/alertmanager compiles them (roles.alertmanager.maintenance_windows).
+MAINTENANCE_FILE = REPO / "alerts" / "maintenance.yaml"
 GENERATED_DIR = REPO / "alerts" / "generated"
 RULES_GLOB = "*.rules.yml"
 TESTS_GLOB = "tests/*.test.yml"
