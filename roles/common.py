@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -128,6 +129,8 @@ def checked_file(
 RESTART_SILENCE_S = 300
 # A deploy does not wait on an Alertmanager that is down or not installed yet (a first deploy).
 RESTART_SILENCE_TIMEOUT_S = 3
+# How long lifting the silence waits for an Alertmanager that is starting up.
+RESTART_LIFT_WAIT_S = 15
 
 
 def restart(service: str, role: str, name: str, when: Callable[[], bool],
@@ -169,11 +172,19 @@ def _lift_silence(topology: Topology, service: str, silence: dict[str, str]) -> 
 
     if "id" not in silence:
         return
-    try:
-        alertmanager(topology, RESTART_SILENCE_TIMEOUT_S).expire(silence["id"])
-    except CommandError as exc:
-        logger.warning(f"[{host.name}] the silence of {service}'s restart ends by itself within "
-                       f"{RESTART_SILENCE_S // 60} min: {exc}")
+    manager = alertmanager(topology, RESTART_SILENCE_TIMEOUT_S)
+    # Alertmanager's own restart (or a node's) may leave it a few seconds from answering.
+    deadline = time.monotonic() + RESTART_LIFT_WAIT_S
+    while True:
+        try:
+            manager.expire(silence["id"])
+            return
+        except CommandError as exc:
+            if time.monotonic() >= deadline:
+                logger.warning(f"[{host.name}] the silence of {service}'s restart ends by itself within "
+                               f"{RESTART_SILENCE_S // 60} min: {exc}")
+                return
+            time.sleep(1)
 
 
 def keep_running(service: str, role: str, restart_on: tuple = (), reload_on: tuple = ()) -> None:
