@@ -5,7 +5,8 @@
     homelab maintenance start NODE... --for 30m --reason TEXT   silence the nodes' alerts meanwhile
     homelab maintenance list                     windows not yet over
     homelab maintenance end NODE...              lift the nodes' windows now
-    homelab status [--json]                      every node and service: up, firing, budgets (exit 1: not all well)
+    homelab status [--json]                      every node and service: up, version, last deploy, budget, firing,
+                                                 last backup (exit 1: not all well; SSH when Prometheus is down)
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     save.set_defaults(run=image_save)
 
     add_maintenance(areas)
-    status = _command(areas, "status", "every node and service: up or down, alerts firing, maintenance, error "
-                                       "budget left; exit status 1 when anything is down or firing",
+    status = _command(areas, "status", "every node and service: up or down, version, last deploy, error budget "
+                                       "left, alerts firing, maintenance, last backup; exit status 1 when anything "
+                                       "is down, firing or unreachable (nodes are asked over SSH when Prometheus is down)",
                       "homelab status --json", show_status)
     status.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
 
