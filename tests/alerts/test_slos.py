@@ -60,9 +60,11 @@ def test_a_bad_slo_file_is_one_line_naming_file_and_key_and_renders_nothing(tmp_
     assert not out.exists()
 
 
-def test_check_reports_both_files(capsys):
+def test_check_reports_every_file(capsys):
     assert main(["check", str(THRESHOLDS_FILE), "--slos", str(SLOS_FILE)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith(f"slos.yaml: OK, {len(CATALOG)} objectives enabled")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith(f"slos.yaml: OK, {len(CATALOG)} objectives enabled")
+    assert lines[2].endswith("maintenance.yaml: OK, 0 recurring maintenance windows")
 
 
 def generated_rules() -> list[dict]:
