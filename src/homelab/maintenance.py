@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from homelab.config import ConfigError
 from homelab.terminal import printable
+from homelab.access import Access
 from homelab.topology import Topology
 from homelab.types import Duration, seconds
 
@@ -119,13 +120,14 @@ class Window:
 class Alertmanager:
     """The few calls of Alertmanager's API v2 that maintenance windows need."""
 
-    def __init__(self, url: str, timeout_s: float = HTTP_TIMEOUT_S):
-        self.url = url.rstrip("/")
+    def __init__(self, access: Access, timeout_s: float = HTTP_TIMEOUT_S):
+        self.access = access
+        self.url = access.url()
         self.timeout_s = timeout_s
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = requests.request(method, f"{self.url}/api/v2{path}", timeout=self.timeout_s, **kwargs)
+            response = self.access.request(method, f"/api/v2{path}", timeout=self.timeout_s, **kwargs)
         except requests.RequestException as exc:
             reason = type(exc).__name__
             raise CommandError(f"cannot reach Alertmanager at {self.url} ({reason})") from None
@@ -162,7 +164,7 @@ def parse_time(text: str) -> datetime:
 
 
 def alertmanager(topology: Topology, timeout_s: float = HTTP_TIMEOUT_S) -> Alertmanager:
-    return Alertmanager(topology.endpoint("alertmanager").url(), timeout_s)
+    return Alertmanager(topology.access("alertmanager"), timeout_s)
 
 
 def operator() -> str:
@@ -206,7 +208,8 @@ def post_notices(topology: Topology, notices: list[dict[str, Any]]) -> str | Non
     relays = topology.hosts_of("alert_relay")
     if not notices or not relays:
         return None
-    url = topology.endpoint("alert_relay").url(WEBHOOK_PATH)
+    relay = topology.access("alert_relay")
+    url = relay.url(WEBHOOK_PATH)
     vault_file, password_file = (topology.data(relays[0], key) for key in ("vault_file", "vault_password_file"))
     if not (vault_file and password_file):
         return f"no Slack notice: inventory data for {relays[0]} names no vault_file and vault_password_file"
@@ -218,7 +221,9 @@ def post_notices(topology: Topology, notices: list[dict[str, Any]]) -> str | Non
         return f"no Slack notice: {vault_file}: {TOKEN_SECRET}: secret is missing from the vault"
     for body in notices:
         try:
-            response = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+            # The webhook's own bearer token, not the operator's login; the cluster CA when it serves TLS.
+            response = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S,
+                                     verify=relay.verify)
         except requests.RequestException as exc:
             return f"no Slack notice: cannot reach the alert relay at {url} ({type(exc).__name__})"
         if not response.ok:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import requests
 
+from homelab.access import Access
 from homelab.alerts.slos import BUDGET_LEFT, CATALOG
 from homelab.maintenance import HTTP_TIMEOUT_S, CommandError, alertmanager, windows
 from homelab.terminal import printable
@@ -78,9 +79,10 @@ class Status:
                 and not self.unreachable)
 
 
-def _prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
+def _prometheus_query(prometheus: Access, query: str) -> list[dict[str, Any]]:
+    url = prometheus.url()
     try:
-        response = requests.get(f"{url}/api/v1/query", params={"query": query}, timeout=HTTP_TIMEOUT_S)
+        response = prometheus.get("/api/v1/query", params={"query": query}, timeout=HTTP_TIMEOUT_S)
     except requests.RequestException as exc:
         raise CommandError(f"cannot reach Prometheus at {url} ({type(exc).__name__})") from None
     if not response.ok:
@@ -215,7 +217,7 @@ def collect(topology: Topology) -> Status:
 
     rows = [Row(node, job, instance, "unknown", unit=unit) for node, job, instance, unit in expected_targets(topology)]
     status = Status(rows, [], {}, [])
-    prometheus = topology.endpoint("prometheus").url()
+    prometheus = topology.access("prometheus")
     queries = {"up": "up", "versions": '{__name__=~".+_build_info"}', "deploys": DEPLOY_METRIC, "budgets": BUDGET_LEFT}
 
     def attempt(call: Callable[[], Any]) -> Any:

@@ -11,6 +11,8 @@ role list and the architecture diagram.
     topology.endpoint("prometheus").url()     # "http://192.168.1.14:<its listen_port>", the first host
     topology.endpoint("toy_redis", "worker-node-12", "metrics").instance   # "worker-node-12:<metrics_port>"
     topology.scrape_jobs(); topology.health_probes(); topology.flows()
+    # The control machine's way in (homelab.access): URL with its scheme, CA to verify, login.
+    topology.access("prometheus").get("/api/v1/query", params={"query": "up"})
 
 ROLES lists every role in the order a host applies them, with the listeners each one has (the
 Settings field holding the port, and the HTTP path that answers when healthy) and the scrape job
@@ -25,13 +27,16 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pyinfra.api.inventory import Inventory
 
 from homelab.config import ConfigError, settings_from_data
 from homelab.types import port_of
+
+if TYPE_CHECKING:
+    from homelab.access import Access
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Listener:
     setting: str
     # An HTTP path answering 2xx while the service is healthy; blackbox probes it on every host.
     health: str | None = None
+    # Serves TLS with the cluster CA's certificate and asks for a login when the host's pki.tls is
+    # on (homelab.access says how the control machine reaches it).
+    secured: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,25 +83,25 @@ _HTTP = "http"
 ROLES: tuple[Role, ...] = (
     Role("base", None, "base packages"),
     Role("tuning", None, "tuning"),
-    Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port"),), {"node": "metrics"}),
+    Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port", secured=True),), {"node": "metrics"}),
     Role("nginx", "nginx", "nginx",
-         (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port"),
+         (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port", secured=True),
           Listener("mtail", "mtail_port")),
          {"nginx": "exporter", "mtail": "mtail"}),
     Role("grafana", "grafana", "Grafana", note="unix socket"),
     Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready"),), {"loki": _HTTP}),
-    Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port"), Listener("metrics", "metrics_port")),
+    Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port"), Listener("metrics", "metrics_port", secured=True)),
          {"toy-redis": "metrics"}),
     Role("promtail", "log_shipper", "Promtail", (Listener(_HTTP, "listen_port"),), {"promtail": _HTTP},
          chosen_by="log_shipper"),
     Role("alloy", "log_shipper", "Alloy", (Listener(_HTTP, "listen_port"),), {"alloy": _HTTP},
          chosen_by="log_shipper"),
-    Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz"),),
+    Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz", secured=True),),
          {"alert-relay": _HTTP}),
-    Role("alertmanager", "alertmanager", "Alertmanager", (Listener(_HTTP, "listen_port", health="/-/healthy"),),
+    Role("alertmanager", "alertmanager", "Alertmanager", (Listener(_HTTP, "listen_port", health="/-/healthy", secured=True),),
          {"alertmanager": _HTTP}),
-    Role("blackbox", "blackbox", "blackbox_exporter", (Listener(_HTTP, "listen_port"),)),
-    Role("prometheus", "prometheus", "Prometheus", (Listener(_HTTP, "listen_port", health="/-/healthy"),),
+    Role("blackbox", "blackbox", "blackbox_exporter", (Listener(_HTTP, "listen_port", secured=True),)),
+    Role("prometheus", "prometheus", "Prometheus", (Listener(_HTTP, "listen_port", health="/-/healthy", secured=True),),
          {"prometheus": _HTTP}),
 )
 ROLE_BY_NAME = {role.name: role for role in ROLES}
@@ -294,6 +302,12 @@ class Topology:
                                                       f"(another role connects to its {role})")
             host = hosts[0]
         return Endpoint(host, self.address(host), self.port(host, role, listener))
+
+    def access(self, role: str, host: str | None = None, listener: str = _HTTP) -> "Access":
+        """How the control machine reaches ``role``'s ``listener`` on ``host``: URL, CA, login (homelab.access)."""
+        from homelab.access import access
+
+        return access(self, role, host, listener)
 
     def endpoints(self, role: str, listener: str = _HTTP) -> list[Endpoint]:
         """``role``'s ``listener`` on every host serving it."""

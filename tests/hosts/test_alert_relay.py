@@ -30,8 +30,9 @@ def node(request, deployed, testinfra_hosts):
 
 
 @pytest.fixture
-def relay_url(node) -> str:
-    return LAB_TOPOLOGY.endpoint("alert_relay", node.backend.hostname).url()
+def relay(node):
+    """The node's relay as the control machine reaches it (homelab.access)."""
+    return LAB_TOPOLOGY.access("alert_relay", node.backend.hostname)
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -64,22 +65,23 @@ def test_sandboxed_with_the_tuned_file_limit(node):
     check_sandboxed(node, APP, {DATA_DIR}, TUNING.limits.nofile)
 
 
-def test_healthz_and_metrics_answer_over_the_lab_network(relay_url):
-    assert requests.get(f"{relay_url}/healthz", timeout=5).status_code == 200
-    text = requests.get(f"{relay_url}/metrics", timeout=5).text
+def test_healthz_and_metrics_answer_over_the_lab_network(relay):
+    assert relay.get("/healthz").status_code == 200
+    text = relay.get("/metrics").text
     assert "alert_relay_queue_depth" in text and "alert_relay_dead_letters" in text
 
 
-def test_alertmanager_webhook_takes_the_vault_token_and_refuses_others(node, relay_url, vault):
+def test_alertmanager_webhook_takes_the_vault_token_and_refuses_others(node, relay, vault):
     name = f"LabRelayTest{time.time_ns()}"
-    wrong = requests.post(f"{relay_url}/alertmanager", json=alert_payload(name), timeout=5,
+    # The webhook authenticates by its bearer token, as Alertmanager sends it, not by the operator's login.
+    wrong = requests.post(relay.url("/alertmanager"), json=alert_payload(name), timeout=5, verify=relay.verify,
                           headers={"Authorization": "Bearer not-the-token"})
     assert wrong.status_code == 401
-    before = metric(requests.get(f"{relay_url}/metrics", timeout=5).text, "alert_relay_accepted_total")
-    accepted = requests.post(f"{relay_url}/alertmanager", json=alert_payload(name), timeout=5,
+    before = metric(relay.get("/metrics").text, "alert_relay_accepted_total")
+    accepted = requests.post(relay.url("/alertmanager"), json=alert_payload(name), timeout=5, verify=relay.verify,
                              headers={"Authorization": f"Bearer {vault['alertmanager_webhook_token']}"})
     assert accepted.status_code == 200, accepted.text
-    after = metric(requests.get(f"{relay_url}/metrics", timeout=5).text, "alert_relay_accepted_total")
+    after = metric(relay.get("/metrics").text, "alert_relay_accepted_total")
     assert after == before + 1
     # Durably queued in the service's state folder.
     queue = node.file(QUEUE_PATH)

@@ -22,19 +22,21 @@ def node(request, deployed, testinfra_hosts):
     return testinfra_hosts[request.param]
 
 
-def api_url(node, path: str) -> str:
-    return f"http://127.0.0.1:{LAB_TOPOLOGY.port(node.backend.host.name, 'alertmanager')}/api/v2/{path}"
+def api(node, path: str, **params) -> dict | list:
+    """GET the node's Alertmanager API v2 from the control machine."""
+    response = LAB_TOPOLOGY.access("alertmanager", node.backend.host.name).get(f"/api/v2/{path}", params=params)
+    response.raise_for_status()
+    return response.json()
 
 
 def alerts(node, alertname: str) -> list[dict]:
-    answer = node.check_output(f"curl -sf '{api_url(node, 'alerts')}?filter=alertname%3D{alertname}'")
-    return json.loads(answer)
+    return api(node, "alerts", filter=f"alertname={alertname}")
 
 
 def test_alertmanager_runs_the_routing_from_routes_yaml(node):
     service = node.service("prometheus-alertmanager")
     assert service.is_running and service.is_enabled
-    status = json.loads(node.check_output(f"curl -sf {api_url(node, 'status')}"))
+    status = api(node, "status")
     loaded = yaml.safe_load(status["config"]["original"])
     wanted = yaml.safe_load(render_config(Settings(), LAB_TOPOLOGY))
     # What Alertmanager loaded (it reports the parsed config, defaults filled in) is our route tree.

@@ -4,6 +4,7 @@ import pytest
 
 from roles.tuning.settings import load_tuning
 from tests.conftest import ALL_HOSTS, REPO, run_pyinfra
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -20,9 +21,11 @@ def test_node_exporter_enabled_and_serving(node):
     service = node.service("prometheus-node-exporter")
     assert service.is_running
     assert service.is_enabled
-    assert node.socket("tcp://0.0.0.0:9100").is_listening or node.socket("tcp://:::9100").is_listening
-    metrics = node.check_output("curl -sf http://127.0.0.1:9100/metrics")
-    assert "node_load1 " in metrics
+    access = LAB_TOPOLOGY.access("node_exporter", node.backend.host.name, "metrics")
+    port = access.endpoint.port
+    assert node.socket(f"tcp://0.0.0.0:{port}").is_listening or node.socket(f"tcp://:::{port}").is_listening
+    metrics = access.get("/metrics")
+    assert metrics.status_code == 200 and "node_load1 " in metrics.text
 
 
 @pytest.mark.parametrize("node", ALL_HOSTS, indirect=True)

@@ -32,9 +32,9 @@ def test_every_configured_probe_succeeds_from_the_exporter(node):
     settings = lab_settings()
     probes = LAB_TOPOLOGY.health_probes()
     assert probes
+    blackbox = LAB_TOPOLOGY.access("blackbox", node.backend.host.name)
     for probe in probes:
-        metrics = node.check_output(f"curl -sf 'http://127.0.0.1:{settings.listen_port}/probe"
-                                    f"?module={settings.health_module}&target={probe.url}'")
+        metrics = blackbox.get("/probe", params={"module": settings.health_module, "target": probe.url}).text
         assert "\nprobe_success 1" in metrics, f"{settings.health_module} probe of {probe.instance} failed"
 
 

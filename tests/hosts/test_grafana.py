@@ -21,7 +21,7 @@ from homelab.vault import load_vault
 from roles import grafana
 from roles.grafana.package import DATA_DIR, PACKAGE
 from roles.grafana_repo import GRAFANA_APT_SUITE, GRAFANA_APT_URL, VendorPackage
-from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra
+from tests.conftest import REPO, hosts_in, run_pyinfra
 from tests.roles.test_grafana_repo import pinned_install
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
@@ -110,14 +110,16 @@ def test_grafana_runs_on_its_socket_only(node):
 
 def test_nginx_serves_grafana_and_its_config_passes_nginx_t(node):
     assert node.run("nginx -t").rc == 0
-    health = json.loads(node.check_output(f"curl -sf -H 'Host: {node.backend.host}' http://127.0.0.1/api/health"))
-    assert health["database"] == "ok"
+    nginx = LAB_TOPOLOGY.access("nginx", node.backend.hostname)
+    health = nginx.get("/api/health", headers={"Host": node.backend.host})
+    assert health.status_code == 200 and health.json()["database"] == "ok"
 
 
 def test_anonymous_access_is_refused(node):
-    code = node.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {node.backend.host}' "
-                             "http://127.0.0.1/api/search")
-    assert code == "401"
+    nginx = LAB_TOPOLOGY.access("nginx", node.backend.hostname)
+    # No login at all (the access helper's session would send the operator's).
+    answer = requests.get(nginx.url("/api/search"), headers={"Host": node.backend.host}, verify=nginx.verify, timeout=5)
+    assert answer.status_code == 401
 
 
 def test_admin_password_is_in_a_private_file_and_nowhere_in_grafana_ini(node):
@@ -134,7 +136,7 @@ def test_repo_dashboards_and_datasources_are_provisioned(node):
     assert {json.loads(text)["uid"] for text in grafana.dashboards().values()} <= found
     sources = {item["uid"]: item for item in admin_get(node, "/api/datasources")}
     assert {"prometheus", "loki", "alertmanager"} <= set(sources)
-    assert sources["prometheus"]["url"] == LAB_TOPOLOGY.endpoint("prometheus").url()
+    assert sources["prometheus"]["url"] == LAB_TOPOLOGY.access("prometheus").url()
     assert admin_get(node, "/api/datasources/uid/prometheus/health")["status"] == "OK"
 
 
@@ -150,17 +152,17 @@ def test_first_deploy_on_a_fresh_master_ends_with_grafana_answering_with_the_vau
                       f"rm -rf {DATA_DIR} /etc/grafana")
     run = run_pyinfra("deploys/all.py", "--limit", host)
     assert run.returncode == 0 and not run.failed(), run.stderr[-4000:]
-    address, headers = lab_address(host), {"Host": host}
+    nginx, headers = LAB_TOPOLOGY.access("nginx", node.backend.hostname), {"Host": host}
     deadline = time.monotonic() + 60
     while True:
-        answer = requests.get(f"http://{address}/api/user", auth=("admin", vault_password()), headers=headers, timeout=5)
+        # Grafana's own admin login, not the operator's: requests' auth= replaces the session's.
+        answer = nginx.get("/api/user", auth=("admin", vault_password()), headers=headers)
         if answer.status_code != 502 or time.monotonic() > deadline:  # 502: Grafana still starting
             break
         time.sleep(1)
     assert answer.status_code == 200, answer.text
     assert answer.json()["login"] == "admin"
-    assert requests.get(f"http://{address}/api/user", auth=("admin", "not-the-password"), headers=headers,
-                        timeout=5).status_code == 401
+    assert nginx.get("/api/user", auth=("admin", "not-the-password"), headers=headers).status_code == 401
 
 
 def test_a_removed_dashboard_file_leaves_grafana(node):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import runpy
 import shlex
@@ -15,6 +14,7 @@ import pytest
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
 from tests.conftest import REPO, hosts_in
 from tests.hosts.test_grafana import checker_runs, deployed_node, installed_as_its_facts_say
+from tests.hosts.test_loki import loki
 
 pytestmark = pytest.mark.lab
 
@@ -48,9 +48,7 @@ def test_toy_redis_lines_reach_loki_with_low_cardinality_labels(node, loki_node)
     deadline = time.monotonic() + 60
     streams = []
     while time.monotonic() < deadline and not streams:
-        answer = json.loads(loki_node.check_output(
-            "curl -sfG --data-urlencode 'query={job=\"toy-redis\"}' --data-urlencode 'since=24h' "
-            "http://127.0.0.1:3100/loki/api/v1/query_range"))
+        answer = loki(loki_node).get("/loki/api/v1/query_range", params={"query": '{job="toy-redis"}', "since": "24h"}).json()
         streams = answer["data"]["result"]
         time.sleep(1)
     assert streams, "no toy-redis log line reached Loki within 60s"
@@ -81,9 +79,7 @@ def test_a_toy_redis_json_line_is_shipped_and_loki_returns_it(node, loki_node):
     query = f'{{job="toy-redis", host="{node.backend.host}"}} |= "{marker}"'
     deadline = time.monotonic() + 60
     while True:
-        answer = json.loads(loki_node.check_output(
-            f"curl -sfG --data-urlencode {shlex.quote('query=' + query)} --data-urlencode 'since=1h' "
-            "http://127.0.0.1:3100/loki/api/v1/query_range"))
+        answer = loki(loki_node).get("/loki/api/v1/query_range", params={"query": query, "since": "1h"}).json()
         streams = answer["data"]["result"]
         if streams or time.monotonic() > deadline:
             break

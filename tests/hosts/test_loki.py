@@ -9,6 +9,7 @@ import pytest
 
 from roles.loki.package import PACKAGE
 from tests.conftest import hosts_in
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 from tests.hosts.test_grafana import checker_runs, deployed_node, installed_as_its_facts_say
 
 pytestmark = pytest.mark.lab
@@ -19,10 +20,15 @@ def node(request):
     return deployed_node(request, "loki")
 
 
+def loki(node):
+    """The node's Loki as the control machine reaches it (homelab.access)."""
+    return LAB_TOPOLOGY.access("loki", node.backend.host.name)
+
+
 def wait_ready(node, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if node.run("curl -sf http://127.0.0.1:3100/ready").stdout.strip() == "ready":
+        if loki(node).get("/ready").text.strip() == "ready":
             return
         time.sleep(1)
     raise AssertionError(f"Loki on {node.backend.host} not ready after {timeout}s")
@@ -31,7 +37,7 @@ def wait_ready(node, timeout: float = 60) -> None:
 def test_loki_is_ready_with_retention_from_group_data(node):
     assert node.service("loki").is_running and node.service("loki").is_enabled
     wait_ready(node)
-    config = node.check_output("curl -sf http://127.0.0.1:3100/config")
+    config = loki(node).get("/config").text
     assert "retention_period: 31d" in config
     assert "retention_enabled: true" in config
 
@@ -40,13 +46,10 @@ def test_a_pushed_line_can_be_queried_back(node):
     wait_ready(node)
     marker = f"lab-check-{time.time_ns()}"
     stream = {"streams": [{"stream": {"job": "lab-check"}, "values": [[str(time.time_ns()), marker]]}]}
-    node.check_output(f"curl -sf -H 'Content-Type: application/json' --data-binary '{json.dumps(stream)}' "
-                      "http://127.0.0.1:3100/loki/api/v1/push")
+    loki(node).request("POST", "/loki/api/v1/push", json=stream).raise_for_status()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        answer = json.loads(node.check_output(
-            "curl -sfG --data-urlencode 'query={job=\"lab-check\"}' --data-urlencode 'since=5m' "
-            "http://127.0.0.1:3100/loki/api/v1/query_range"))
+        answer = loki(node).get("/loki/api/v1/query_range", params={"query": '{job="lab-check"}', "since": "5m"}).json()
         if marker in json.dumps(answer["data"]["result"]):
             return
         time.sleep(1)

@@ -7,6 +7,7 @@ import pytest
 
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -18,8 +19,9 @@ def node(request, deployed, testinfra_hosts):
     return testinfra_hosts[request.param]
 
 
-def http_get(node, url: str) -> str:
-    return node.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {url}")
+def http_get(node, path: str) -> int:
+    """The status code of GET ``path`` from the node's nginx, asked from the control machine."""
+    return LAB_TOPOLOGY.access("nginx", node.backend.host.name).get(path).status_code
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:
@@ -30,8 +32,8 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 def test_nginx_serves_static_files_and_health(node):
     assert node.service("nginx").is_running and node.service("nginx").is_enabled
-    assert http_get(node, "http://127.0.0.1/healthz") == "200"
-    assert node.check_output("hostname") in node.check_output("curl -sf http://127.0.0.1/")
+    assert http_get(node, "/healthz") == 200
+    assert node.check_output("hostname") in LAB_TOPOLOGY.access("nginx", node.backend.host.name).get("/").text
 
 
 def test_listen_backlog_and_file_limit_follow_the_tuning_file(node):
@@ -45,21 +47,24 @@ def test_listen_backlog_and_file_limit_follow_the_tuning_file(node):
 
 def test_stub_status_exporter_reports_connections(node):
     assert node.service("prometheus-nginx-exporter").is_running
-    metrics = node.check_output("curl -sf http://127.0.0.1:9113/metrics")
+    metrics = LAB_TOPOLOGY.access("nginx", node.backend.host.name, "exporter").get("/metrics").text
     assert "nginx_up 1" in metrics
     assert "nginx_connections_active" in metrics
 
 
+def mtail_metrics(node) -> str:
+    mtail = LAB_TOPOLOGY.access("nginx", node.backend.host.name, "mtail")
+    return mtail.get("/metrics").text
+
+
 def test_mtail_counts_responses_by_status_class(node):
     assert node.service("mtail").is_running
-    before = metric_value(node.check_output("curl -sf http://127.0.0.1:3903/metrics"),
-                          "nginx_http_responses_total", 'code_class="4xx"')
+    before = metric_value(mtail_metrics(node), "nginx_http_responses_total", 'code_class="4xx"')
     for _ in range(3):
-        assert http_get(node, "http://127.0.0.1/no-such-page") == "404"
+        assert http_get(node, "/no-such-page") == 404
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        after = metric_value(node.check_output("curl -sf http://127.0.0.1:3903/metrics"),
-                             "nginx_http_responses_total", 'code_class="4xx"')
+        after = metric_value(mtail_metrics(node), "nginx_http_responses_total", 'code_class="4xx"')
         if after >= before + 3:
             break
         time.sleep(0.5)

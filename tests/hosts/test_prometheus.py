@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -24,9 +23,10 @@ def node(request, deployed, testinfra_hosts):
 
 
 def api(node, path: str) -> dict:
-    """GET Prometheus's HTTP API on the node itself; the `data` of its answer."""
-    port = LAB_TOPOLOGY.port(node.backend.host.name, "prometheus")
-    answer = json.loads(node.check_output(f"curl -sf 'http://127.0.0.1:{port}/api/v1/{path}'"))
+    """GET the node's Prometheus HTTP API from the control machine; the `data` of its answer."""
+    response = LAB_TOPOLOGY.access("prometheus", node.backend.host.name).get(f"/api/v1/{path}")
+    response.raise_for_status()
+    answer = response.json()
     assert answer["status"] == "success", answer
     return answer["data"]
 

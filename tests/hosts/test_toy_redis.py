@@ -6,7 +6,6 @@ import time
 
 import pytest
 import redis
-import requests
 
 from homelab.config import model_from_data
 from homelab.vault import load_vault
@@ -15,6 +14,7 @@ from roles.toy_redis import APP, DATA_DIR, LOG_DIR, LOG_FILE, LOG_LINK, REQUIREP
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
 from tests.hosts.python_app_checks import check_runs_as_its_own_user, check_sandboxed, main_pid
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -70,7 +70,7 @@ def test_password_file_readable_only_by_root_and_the_service(node, password):
 
 def test_metrics_served_to_prometheus(node, client):
     client.set(f"lab-test:metrics:{time.time_ns()}", "1", ex=60)
-    text = requests.get(f"http://{lab_address(node.backend.hostname)}:{METRICS_PORT}/metrics", timeout=5).text
+    text = LAB_TOPOLOGY.access("toy_redis", node.backend.hostname, "metrics").get("/metrics").text
     assert 'toy_redis_commands_total{command="set"}' in text
     assert "toy_redis_command_duration_seconds_bucket" in text
     assert "process_resident_memory_bytes" in text

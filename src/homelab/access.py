@@ -1,0 +1,124 @@
+"""How the control machine reaches a service on a node: its URL, the CA to verify it with, the login.
+
+Everything on the control machine that talks to a node's HTTP service (the `homelab` CLI, the lab
+tests, benches) goes through here, so that the scheme, the CA and the credentials are decided in
+one place and nothing else writes ``http://`` or a password by hand:
+
+    access = topology.access("prometheus")                          # the first host serving it
+    access = topology.access("toy_redis", "worker-node-12", "metrics")
+    access.url("/api/v1/query")    # "http://10.77.0.14:9090/api/v1/query"; https:// with TLS on
+    access.get("/api/v1/query", params={"query": "up"})   # requests, with CA and login applied
+    access.request("POST", "/api/v2/silences", json=...)
+    with access.session() as session: session.get(access.url("/metrics"))
+    access.verify                  # requests' verify=: the cluster CA's file, or True (system CAs)
+    access.auth                    # (user, password) from the vault, or None when no login is asked
+    access.ssl_context()           # for clients that are not requests (redis-py, asyncio, urllib)
+
+A listener serves TLS and asks for a login when the serving host's `pki.tls` is on and the
+listener supports it (``Listener.secured`` in homelab.topology). The CA certificate is public and
+committed next to the cluster's vault (``secrets/<cluster>.ca.crt`` beside
+``secrets/<cluster>.vault.yml``); its key is in that vault (homelab.pki). The control machine logs
+in as OPERATOR, with the vault's ``web_password_operator``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from homelab.config import ConfigError
+from homelab.vault import load_vault, repo_path
+
+if TYPE_CHECKING:
+    from homelab.topology import Endpoint, Topology
+
+# The user the control machine (operators, the CLI, tests) logs in as.
+OPERATOR = "operator"
+# Every request from the control machine; a healthy service answers in milliseconds.
+HTTP_TIMEOUT_S = 10
+
+
+def password_secret(user: str) -> str:
+    """The vault name holding ``user``'s web password, e.g. ``web_password_prometheus``."""
+    return f"web_password_{user}"
+
+
+def ca_cert_path(vault_file: str | Path) -> Path:
+    """The cluster CA certificate beside its vault: secrets/lab.vault.yml -> secrets/lab.ca.crt."""
+    vault = repo_path(vault_file)
+    return vault.with_name(vault.name.split(".vault", 1)[0] + ".ca.crt")
+
+
+@dataclass(frozen=True)
+class Access:
+    """One listener of one host, as the control machine reaches it."""
+
+    endpoint: Endpoint
+    tls: bool
+    # The cluster CA certificate to verify the service with (None without TLS).
+    ca_file: Path | None = None
+    # (user, password), or None when the listener asks for no login; never shown in repr.
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def url(self, path: str = "") -> str:
+        return self.endpoint.url(path, scheme=self.scheme)
+
+    @property
+    def verify(self) -> str | bool:
+        """requests' ``verify=``: the cluster CA only, when there is one."""
+        return str(self.ca_file) if self.ca_file else True
+
+    def session(self) -> requests.Session:
+        """A requests session verifying with the cluster CA and logging in (use it as a context manager)."""
+        session = requests.Session()
+        session.verify = self.verify
+        session.auth = self.auth
+        return session
+
+    def request(self, method: str, path: str = "", **kwargs: Any) -> requests.Response:
+        """One request to ``path`` (timeout HTTP_TIMEOUT_S unless given); raises requests' errors."""
+        kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+        with self.session() as session:
+            return session.request(method, self.url(path), **kwargs)
+
+    def get(self, path: str = "", **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting only the cluster CA (None without TLS)."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def access(topology: Topology, role: str, host: str | None = None, listener: str = "http",
+           user: str = OPERATOR) -> Access:
+    """How ``user`` (default: the control machine) reaches ``role``'s ``listener`` on ``host``."""
+    from homelab.topology import ROLE_BY_NAME
+
+    endpoint = topology.endpoint(role, host, listener)
+    secured = ROLE_BY_NAME[role].listener(listener).secured and topology.settings(endpoint.host, "pki").tls
+    if not secured:
+        return Access(endpoint, tls=False)
+    vault_file = topology.data(endpoint.host, "vault_file")
+    password_file = topology.data(endpoint.host, "vault_password_file")
+    where = f"inventory data for {endpoint.host}"
+    if not vault_file or not password_file:
+        raise ConfigError(where, "vault_file" if not vault_file else "vault_password_file",
+                          "required when pki.tls is on (the CA and the web passwords are in the vault)")
+    ca_file = ca_cert_path(vault_file)
+    if not ca_file.is_file():
+        raise ConfigError(ca_file, "", "the cluster CA certificate is missing (create it: homelab pki init)")
+    secrets = load_vault(vault_file, password_file)
+    name = password_secret(user)
+    if name not in secrets:
+        raise ConfigError(repo_path(vault_file), name, "secret is missing from the vault (add it with ansible-vault edit)")
+    return Access(endpoint, tls=True, ca_file=ca_file, auth=(user, secrets[name]))
