@@ -28,9 +28,22 @@ def secret_file(dest: str, secret: str, user: str = "root", group: str = "root",
     + secret: the secret's name in the host's vault, e.g. ``slack_bot_token``
     + user, group, mode: the file's owner and mode; keep mode 0600 or 0640
     """
+    yield from private_file._inner(dest=dest, content=BytesIO(host_secret(secret).encode()), user=user, group=group,
+                                   mode=mode)
+
+
+@operation()
+def private_file(dest: str, content: BytesIO, user: str = "root", group: str = "root", mode: str = "0600"):
+    """Ensure ``dest`` holds ``data`` (a secret made on the control machine, e.g. a TLS key), never
+    readable by others: created with its mode before the content arrives.
+
+    + dest: the path the service reads
+    + content: the bytes, in a BytesIO so that no argument or log line shows them
+    + user, group, mode: the file's owner and mode; keep mode 0600 or 0640
+    """
     if mode not in ("0600", "0640", "0400", "0440"):
-        raise ValueError(f"secret_file {dest}: mode: expected 0600, 0640, 0400 or 0440, got {mode!r}")
-    data = host_secret(secret).encode()
+        raise ValueError(f"private_file {dest}: mode: expected 0600, 0640, 0400 or 0440, got {mode!r}")
+    data = content.getvalue()
     if host.get_fact(Sha1File, path=dest) == sha1(data):
         yield from files.file._inner(path=dest, user=user, group=group, mode=mode)
         return

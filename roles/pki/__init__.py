@@ -1,17 +1,110 @@
-"""The cluster's TLS switch and certificate settings (group data key `pki`).
+"""The node's TLS identity: the cluster CA bundle and a certificate issued by homelab.pki at deploy time.
 
-The cluster CA lives on the control machine (homelab.pki); this role's settings say whether the
-services on a host serve TLS with a login, and how long certificates live.
+With `pki.tls` on (group data, one switch for the cluster), each node gets:
+
+- CA_FILE: the cluster CA bundle (homelab.access.ca_cert_path), 0644;
+- CERT_FILE and KEY_FILE: its certificate (SANs: its inventory name and its address) and key, the key
+  0640 root:GROUP; services serving TLS read them as members of GROUP (their roles add them);
+- EXPIRY_METRICS in node_exporter's textfile directory: the certificate's expiry and the rotation
+  margin, which the CertificateExpiringSoon alert compares.
+
+The certificate is issued again, with a fresh key, when the node has none, when it is not from the
+current CA (after `homelab pki new-ca`), when the node's name or address changed, or when it expires
+within `rotation_margin`. Otherwise a deploy changes nothing here.
 """
 
 from __future__ import annotations
 
-from homelab.config import StrictModel
+from datetime import timedelta
+from io import BytesIO
+
+from pydantic import model_validator
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import files, server
+
+from homelab.config import FieldError, StrictModel
+from homelab.types import Duration, seconds
+from roles.common import current_topology, role_settings
+
+TLS_DIR = "/etc/homelab/tls"
+CA_FILE = f"{TLS_DIR}/ca.crt"
+CERT_FILE = f"{TLS_DIR}/node.crt"
+KEY_FILE = f"{TLS_DIR}/node.key"
+GROUP = "homelab-tls"
+EXPIRY_METRICS = "homelab_tls.prom"
 
 
 class Settings(StrictModel):
     """Group data key `pki`; set it in inventory/group_data/all.py so the whole cluster agrees."""
 
-    # Whether this host's HTTP listeners that support it (homelab.topology.Listener.secured) serve
-    # TLS with the cluster CA's certificate and ask for a login.
+    # Whether this host's listeners that support it (homelab.topology.Listener.secured) serve TLS
+    # with the node's certificate and ask for a login (homelab.access).
     tls: bool = False
+    # Node certificates: how long each is valid, and how long before expiry a deploy replaces it.
+    cert_lifetime: Duration = "90d"
+    rotation_margin: Duration = "30d"
+    # The CA `homelab pki init` / `new-ca` create.
+    ca_lifetime: Duration = "3650d"
+    ca_name: str = "homelab cluster CA"
+
+    @model_validator(mode="after")
+    def _margin_inside_lifetime(self) -> "Settings":
+        if seconds(self.rotation_margin) >= seconds(self.cert_lifetime):
+            raise FieldError("rotation_margin", f"expected shorter than cert_lifetime ({self.cert_lifetime}), "
+                                                f"got {self.rotation_margin}")
+        return self
+
+
+def lifetime(duration: str) -> timedelta:
+    return timedelta(seconds=seconds(duration))
+
+
+def expiry_metrics(not_after_s: float, margin_s: float) -> str:
+    return (
+        "# HELP homelab_tls_cert_expiry_timestamp_seconds When the node's certificate expires.\n"
+        "# TYPE homelab_tls_cert_expiry_timestamp_seconds gauge\n"
+        f'homelab_tls_cert_expiry_timestamp_seconds{{file="{CERT_FILE}"}} {not_after_s:.0f}\n'
+        "# HELP homelab_tls_cert_rotation_margin_seconds How long before expiry a deploy replaces it.\n"
+        "# TYPE homelab_tls_cert_rotation_margin_seconds gauge\n"
+        f"homelab_tls_cert_rotation_margin_seconds {margin_s:.0f}\n"
+    )
+
+
+@deploy("pki")
+def apply() -> None:
+    from homelab.access import ca_cert_path
+    from homelab.pki import load_ca, not_after
+    from roles.secrets import private_file
+
+    settings = role_settings("pki", Settings)
+    if not settings.tls:
+        return
+    topology = current_topology()
+    ca = load_ca(host.data.get("vault_file"), host.data.get("vault_password_file"))
+    server.group(name=f"Group {GROUP} (reads the node's TLS key)", group=GROUP, system=True)
+    files.directory(name=f"TLS folder {TLS_DIR}", path=TLS_DIR, user="root", group="root", mode="0755")
+    files.put(name=f"Cluster CA bundle {CA_FILE}", src=BytesIO(ca_cert_path(host.data.get("vault_file")).read_bytes()),
+              dest=CA_FILE, user="root", group="root", mode="0644")
+
+    current = host.get_fact(FileContents, path=CERT_FILE)
+    cert_pem = ("\n".join(current) + "\n").encode() if current else None
+    margin = lifetime(settings.rotation_margin)
+    reason = ca.renewal_reason(cert_pem, host.name, topology.address(host.name), margin)
+    if reason:
+        issued = ca.issue(host.name, topology.address(host.name), lifetime(settings.cert_lifetime))
+        private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
+                     content=BytesIO(issued.key), group=GROUP, mode="0640")
+        files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
+                  user="root", group="root", mode="0644")
+        cert_pem = issued.cert
+    else:
+        # Keep the key's owner and mode right even when the certificate stays.
+        files.file(name=f"Node TLS key {KEY_FILE}", path=KEY_FILE, user="root", group=GROUP, mode="0640")
+    textfiles = topology.settings(host.name, "node_exporter").textfile_directory
+    # Before node_exporter's package creates it: node_exporter only reads it.
+    files.directory(name=f"node_exporter textfile folder {textfiles}", path=textfiles)
+    files.put(name=f"Certificate expiry for node_exporter ({EXPIRY_METRICS})",
+              src=BytesIO(expiry_metrics(not_after(cert_pem).timestamp(), margin.total_seconds()).encode()),
+              dest=f"{textfiles}/{EXPIRY_METRICS}", user="root", group="root", mode="0644")

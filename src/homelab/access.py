@@ -79,6 +79,9 @@ class Access:
     def session(self) -> requests.Session:
         """A requests session verifying with the cluster CA and logging in (use it as a context manager)."""
         session = requests.Session()
+        # Otherwise REQUESTS_CA_BUNDLE (or ~/.netrc) would override the session's CA (and login):
+        # requests lets the environment win over session settings (psf/requests#3829).
+        session.trust_env = False
         session.verify = self.verify
         session.auth = self.auth
         return session
@@ -122,3 +125,19 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     if name not in secrets:
         raise ConfigError(repo_path(vault_file), name, "secret is missing from the vault (add it with ansible-vault edit)")
     return Access(endpoint, tls=True, ca_file=ca_file, auth=(user, secrets[name]))
+
+
+def callers(topology: Topology, role: str) -> list[str]:
+    """The users ``role``'s secured listeners admit: each role the topology says connects to it
+    (Prometheus scraping, blackbox probing, Grafana querying...) logs in under its own name, and
+    the control machine as OPERATOR."""
+    return sorted({OPERATOR, *(connection.source for connection in topology.flows()
+                               if connection.target == role and connection.source_host is not None)})
+
+
+def web_users(topology: Topology) -> list[str]:
+    """Every user some secured listener admits: the web passwords the vault must hold."""
+    from homelab.topology import ROLES
+
+    return sorted({user for role in ROLES if any(listener.secured for listener in role.listeners)
+                   if topology.hosts_of(role.name) for user in callers(topology, role.name)})

@@ -7,6 +7,9 @@
     homelab maintenance end NODE...              lift the nodes' windows now
     homelab status [--json]                      every node and service: up, version, last deploy, budget, firing,
                                                  last backup (exit 1: not all well; SSH when Prometheus is down)
+    homelab pki init                             once per cluster: the CA and the web passwords, into the vault
+    homelab pki new-ca                           replace the CA (the old one stays trusted until drop-old-ca)
+    homelab pki drop-old-ca                      after a deploy reissued every node's certificate
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "is down, firing or unreachable (nodes are asked over SSH when Prometheus is down)",
                       "homelab status --json", show_status)
     status.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+
+    add_pki(areas)
 
     args = parser.parse_args(argv)
     from homelab.maintenance import CommandError
@@ -155,6 +160,59 @@ def maintenance_end(args: argparse.Namespace) -> int:
     print(f"maintenance of {', '.join(args.nodes)} ended: {len(expired)} silences expired")
     if warning:
         print(f"homelab: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def add_pki(areas) -> None:
+    pki = areas.add_parser("pki", help="the cluster's certificate authority and web passwords (homelab.pki)",
+                           description="The CA's key and the web passwords live in the cluster's vault; the CA "
+                                       "certificate beside it. A deploy issues and rotates node certificates.")
+    commands = pki.add_subparsers(dest="command", required=True)
+    _command(commands, "init", "create the CA and any missing web password (never replaces one)",
+             "homelab pki init --inventory inventory/homelab.py", pki_init)
+    _command(commands, "new-ca", "replace the CA; the old one stays trusted until drop-old-ca",
+             "homelab pki new-ca --inventory inventory/homelab.py", pki_new_ca)
+    _command(commands, "drop-old-ca", "trust only the current CA (after a deploy reissued every node's certificate)",
+             "homelab pki drop-old-ca --inventory inventory/homelab.py", pki_drop_old_ca)
+
+
+def _cluster_vault(args: argparse.Namespace):
+    """(topology, vault file, password file, pki settings) of the inventory's cluster (its first host's)."""
+    topology = _topology(args)
+    host = topology.hosts[0]
+    vault_file, password_file = topology.data(host, "vault_file"), topology.data(host, "vault_password_file")
+    if not vault_file or not password_file:
+        raise ConfigError(f"inventory data for {host}", "vault_file" if not vault_file else "vault_password_file",
+                          "required: the CA key and the web passwords are kept in the vault")
+    return topology, vault_file, password_file, topology.settings(host, "pki")
+
+
+def pki_init(args: argparse.Namespace) -> int:
+    from homelab import pki
+    from homelab.access import web_users
+    from roles.pki import lifetime
+
+    topology, vault_file, password_file, settings = _cluster_vault(args)
+    created = pki.init(vault_file, password_file, web_users(topology), settings.ca_name, lifetime(settings.ca_lifetime))
+    print(f"created: {', '.join(created)}" if created else "nothing to do: the CA and every web password exist")
+    return 0
+
+
+def pki_new_ca(args: argparse.Namespace) -> int:
+    from homelab import pki
+    from roles.pki import lifetime
+
+    _, vault_file, password_file, settings = _cluster_vault(args)
+    bundle = pki.new_ca(vault_file, password_file, settings.ca_name, lifetime(settings.ca_lifetime))
+    print(f"new CA in {bundle} (the old one still trusted): deploy, then run homelab pki drop-old-ca")
+    return 0
+
+
+def pki_drop_old_ca(args: argparse.Namespace) -> int:
+    from homelab import pki
+
+    _, vault_file, _, _ = _cluster_vault(args)
+    print(f"dropped {pki.drop_old_ca(vault_file)} old CA certificate(s); deploy to update the nodes' CA bundle")
     return 0
 
 

@@ -83,6 +83,8 @@ _HTTP = "http"
 ROLES: tuple[Role, ...] = (
     Role("base", None, "base packages"),
     Role("tuning", None, "tuning"),
+    # Before every service serving TLS: the node's certificate and the CA (when pki.tls is on).
+    Role("pki", None, "TLS certificates"),
     Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port", secured=True),), {"node": "metrics"}),
     Role("nginx", "nginx", "nginx",
          (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port", secured=True),

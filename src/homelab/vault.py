@@ -93,3 +93,20 @@ def host_secret(name: str) -> str:
     if name not in secrets:
         raise ConfigError(repo_path(vault_file), name, "secret is missing from the vault (add it with ansible-vault edit)")
     return secrets[name]
+
+
+def store_secrets(vault_file: str | Path, password_file: str | Path, updates: dict[str, str]) -> None:
+    """Add or replace secrets in an existing vault, re-encrypted with its password (homelab pki uses it).
+
+    Written to a new file that then replaces the vault, so an interrupted write leaves the old vault whole.
+    """
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault_path, password_path = repo_path(vault_file), repo_path(password_file)
+    secrets = {**load_vault(vault_path, password_path), **updates}
+    plaintext = yaml.safe_dump(secrets, default_style='"', sort_keys=True, width=1 << 16)
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(_read_password(password_path)))])
+    staged = vault_path.with_name(vault_path.name + ".new")
+    staged.write_bytes(vault.encrypt(plaintext))
+    staged.replace(vault_path)
