@@ -20,6 +20,7 @@ from roles.alertmanager.maintenance_windows import Window, load_windows, window_
 from roles.alertmanager.routing import BLACKHOLE_RECEIVER, RELAY_RECEIVER, Routing, load_routing
 from roles.common import REPO_ROOT, checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
+from roles.pki.web import web_config
 
 PACKAGE = "prometheus-alertmanager"
 SERVICE = "prometheus-alertmanager"
@@ -84,9 +85,9 @@ def render_config(settings: Settings, topology: Topology, routes: Routing | None
     )
 
 
-def render_defaults(settings: Settings) -> str:
+def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
     return render("alertmanager/prometheus-alertmanager.default.j2", config_file=CONFIG_FILE,
-                  storage_path=STORAGE_PATH, listen_port=settings.listen_port)
+                  storage_path=STORAGE_PATH, listen_port=settings.listen_port, web_flags=web_flags)
 
 
 @deploy("alertmanager")
@@ -108,7 +109,8 @@ def apply() -> None:
     )
     config = checked_file(name=f"Routing {CONFIG_FILE}", dest=CONFIG_FILE, content=config_text,
                           check=CONFIG_CHECK)
+    web_flags = web_config("alertmanager", SERVICE_GROUP)
     flags = checked_file(name=f"Alertmanager flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
-                         content=render_defaults(settings))
+                         content=render_defaults(settings, web_flags))
     # The token file is read on every notification, so a new token needs no reload.
     keep_running(SERVICE, "alertmanager", restart_on=(flags,), reload_on=(config,))

@@ -12,18 +12,25 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import model_validator
+from pyinfra import host
 from pyinfra.api import deploy
 
 from homelab.config import FieldError, StrictModel
 from homelab.types import Duration, Port
-from roles.common import checked_file, keep_running, render, role_settings
+from roles.common import checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
+from roles.pki.web import web_config
 
 PACKAGE = "prometheus-blackbox-exporter"
 SERVICE = "prometheus-blackbox-exporter"
 CONFIG_FILE = "/etc/prometheus/blackbox.yml"
 DEFAULTS_FILE = "/etc/default/prometheus-blackbox-exporter"
 CONFIG_CHECK = "prometheus-blackbox-exporter --config.check --config.file={staged}"
+# The package's service runs as this user.
+SERVICE_USER = "prometheus"
+# Its login to secured health paths (homelab.access.callers names it) and where its password is.
+WEB_USER = "blackbox"
+WEB_PASSWORD_FILE = "/etc/prometheus/blackbox-web-password"
 
 Prober = Literal["http", "tcp", "icmp", "dns", "grpc"]
 
@@ -73,30 +80,49 @@ class Settings(StrictModel):
         return self
 
 
-def render_config(settings: Settings) -> str:
+def tls_module(name: str) -> str:
+    """The module probing secured health paths: ``name``'s, with the cluster CA and blackbox's login."""
+    return f"{name}_tls"
+
+
+def render_config(settings: Settings, tls: bool = False) -> str:
+    """The modules of group data; with ``tls`` (pki.tls), also tls_module(health_module), which
+    sends blackbox's login only to secured (https) listeners, never over plain HTTP."""
+    from roles.pki import CA_FILE
+
     modules = {name: module.model_dump(exclude_none=True) for name, module in settings.modules.items()}
+    if tls:
+        health = modules[settings.health_module]
+        modules[tls_module(settings.health_module)] = {
+            **health, "http": {**health.get("http", {}), "tls_config": {"ca_file": CA_FILE},
+                               "basic_auth": {"username": WEB_USER, "password_file": WEB_PASSWORD_FILE}}}
     body = yaml.safe_dump({"modules": modules}, sort_keys=False, default_flow_style=False)
     return render("blackbox/blackbox.yml.j2", body=body)
 
 
-def render_defaults(settings: Settings) -> str:
+def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
     return render("blackbox/blackbox-exporter.default.j2", config_file=CONFIG_FILE,
-                  listen_port=settings.listen_port)
+                  listen_port=settings.listen_port, web_flags=web_flags)
 
 
 @deploy("blackbox")
 def apply() -> None:
+    from roles.pki.web import password_file
+
     settings = role_settings("blackbox", Settings)
+    tls = current_topology().settings(host.name, "pki").tls
     install_packages("blackbox", [PACKAGE], settings.install)
+    if tls:
+        password_file(WEB_USER, WEB_PASSWORD_FILE, SERVICE_USER)
     config = checked_file(
         name=f"blackbox modules in {CONFIG_FILE}",
         dest=CONFIG_FILE,
-        content=render_config(settings),
+        content=render_config(settings, tls),
         check=CONFIG_CHECK,
     )
     flags = checked_file(
         name=f"blackbox flags in {DEFAULTS_FILE}",
         dest=DEFAULTS_FILE,
-        content=render_defaults(settings),
+        content=render_defaults(settings, web_config("blackbox", SERVICE_USER)),
     )
     keep_running(SERVICE, "blackbox", restart_on=(flags,), reload_on=(config,))

@@ -18,6 +18,7 @@ from pyinfra.operations import apt, files
 from homelab.config import StrictModel
 from homelab.types import Port
 from roles.common import REPO_ROOT, checked_file, keep_running, render, role_settings
+from roles.pki.web import web_config
 
 PACKAGE = "prometheus-node-exporter"
 SERVICE = "prometheus-node-exporter"
@@ -25,6 +26,8 @@ DEFAULTS_FILE = "/etc/default/prometheus-node-exporter"
 # In the textfile directory; homelab status reads it through Prometheus, or over SSH when that is down.
 DEPLOY_STAMP_FILE = "homelab_deploy.prom"
 DEPLOY_METRIC = "homelab_last_deploy_timestamp_seconds"
+# The package's service runs as this user.
+SERVICE_USER = "prometheus"
 
 
 class Settings(StrictModel):
@@ -37,8 +40,8 @@ class Settings(StrictModel):
     textfile_directory: str = "/var/lib/prometheus/node-exporter"
 
 
-def render_args(settings: Settings) -> list[str]:
-    args = [f"--web.listen-address=:{settings.listen_port}"]
+def render_args(settings: Settings, web_flags: list[str] = ()) -> list[str]:
+    args = [f"--web.listen-address=:{settings.listen_port}", *web_flags]
     args += [f"--collector.{name}" for name in settings.collectors_enabled]
     args += [f"--no-collector.{name}" for name in settings.collectors_disabled]
     if "textfile" in settings.collectors_enabled:
@@ -46,8 +49,8 @@ def render_args(settings: Settings) -> list[str]:
     return args
 
 
-def render_defaults(settings: Settings) -> str:
-    return render("node_exporter/prometheus-node-exporter.default.j2", args=render_args(settings))
+def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
+    return render("node_exporter/prometheus-node-exporter.default.j2", args=render_args(settings, web_flags))
 
 
 @deploy("node_exporter")
@@ -60,10 +63,11 @@ def apply() -> None:
         cache_time=3600,
         no_recommends=True,
     )
+    web_flags = web_config("node_exporter", SERVICE_USER)
     flags = checked_file(
         name=f"node_exporter flags in {DEFAULTS_FILE}",
         dest=DEFAULTS_FILE,
-        content=render_defaults(settings),
+        content=render_defaults(settings, web_flags),
     )
     keep_running(SERVICE, "node_exporter", restart_on=(flags,))
 

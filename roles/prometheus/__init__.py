@@ -24,11 +24,12 @@ from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
 from homelab.alerts.render import require_current_rules
-from homelab.config import FieldError, StrictModel
-from homelab.topology import Topology
+from homelab.config import ConfigError, FieldError, StrictModel
+from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.types import ByteSize, Duration, Port, seconds
 from roles.common import REPO_ROOT, checked_file, current_topology, keep_running, render, role_settings
 from roles.install import Install, install_packages
+from roles.pki.web import Client, client, password_file, web_config
 
 PACKAGE = "prometheus"
 SERVICE = "prometheus"
@@ -44,6 +45,10 @@ CONFIG_CHECK = "promtool check config {staged}"
 # The job of blackbox_exporter's health probes (the Probe* alerts select it).
 PROBE_JOB = "blackbox"
 RULES_CHECK = "promtool check rules {staged}"
+# The package's service runs as this user, which is also its login to the endpoints it scrapes.
+SERVICE_USER = "prometheus"
+# Its web password (homelab.access), for scrapes and alerts sent over TLS.
+WEB_PASSWORD_FILE = "/etc/prometheus/web-password"
 
 
 class Settings(StrictModel):
@@ -66,26 +71,52 @@ class Settings(StrictModel):
         return self
 
 
+def _one_client(topology: Topology, role: str, listener: str, hosts: list[str]) -> Client:
+    """How Prometheus reaches ``role``'s ``listener`` on ``hosts``: one way for all, as one job or
+    Alertmanager list has one scheme."""
+    clients = {client(topology, role, host_name, listener, SERVICE_USER, WEB_PASSWORD_FILE) for host_name in hosts}
+    if not clients:  # nothing to reach
+        return Client("http")
+    if len(clients) > 1:
+        raise ConfigError("inventory", "pki.tls", f"expected the same on every host running {role} "
+                                                  f"({', '.join(hosts)}): one scrape job has one scheme")
+    return clients.pop()
+
+
 def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES_DIR) -> str:
+    from roles.blackbox import tls_module
+
     probes = topology.health_probes()
     blackbox_hosts = topology.hosts_of("blackbox")
     blackbox = topology.settings(blackbox_hosts[0], "blackbox") if blackbox_hosts else None
+    jobs = [(job, _one_client(topology, job.role, ROLE_BY_NAME[job.role].scrape[job.name],
+                              [target.host for target in job.targets]))
+            for job in topology.scrape_jobs()]
+    # Each probe: the URL blackbox fetches (https for a secured listener) and the module doing it.
+    probe_targets = []
+    for probe in probes if blackbox else []:
+        listener = next(l.name for l in ROLE_BY_NAME[probe.role].listeners if l.health == probe.path)
+        secure = client(topology, probe.role, probe.endpoint.host, listener, "blackbox", "").scheme == "https"
+        probe_targets.append((probe, probe.endpoint.url(probe.path, "https" if secure else "http"),
+                              tls_module(blackbox.health_module) if secure else blackbox.health_module))
+    alertmanagers = topology.endpoints("alertmanager")
     return render(
         "prometheus/prometheus.yml.j2",
         settings=settings,
-        jobs=topology.scrape_jobs(),
+        jobs=jobs,
         probe_job=PROBE_JOB,
-        probes=probes if blackbox else [],
-        probe_module=blackbox.health_module if blackbox else None,
+        probes=probe_targets,
         blackbox_address=topology.endpoint("blackbox").netloc if blackbox else None,
-        alertmanagers=[endpoint.netloc for endpoint in topology.endpoints("alertmanager")],
+        blackbox_client=_one_client(topology, "blackbox", "http", blackbox_hosts[:1]) if blackbox else None,
+        alertmanagers=[endpoint.netloc for endpoint in alertmanagers],
+        alertmanager_client=_one_client(topology, "alertmanager", "http", [e.host for e in alertmanagers]),
         rule_files=f"{rules_dir}/{RULES_GLOB}",
     )
 
 
-def render_defaults(settings: Settings) -> str:
+def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
     return render("prometheus/prometheus.default.j2", settings=settings, config_file=CONFIG_FILE,
-                  storage_path=STORAGE_PATH)
+                  storage_path=STORAGE_PATH, web_flags=web_flags)
 
 
 def rule_files(thresholds_file: str | Path = THRESHOLDS_FILE) -> dict[str, str]:
@@ -118,8 +149,12 @@ def apply() -> None:
         changed_rules.append(files.file(name=f"Remove rule file no longer generated: {stale}",
                                         path=stale, present=False))
 
+    web_flags = web_config("prometheus", SERVICE_USER)
+    if current_topology().settings(host.name, "pki").tls:
+        # Its login to the TLS endpoints it scrapes, before the config that names the file is checked.
+        password_file(SERVICE_USER, WEB_PASSWORD_FILE, SERVICE_USER)
     config = checked_file(name=f"Scrape config {CONFIG_FILE}", dest=CONFIG_FILE, content=config_text,
                           check=CONFIG_CHECK)
     flags = checked_file(name=f"Prometheus flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
-                         content=render_defaults(settings))
+                         content=render_defaults(settings, web_flags))
     keep_running(SERVICE, "prometheus", restart_on=(flags,), reload_on=(config, *changed_rules))

@@ -1,0 +1,129 @@
+"""TLS and logins for the Prometheus-family services, with exporter-toolkit's `--web.config.file`.
+
+A role whose listener is secured (homelab.topology.Listener.secured) calls, after installing its
+package, ``web_config(role, service_user)``: with `pki.tls` on, it writes WEB_CONFIG_DIR/<role>.yml
+(the node's certificate and key, and a bcrypt hash of the web password of each user the topology
+says calls the role, homelab.access.callers) and returns the flag naming it, to add to the
+service's flags. exporter-toolkit reads that file on every request, so a new password or
+certificate applies without a restart.
+
+The other side, ``client(topology, role, listener, caller)``: what a service on a node (Prometheus
+scraping, blackbox probing, Grafana querying) needs to reach a listener: scheme, the CA file on the
+node, its user name and the file holding its password (written by ``password_file``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+
+import bcrypt
+from pyinfra import host
+from pyinfra.operations import server
+
+from homelab.access import callers, password_secret
+from homelab.config import ConfigError
+from homelab.topology import ROLE_BY_NAME, Topology
+from homelab.vault import host_secret
+from roles.common import current_topology, render
+from roles.pki import CA_FILE, CERT_FILE, GROUP, KEY_FILE, TLS_DIR
+
+WEB_CONFIG_DIR = TLS_DIR
+# exporter-toolkit caches a successful check, so the cost is paid once per login, not per scrape.
+BCRYPT_COST = 10
+_BCRYPT_ALPHABET = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                                   b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def secured(topology: Topology, role: str, host_name: str, listener: str = "http") -> bool:
+    """Whether ``role``'s ``listener`` on ``host_name`` serves TLS with a login."""
+    return ROLE_BY_NAME[role].listener(listener).secured and topology.settings(host_name, "pki").tls
+
+
+@lru_cache(maxsize=64)
+def bcrypt_hash(user: str, password: str) -> str:
+    """``password``'s bcrypt hash, the same on every deploy so that a rerun changes nothing: the
+    salt is derived from the password (an HMAC of the user's name keyed by it), so it tells
+    nothing the hash does not."""
+    digest = hmac.new(password.encode(), f"homelab web config salt for {user}".encode(), hashlib.sha256).digest()
+    salt = base64.b64encode(digest[:16]).rstrip(b"=").translate(_BCRYPT_ALPHABET)
+    return bcrypt.hashpw(password.encode(), f"$2b${BCRYPT_COST:02d}$".encode() + salt).decode()
+
+
+def render_web_config(users: dict[str, str]) -> str:
+    """exporter-toolkit's web config: TLS with the node's certificate, ``users`` (name -> bcrypt hash)."""
+    return render("pki/web-config.yml.j2", cert_file=CERT_FILE, key_file=KEY_FILE, users=users)
+
+
+def check_web_config(text: str) -> None:
+    """`promtool check web-config` on the control machine (nodes other than Prometheus's have no
+    promtool), with the certificate paths pointed at a throwaway pair: it loads them."""
+    from homelab.pki import ClusterCA, create_ca
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise ConfigError("promtool", "", "not found on the control machine (apt-get install prometheus; "
+                                          "./dev setup does it): it checks web configs before they are sent")
+    pair = ClusterCA(create_ca("web config check", timedelta(hours=1))).issue("check", "127.0.0.1", timedelta(hours=1))
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "node.crt").write_bytes(pair.cert)
+        (folder / "node.key").write_bytes(pair.key)
+        config = folder / "web.yml"
+        config.write_text(text.replace(CERT_FILE, str(folder / "node.crt")).replace(KEY_FILE, str(folder / "node.key")))
+        result = subprocess.run([promtool, "check", "web-config", str(config)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConfigError("templates/pki/web-config.yml.j2", "", f"promtool check web-config failed: "
+                                                                 f"{' '.join(result.stderr.split())[-300:]}")
+
+
+def web_config(role: str, service_user: str) -> list[str]:
+    """In ``role``'s apply on this host: its web config when pki.tls is on; the flags to add."""
+    from roles.secrets import private_file
+
+    topology = current_topology()
+    if not secured(topology, role, host.name, next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured)):
+        return []
+    text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
+                              for user in callers(topology, role)})
+    check_web_config(text)
+    path = f"{WEB_CONFIG_DIR}/{role}.yml"
+    server.user(name=f"{service_user} reads the node's TLS key (group {GROUP})", user=service_user,
+                groups=[GROUP], append=True)
+    private_file(name=f"{role} web config {path} (TLS, logins)", dest=path, content=BytesIO(text.encode()),
+                 group=service_user, mode="0640")
+    return [f"--web.config.file={path}"]
+
+
+@dataclass(frozen=True)
+class Client:
+    """How a service on a node reaches a listener: for its scrape, probe or datasource config."""
+
+    scheme: str
+    ca_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+def client(topology: Topology, role: str, host_name: str, listener: str, caller: str, password_file: str) -> Client:
+    """``caller``'s way to ``role``'s ``listener`` on ``host_name``; its password is in ``password_file``."""
+    if not secured(topology, role, host_name, listener):
+        return Client("http")
+    return Client("https", CA_FILE, caller, password_file)
+
+
+def password_file(user: str, dest: str, group: str):
+    """Write ``user``'s web password (from the vault) to ``dest``, 0640 root:``group``."""
+    from roles.secrets import secret_file
+
+    return secret_file(name=f"{user}'s web password {dest}", dest=dest, secret=password_secret(user), group=group,
+                       mode="0640")
