@@ -13,6 +13,7 @@ role list and the architecture diagram.
     topology.scrape_jobs(); topology.health_probes(); topology.flows()
     # The control machine's way in (homelab.access): URL with its scheme, CA to verify, login.
     topology.access("prometheus").get("/api/v1/query", params={"query": "up"})
+    topology.inbound("worker-node-12")        # each port it listens on, with the hosts and parties calling it
 
 ROLES lists every role in the order a host applies them, with the listeners each one has (the
 Settings field holding the port, and the HTTP path that answers when healthy) and the scrape job
@@ -108,7 +109,11 @@ ROLES: tuple[Role, ...] = (
 )
 ROLE_BY_NAME = {role.name: role for role in ROLES}
 # Parties outside the cluster that connect to it or that it connects to.
-EXTERNAL = {"users": "Users' browsers", "clients": "Redis clients", "slack": "Slack API", "faxplus": "FAX.PLUS"}
+EXTERNAL = {"users": "Users' browsers", "clients": "Redis clients", "slack": "Slack API", "faxplus": "FAX.PLUS",
+            "control": "Control machine"}
+# The machine the deploy runs from: besides SSH to every node (roles/firewall), the services its
+# commands and lab checks query (`homelab status`, `homelab maintenance`, tests/hosts/).
+CONTROL = "control"
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,12 @@ FLOWS: tuple[Flow, ...] = (
     Flow("alert_relay", "slack", "messages, files", None),
     Flow("promtail", "loki", "push logs"),
     Flow("alloy", "loki", "push logs"),
+    Flow(CONTROL, "prometheus", "homelab status"),
+    Flow(CONTROL, "alertmanager", "maintenance silences"),
+    Flow(CONTROL, "nginx", "Grafana, burst checks"),
+    Flow(CONTROL, "toy_redis", "redis-cli, lab checks", "resp"),
+    Flow(CONTROL, "toy_redis", "lab checks", "metrics"),
+    Flow(CONTROL, "alert_relay", "lab checks"),
 )
 
 
@@ -185,6 +196,17 @@ class HealthProbe:
     def instance(self) -> str:
         """The URL with the host's name in place of its address, for the `instance` label."""
         return f"http://{self.endpoint.instance}{self.path}"
+
+
+@dataclass(frozen=True, order=True)
+class Inbound:
+    """One port a host listens on, and who calls it: what the host's firewall lets in."""
+
+    role: str
+    listener: str
+    port: int
+    callers: tuple[str, ...]  # inventory hosts
+    parties: tuple[str, ...]  # EXTERNAL parties (the control machine among them)
 
 
 @dataclass(frozen=True, order=True)
@@ -354,3 +376,19 @@ class Topology:
                                        f"probe {probe.path}", probe.endpoint.port)
                             for probe in self.health_probes()]
         return connections
+
+    def inbound(self, host: str) -> list[Inbound]:
+        """Each port ``host``'s roles listen on, with the hosts and external parties whose
+        connections in flows() reach it, so adding a caller to the inventory opens its ports."""
+        connections = [connection for connection in self.flows() if connection.target_host == host]
+        ports = []
+        for role in self.roles_of(host):
+            for listener in ROLE_BY_NAME[role].listeners:
+                port = self.port(host, role, listener.name)
+                calling = [connection for connection in connections
+                           if connection.target == role and connection.port == port]
+                ports.append(Inbound(
+                    role, listener.name, port,
+                    tuple(sorted({c.source_host for c in calling if c.source_host is not None})),
+                    tuple(sorted({c.source for c in calling if c.source_host is None}))))
+        return ports

@@ -6,12 +6,13 @@ mtail's nginx program (templates/nginx/responses.mtail.j2), toy-redis and the al
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from pydantic import model_validator
 
 from homelab.config import FieldError
-from homelab.types import Percent, Positive
+from homelab.types import Percent, Positive, seconds
 from homelab.alerts.base import (
     TEST_INTERVAL_S,
     Alert,
@@ -445,10 +446,57 @@ class AlertRelayCannotAuthenticate(BinaryAlert):
         return [series("alert_relay_delivery_paused", self.test_labels, constant(0, samples))]
 
 
+# --- the node firewall (roles/firewall writes its drop counters for node_exporter) --------------
+
+# roles/firewall's metric, named here so the catalog stays importable without the roles.
+FIREWALL_DROPS = "homelab_firewall_dropped_packets_total"
+
+
+class FirewallDropsOnServicePort(ThresholdAlert):
+    """Packets to a service port the firewall dropped: from a host the topology does not list as
+    a caller (reason not_allowed), or beyond a caller's per-source limits (reason flood). Drops to
+    ports no service listens on (service="") are background noise and left out."""
+
+    name = "FirewallDropsOnServicePort"
+    group = "firewall"
+    test_labels = {"instance": "worker-node-12:9100", "job": "node", "service": "toy_redis", "listener": "resp",
+                   "port": "6379", "reason": "not_allowed"}
+    value_format = "%.2f"
+    summary = "The firewall on $instance drops packets to $service"
+
+    window: Window
+    packets_per_second: Positive
+    severity: Severity
+
+    def levels(self) -> list[Level]:
+        return [Level(self.severity, self.packets_per_second)]
+
+    def value_expr(self) -> str:
+        return (f'sum by (instance, job, service, listener, port, reason) '
+                f'(rate({FIREWALL_DROPS}{{service!=""}}[{self.window}]))')
+
+    def description(self, level: Level) -> str:
+        return (f"The firewall on $instance has dropped $value packets/s to $service "
+                f"($listener, port $port; reason $reason) over the last {self.window}, "
+                f"for {self.for_} (above {num(level.threshold)}/s).")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        return [series(FIREWALL_DROPS, self.test_labels, linear(0, value * TEST_INTERVAL_S, samples))]
+
+    def _timing(self) -> tuple[int | None, int, int]:
+        # rate() over a window reaching back before the series began reads low (it extrapolates
+        # only half a step beyond the first sample), so the condition may first hold up to one
+        # window in: the firing check moves one window later (the pending one holds either way).
+        pending, firing, samples = super()._timing()
+        lead = math.ceil(seconds(self.window) / TEST_INTERVAL_S)
+        return pending, firing + lead * TEST_INTERVAL_S, samples + lead
+
+
 CATALOG: tuple[type[Alert], ...] = (
     InstanceDown, HostMemoryHigh, HostLoadHigh, HostDiskFillingUp,
     ProbeFailed, ProbeSlow,
     ToyRedisDown, ToyRedisLatencyHigh, ToyRedisMemoryGrowing, ToyRedisExpiredKeysNotReclaimed,
     Nginx5xxRatioHigh,
     AlertRelayDown, AlertRelayDeadLetters, AlertRelayCannotAuthenticate,
+    FirewallDropsOnServicePort,
 )
