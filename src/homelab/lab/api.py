@@ -89,6 +89,11 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
     network.raise_inotify_limit(len(wanted))
     client_key = ssh.ensure_client_key(settings)
     running = {node for node in wanted if nodes.running_pid(settings, node.name) is not None}
+    for node in [node for node in running if nodes.booted_runtime(settings, node.name) != node.runtime]:
+        # nspawn's flags and the node's boot units differ by runtime: boot it again, keeping its disk.
+        log(f"restarting {node.name}: its runtime changed to {node.runtime}")
+        nodes.stop(settings, node.name)
+        running.discard(node)
     # A running node's upper layer is mounted: leave it alone (overlayfs forbids changing it under
     # the mount) and only read its host key.
     host_keys = {node: nodes.host_public_key(settings, node) if node in running

@@ -4,6 +4,13 @@ The overlay's upper layer holds everything that makes the node itself (hostname,
 key, address, mirror address, root's authorized key) and whatever deploys install later. Each node gets
 its own cgroup before nspawn starts; without that, nodes share one and stopping one can kill
 another's services (measured, see ../shared/notes/lab.md).
+
+A node whose runtime is `container` (homelab.lab.inventory) can run Docker's containers (measured,
+docs/containers.md): nspawn lets it make session keyrings (runc joins one per container) and set
+other processes' limits (runc applies `--ulimit` that way), and a
+unit in the node makes the cgroup v1 controllers nspawn mounts read-only writable before Docker
+starts. Only those nodes get it: writable controllers are the host's own hierarchies, so a node's
+root could then change any cgroup on this machine. Other nodes keep nspawn's defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +31,35 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "homelab-lab"
 STOP_TIMEOUT_S = 15
 NODE_NOFILE_HARD = 524288
+# runc makes a session keyring for each container; nspawn's seccomp filter refuses these otherwise.
+CONTAINER_SYSCALLS = "add_key keyctl request_key"
+# runc sets a container's limits (`--ulimit`) from outside, with prlimit on a process of another
+# user, which needs this capability; nspawn (252 here) drops it from nodes' bounding set.
+CONTAINER_CAPABILITIES = "CAP_SYS_RESOURCE"
+CGROUP_UNIT = "lab-cgroup-writable.service"
+CGROUP_SCRIPT = "/usr/local/sbin/lab-cgroup-writable"
+# A plain `remount,rw` fails with "mount point is busy"; a bind remount works (measured).
+CGROUP_SCRIPT_TEXT = """#!/bin/sh
+# Written by the homelab lab tool: this node runs Docker containers (its runtime is container).
+# Makes the cgroup v1 controllers systemd-nspawn mounted read-only writable, for runc.
+set -e
+awk '$3 == "cgroup" && $4 ~ /^ro(,|$)/ { print $2 }' /proc/self/mounts | while read -r controller; do
+    mount -o remount,bind,rw "$controller"
+done
+"""
+CGROUP_UNIT_TEXT = f"""# Written by the homelab lab tool: this node runs Docker containers (its runtime is container).
+[Unit]
+Description=Lab: writable cgroup controllers for Docker
+Before=containerd.service docker.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={CGROUP_SCRIPT}
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def node_dir(settings: LabSettings, name: str) -> Path:
@@ -124,6 +160,14 @@ def _overlay_upper(settings: LabSettings, name: str) -> bytes:
     return f":{node_dir(settings, name) / 'upper'}:/".encode()
 
 
+def booted_runtime(settings: LabSettings, name: str) -> str:
+    """The runtime the node was last prepared for."""
+    try:
+        return (node_dir(settings, name) / "runtime").read_text().strip()
+    except FileNotFoundError:
+        return "systemd"  # prepared before the lab knew runtimes
+
+
 def booted_release(settings: LabSettings, name: str) -> int:
     """The Debian release the node's upper layer was made on."""
     try:
@@ -142,6 +186,7 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     upper = node_dir(settings, node.name) / "upper"
     upper.mkdir(parents=True, exist_ok=True)
     (node_dir(settings, node.name) / "release").write_text(f"{node.release}\n")
+    (node_dir(settings, node.name) / "runtime").write_text(f"{node.runtime}\n")
 
     def write(relative: str, content: str, mode: int = 0o644) -> None:
         path = upper / relative
@@ -171,6 +216,20 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     ssh_dir.mkdir(parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)
     write("root/.ssh/authorized_keys", client_public_key, 0o600)
+    cgroup_files = {
+        CGROUP_SCRIPT.lstrip("/"): (CGROUP_SCRIPT_TEXT, 0o755),
+        f"etc/systemd/system/{CGROUP_UNIT}": (CGROUP_UNIT_TEXT, 0o644),
+    }
+    enabled = upper / f"etc/systemd/system/multi-user.target.wants/{CGROUP_UNIT}"
+    if node.runtime == "container":
+        for relative, (content, mode) in cgroup_files.items():
+            write(relative, content, mode)
+        enabled.parent.mkdir(parents=True, exist_ok=True)
+        if not enabled.is_symlink():
+            enabled.symlink_to(f"/etc/systemd/system/{CGROUP_UNIT}")
+    else:  # the node ran containers before: no writable controllers any more
+        for relative in [*cgroup_files, enabled.relative_to(upper)]:
+            (upper / relative).unlink(missing_ok=True)
     host_key = upper / "etc/ssh/ssh_host_ed25519_key"
     if not host_key.exists():
         host_key.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +252,21 @@ def host_public_key(settings: LabSettings, node: LabNode) -> str:
     return f"{key_type} {key_data}"
 
 
+def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str]:
+    """How the node is booted; a node that runs containers may make keyrings and set limits (runc does)."""
+    command = [
+        "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", machine_name(settings, node.name), "-D", str(base),
+        f"--overlay={base}{_overlay_upper(settings, node.name).decode()}", "-b", "--console=pipe",
+        f"--network-bridge={settings.bridge}",
+        # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
+        # and no tuning inside a node could raise a service's open-file limit past it.
+        f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
+    ]
+    if node.runtime == "container":
+        command += [f"--system-call-filter={CONTAINER_SYSCALLS}", f"--capability={CONTAINER_CAPABILITIES}"]
+    return command
+
+
 def start(settings: LabSettings, node: LabNode, base: Path) -> int:
     """Boot the node; returns the nspawn pid. Does not wait for it to be ready."""
     folder = node_dir(settings, node.name)
@@ -207,14 +281,7 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
         for cgroup in cgroups:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    command = [
-        "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", machine_name(settings, node.name), "-D", str(base),
-        f"--overlay={base}{_overlay_upper(settings, node.name).decode()}", "-b", "--console=pipe",
-        f"--network-bridge={settings.bridge}",
-        # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
-        # and no tuning inside a node could raise a service's open-file limit past it.
-        f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
-    ]
+    command = nspawn_command(settings, node, base)
     with open(folder / "console.log", "wb") as console:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
