@@ -8,6 +8,10 @@ The routes and the config are checked with the node's own `alert-relay --check-r
 `--check-config` before they replace the live ones; a change to either, to a token, the unit or
 the wheels restarts the relay.
 
+On a host whose data says `runtime = "container"` the relay runs from its image instead
+(roles/container_runtime): same unit name, config, token files, queue folder and port; the routes
+and config are checked by the image's own binary.
+
 Alertmanager (roles/alertmanager) sends to http://<this host>:<listen port>/alertmanager with the
 bearer token alertmanager_webhook_token.
 """
@@ -26,7 +30,7 @@ from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
 
 from homelab.config import ConfigError
 from homelab.types import check_host_port
-from roles import python_app
+from roles import container_runtime, python_app
 from roles.common import REPO_ROOT, checked_file, render, role_settings
 from roles.tuning import host_tuning
 
@@ -54,6 +58,8 @@ class Settings(RelayTuning):
     # Repo-relative; its `slack:` section routes alerts and faxes to channels.
     routes: str = "alerts/routes.yaml"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # With runtime container: Docker's limits.
+    container: container_runtime.ContainerLimits = container_runtime.ContainerLimits()
 
     # Same names as the relay's validators, so these replace them: port 0 (tests' "any free
     # port") and URLs with spaces are the relay's to accept, not a deployment's.
@@ -92,6 +98,16 @@ def render_unit(nofile: int) -> str:
     return render("alert_relay/alert-relay.service.j2", **python_app.unit_values(APP, CONFIG_PATH, DATA_DIR, nofile))
 
 
+def container(settings: Settings, nofile: int) -> container_runtime.Container:
+    from homelab.containers.images import spec_named
+
+    return container_runtime.Container(
+        app=APP, image=spec_named(APP.service).tag, description="alert-relay: alerts and faxes to Slack",
+        mounts=(container_runtime.BindMount(CONFIG_DIR, readonly=True), container_runtime.BindMount(DATA_DIR)),
+        limits=settings.container, nofile=nofile,
+    )
+
+
 def read_routes(settings: Settings) -> str:
     """The routes file's text, once the relay's own loader accepts it (one-line error otherwise)."""
     from alert_relay.config import ConfigFileError
@@ -113,12 +129,16 @@ def check_open_file_limit(settings: Settings, nofile: int) -> None:
                           f"file, less {SPARE_FILE_DESCRIPTORS} for the queue and Slack), got {settings.max_connections}")
 
 
-def routes_check_command() -> str:
+def routes_check_command(boxed: container_runtime.Container | None = None) -> str:
+    if boxed:
+        return container_runtime.check_command(boxed, "--check-routes {staged}")
     return f"{APP.binary()} --check-routes {{staged}}"
 
 
-def config_check_command() -> str:
+def config_check_command(boxed: container_runtime.Container | None = None) -> str:
     """Checks the config with the routes and token files it names (so those go first)."""
+    if boxed:
+        return container_runtime.check_command(boxed, "--check-config {staged}")
     return f"{APP.binary()} --check-config {{staged}}"
 
 
@@ -131,8 +151,11 @@ def apply() -> None:
     nofile = host_tuning().limits.nofile
     check_open_file_limit(settings, nofile)
 
+    runtime = container_runtime.host_runtime()
+    # Both runtimes run as this user: it owns the queue and may read the token files.
     python_app.service_account(APP)
-    installed = python_app.install(APP)
+    boxed = container(settings, nofile) if runtime == "container" else None
+    installed = container_runtime.image_ready(APP) if boxed else python_app.install(APP)
 
     files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
     # systemd would create it at start, but the config check before that wants the queue's folder.
@@ -146,7 +169,7 @@ def apply() -> None:
         name=f"alert-relay routes (from {settings.routes})",
         dest=ROUTES_PATH,
         content=routes,
-        check=routes_check_command(),
+        check=routes_check_command(boxed),
         group=APP.service,
         mode="0640",
     )
@@ -154,9 +177,13 @@ def apply() -> None:
         name="alert-relay config",
         dest=CONFIG_PATH,
         content=render_config(settings),
-        check=config_check_command(),
+        check=config_check_command(boxed),
         group=APP.service,
         mode="0640",
     )
-    unit = python_app.unit(APP, render_unit(nofile))
-    python_app.running(APP, "alert_relay", restart_when_changed=[*tokens, routes_changed, config, unit], installed=installed)
+    unit = python_app.unit(APP, container_runtime.render_unit(boxed) if boxed else render_unit(nofile))
+    changes = [*tokens, routes_changed, config, unit]
+    if boxed:
+        container_runtime.running(boxed, "alert_relay", [installed, *changes])
+    else:
+        python_app.running(APP, "alert_relay", restart_when_changed=changes, installed=installed)

@@ -8,6 +8,10 @@ config, unit or wheel set restarts the server (it reloads nothing; SIGHUP only r
 Logs go to /var/log/toy-redis/toy-redis.log, rotated by logrotate, with /var/log/toy-redis.log
 linking to it: the sandbox may only write inside its own log folder, and logrotate's new file must
 appear inside that folder for the reopened log to be writable.
+
+On a host whose data says `runtime = "container"` the server runs from its image instead
+(roles/container_runtime): same unit name, config, password file, data and log folders and ports;
+the config is checked by the image's own binary.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from toy_redis.config import Tuning
 from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 
 from homelab.config import ConfigError, FieldError
-from roles import python_app
+from roles import container_runtime, python_app
 from roles.common import checked_file, render, role_settings
 from roles.tuning import host_tuning
 
@@ -41,6 +45,8 @@ CONFIG_CHECK = f"{APP.binary()} --check-config {{staged}}"
 # Descriptors the server needs besides one per client: listeners, AOF, log, and the metrics
 # endpoint's connections (which it caps).
 RESERVED_FDS = 24 + METRICS_MAX_CONNECTIONS
+# Memory the server uses besides its dataset (interpreter, buffers, AOF rewrite), for a container limit.
+CONTAINER_OVERHEAD_MIB = 128
 
 
 class Settings(Tuning):
@@ -60,6 +66,8 @@ class Settings(Tuning):
     # logrotate: rotated files kept, and the size that rotates early.
     log_keep: int = Field(7, ge=1, le=365)
     log_max_size: str = Field("100M", pattern=r"^[0-9]+[kMG]?$")
+    # With runtime container: Docker's limits (the dataset's maxmemory must fit in memory_mib).
+    container: container_runtime.ContainerLimits = container_runtime.ContainerLimits()
 
     @field_validator("port", "metrics_port")
     @classmethod
@@ -95,6 +103,27 @@ def render_unit(nofile: int) -> str:
                   log_dir=LOG_DIR, logs_dir_name=LOG_DIR.removeprefix("/var/log/"))
 
 
+def container(settings: Settings, nofile: int) -> container_runtime.Container:
+    from homelab.containers.images import spec_named
+
+    return container_runtime.Container(
+        app=APP, image=spec_named(APP.service).tag, description="toy-redis, the project's Redis-protocol server",
+        mounts=(container_runtime.BindMount(CONFIG_DIR, readonly=True), container_runtime.BindMount(DATA_DIR),
+                container_runtime.BindMount(LOG_DIR)),
+        limits=settings.container, nofile=nofile,
+    )
+
+
+def check_dataset_fits_the_container(settings: Settings, where: str) -> None:
+    """With runtime container: Docker kills the server past its memory limit, which must hold the
+    dataset (maxmemory) and the server itself."""
+    needed_mib = -(-settings.maxmemory // container_runtime.MIB) + CONTAINER_OVERHEAD_MIB
+    if settings.maxmemory and settings.container.memory_mib < needed_mib:
+        raise ConfigError(where, "toy_redis.container.memory_mib",
+                          f"expected at least {needed_mib} (maxmemory {settings.maxmemory} bytes plus "
+                          f"{CONTAINER_OVERHEAD_MIB} MiB for the server), got {settings.container.memory_mib}")
+
+
 def render_logrotate(settings: Settings) -> str:
     return render("toy_redis/logrotate.j2", log_file=LOG_FILE, keep=settings.log_keep,
                   max_size=settings.log_max_size, user=APP.service, group=LOG_GROUP, service=APP.service)
@@ -116,8 +145,19 @@ def apply() -> None:
     nofile = host_tuning().limits.nofile
     check_maxclients_fit(settings, nofile, f"inventory data for {host.name}")
 
+    runtime = container_runtime.host_runtime()
+    # Both runtimes run as this user: it owns the data and may read the password file.
     python_app.service_account(APP)
-    installed = python_app.install(APP)
+    if runtime == "container":
+        check_dataset_fits_the_container(settings, f"inventory data for {host.name}")
+        boxed = container(settings, nofile)
+        installed = container_runtime.image_ready(APP)
+        config_check = container_runtime.check_command(boxed, "--check-config {staged}")
+        unit_text = container_runtime.render_unit(boxed)
+    else:
+        installed = python_app.install(APP)
+        config_check = CONFIG_CHECK
+        unit_text = render_unit(nofile)
 
     files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
     # systemd would create them at start, but the config check before that may look for them.
@@ -135,11 +175,11 @@ def apply() -> None:
         name="toy-redis config",
         dest=CONFIG_PATH,
         content=render_config(settings),
-        check=CONFIG_CHECK,
+        check=config_check,
         group=APP.service,
         mode="0640",
     )
-    unit = python_app.unit(APP, render_unit(nofile))
+    unit = python_app.unit(APP, unit_text)
     checked_file(
         name="toy-redis logrotate",
         dest=LOGROTATE_PATH,
@@ -151,4 +191,7 @@ def apply() -> None:
     files.file(name="toy-redis log file", path=LOG_FILE, user=APP.service, group=LOG_GROUP, mode="0640")
     files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
 
-    python_app.running(APP, "toy_redis", restart_when_changed=[config, unit, password], installed=installed)
+    if runtime == "container":
+        container_runtime.running(boxed, "toy_redis", [installed, config, unit, password])
+    else:
+        python_app.running(APP, "toy_redis", restart_when_changed=[config, unit, password], installed=installed)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.config import ConfigError, model_from_data
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from toy_redis.config import Config
 from roles.toy_redis import (
     APP,
@@ -149,6 +149,8 @@ def values_of(name: str, field) -> st.SearchStrategy:
         low = next(c.ge for c in field.metadata if hasattr(c, "ge"))
         high = next(c.le for c in field.metadata if hasattr(c, "le"))
         return st.integers(low, high)
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        return st.just(field.annotation())  # the deploy's own settings (container limits), not the server's
     if name in ("bind", "metrics_bind"):
         return st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "10.77.0.12"])
     pattern = next(c.pattern for c in field.metadata if hasattr(c, "pattern"))

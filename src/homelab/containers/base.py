@@ -40,10 +40,15 @@ def recipe_id(mirror: str) -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
+def tree_path(mirror: str | None = None) -> Path:
+    """Where the base tree of the current recipe is cached (made or not)."""
+    return CACHE_DIR / f"base-{SUITE}-{recipe_id(mirror or host_mirror())}"
+
+
 def ensure_tree(log=print) -> Path:
     """The cached base tree, made with debootstrap first if missing (about a minute, once)."""
     mirror = host_mirror()
-    final = CACHE_DIR / f"base-{SUITE}-{recipe_id(mirror)}"
+    final = tree_path(mirror)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     # Test sessions may ask at the same time: one builds, the others wait for it.
     with open(CACHE_DIR / ".lock", "w") as lock:
@@ -89,9 +94,14 @@ def python_version(tree: Path) -> str:
     return os.readlink(tree / "usr/bin/python3").removeprefix("python")
 
 
+def tag_of(tree: Path) -> str:
+    """The base image's tag: it names the recipe, so another recipe is another image."""
+    return f"{REPOSITORY}:{tree.name.removeprefix('base-')}"
+
+
 def ensure_imported(client: docker.DockerClient, tree: Path) -> str:
     """Import ``tree`` into the engine as the base image unless it already has it; returns its tag."""
-    tag = f"{REPOSITORY}:{tree.name.removeprefix('base-')}"
+    tag = tag_of(tree)
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
