@@ -29,7 +29,7 @@ from homelab.alerts import slo_dashboard
 from homelab.alerts.render import SLOS_FILE, load_slos
 from homelab.config import ConfigError, FieldError, StrictModel
 from homelab.topology import Topology
-from homelab.types import Port
+from homelab.types import SCHEME_PORTS, Port
 from roles.common import REPO_ROOT, TEMPLATES_DIR, checked_file, current_topology, render, restart, role_settings
 from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
@@ -62,7 +62,7 @@ class Settings(StrictModel):
     admin_user: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]+$")
     # None: the port nginx listens on for HTTP on this host (nginx.listen_port).
     http_port: Port | None = None
-    https_port: Port = 443
+    https_port: Port = SCHEME_PORTS["https"]
     # Paths on the node; both set = TLS on https_port, with http_port redirecting to it.
     tls_certificate: str | None = Field(None, pattern=r"^/\S+$")
     tls_certificate_key: str | None = Field(None, pattern=r"^/\S+$")
@@ -84,8 +84,8 @@ class Settings(StrictModel):
 
 
 def root_url(settings: Settings, server_name: str) -> str:
-    scheme, port, default = ("https", settings.https_port, 443) if settings.tls else ("http", settings.http_port, 80)
-    return f"{scheme}://{server_name}{'' if port == default else f':{port}'}/"
+    scheme, port = ("https", settings.https_port) if settings.tls else ("http", settings.http_port)
+    return f"{scheme}://{server_name}{'' if port == SCHEME_PORTS[scheme] else f':{port}'}/"
 
 
 def render_grafana_ini(settings: Settings, server_name: str) -> str:

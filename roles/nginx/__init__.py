@@ -22,7 +22,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import StrictModel
-from homelab.types import Port
+from homelab.types import SCHEME_PORTS, Port
 from roles.common import checked_file, render, restart, role_settings
 from roles.install import Install, install_packages
 from roles.tuning import host_tuning, tuning_path
@@ -43,7 +43,7 @@ class Settings(StrictModel):
     """Group data key `nginx`."""
 
     install: Install = Install()
-    listen_port: Port = 80
+    listen_port: Port = SCHEME_PORTS["http"]
     status_port: Port = 8081
     exporter_port: Port = 9113
     mtail_port: Port = 3903
@@ -136,7 +136,7 @@ def apply() -> None:
         dest=f"{settings.static_root}/index.html",
         mode="0644",
     )
-    # Debian's own default site would claim default_server on :80 beside ours.
+    # Debian's own default site would claim default_server on HTTP's port beside ours.
     files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
     main_conf = checked_file(
@@ -149,6 +149,12 @@ def apply() -> None:
     systemd.service(name="Reload nginx for nginx.conf", service="nginx", reloaded=True, _if=main_conf.did_change)
     site("default", render_default_site(settings, tuning))
 
+    nginx_exporter(settings)
+    mtail(settings)
+
+
+def nginx_exporter(settings: Settings) -> None:
+    """prometheus-nginx-exporter, reading the status page on settings.status_port."""
     exporter = checked_file(
         name="nginx exporter flags",
         dest="/etc/default/prometheus-nginx-exporter",
@@ -164,6 +170,9 @@ def apply() -> None:
     )
     systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter", running=True, enabled=True)
 
+
+def mtail(settings: Settings) -> None:
+    """mtail, counting responses by status from nginx's access log."""
     program = checked_file(
         name="mtail program for nginx responses",
         dest=MTAIL_PROGRAM,

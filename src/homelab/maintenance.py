@@ -3,7 +3,7 @@
 A window on some nodes is a set of silences, each ending when the window does:
 
 - per node, one on the `instance` label, which every scrape of the node carries
-  (``worker-node-12:9100``) and every probe of it too (``http://worker-node-12:80/healthz``);
+  (``worker-node-12:<port>``) and every probe of it too (``http://worker-node-12:<port>/healthz``);
 - per service (Prometheus scrape job) that runs only on nodes in the window, one on
   ``job=<service>, instance=""``: alerts about the service as a whole, which have no instance.
 

@@ -38,7 +38,7 @@ from homelab.terminal import printable
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.types import duration_text
 
-# instance labels: "worker-node-12:9100", "worker-node-12", "http://worker-node-12:3000/healthz"
+# instance labels: "worker-node-12:<port>", "worker-node-12", "http://worker-node-12:<port>/healthz"
 _INSTANCE_HOST = re.compile(r"^(?:https?://)?([^:/]+)")
 # Over SSH, when Prometheus is down: a node that does not answer in this long is shown unknown.
 SSH_TIMEOUT_S = 5

@@ -67,6 +67,8 @@ def _check_positive(value: float) -> float:
 
 
 PORT_MIN, PORT_MAX = 1, 65535
+# The port a URL of each scheme means when it names none (RFC 9110, section 4.2); such a URL omits it.
+SCHEME_PORTS = {"http": 80, "https": 443}
 
 
 def check_host_port(value: str) -> str:

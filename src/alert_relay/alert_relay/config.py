@@ -127,7 +127,7 @@ class RelayTuning(StrictModel):
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected host:port, e.g. 0.0.0.0:9095 (got {value!r})")
+            raise ValueError(f"expected host:port, e.g. {cls.model_fields['listen'].default} (got {value!r})")
         return value
 
     @field_validator("slack_base_url", "faxplus_base_url", "alertmanager_url")

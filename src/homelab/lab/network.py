@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from homelab.lab.errors import LabError
 from homelab.lab.image import host_mirror
 from homelab.lab.settings import LabSettings
+from homelab.types import SCHEME_PORTS
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -63,7 +64,7 @@ def mirror_addresses() -> dict[str, list[str]]:
     """
     name = urlsplit(host_mirror()).hostname
     try:
-        infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise LabError(f"cannot resolve the Debian mirror {name} on this machine: {exc.strerror}") from None
     return {name: sorted({info[4][0] for info in infos})}
@@ -112,6 +113,8 @@ def ensure_mirror_nat(settings: LabSettings, mirrors: dict[str, list[str]]) -> N
     """
     originals = _machine_originals(settings)
     addresses = ", ".join(address for found in mirrors.values() for address in found)
+    # The mirror may be reached over http or https, on their standard ports.
+    ports = ", ".join(str(port) for port in SCHEME_PORTS.values())
     table = nft_table(settings)
     ruleset = f"""
 table ip {table} {{
@@ -119,7 +122,7 @@ table ip {table} {{
   chain forward {{
     type filter hook forward priority 0; policy accept;
     iifname "{settings.bridge}" oifname "{settings.bridge}" accept
-    iifname "{settings.bridge}" ip daddr {{ {addresses} }} tcp dport {{ 80, 443 }} accept
+    iifname "{settings.bridge}" ip daddr {{ {addresses} }} tcp dport {{ {ports} }} accept
     oifname "{settings.bridge}" ct state established,related accept
     iifname "{settings.bridge}" reject with icmp type admin-prohibited
   }}
