@@ -8,7 +8,7 @@ import pytest
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from toy_redis.config import Config, bounds
+from toy_redis.config import Config, bounds, redis_names
 from toy_redis.runtime_config import MEMORY_VALUES
 
 from .conftest import RawClient, ToyRedis
@@ -88,6 +88,13 @@ def test_config_set_and_get(r):
         r.config_set("nosuch", "1")
     assert "maxmemory-policy" in r.config_get("*")
     assert "requirepass" not in r.config_get("*")
+
+
+def test_config_get_shows_every_setting_of_the_model_that_redis_has(r):
+    shown = r.config_get("*")
+    assert set(redis_names().values()) <= set(shown)
+    assert shown["slowlog-max-len"] == str(Config.model_fields["slowlog_max_len"].default)
+    assert shown["appendonly"] == "no" and shown["logfile"].endswith("toy-redis.log")
 
 
 def test_config_resetstat(r, toy):
@@ -291,13 +298,13 @@ def test_concurrent_scans_share_bounded_snapshots():
     assert len(db._scans) <= 4
 
 
-RUNTIME_INTEGERS = [name for name, field in Config.model_fields.items()
-                    if (field.json_schema_extra or {}).get("config_set") and field.annotation is int]
+RUNTIME_INTEGERS = {field: name for field, name in redis_names(settable_only=True).items()
+                    if Config.model_fields[field].annotation is int}
 
 
 @pytest.mark.parametrize("field", RUNTIME_INTEGERS)
 def test_config_set_takes_its_bounds_from_the_settings_model(r, field):
-    name = Config.model_fields[field].json_schema_extra["config_set"]
+    name = RUNTIME_INTEGERS[field]
     low, high = bounds(field)
     before = r.config_get(name)[name]
     try:

@@ -35,9 +35,20 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {key}: {expected}" if key else f"{source}: {expected}")
 
 
-def runtime(name: str) -> dict:
-    """Field metadata: CONFIG SET may change this setting, under Redis's name `name`."""
-    return {"config_set": name}
+def redis(name: str, settable: bool = False) -> dict:
+    """Field metadata: CONFIG GET shows this setting under Redis's name `name`; `settable`: CONFIG SET
+    may change it on a running server."""
+    return {"redis": name, "config_set": settable}
+
+
+def redis_names(settable_only: bool = False) -> dict[str, str]:
+    """Setting -> its Redis name, for every setting CONFIG GET shows (or only those CONFIG SET may change)."""
+    names = {}
+    for name, field in Config.model_fields.items():
+        extra = field.json_schema_extra or {}
+        if "redis" in extra and (extra["config_set"] or not settable_only):
+            names[name] = extra["redis"]
+    return names
 
 
 class Tuning(BaseModel):
@@ -45,17 +56,19 @@ class Tuning(BaseModel):
 
     model_config = {"extra": "forbid", "strict": True, "frozen": True}
 
-    bind: str = Field("127.0.0.1", description="address of the RESP listener")
+    bind: str = Field("127.0.0.1", description="address of the RESP listener", json_schema_extra=redis("bind"))
     # 0 turns a listener off, as in Redis (`port 0` with `tls-port 6379` serves TLS only).
-    port: int = Field(6379, ge=0, le=65535, description="RESP port; 0: no plain listener")
-    tls_port: int = Field(0, ge=0, le=65535, description="RESP-over-TLS port; 0: no TLS (the metrics then serve plain HTTP)")
+    port: int = Field(6379, ge=0, le=65535, description="RESP port; 0: no plain listener", json_schema_extra=redis("port"))
+    tls_port: int = Field(0, ge=0, le=65535, description="RESP-over-TLS port; 0: no TLS (the metrics then serve plain HTTP)",
+                          json_schema_extra=redis("tls-port"))
     tls_auth_clients: Literal["yes", "no", "optional"] = Field(
-        "yes", description="whether TLS clients must present a certificate the CA signed (Redis's tls-auth-clients)")
+        "yes", description="whether TLS clients must present a certificate the CA signed (Redis's tls-auth-clients)",
+        json_schema_extra=redis("tls-auth-clients"))
     maxclients: int = Field(10000, ge=1, le=1_000_000, description="more connections get an error",
-                            json_schema_extra=runtime("maxclients"))
+                            json_schema_extra=redis("maxclients", settable=True))
     # Redis's `timeout` (0..INT_MAX as in its config.c): a client that sends nothing for this long is closed.
     timeout: int = Field(0, ge=0, le=2**31 - 1, description="seconds a client may stay idle; 0 = forever",
-                         json_schema_extra=runtime("timeout"))
+                         json_schema_extra=redis("timeout", settable=True))
     # Not Redis's: while a password is required, a connection that has not authenticated within this
     # is closed, so that idle strangers cannot hold every client slot (Redis's `timeout` is 0 by
     # default, and a client that knows the password authenticates at once).
@@ -63,20 +76,23 @@ class Tuning(BaseModel):
     auth_timeout: int = Field(10, ge=1, le=3600,
                               description="seconds a client may take to authenticate (its TLS handshake included)")
     maxmemory: int = Field(0, ge=0, le=2**63 - 1, description="bytes of dataset; 0 = no limit",
-                           json_schema_extra=runtime("maxmemory"))
+                           json_schema_extra=redis("maxmemory", settable=True))
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-ttl"] = Field(
-        "noeviction", description="what a write over maxmemory does", json_schema_extra=runtime("maxmemory-policy"))
-    appendonly: bool = Field(False, description="log every change to dir/appendonly.aof")
+        "noeviction", description="what a write over maxmemory does",
+        json_schema_extra=redis("maxmemory-policy", settable=True))
+    appendonly: bool = Field(False, description="log every change to dir/appendonly.aof",
+                             json_schema_extra=redis("appendonly"))
     appendfsync: Literal["always", "everysec", "no"] = Field(
-        "everysec", description="when the append-only file is fsynced", json_schema_extra=runtime("appendfsync"))
+        "everysec", description="when the append-only file is fsynced",
+        json_schema_extra=redis("appendfsync", settable=True))
     metrics_bind: str = Field("127.0.0.1", description="address of the Prometheus /metrics endpoint")
     metrics_port: int = Field(8080, ge=0, le=65535, description="port of the /metrics endpoint")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="least level logged")
     slowlog_log_slower_than_us: int = Field(
         10000, ge=-1, le=2**63 - 1, description="commands slower than this (us) are logged; -1: none",
-        json_schema_extra=runtime("slowlog-log-slower-than"))
+        json_schema_extra=redis("slowlog-log-slower-than", settable=True))
     slowlog_max_len: int = Field(128, ge=0, le=1_000_000, description="entries SLOWLOG keeps",
-                                 json_schema_extra=runtime("slowlog-max-len"))
+                                 json_schema_extra=redis("slowlog-max-len", settable=True))
 
     @field_validator("tls_auth_clients", mode="before")
     @classmethod
@@ -100,14 +116,19 @@ class Config(Tuning):
     # The password is read from this file (mode 0600/0640), never from the YAML or a flag.
     requirepass_file: str | None = Field(None, min_length=1, description="file with the password on its first line")
     # The node's certificate (with its chain) and key, and the CA clients' certificates must chain to.
-    tls_cert_file: str | None = Field(None, min_length=1, description="PEM certificate the TLS listeners present")
-    tls_key_file: str | None = Field(None, min_length=1, description="PEM private key of tls_cert_file (mode 0600/0640)")
-    tls_ca_cert_file: str | None = Field(None, min_length=1, description="PEM CA certificate(s) client certificates are checked against")
+    tls_cert_file: str | None = Field(None, min_length=1, description="PEM certificate the TLS listeners present",
+                                      json_schema_extra=redis("tls-cert-file"))
+    tls_key_file: str | None = Field(None, min_length=1, description="PEM private key of tls_cert_file (mode 0600/0640)",
+                                     json_schema_extra=redis("tls-key-file"))
+    tls_ca_cert_file: str | None = Field(None, min_length=1,
+                                         description="PEM CA certificate(s) client certificates are checked against",
+                                         json_schema_extra=redis("tls-ca-cert-file"))
     # Logins the metrics endpoint asks for: `basic_auth_users: {name: bcrypt hash}`, the key and
     # format of Prometheus's exporter-toolkit web config, so one hashed password serves both.
     metrics_users_file: str | None = Field(None, min_length=1, description="YAML file of basic_auth_users: name: bcrypt hash")
-    dir: str = Field(".", min_length=1, description="folder of the append-only file")
-    log_file: str | None = Field(None, min_length=1, description="JSON-lines log file (stderr if unset)")
+    dir: str = Field(".", min_length=1, description="folder of the append-only file", json_schema_extra=redis("dir"))
+    log_file: str | None = Field(None, min_length=1, description="JSON-lines log file (stderr if unset)",
+                                  json_schema_extra=redis("logfile"))
 
 
 def choices(name: str) -> tuple | None:

@@ -1,16 +1,20 @@
 """CONFIG GET and CONFIG SET: the settings a running server shows under Redis's names, and the
 ones it can change, with Redis 7.0's error texts. Which settings of the config file CONFIG SET may
-change, and their bounds, come from the settings model (config.Config). `save` is shown
-with what toy-redis does (no snapshots) and cannot be set."""
+change, and their bounds, come from the settings model (config.Config), and so do the names CONFIG
+GET shows for them; Redis's settings the model does not have are listed here (LIVE, FIXED)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from . import errors, logs
-from .config import Config, bounds, choices
+from .aof import AUTO_REWRITE_MIN_SIZE
+from .config import bounds, choices, redis_names
 from .glob import matcher
 from .protocol import ReplyError
 
@@ -83,28 +87,56 @@ def _set_aof(attribute: str):
     return apply
 
 
-# How each setting CONFIG SET may change takes effect on the running server, by Redis's name.
-APPLY = {
-    "maxmemory": lambda server, value: setattr(server, "maxmemory", value),
-    "maxmemory-policy": lambda server, value: server.db.set_policy(value),
-    "maxclients": lambda server, value: setattr(server, "maxclients", value),
-    "timeout": lambda server, value: setattr(server, "timeout", value),
-    "slowlog-log-slower-than": lambda server, value: setattr(server, "slowlog_slower_than_us", value),
-    "slowlog-max-len": lambda server, value: setattr(server, "slowlog", deque(server.slowlog, maxlen=value)),
-    "appendfsync": _set_aof("fsync_mode"),
-    "proto-max-bulk-len": lambda server, value: setattr(server, "proto_max_bulk_len", value),
-    "client-query-buffer-limit": lambda server, value: setattr(server, "client_query_buffer_limit", value),
-    "client-output-buffer-limit": lambda server, value: setattr(server, "client_output_buffer_limit", value),
-    "auto-aof-rewrite-min-size": _set_aof("min_rewrite_size"),
-    "loglevel": lambda server, value: logs.LOGGER.setLevel(LOG_LEVELS[value]),
+@dataclass(frozen=True)
+class Live:
+    """How a setting lives on a running server: its current value, and how CONFIG SET changes it
+    (``parse`` only for Redis's settings that the settings model does not have)."""
+
+    read: Callable[[Any], object]
+    apply: Callable[[Any, Any], None] | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+# By Redis's name. A setting of the model that is not here is shown as the config file set it.
+LIVE = {
+    # The bound ports (the tests' "any free port" shows as the one taken).
+    "port": Live(lambda server: server.port),
+    "tls-port": Live(lambda server: server.tls_port),
+    "maxclients": Live(lambda server: server.maxclients, lambda server, value: setattr(server, "maxclients", value)),
+    "timeout": Live(lambda server: server.timeout, lambda server, value: setattr(server, "timeout", value)),
+    "maxmemory": Live(lambda server: server.maxmemory, lambda server, value: setattr(server, "maxmemory", value)),
+    "maxmemory-policy": Live(lambda server: server.db.policy, lambda server, value: server.db.set_policy(value)),
+    "appendonly": Live(lambda server: server.aof is not None),
+    "appendfsync": Live(lambda server: server.aof.fsync_mode if server.aof else server.config.appendfsync,
+                        _set_aof("fsync_mode")),
+    "dir": Live(lambda server: os.path.abspath(server.config.dir)),
+    "slowlog-log-slower-than": Live(lambda server: server.slowlog_slower_than_us,
+                                    lambda server, value: setattr(server, "slowlog_slower_than_us", value)),
+    "slowlog-max-len": Live(lambda server: server.slowlog.maxlen,
+                            lambda server, value: setattr(server, "slowlog", deque(server.slowlog, maxlen=value))),
+    # Redis's settings that toy-redis's config file does not have.
+    "loglevel": Live(lambda server: logging.getLevelName(logs.LOGGER.level).lower(),
+                     lambda server, value: logs.LOGGER.setLevel(LOG_LEVELS[value]),
+                     one_of(LOG_LEVELS, "debug, verbose, notice, warning")),
+    "proto-max-bulk-len": Live(lambda server: server.proto_max_bulk_len,
+                               lambda server, value: setattr(server, "proto_max_bulk_len", value),
+                               memory(MIN_BUFFER_LIMIT)),
+    "client-query-buffer-limit": Live(lambda server: server.client_query_buffer_limit,
+                                      lambda server, value: setattr(server, "client_query_buffer_limit", value),
+                                      memory(MIN_BUFFER_LIMIT)),
+    "client-output-buffer-limit": Live(
+        lambda server: f"normal {server.client_output_buffer_limit} 0 0 replica 0 0 0 pubsub 0 0 0",
+        lambda server, value: setattr(server, "client_output_buffer_limit", value), output_limit),
+    "hz": Live(lambda server: server.hz),
+    "auto-aof-rewrite-min-size": Live(lambda server: server.aof.min_rewrite_size if server.aof else AUTO_REWRITE_MIN_SIZE,
+                                      _set_aof("min_rewrite_size"), memory()),
 }
-# Redis's settings that toy-redis's config file does not have, and how their text is read.
-RUNTIME_ONLY = {
-    "proto-max-bulk-len": memory(MIN_BUFFER_LIMIT),
-    "client-query-buffer-limit": memory(MIN_BUFFER_LIMIT),
-    "client-output-buffer-limit": output_limit,
-    "auto-aof-rewrite-min-size": memory(),
-    "loglevel": one_of(LOG_LEVELS, "debug, verbose, notice, warning"),
+# Redis's settings shown with what toy-redis does (no snapshots, one database, one append-only
+# file), which cannot be set. requirepass is known, so that CONFIG SET refuses it as immutable,
+# and never shown.
+FIXED = {
+    "appendfilename": "appendonly.aof", "save": "", "databases": "1", "auto-aof-rewrite-percentage": "100",
+    "requirepass": "",
 }
 # Settings of the file whose CONFIG SET text is a memory value (10mb) rather than an integer.
 MEMORY_VALUES = {"maxmemory"}
@@ -130,52 +162,30 @@ def _parser(field: str, name: str):
 
 def _settable() -> dict:
     """Redis's name -> (parse the text into a value or raise Refused, apply it to the server)."""
-    table = {}
-    for field_name, field in Config.model_fields.items():
-        name = (field.json_schema_extra or {}).get("config_set")
-        if name:
-            table[name] = (_parser(field_name, name), APPLY[name])
-    for name, parse in RUNTIME_ONLY.items():
-        table[name] = (parse, APPLY[name])
+    table = {name: (_parser(field, name), LIVE[name].apply) for field, name in redis_names(settable_only=True).items()}
+    if any(apply is None for _, apply in table.values()):
+        raise RuntimeError("a setting the model marks settable has no way to apply it in LIVE")
+    table.update({name: (live.parse, live.apply) for name, live in LIVE.items() if live.parse})
     return table
 
 
 SETTABLE = _settable()
 
 
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
 def values(server) -> dict[str, str]:
-    """Every parameter CONFIG GET knows, as text (requirepass included: callers hide it)."""
-    aof, config = server.aof, server.config
-    return {
-        "bind": config.bind,
-        "port": str(server.port),
-        "tls-port": str(server.tls_port),
-        "tls-cert-file": config.tls_cert_file or "",
-        "tls-key-file": config.tls_key_file or "",
-        "tls-ca-cert-file": config.tls_ca_cert_file or "",
-        "tls-auth-clients": config.tls_auth_clients,
-        "maxclients": str(server.maxclients),
-        "maxmemory": str(server.maxmemory),
-        "maxmemory-policy": server.db.policy,
-        "appendonly": "yes" if aof is not None else "no",
-        "appendfsync": aof.fsync_mode if aof is not None else config.appendfsync,
-        "appendfilename": "appendonly.aof",
-        "dir": os.path.abspath(config.dir),
-        "save": "",
-        "databases": "1",
-        "timeout": str(server.timeout),
-        "loglevel": logging.getLevelName(logs.LOGGER.level).lower(),
-        "logfile": config.log_file or "",
-        "slowlog-log-slower-than": str(server.slowlog_slower_than_us),
-        "slowlog-max-len": str(server.slowlog.maxlen),
-        "proto-max-bulk-len": str(server.proto_max_bulk_len),
-        "client-query-buffer-limit": str(server.client_query_buffer_limit),
-        "client-output-buffer-limit": f"normal {server.client_output_buffer_limit} 0 0 replica 0 0 0 pubsub 0 0 0",
-        "hz": str(server.hz),
-        "auto-aof-rewrite-min-size": str(aof.min_rewrite_size if aof else 64 * 1024 * 1024),
-        "auto-aof-rewrite-percentage": "100",
-        "requirepass": "",
-    }
+    """Every parameter CONFIG GET knows, as text (requirepass included: callers hide it): the
+    settings model's, then Redis's own that the model does not have."""
+    shown = {}
+    for field, name in redis_names().items():
+        shown[name] = _text(LIVE[name].read(server) if name in LIVE else getattr(server.config, field))
+    shown.update({name: _text(live.read(server)) for name, live in LIVE.items() if name not in shown})
+    return {**shown, **FIXED}
 
 
 def get(server, patterns: list[bytes]):
