@@ -2,6 +2,7 @@
 
     within(RelayTuning, "max_attempts")     # integers in the field's ge/gt..le/lt range
     choices(Settings, "log_level")          # the values of a Literal field
+    typed(Settings, "appendonly")           # either of the two, by the field's type
 """
 
 from __future__ import annotations
@@ -39,3 +40,15 @@ def within(model: type[BaseModel], field: str) -> st.SearchStrategy:
 def choices(model: type[BaseModel], field: str) -> st.SearchStrategy:
     """Any value of a Literal field."""
     return st.sampled_from(typing.get_args(model.model_fields[field].annotation))
+
+
+def typed(model: type[BaseModel], field: str) -> st.SearchStrategy | None:
+    """Any value of a Literal, bool, int or float field; None for other types (the caller knows them)."""
+    annotation = model.model_fields[field].annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        return choices(model, field)
+    if annotation is bool:
+        return st.booleans()
+    if annotation in (int, float):
+        return within(model, field)
+    return None

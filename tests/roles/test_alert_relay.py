@@ -28,7 +28,7 @@ from roles.alert_relay import (
     routes_check_command,
     token_path,
 )
-from tests.strategies import choices, within
+from tests.strategies import typed
 
 REPO = Path(__file__).resolve().parents[2]
 # Only what differs from the role's defaults, which may be nothing.
@@ -143,9 +143,8 @@ relay_settings_accepted_here = st.builds(
     slack_base_url=st.sampled_from(["https://slack.com/api/", "http://127.0.0.1:8999/api/"]),
     faxplus_base_url=st.sampled_from(["https://restapi.fax.plus", "http://127.0.0.1:8998"]),
     alertmanager_url=st.sampled_from([None, "http://worker-node-14:9093"]),
-    **{field: within(Settings, field)
-       for field in ("max_body_bytes", "max_attempts", "retry_initial_s", "retry_max_s", "channel_interval_s")},
-    log_level=choices(Settings, "log_level"),
+    # Every number and choice, within the bounds the role's Settings (the relay's RelayTuning) declares.
+    **{field: values for field in Settings.model_fields if (values := typed(Settings, field)) is not None},
 )
 
 

@@ -4,7 +4,6 @@ import runpy
 import shutil
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from roles.toy_redis import (
     render_logrotate,
 )
 from roles.tuning.settings import load_tuning
+from tests.strategies import typed
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP_DATA = runpy.run_path(str(REPO / "inventory" / "group_data" / "toy_redis.py"))["toy_redis"]
@@ -42,7 +42,7 @@ def test_group_data_renders_a_config_with_its_values():
     settings = model_from_data("inventory/group_data/toy_redis.py", Settings, GROUP_DATA)
     config = yaml.safe_load(render_config(settings))
     assert set(config) == CONTRACT_KEYS
-    assert config["port"] == 6379 and config["metrics_port"] == 8080
+    assert (config["port"], config["metrics_port"]) == (Config().port, Config().metrics_port)
     assert config["maxmemory"] == GROUP_DATA["maxmemory"]
     assert config["maxmemory_policy"] == GROUP_DATA["maxmemory_policy"]
     assert config["requirepass_file"] == REQUIREPASS_PATH
@@ -141,14 +141,9 @@ def test_logrotate_accepts_the_rendered_file(tmp_path):
 
 def values_of(name: str, field) -> st.SearchStrategy:
     """Values for one setting, from its type and bounds in the model (never restated here)."""
-    if typing.get_origin(field.annotation) is typing.Literal:
-        return st.sampled_from(typing.get_args(field.annotation))
-    if field.annotation is bool:
-        return st.booleans()
-    if field.annotation is int:
-        low = next(c.ge for c in field.metadata if hasattr(c, "ge"))
-        high = next(c.le for c in field.metadata if hasattr(c, "le"))
-        return st.integers(low, high)
+    by_type = typed(Settings, name)
+    if by_type is not None:
+        return by_type
     if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
         return st.just(field.annotation())  # the deploy's own settings (container limits), not the server's
     if name in ("bind", "metrics_bind"):
