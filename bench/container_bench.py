@@ -35,7 +35,7 @@ from roles import toy_redis as redis_role
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from toy_redis_common import Client, Server, free_port, ratio  # noqa: E402
+from toy_redis_common import Server, answers_ping, free_port, ratio  # noqa: E402
 
 TARGET = 0.95
 START_TIMEOUT_S = 30
@@ -45,20 +45,6 @@ def timed(action) -> tuple[float, object]:
     start = time.monotonic()
     result = action()
     return time.monotonic() - start, result
-
-
-def wait_until_ping(port: int, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            with Client(port) as client:
-                if client.call("PING") == b"PONG":
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            sys.exit(f"bench: {what} did not answer PING within {START_TIMEOUT_S} s")
-        time.sleep(0.1)
 
 
 def benchmark(port: int, test: str, requests: int) -> float:
@@ -141,7 +127,8 @@ def main() -> int:
                     Mount(redis_role.LOG_DIR, str(container_folders["log"]), type="bind")],
         )
         try:
-            wait_until_ping(container_settings.port, "toy-redis in its container")
+            if not answers_ping(container_settings.port, START_TIMEOUT_S):
+                sys.exit(f"bench: toy-redis in its container did not answer PING within {START_TIMEOUT_S} s")
             print(f"redis-benchmark, 50 clients, {args.requests} requests (rps, best of {args.rounds}, alternating)")
             print(f"  {'test':<6}{'direct':>12}{'container':>12}{'ratio':>8}  target")
             for test in ("SET", "GET"):

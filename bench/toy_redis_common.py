@@ -1,5 +1,6 @@
 """Shared by the toy-redis benches: start toy-redis and Debian's redis-server side by side on
-free loopback ports, load keys fast, read a process's RSS and CPU time."""
+free loopback ports, load keys fast, read a process's RSS and CPU time. Processes, ports and RESP
+frames are handled as the tests handle them (tests/toy_redis/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,31 +16,37 @@ from pathlib import Path
 
 import hiredis
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.loopback import free_port  # noqa: E402,F401 (the benches import it from here)
+from tests.toy_redis.conftest import encode, redis_server_command, stop_process  # noqa: E402
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT_S = 15
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def answers_ping(port: int, timeout: float = START_TIMEOUT_S, process: subprocess.Popen | None = None) -> bool:
+    """Whether a server answers PING on ``port`` within ``timeout`` (False as soon as ``process`` exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with Client(port) as client:
+                if client.call("PING") == b"PONG":
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline or (process is not None and process.poll() is not None):
+            return False
+        time.sleep(0.05)
 
 
 class Server:
     def __init__(self, name: str, cmd: list[str], port: int, workdir: Path):
         self.name, self.port, self.workdir = name, port, workdir
         self.process = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with Client(port) as client:
-                    if client.call("PING") == b"PONG":
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                sys.exit(f"bench: {name} did not start ({' '.join(cmd)})")
-            time.sleep(0.05)
+        if not answers_ping(port, process=self.process):
+            self.stop()
+            sys.exit(f"bench: {name} did not start ({' '.join(cmd)})")
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -52,13 +59,7 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 def start_pair(extra_toy_flags: tuple[str, ...] = ()) -> tuple[Server, Server]:
@@ -67,12 +68,7 @@ def start_pair(extra_toy_flags: tuple[str, ...] = ()) -> tuple[Server, Server]:
         sys.exit("bench: needs Debian's redis-server and redis-tools (apt-get install redis-server redis-tools)")
     workdir = Path(tempfile.mkdtemp(prefix="toy-redis-bench-"))
     redis_port, toy_port = free_port(), free_port()
-    redis = Server(
-        "redis-server",
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--databases", "1", "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
-        redis_port, workdir,
-    )
+    redis = Server("redis-server", redis_server_command(redis_port, workdir), redis_port, workdir)
     toy = Server(
         "toy-redis",
         [sys.executable, "-m", "toy_redis", "--port", str(toy_port), "--metrics-port", "0",
@@ -103,13 +99,7 @@ class Client:
     def __exit__(self, *exc):
         self.sock.close()
 
-    @staticmethod
-    def encode(*args) -> bytes:
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            arg = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-        return b"".join(parts)
+    encode = staticmethod(encode)
 
     def call(self, *args):
         self.sock.sendall(self.encode(*args))

@@ -14,8 +14,6 @@ Run from the repo root: .venv/bin/python bench/toy_redis_hostile.py [--keys N]
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,34 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toy_redis_common import Client, load_keys, start_pair  # noqa: E402
 
-PINGER = """
-import json, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-sock = socket.create_connection(("127.0.0.1", port))
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-print("ready", flush=True)
-worst, end = 0.0, time.monotonic() + seconds
-while time.monotonic() < end:
-    start = time.perf_counter()
-    sock.sendall(b"PING\\r\\n")
-    reply = b""
-    while not reply.endswith(b"\\r\\n"):
-        reply += sock.recv(64)
-    worst = max(worst, time.perf_counter() - start)
-    time.sleep(0.001)
-print(json.dumps(worst), flush=True)
-"""
+from tests.toy_redis.pinger import Pinger  # noqa: E402
+
 TARGET_S = 0.050
 
 
 def worst_ping(port: int, seconds: float, action=None) -> float:
-    pinger = subprocess.Popen([sys.executable, "-c", PINGER, str(port), str(seconds)], stdout=subprocess.PIPE,
-                              text=True)
-    pinger.stdout.readline()
+    pinger = Pinger(port, seconds)
     if action is not None:
         action()
-    out, _ = pinger.communicate(timeout=600)
-    return json.loads(out)
+    return pinger.result()["worst"]
 
 
 def keys(port: int, pattern: bytes):

@@ -6,18 +6,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
 import yaml
 
 from tests.alert_relay.fakes import FakeFaxPlus, FakeSlack
+from tests.loopback import free_port, wait_for  # noqa: F401 (free_port: imported from here by relay tests)
 
 RELAY = Path(sys.executable).parent / "alert-relay"
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
@@ -46,22 +45,6 @@ ROUTES = {
         "faxes": [{"from": "+1 (555) 010-0142", "channel": "#vendor-faxes"}],
     },
 }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Relay:

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -149,7 +149,28 @@ class Channel:
     restriction: str | None = None  # e.g. "restricted_action_read_only_channel" for every post
 
 
-class FakeSlack:
+class _LoopbackService:
+    """A fake service's HTTP server on a free loopback port, answering with its ``_handler()``."""
+
+    def listen(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> Self:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeSlack(_LoopbackService):
     """Slack Web API: chat.postMessage/update, conversations.history/replies/list/info, auth.test and
     the files upload v2 flow; strict about tokens, scopes, channels, blocks and pace."""
 
@@ -176,21 +197,11 @@ class FakeSlack:
         self.hang: dict[str, float] = {}     # method -> seconds its next call's answer is held back
         self.swallow: dict[str, float] = {}  # the same, and the call has no effect
         self.fatal: dict[str, int] = {}      # method -> how many next calls take effect, then answer fatal_error
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.listen()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
-
-    def start(self) -> "FakeSlack":
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.origin}/api/"
 
     # Faults and changes on demand
     def outage(self, seconds: float) -> None:
@@ -364,10 +375,9 @@ class FakeSlack:
                 return {"ok": False, "error": "invalid_arguments"}
             file_id = f"F{next(self._ids):010d}"
             self.calls.append(Call(method, {**params, "file_id": file_id}))
-            port = self.server.server_address[1]
             self._pending_names = getattr(self, "_pending_names", {})
             self._pending_names[file_id] = params["filename"]
-            return {"ok": True, "file_id": file_id, "upload_url": f"http://127.0.0.1:{port}/upload/{file_id}"}
+            return {"ok": True, "file_id": file_id, "upload_url": f"{self.origin}/upload/{file_id}"}
         if method == "files.completeUploadExternal":
             if (error := self._scope_error(method, scopes, None)):
                 return error
@@ -480,7 +490,7 @@ class FakeSlack:
 FAX_PDF_MAGIC = b"%PDF-1.4\n"
 
 
-class FakeFaxPlus:
+class FakeFaxPlus(_LoopbackService):
     """FAX.PLUS REST API v3 [faxplus]: the account and file endpoints, with a bearer token and scopes.
 
     ``file_key`` says which webhook field the files endpoint takes as its path parameter:
@@ -498,22 +508,12 @@ class FakeFaxPlus:
         self.redirect_to: str | None = None
         self.fail_with: int | None = None
         self.retry_after = 1
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.listen()
 
     @property
     def base_url(self) -> str:
         """As FAX.PLUS presents it: ending in /v3."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v3"
-
-    def start(self) -> "FakeFaxPlus":
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.origin}/v3"
 
     def add_pdf(self, fax_id: str, file: str | None = None) -> bytes:
         """A received fax's PDF, downloadable by its fax id (or data.file, per ``file_key``)."""

@@ -180,13 +180,18 @@ def test_sigkill_during_a_slack_call_neither_loses_nor_repeats_the_message(relay
     assert update["ts"] == slack.calls_of("chat.postMessage")[0].params["ts"]
 
 
-def test_sigkill_during_a_fax_share_neither_loses_nor_repeats_it(relay, slack, faxplus):
-    faxplus.add_pdf("cut")
+def kill_while_sharing(relay, slack, faxplus, fax_id: str) -> None:
+    """SIGKILL the relay once Slack has taken a fax's share but before its answer, then start it again."""
+    faxplus.add_pdf(fax_id)
     slack.hang_next("files.completeUploadExternal", 30)
-    relay.post_fax(fax_webhook("cut"))
+    relay.post_fax(fax_webhook(fax_id))
     wait_for(lambda: slack.calls_of("files.completeUploadExternal"), 10, "Slack to take the share")
     relay.kill()
     relay.start()
+
+
+def test_sigkill_during_a_fax_share_neither_loses_nor_repeats_it(relay, slack, faxplus):
+    kill_while_sharing(relay, slack, faxplus, "cut")
     wait_for(lambda: slack.calls_of("conversations.history"), 10, "the relay to look before resending")
     faxplus.add_pdf("next")
     relay.post_fax(fax_webhook("next"))

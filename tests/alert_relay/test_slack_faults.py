@@ -18,7 +18,7 @@ from tests.alert_relay.conftest import (
     CHANNELS, RELAY, SLACK_TOKEN, Relay, fax_webhook, notification, wait_for,
 )
 from tests.alert_relay.fakes import FakeFaxPlus, SlackLimits
-from tests.alert_relay.test_faults import delivered, post_numbered, wait_all_delivered
+from tests.alert_relay.test_faults import delivered, kill_while_sharing, post_numbered, wait_all_delivered
 
 pytestmark = pytest.mark.slow
 
@@ -243,12 +243,7 @@ def test_a_second_fax_with_the_same_comment_is_not_taken_for_the_first(relay, sl
 
 def test_a_cut_off_share_not_yet_in_history_is_waited_for_not_resent(relay, slack, faxplus):
     slack.share_delay_s = 4  # Slack shows the share in history this much later
-    faxplus.add_pdf("slow")
-    slack.hang_next("files.completeUploadExternal", 30)
-    relay.post_fax(fax_webhook("slow"))
-    wait_for(lambda: slack.calls_of("files.completeUploadExternal"), 10, "Slack to take the share")
-    relay.kill()
-    relay.start()
+    kill_while_sharing(relay, slack, faxplus, "slow")
     wait_for(lambda: relay.metric("alert_relay_queue_depth") == 0, 20, "the fax to count as delivered")
     assert len(slack.calls_of("files.completeUploadExternal")) == 1, "shared twice"
 

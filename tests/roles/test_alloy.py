@@ -2,14 +2,13 @@
 
 import re
 import runpy
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from homelab.config import model_from_data
 from roles import alloy, promtail
+from tests.roles.packaged import needs_package, packaged_check
 
 REPO = Path(__file__).resolve().parents[2]
 LOKI = "http://10.0.0.11:3100"
@@ -55,11 +54,7 @@ def test_group_data_is_valid_and_pinned():
     assert model_from_data("inventory/group_data/log_shipper.py", alloy.Settings, data).install.version
 
 
-@pytest.mark.skipif(not Path(alloy.PACKAGE.binary).exists(),
-                    reason=f"needs Grafana Labs' alloy package ({alloy.PACKAGE.binary}): it installs only from "
-                           "apt.grafana.com or an offline release asset, and neither is reachable from this machine")
+@needs_package(alloy.PACKAGE)
 def test_the_packaged_checker_accepts_the_rendered_config(tmp_path):
-    staged = tmp_path / "config.alloy.staged"
-    staged.write_text(alloy.render_config(settings(), "worker-node-12", LOKI))
-    result = subprocess.run(alloy.CHECK.format(staged=staged), shell=True, capture_output=True, text=True)
+    result = packaged_check(alloy.PACKAGE, alloy.render_config(settings(), "worker-node-12", LOKI), tmp_path)
     assert result.returncode == 0, result.stderr

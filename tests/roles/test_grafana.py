@@ -30,18 +30,14 @@ from roles.alertmanager import Settings as AlertmanagerSettings
 from roles.loki import Settings as LokiSettings
 from roles.nginx import Settings as NginxSettings
 from roles.loki.package import PACKAGE as LOKI
-from roles.nginx import site_check_command
 from roles.tuning.settings import load_tuning
+from tests.roles.test_nginx import needs_nginx, run_site_check
 from tests.roles.test_prometheus import topology_of
 
 REPO = Path(__file__).resolve().parents[2]
 TUNING = load_tuning(REPO / "inventory" / "tuning.yaml")
 PINNED = {"install": {"version": "11.6.0"}}
 
-needs_nginx = pytest.mark.skipif(
-    not shutil.which("nginx") or os.geteuid() != 0 or not Path("/etc/nginx/mime.types").exists(),
-    reason="needs Debian's nginx installed and root for `nginx -t` (./dev setup installs it)",
-)
 
 
 def settings(**data) -> Settings:
@@ -146,26 +142,19 @@ def self_signed(tmp_path) -> tuple[Path, Path]:
     return cert, key
 
 
-def run_site_check(tmp_path: Path, content: str) -> subprocess.CompletedProcess:
-    staged = tmp_path / "grafana.conf.staged"
-    staged.write_text(content)
-    return subprocess.run(["sh", "-c", site_check_command("grafana").format(staged=staged)],
-                          capture_output=True, text=True)
-
-
 @needs_nginx
 def test_site_passes_nginx_t_plain_and_with_tls(tmp_path, self_signed):
     plain = grafana.render_site(settings(), "master-node", TUNING.nginx.upstream_keepalive)
-    result = run_site_check(tmp_path, plain)
+    result = run_site_check(tmp_path, plain, grafana.SITE_NAME)
     assert result.returncode == 0, result.stderr
     cert, key = self_signed
     tls = grafana.render_site(settings(tls_certificate=str(cert), tls_certificate_key=str(key)), "grafana.test", 8)
     assert "return 301 https://$host$request_uri;" in tls
-    result = run_site_check(tmp_path, tls)
+    result = run_site_check(tmp_path, tls, grafana.SITE_NAME)
     assert result.returncode == 0, result.stderr
     # nginx -t really reads the certificate: a missing one fails the check.
     missing = tls.replace(str(cert), str(tmp_path / "absent.pem"))
-    assert run_site_check(tmp_path, missing).returncode != 0
+    assert run_site_check(tmp_path, missing, grafana.SITE_NAME).returncode != 0
 
 
 @needs_nginx

@@ -1,7 +1,6 @@
 """Loki's rendered config: single binary on the filesystem, retention the compactor enforces, limits."""
 
 import runpy
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ import yaml
 
 from homelab.config import ConfigError, model_from_data
 from roles import loki
+from tests.roles.packaged import needs_package, packaged_check
 
 REPO = Path(__file__).resolve().parents[2]
 PINNED = {"install": {"version": "3.5.0"}}
@@ -72,11 +72,7 @@ def test_group_data_is_valid_and_pinned():
     assert parsed.install.version
 
 
-@pytest.mark.skipif(not Path(loki.PACKAGE.binary).exists(),
-                    reason=f"needs Grafana Labs' loki package ({loki.PACKAGE.binary}): it installs only from "
-                           "apt.grafana.com or an offline release asset, and neither is reachable from this machine")
+@needs_package(loki.PACKAGE)
 def test_the_packaged_checker_accepts_the_rendered_config(tmp_path):
-    staged = tmp_path / "config.yml.staged"
-    staged.write_text(loki.render_config(settings()))
-    result = subprocess.run(loki.CHECK.format(staged=staged), shell=True, capture_output=True, text=True)
+    result = packaged_check(loki.PACKAGE, loki.render_config(settings()), tmp_path)
     assert result.returncode == 0, result.stderr

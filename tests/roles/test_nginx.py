@@ -47,10 +47,11 @@ def test_rendered_config_passes_nginx_t(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def run_site_check(tmp_path: Path, content: str) -> subprocess.CompletedProcess:
-    staged = tmp_path / "probe.conf.staged"
+def run_site_check(tmp_path: Path, content: str, name: str = "probe") -> subprocess.CompletedProcess:
+    """The role's check of a site named ``name`` (the grafana role's site too), on ``content``."""
+    staged = tmp_path / f"{name}.conf.staged"
     staged.write_text(content)
-    return subprocess.run(["sh", "-c", site_check_command("probe").format(staged=staged)],
+    return subprocess.run(["sh", "-c", site_check_command(name).format(staged=staged)],
                           capture_output=True, text=True)
 
 

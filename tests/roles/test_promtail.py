@@ -3,7 +3,6 @@
 import json
 import logging
 import runpy
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import yaml
 
 from homelab.config import model_from_data
 from roles import promtail
+from tests.roles.packaged import needs_package, packaged_check
 
 REPO = Path(__file__).resolve().parents[2]
 LOKI = "http://10.0.0.11:3100"
@@ -71,11 +71,7 @@ def test_group_data_picks_a_known_shipper_and_is_valid():
     assert model_from_data("inventory/group_data/log_shipper.py", promtail.Settings, data["promtail"]).install.version
 
 
-@pytest.mark.skipif(not Path(promtail.PACKAGE.binary).exists(),
-                    reason=f"needs Grafana Labs' promtail package ({promtail.PACKAGE.binary}): it installs only from "
-                           "apt.grafana.com or an offline release asset, and neither is reachable from this machine")
+@needs_package(promtail.PACKAGE)
 def test_the_packaged_checker_accepts_the_rendered_config(tmp_path):
-    staged = tmp_path / "config.yml.staged"
-    staged.write_text(promtail.render_config(settings(), "worker-node-12", LOKI))
-    result = subprocess.run(promtail.CHECK.format(staged=staged), shell=True, capture_output=True, text=True)
+    result = packaged_check(promtail.PACKAGE, promtail.render_config(settings(), "worker-node-12", LOKI), tmp_path)
     assert result.returncode == 0, result.stderr

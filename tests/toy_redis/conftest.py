@@ -1,4 +1,6 @@
-"""A real toy-redis process (and a real redis-server to compare with) on loopback for each test module."""
+"""A real toy-redis process (and a real redis-server to compare with) on loopback for each test module.
+
+The benches under bench/ start and stop their servers and frame requests with the same helpers."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 import hiredis
 import pytest
 import redis
+
+from tests.loopback import free_port
 
 START_TIMEOUT_S = 10
 START_ATTEMPTS = 3
@@ -78,6 +82,11 @@ class ToyRedis:
         self.stop()
         raise RuntimeError("toy-redis did not log 'started' in time")
 
+    def restart(self, sig: int = signal.SIGTERM) -> "ToyRedis":
+        """Stop (with ``sig``: SIGKILL for a crash) and start again on the same files."""
+        self.stop(sig)
+        return self.start()
+
     def events(self, offset: int = 0) -> list[dict]:
         if not self.log_file.exists():
             return []
@@ -90,21 +99,35 @@ class ToyRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kwargs)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(sig)
+        return stop_process(self.process, timeout, sig) if self.process else None
+
+
+def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int:
+    """Signal ``process`` (unless it has exited), killing it if it outlasts ``timeout``; its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
         try:
-            self.process.wait(timeout)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return self.process.returncode
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def redis_server_command(port: int, workdir: Path, config_file: Path | None = None) -> list[str]:
+    """Debian's redis-server set up like toy-redis: loopback, one database, no persistence (and
+    ``config_file``'s lines, which redis-server takes only as its first argument)."""
+    return ["redis-server", *([str(config_file)] if config_file else []), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--databases", "1", "--dir", str(workdir), "--daemonize", "no", "--logfile", str(workdir / "redis.log")]
+
+
+def encode(*args) -> bytes:
+    """A RESP request frame of ``args`` (bytes as they are, anything else as its str)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        arg = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
 
 
 class RealRedis:
@@ -116,12 +139,8 @@ class RealRedis:
         self.config = workdir / "redis.conf"
         self.config.write_text(config + (f"\nrequirepass {password}\n" if password else ""))
         self.config.chmod(0o600)
-        self.process = subprocess.Popen(
-            ["redis-server", str(self.config), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--databases", "1",
-             "--dir", str(workdir), "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.process = subprocess.Popen(redis_server_command(self.port, workdir, self.config),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -137,13 +156,7 @@ class RealRedis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kwargs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 class RawClient:
@@ -156,12 +169,7 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def command(self, *args) -> bytes:
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            arg = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-        return b"".join(parts)
+    command = staticmethod(encode)
 
     def call(self, *args):
         self.send(self.command(*args))

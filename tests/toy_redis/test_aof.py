@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from .conftest import RawClient, ToyRedis
+from tests.loopback import wait_for
+
+from .conftest import RawClient, ToyRedis, encode
 
 
 @pytest.fixture
@@ -60,12 +62,9 @@ def test_restart_restores_data_and_ttls(tmp_path, aof_server):
     client.flushall()
     client.set("after-flush", "1")
     client.close()
-    server.stop()
-    server.start()
-    client = server.client()
-    assert client.keys("*") == [b"after-flush"]
-    client.close()
-    server.stop()
+    server.restart()
+    with server.client() as client:
+        assert client.keys("*") == [b"after-flush"]
 
 
 @pytest.mark.parametrize("tail", [b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhal", b"\x00" * 100_000, b"*2\r\n$3"])
@@ -117,30 +116,22 @@ def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path, aof_serv
 
 def test_appendfsync_always_survives_kill_9(tmp_path, aof_server):
     server = aof_server(tmp_path, "--appendfsync", "always").start()
-    client = server.client()
-    for i in range(200):
-        client.set(f"k{i}", i)
-    client.close()
-    server.stop(signal.SIGKILL)
-    server.start()
-    client = server.client()
-    assert client.dbsize() == 200
-    client.close()
-    server.stop()
+    with server.client() as client:
+        for i in range(200):
+            client.set(f"k{i}", i)
+    server.restart(signal.SIGKILL)
+    with server.client() as client:
+        assert client.dbsize() == 200
 
 
 def test_everysec_loses_at_most_about_a_second(tmp_path, aof_server):
     server = aof_server(tmp_path, "--appendfsync", "everysec").start()
-    client = server.client()
-    client.set("early", "1")
-    time.sleep(1.5)
-    client.close()
-    server.stop(signal.SIGKILL)
-    server.start()
-    client = server.client()
-    assert client.get("early") == b"1"
-    client.close()
-    server.stop()
+    with server.client() as client:
+        client.set("early", "1")
+        time.sleep(1.5)
+    server.restart(signal.SIGKILL)
+    with server.client() as client:
+        assert client.get("early") == b"1"
 
 
 def test_background_rewrite_compacts_the_file_while_serving(tmp_path, aof_server):
@@ -153,29 +144,24 @@ def test_background_rewrite_compacts_the_file_while_serving(tmp_path, aof_server
         for i in range(1000):
             pipe.set(f"k{i}", f"{round_}-" + "x" * 20, ex=1000)
         pipe.execute()
-    deadline = time.monotonic() + 10
-    client.set("during", "rewrite")
-    while time.monotonic() < deadline:
-        info = client.info("persistence")
-        if info["aof_rewrites"] >= 1 and not info["aof_rewrite_in_progress"]:
-            break
+
+    def rewritten_while_writing():
         client.set("during", "rewrite")
-        time.sleep(0.05)
-    info = client.info("persistence")
-    assert info["aof_rewrites"] >= 1 and info["aof_last_bgrewrite_status"] == "ok"
+        info = client.info("persistence")
+        return info["aof_rewrites"] >= 1 and not info["aof_rewrite_in_progress"]
+
+    wait_for(rewritten_while_writing, 30, "a background rewrite to finish")
+    assert client.info("persistence")["aof_last_bgrewrite_status"] == "ok"
     client.set("after", "rewrite")
     assert path.stat().st_size < 60 * 1000 * 40
     assert not [name for name in os.listdir(tmp_path) if name.startswith("temp-rewriteaof")]
     client.close()
-    server.stop()
-    server.start()
-    client = server.client()
-    assert client.dbsize() == 1002
-    assert client.get("k999") == b"59-" + b"x" * 20
-    assert 990 < client.ttl("k0") <= 1000
-    assert client.get("during") == b"rewrite" and client.get("after") == b"rewrite"
-    client.close()
-    server.stop()
+    server.restart()
+    with server.client() as client:
+        assert client.dbsize() == 1002
+        assert client.get("k999") == b"59-" + b"x" * 20
+        assert 990 < client.ttl("k0") <= 1000
+        assert client.get("during") == b"rewrite" and client.get("after") == b"rewrite"
 
 
 def test_bgrewriteaof_command(tmp_path, aof_server):
@@ -184,16 +170,13 @@ def test_bgrewriteaof_command(tmp_path, aof_server):
     client.set("a", "1")
     client.set("a", "2")
     assert client.bgrewriteaof()
-    deadline = time.monotonic() + 10
-    while client.info("persistence")["aof_rewrites"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (tmp_path / "appendonly.aof").read_bytes() == b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n2\r\n"
+    wait_for(lambda: client.info("persistence")["aof_rewrites"] >= 1, 10, "BGREWRITEAOF to finish")
+    assert (tmp_path / "appendonly.aof").read_bytes() == encode("SET", "a", "2")
     client.close()
-    server.stop()
 
 
-def record(*args: str) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+# An append-only file's records are RESP request frames.
+record = encode
 
 
 # Damage in the middle of the file, each followed by valid records (issue 10, item 7).

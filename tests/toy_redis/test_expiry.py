@@ -7,17 +7,9 @@ import time
 import requests
 from toy_redis.keyspace import Keyspace, now_ms
 
+from tests.loopback import wait_for
+
 from .conftest import RawClient
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def set_with_pxat(toy, names: list[str], value: str, lead_ms: int) -> int:
@@ -59,7 +51,7 @@ def test_mass_expiry_with_no_traffic_empties_the_database(r, toy):
     expired_before = metric(toy, "toy_redis_expired_keys_total")
     time.sleep(max(0, (expire_at - now_ms()) / 1000))
     # Nobody touches the keys: only the active cycle can bring the count down.
-    assert wait_for(lambda: metric(toy, "toy_redis_keys") == 0, timeout=3)
+    wait_for(lambda: metric(toy, "toy_redis_keys") == 0, 3, "the active cycle to remove every key")
     assert r.dbsize() == 0
     assert metric(toy, "toy_redis_keys_with_ttl") == 0
     assert metric(toy, "toy_redis_expired_keys_total") - expired_before == 50_000
@@ -72,10 +64,9 @@ def test_memory_comes_back_after_mass_expiry(r, toy):
     peak = r.info("memory")["used_memory_rss"]
     time.sleep(max(0, (expire_at - now_ms()) / 1000))
     assert peak - baseline > 80_000_000
-    assert wait_for(lambda: r.dbsize() == 0, timeout=3)
-    assert wait_for(lambda: r.info("memory")["used_memory_rss"] < baseline + (peak - baseline) / 3, timeout=3), (
-        f"RSS {r.info('memory')['used_memory_rss']} stayed near the peak {peak} (baseline {baseline})"
-    )
+    wait_for(lambda: r.dbsize() == 0, 3, "the active cycle to remove every key")
+    wait_for(lambda: r.info("memory")["used_memory_rss"] < baseline + (peak - baseline) / 3, 3,
+             f"RSS to fall from its peak {peak} towards the baseline {baseline}")
 
 
 def test_keys_without_ttl_survive_the_cycle(r):

@@ -3,10 +3,6 @@ FLUSHALL neither stall other clients nor answer differently from redis-server.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import RawClient
+from .pinger import Pinger, prioritize
 
 # How much longer than an idle server's worst PING round trip (measured just before) another
 # client's worst PING may take while the hostile request is served. Before the fix these
@@ -25,54 +22,13 @@ from .conftest import RawClient
 MAX_EXTRA_PING_S = 0.100
 PRIORITY = -10
 
-# Runs in its own process, so that the test's own work cannot delay its pings.
-PINGER = """
-import json, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-sock = socket.create_connection(("127.0.0.1", port))
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-print("ready", flush=True)
-worst, count, end = 0.0, 0, time.monotonic() + seconds
-while time.monotonic() < end:
-    start = time.perf_counter()
-    sock.sendall(b"PING\\r\\n")
-    reply = b""
-    while not reply.endswith(b"\\r\\n"):
-        reply += sock.recv(64)
-    worst = max(worst, time.perf_counter() - start)
-    count += 1
-    time.sleep(0.001)
-print(json.dumps({"worst": worst, "count": count}), flush=True)
-"""
-
-
-def prioritize(pid: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, PRIORITY)
-    except PermissionError:
-        pass
-
-
-class Pinger:
-    """PINGs the server from another process for `seconds`; worst round trip at the end."""
-
-    def __init__(self, port: int, seconds: float):
-        self.process = subprocess.Popen([sys.executable, "-c", PINGER, str(port), str(seconds)],
-                                        stdout=subprocess.PIPE, text=True)
-        prioritize(self.process.pid)
-        assert self.process.stdout.readline().strip() == "ready"
-
-    def result(self) -> dict:
-        out, _ = self.process.communicate(timeout=120)
-        return json.loads(out)
-
 
 def assert_not_stalled(toy, hostile) -> None:
     """Run hostile() while another process PINGs; its worst round trip stays near the idle one."""
-    prioritize(toy.process.pid)
+    prioritize(toy.process.pid, PRIORITY)
     port = toy.port
-    idle = Pinger(port, 1).result()["worst"]
-    pinger = Pinger(port, 3)
+    idle = Pinger(port, 1, PRIORITY).result()["worst"]
+    pinger = Pinger(port, 3, PRIORITY)
     hostile()
     worst = pinger.result()["worst"]
     assert worst < idle + MAX_EXTRA_PING_S, f"a PING waited {worst * 1000:.0f} ms (idle worst {idle * 1000:.0f} ms)"
