@@ -33,6 +33,15 @@ def lab_unavailable_reason() -> str | None:
     return None
 
 
+def scratch_lab_test(function):
+    """Marks a test that boots a scratch lab of its own with the lab tool (not the shared `lab`
+    fixture): a slow lab test, skipped with the reason when this machine cannot run the lab."""
+    reason = lab_unavailable_reason()
+    for mark in (pytest.mark.lab, pytest.mark.slow, pytest.mark.skipif(reason is not None, reason=reason or "")):
+        function = mark(function)
+    return function
+
+
 def inventory_groups(path: Path = LAB_INVENTORY) -> dict[str, set[str]]:
     """host name -> inventory groups, read the way pyinfra reads an inventory file."""
     return {name: groups for name, (_data, groups) in read_inventory(path).items()}

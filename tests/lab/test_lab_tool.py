@@ -17,7 +17,7 @@ from homelab.lab.errors import LabError
 from homelab.lab.inventory import read_nodes
 from homelab.lab.nodes import machine_name
 from homelab.lab.settings import DEFAULT_SUBNET, lab_settings
-from tests.conftest import REPO, VENV_BIN, lab_unavailable_reason
+from tests.conftest import REPO, VENV_BIN, scratch_lab_test
 
 LAB = str(VENV_BIN / "lab")
 
@@ -94,12 +94,8 @@ def nspawn_pids(name):
     return sorted(out.split())
 
 
-@pytest.mark.lab
-@pytest.mark.slow
+@scratch_lab_test
 def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     env = {**SCRATCH, "HOMELAB_LAB_STATE": str(tmp_path / "state")}
     inventory = write_inventory(tmp_path, "nodes = [lab_host('t-node-a', 10), lab_host('t-node-b', 11)]\n")
     inotify = Path("/proc/sys/fs/inotify/max_user_instances").read_text()

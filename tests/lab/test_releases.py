@@ -20,7 +20,7 @@ from homelab.topology import Topology
 from homelab.vault import load_vault
 from roles.python_app import WheelTarget, build_wheels
 from roles.toy_redis import APP
-from tests.conftest import REPO, lab_unavailable_reason, run_pyinfra
+from tests.conftest import REPO, run_pyinfra, scratch_lab_test
 from tests.lab.test_lab_tool import run_lab, ssh_out, write_inventory
 
 MIXED = {"HOMELAB_LAB_SUBNET": "10.80.0.0/24", "HOMELAB_LAB_BRIDGE": "hlabmix0"}
@@ -44,12 +44,8 @@ def test_an_unknown_release_is_one_clear_line(tmp_path, value):
                                   f"13 (trixie), got {eval(value)!r}")
 
 
-@pytest.mark.lab
-@pytest.mark.slow
+@scratch_lab_test
 def test_debian_12_and_13_nodes_run_the_base_roles_and_toy_redis_from_one_deploy(tmp_path):
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     env = {**MIXED, "HOMELAB_LAB_STATE": str(tmp_path / "state")}
     hosts = ", ".join(f"lab_host({name!r}, {index}, debian_release={release})"
                       for name, (index, release) in NODES.items())

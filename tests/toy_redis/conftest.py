@@ -130,6 +130,23 @@ def encode(*args) -> bytes:
     return b"".join(parts)
 
 
+def answer_until_closed(port: int, data: bytes) -> bytes:
+    """Everything the server sends on a fresh connection after ``data``, until it closes the connection."""
+    client = RawClient(port)
+    try:
+        client.send(data)
+        return client.read_until_closed()
+    finally:
+        client.close()
+
+
+def assert_same_replies(run, scenario: list[list[str]], redis_port: int, toy_port: int) -> None:
+    """``run(port, scenario)`` (each command's reply, normalized) gives the same on both servers."""
+    expected, got = run(redis_port, scenario), run(toy_port, scenario)
+    for command, want, have in zip(scenario, expected, got):
+        assert have == want, f"{command}: redis-server replied {want!r}, toy-redis {have!r}"
+
+
 class RealRedis:
     """Debian's redis-server on a free loopback port, set up like toy-redis: one database, no persistence."""
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,16 @@ def aof_server():
     yield make
     for server in made:
         server.stop()
+
+
+def written_and_stopped(server: ToyRedis, count: int) -> Path:
+    """Start ``server``, SET k0..k<count-1>, stop it; its append-only file."""
+    server.start()
+    with server.client() as client:
+        for i in range(count):
+            client.set(f"k{i}", i)
+    server.stop()
+    return server.workdir / "appendonly.aof"
 
 
 def test_restart_restores_data_and_ttls(tmp_path, aof_server):
@@ -69,13 +80,8 @@ def test_restart_restores_data_and_ttls(tmp_path, aof_server):
 
 @pytest.mark.parametrize("tail", [b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhal", b"\x00" * 100_000, b"*2\r\n$3"])
 def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail, aof_server):
-    server = aof_server(tmp_path).start()
-    client = server.client()
-    for i in range(100):
-        client.set(f"k{i}", i)
-    client.close()
-    server.stop()
-    path = tmp_path / "appendonly.aof"
+    server = aof_server(tmp_path)
+    path = written_and_stopped(server, 100)
     good_size = path.stat().st_size
     with open(path, "ab") as handle:
         handle.write(tail)
@@ -97,13 +103,8 @@ def test_torn_last_record_is_logged_cut_and_skipped(tmp_path, tail, aof_server):
 
 
 def test_damage_before_the_end_refuses_to_start_with_one_line(tmp_path, aof_server):
-    server = aof_server(tmp_path).start()
-    client = server.client()
-    for i in range(10):
-        client.set(f"k{i}", i)
-    client.close()
-    server.stop()
-    path = tmp_path / "appendonly.aof"
+    server = aof_server(tmp_path)
+    path = written_and_stopped(server, 10)
     data = bytearray(path.read_bytes())
     data[40:44] = b"!!!!"
     path.write_bytes(bytes(data))

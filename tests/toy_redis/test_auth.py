@@ -7,7 +7,7 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from .conftest import RawClient, RealRedis, ToyRedis, needs_redis_server
+from .conftest import RawClient, RealRedis, ToyRedis, answer_until_closed, assert_same_replies, needs_redis_server
 
 PASSWORD = "differential-pass"
 
@@ -54,15 +54,6 @@ def run(port: int, scenario: list[list[str]]) -> list:
         client.close()
 
 
-def stream(port: int, frame: bytes) -> bytes:
-    client = RawClient(port)
-    try:
-        client.send(frame)
-        return client.read_until_closed()
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def password_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "password"
@@ -88,19 +79,15 @@ def redis_with_password(tmp_path_factory):
 @needs_redis_server
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_same_replies_as_redis_with_a_password(name, toy_with_password, redis_with_password):
-    scenario = SCENARIOS[name]
-    expected = run(redis_with_password.port, scenario)
-    got = run(toy_with_password.port, scenario)
-    for command, want, have in zip(scenario, expected, got):
-        assert have == want, f"{command}: redis-server replied {want!r}, toy-redis {have!r}"
+    assert_same_replies(run, SCENARIOS[name], redis_with_password.port, toy_with_password.port)
 
 
 @needs_redis_server
 @pytest.mark.parametrize("name", sorted(FRAMES))
 def test_same_limits_as_redis_before_authentication(name, toy_with_password, redis_with_password):
-    expected = stream(redis_with_password.port, FRAMES[name])
+    expected = answer_until_closed(redis_with_password.port, FRAMES[name])
     assert expected  # redis-server answered something before closing
-    assert stream(toy_with_password.port, FRAMES[name]) == expected
+    assert answer_until_closed(toy_with_password.port, FRAMES[name]) == expected
 
 
 def test_password_is_read_from_the_first_line_of_its_file(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from .conftest import RawClient
+from .conftest import RawClient, assert_same_replies
 
 SCENARIOS = {
     "ping_echo": [["PING"], ["PING", "hi"], ["PING", "a", "b"], ["ECHO", "x y"], ["ECHO"], ["ping"]],
@@ -174,11 +174,7 @@ def run(port: int, scenario: list[list[str]]) -> list:
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_same_replies_as_redis(name, toy, real_redis):
-    scenario = SCENARIOS[name]
-    expected = run(real_redis.port, scenario)
-    got = run(toy.port, scenario)
-    for command, want, have in zip(scenario, expected, got):
-        assert have == want, f"{command}: redis-server replied {want!r}, toy-redis {have!r}"
+    assert_same_replies(run, SCENARIOS[name], real_redis.port, toy.port)
 
 
 def test_incrbyfloat_rounds_like_a_long_double(toy, real_redis):

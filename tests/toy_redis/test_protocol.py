@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from .conftest import RawClient, ToyRedis
+from .conftest import RawClient, ToyRedis, answer_until_closed, encode
 
 # Malformed frames: toy-redis and redis-server must answer with the same bytes, then close.
 BAD_FRAMES = {
@@ -24,28 +24,18 @@ BAD_FRAMES = {
 
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
 def test_protocol_errors_match_redis_and_close(name, toy, real_redis):
-    replies = []
-    for port in (real_redis.port, toy.port):
-        client = RawClient(port)
-        client.send(b"FLUSHALL\r\n" + BAD_FRAMES[name])
-        replies.append(client.read_until_closed())
-        client.close()
+    replies = [answer_until_closed(port, b"FLUSHALL\r\n" + BAD_FRAMES[name]) for port in (real_redis.port, toy.port)]
     assert replies[1] == replies[0]
     assert b"-ERR Protocol error" in replies[1]
 
 
 def test_oversized_inline_request_is_refused_without_buffering(toy):
-    client = RawClient(toy.port)
-    client.send(b"A" * (70 * 1024))
-    assert client.read_until_closed() == b"-ERR Protocol error: too big inline request\r\n"
-    client.close()
+    assert answer_until_closed(toy.port, b"A" * (70 * 1024)) == b"-ERR Protocol error: too big inline request\r\n"
 
 
 def test_bulk_over_proto_max_bulk_len_is_refused(toy):
-    client = RawClient(toy.port)
-    client.send(b"*2\r\n$3\r\nGET\r\n$600000000\r\n")
-    assert client.read_until_closed() == b"-ERR Protocol error: invalid bulk length\r\n"
-    client.close()
+    reply = answer_until_closed(toy.port, b"*2\r\n$3\r\nGET\r\n$600000000\r\n")
+    assert reply == b"-ERR Protocol error: invalid bulk length\r\n"
     assert toy.client().ping()
 
 
@@ -96,10 +86,7 @@ def test_reused_connection_serves_many_commands(r):
 
 
 def test_quit_replies_then_closes(toy):
-    client = RawClient(toy.port)
-    client.send(client.command("QUIT"))
-    assert client.read_until_closed() == b"+OK\r\n"
-    client.close()
+    assert answer_until_closed(toy.port, encode("QUIT")) == b"+OK\r\n"
 
 
 def test_resp3_after_hello(toy):
@@ -151,10 +138,8 @@ def test_requirepass_blocks_until_auth(secured):
 
 
 def test_unauthenticated_clients_may_not_send_big_frames(secured):
-    client = RawClient(secured.port)
-    client.send(b"*100\r\n")
-    assert client.read_until_closed() == b"-ERR Protocol error: unauthenticated multibulk length\r\n"
-    client.close()
+    reply = answer_until_closed(secured.port, b"*100\r\n")
+    assert reply == b"-ERR Protocol error: unauthenticated multibulk length\r\n"
 
 
 def test_hello_can_authenticate(secured):

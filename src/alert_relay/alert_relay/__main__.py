@@ -110,22 +110,31 @@ async def serve(server: RelayServer, config: RelayConfig, store: Store) -> None:
     await server.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+# Jobs on a deployment's config instead of running the relay: each needs --config, then exits.
+WITH_CONFIG = {
+    "--requeue-dead-letters": "move the dead letters back to the queue (after fixing their cause)",
+    "--check-slack": "ask Slack whether the token, its scopes and every routed channel work",
+    "--check-faxplus": "ask FAX.PLUS whether the token may read the account and fax files",
+}
+
+
+def parse_flags(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alert-relay", description="Alertmanager alerts and FAX.PLUS faxes to Slack")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--config", metavar="FILE", help="run the relay with this config")
     group.add_argument("--check-config", metavar="FILE", help="check the config, its routes and token files, then exit")
     group.add_argument("--check-routes", metavar="FILE", help="check a routes file (alerts/routes.yaml format), then exit")
-    parser.add_argument("--requeue-dead-letters", action="store_true",
-                        help="with --config: move the dead letters back to the queue (after fixing their cause), then exit")
-    parser.add_argument("--check-slack", action="store_true",
-                        help="with --config: ask Slack whether the token, its scopes and every routed channel work, then exit")
-    parser.add_argument("--check-faxplus", action="store_true",
-                        help="with --config: ask FAX.PLUS whether the token may read the account and fax files, then exit")
+    for flag, job in WITH_CONFIG.items():
+        parser.add_argument(flag, action="store_true", help=f"with --config: {job}, then exit")
     args = parser.parse_args(argv)
-    for flag in ("requeue_dead_letters", "check_slack", "check_faxplus"):
-        if getattr(args, flag) and not args.config:
-            parser.error(f"--{flag.replace('_', '-')} needs --config")
+    for flag in WITH_CONFIG:
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) and not args.config:
+            parser.error(f"{flag} needs --config")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_flags(argv)
 
     try:
         if args.check_routes:

@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 
 from homelab.config import ConfigError
-from homelab.lab.image import host_mirror, sources_list
+from homelab.lab.image import debootstrap, host_mirror, sources_list
 
 SUITE = "bookworm"
 PACKAGES = ["python3", "ca-certificates"]
@@ -58,14 +58,9 @@ def ensure_tree(log=print) -> Path:
         building = final.with_name(final.name + ".building")
         shutil.rmtree(building, ignore_errors=True)
         log(f"building the image base with debootstrap from {mirror} (about a minute, once)")
-        result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), mirror],
-            capture_output=True, text=True,
-        )
-        if result.returncode != 0:
-            shutil.rmtree(building, ignore_errors=True)
-            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ConfigError(f"debootstrap {SUITE}", "", f"failed with the mirror {mirror}: {last[0]}")
+        failure = debootstrap(SUITE, PACKAGES, building, mirror)
+        if failure:
+            raise ConfigError(f"debootstrap {SUITE}", "", f"failed with the mirror {mirror}: {failure}")
         _trim(building, mirror)
         building.rename(final)
         for old in CACHE_DIR.glob(f"base-{SUITE}-*"):  # trees of an older recipe

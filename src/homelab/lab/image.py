@@ -70,6 +70,20 @@ def sources_list(mirror: str, suite: str) -> str:
     )
 
 
+def debootstrap(suite: str, packages: list[str], target: Path, mirror: str) -> str | None:
+    """A minbase tree of ``suite`` with ``packages`` made in ``target`` from ``mirror`` (the lab's base
+    images and the containers' base). None once made; else the last line debootstrap printed, and
+    ``target`` is removed."""
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(target), mirror],
+        capture_output=True, text=True,
+    )
+    if result.returncode == 0:
+        return None
+    shutil.rmtree(target, ignore_errors=True)
+    return ((result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"])[0]
+
+
 def image_id(mirror: str, suite: str) -> str:
     recipe = repr((suite, PACKAGES, sorted(GENERIC_FILES.items()), sorted(ENABLED_UNITS.items()), mirror))
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
@@ -92,14 +106,9 @@ def ensure_base_image(cache_dir: Path, release: DebianRelease, log) -> Path:
     building = cache_dir / f"{final.name}.building-{os.getpid()}"
     log(f"building the Debian {release.version} ({suite}) base image with debootstrap from {mirror} "
         "(about a minute, once)")
-    result = subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(building), mirror],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LabError(f"debootstrap {suite} from {mirror} failed: {last[0]}")
+    failure = debootstrap(suite, PACKAGES, building, mirror)
+    if failure:
+        raise LabError(f"debootstrap {suite} from {mirror} failed: {failure}")
     _make_generic(building, mirror, suite)
     building.rename(final)
     for old in cache_dir.glob(f"base-{suite}-*"):  # images of an older recipe

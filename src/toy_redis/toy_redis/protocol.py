@@ -45,6 +45,7 @@ def parse_int(raw: bytes) -> int | None:
 
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
 _HEX = b"0123456789abcdefABCDEF"
+_SPACE = b" \n\r\t\v\f"
 
 
 def split_inline(line: bytes) -> list[bytes] | None:
@@ -52,43 +53,31 @@ def split_inline(line: bytes) -> list[bytes] | None:
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
-        while i < n and line[i] in b" \n\r\t\v\f":
+        while i < n and line[i] in _SPACE:
             i += 1
         if i >= n:
             return args
         current = bytearray()
-        in_double = in_single = False
+        quote = None  # 34 inside "double quotes", 39 inside 'single quotes'
         while True:
-            if in_double:
+            if quote is not None:
                 if i >= n:
                     return None
                 ch = line[i]
-                if ch == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX and line[i + 3] in _HEX:
+                if quote == 34 and ch == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX \
+                        and line[i + 3] in _HEX:
                     current.append(int(line[i + 2 : i + 4], 16))
                     i += 3
-                elif ch == 92 and i + 1 < n:
+                elif quote == 34 and ch == 92 and i + 1 < n:
                     i += 1
                     current += _ESCAPES.get(line[i], line[i : i + 1])
-                elif ch == 34:
-                    # A closing quote must be followed by a space or nothing.
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
-                        return None
-                    in_double = False
-                    i += 1
-                    break
-                else:
-                    current.append(ch)
-            elif in_single:
-                if i >= n:
-                    return None
-                ch = line[i]
-                if ch == 92 and i + 1 < n and line[i + 1] == 39:
+                elif quote == 39 and ch == 92 and i + 1 < n and line[i + 1] == 39:
                     i += 1
                     current.append(39)
-                elif ch == 39:
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                elif ch == quote:
+                    # A closing quote must be followed by a space or nothing.
+                    if i + 1 < n and line[i + 1] not in _SPACE:
                         return None
-                    in_single = False
                     i += 1
                     break
                 else:
@@ -97,12 +86,10 @@ def split_inline(line: bytes) -> list[bytes] | None:
                 if i >= n:
                     break
                 ch = line[i]
-                if ch in b" \n\r\t\v\f":
+                if ch in _SPACE:
                     break
-                if ch == 34:
-                    in_double = True
-                elif ch == 39:
-                    in_single = True
+                if ch in (34, 39):
+                    quote = ch
                 else:
                     current.append(ch)
             i += 1
