@@ -99,9 +99,6 @@ class Live:
 
 # By Redis's name. A setting of the model that is not here is shown as the config file set it.
 LIVE = {
-    # The bound ports (the tests' "any free port" shows as the one taken).
-    "port": Live(lambda server: server.port),
-    "tls-port": Live(lambda server: server.tls_port),
     "maxclients": Live(lambda server: server.maxclients, lambda server, value: setattr(server, "maxclients", value)),
     "timeout": Live(lambda server: server.timeout, lambda server, value: setattr(server, "timeout", value)),
     "maxmemory": Live(lambda server: server.maxmemory, lambda server, value: setattr(server, "maxmemory", value)),
