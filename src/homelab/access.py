@@ -6,7 +6,7 @@ one place and nothing else writes ``http://`` or a password by hand:
 
     access = topology.access("prometheus")                          # the first host serving it
     access = topology.access("toy_redis", "worker-node-12", "metrics")
-    access.url("/api/v1/query")    # "http://10.77.0.14:9090/api/v1/query"; https:// with TLS on
+    access.url("/api/v1/query")    # "http://10.77.0.14:<its port>/api/v1/query"; https:// with TLS on
     access.get("/api/v1/query", params={"query": "up"})   # requests, with CA and login applied
     access.request("POST", "/api/v2/silences", json=...)
     with access.session() as session: session.get(access.url("/metrics"))

@@ -459,8 +459,9 @@ class FirewallDropsOnServicePort(ThresholdAlert):
 
     name = "FirewallDropsOnServicePort"
     group = "firewall"
-    test_labels = {"instance": "worker-node-12:9100", "job": "node", "service": "toy_redis", "listener": "resp",
-                   "port": "6379", "reason": "not_allowed"}
+    # A sample series: any host and port do (the rule does not read them).
+    test_labels = {"instance": "worker-node-12", "job": "node", "service": "toy_redis", "listener": "resp",
+                   "port": "<port>", "reason": "not_allowed"}
     value_format = "%.2f"
     summary = "The firewall on $instance drops packets to $service"
 
