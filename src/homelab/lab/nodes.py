@@ -176,6 +176,25 @@ def booted_release(settings: LabSettings, name: str) -> int:
         return 12  # made before the lab knew releases, when every node ran Debian 12
 
 
+def _writable_cgroups(upper: Path, wanted: bool, write) -> None:
+    """The unit that remounts the cgroup v1 controllers writable (for Docker), on nodes whose
+    runtime is container; removed from a node that ran containers before."""
+    cgroup_files = {
+        CGROUP_SCRIPT.lstrip("/"): (CGROUP_SCRIPT_TEXT, 0o755),
+        f"etc/systemd/system/{CGROUP_UNIT}": (CGROUP_UNIT_TEXT, 0o644),
+    }
+    enabled = upper / f"etc/systemd/system/multi-user.target.wants/{CGROUP_UNIT}"
+    if wanted:
+        for relative, (content, mode) in cgroup_files.items():
+            write(relative, content, mode)
+        enabled.parent.mkdir(parents=True, exist_ok=True)
+        if not enabled.is_symlink():
+            enabled.symlink_to(f"/etc/systemd/system/{CGROUP_UNIT}")
+    else:
+        for relative in [*cgroup_files, enabled.relative_to(upper)]:
+            (upper / relative).unlink(missing_ok=True)
+
+
 def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], client_public_key: str,
             mirrors: dict[str, list[str]]) -> str:
     """Write the node's identity into its overlay's upper layer; returns its public host key line.
@@ -216,20 +235,7 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     ssh_dir.mkdir(parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)
     write("root/.ssh/authorized_keys", client_public_key, 0o600)
-    cgroup_files = {
-        CGROUP_SCRIPT.lstrip("/"): (CGROUP_SCRIPT_TEXT, 0o755),
-        f"etc/systemd/system/{CGROUP_UNIT}": (CGROUP_UNIT_TEXT, 0o644),
-    }
-    enabled = upper / f"etc/systemd/system/multi-user.target.wants/{CGROUP_UNIT}"
-    if node.runtime == "container":
-        for relative, (content, mode) in cgroup_files.items():
-            write(relative, content, mode)
-        enabled.parent.mkdir(parents=True, exist_ok=True)
-        if not enabled.is_symlink():
-            enabled.symlink_to(f"/etc/systemd/system/{CGROUP_UNIT}")
-    else:  # the node ran containers before: no writable controllers any more
-        for relative in [*cgroup_files, enabled.relative_to(upper)]:
-            (upper / relative).unlink(missing_ok=True)
+    _writable_cgroups(upper, node.runtime == "container", write)
     host_key = upper / "etc/ssh/ssh_host_ed25519_key"
     if not host_key.exists():
         host_key.parent.mkdir(parents=True, exist_ok=True)
