@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 import pytest
 
@@ -14,6 +15,7 @@ from homelab.maintenance import alertmanager
 from roles.toy_redis import APP
 from tests.conftest import LAB_INVENTORY, hosts_in
 from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S, api
+from tests.loopback import wait_for
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
@@ -34,14 +36,8 @@ def rows_of(report: dict, node: str, service: str) -> list[dict]:
     return [row for row in report["rows"] if row["node"] == node and row["service"] == service]
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+# The lab's state changes over seconds: poll every 2 s unless a call says otherwise.
+wait_until = partial(wait_for, interval=2)
 
 
 @pytest.fixture
