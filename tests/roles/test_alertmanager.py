@@ -162,28 +162,11 @@ def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_tok
         )
         Path(settings.routes_file).write_text("alertmanager:\n  group_wait: 0s\n  group_by: [alertname]\n"
                                               "  routes:\n    - match: {severity: critical}\n")
-        config = tmp_path / "alertmanager.yml"
-        config.write_text(render_config(settings, LAB_TOPOLOGY))
-        port = free_port()
-        args = [arg for arg in flag_args(render_defaults(settings))
-                if not arg.startswith(("--config.file", "--storage.path", "--web.listen-address"))]
-        process = subprocess.Popen(
-            ["prometheus-alertmanager", *args, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        process, url = _running_alertmanager(tmp_path, settings, render_config(settings, LAB_TOPOLOGY))
         try:
             alert = [{"labels": {"alertname": "ToyRedisDown", "severity": "critical", "instance": "worker-node-12:8080"},
                       "annotations": {"summary": "toy-redis is down"}}]
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=alert, timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
-                time.sleep(0.2)
+            _post_until_accepted(process, url, alert)
             path, authorization, payload = _Webhook.received.get(timeout=30)
             assert path == "/alertmanager"
             assert authorization == "Bearer s3cret-token"
@@ -193,11 +176,11 @@ def test_alertmanager_delivers_a_firing_alert_to_the_webhook_with_the_bearer_tok
             # Above critical, both levels of a two-level alert fire; the warning must be inhibited.
             twins = [{"labels": {"alertname": "HostMemoryHigh", "severity": severity, "instance": "worker-node-12:9100"}}
                      for severity in ("critical", "warning")]
-            assert requests.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=twins, timeout=5).ok
+            assert requests.post(f"{url}/api/v2/alerts", json=twins, timeout=5).ok
             deadline = time.monotonic() + 20
             while True:
                 states = {a["labels"]["severity"]: a["status"]["state"] for a in requests.get(
-                    f"http://127.0.0.1:{port}/api/v2/alerts", params={"filter": 'alertname="HostMemoryHigh"'},
+                    f"{url}/api/v2/alerts", params={"filter": 'alertname="HostMemoryHigh"'},
                     timeout=5).json()}
                 if states == {"critical": "active", "warning": "suppressed"}:
                     break
@@ -304,6 +287,19 @@ def _running_alertmanager(tmp_path: Path, settings: Settings, config_text: str):
     return process, f"http://127.0.0.1:{port}"
 
 
+def _post_until_accepted(process: subprocess.Popen, url: str, alerts: list[dict]) -> None:
+    """Post alerts as soon as the starting Alertmanager takes them (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.post(f"{url}/api/v2/alerts", json=alerts, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
+        time.sleep(0.2)
+
+
 @needs_alertmanager
 def test_alertmanager_mutes_an_alert_inside_its_window_and_not_outside(tmp_path):
     from datetime import datetime, timedelta, timezone
@@ -345,15 +341,7 @@ windows:
             sent = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-11", "metrics").instance
             alerts = [{"labels": {"alertname": "HostDown", "severity": "critical", "instance": instance}}
                       for instance in (muted, sent)]
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.post(f"{url}/api/v2/alerts", json=alerts, timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline and process.poll() is None, "alertmanager did not start"
-                time.sleep(0.2)
+            _post_until_accepted(process, url, alerts)
             first = received.get(timeout=30)
             assert [alert["labels"]["instance"] for alert in first["alerts"]] == [sent]
             # Several group intervals later, the alert inside its window has still not been sent.
