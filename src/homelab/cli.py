@@ -10,6 +10,7 @@
     homelab pki init                             once per cluster: the CA and the web passwords, into the vault
     homelab pki new-ca                           replace the CA (the old one stays trusted until drop-old-ca)
     homelab pki drop-old-ca                      after a deploy reissued every node's certificate
+    homelab upgrade NODE                         Debian 12 -> 13 in place: silence, upgrade, reboot, deploy, check
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                                        "is down, firing or unreachable (nodes are asked over SSH when Prometheus is down)",
                       "homelab status --json", show_status)
     status.add_argument("--json", action="store_true", help="print JSON for scripts instead of the table")
+    upgrade = _command(areas, "upgrade", "upgrade a node from Debian 12 to 13 in place (docs/upgrade-debian13.md): "
+                                         "its alerts silenced, apt full-upgrade, reboot, deploy, wait until its "
+                                         "services are scraped as up, silence lifted",
+                       "homelab upgrade worker-node-12 --inventory inventory/homelab.py", upgrade_node)
+    upgrade.add_argument("node", metavar="NODE", help="inventory host name")
 
     add_pki(areas)
 
@@ -213,6 +219,13 @@ def pki_drop_old_ca(args: argparse.Namespace) -> int:
 
     _, vault_file, _, _ = _cluster_vault(args)
     print(f"dropped {pki.drop_old_ca(vault_file)} old CA certificate(s); deploy to update the nodes' CA bundle")
+    return 0
+
+
+def upgrade_node(args: argparse.Namespace) -> int:
+    from homelab import upgrade
+
+    upgrade.upgrade(args.inventory, args.node)
     return 0
 
 

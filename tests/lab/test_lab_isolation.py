@@ -10,6 +10,7 @@ Processes and cgroups are machine-wide, which is where labs used to find each ot
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from homelab.lab import nodes
 from homelab.lab.image import host_mirror
+from homelab.lab.settings import lab_settings
 from tests.conftest import REPO, VENV_BIN, lab_unavailable_reason
 from tests.lab.test_lab_tool import write_inventory
 
@@ -64,8 +67,10 @@ def forwarding(netns) -> str:
     return in_netns(netns, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
 
 
-def node_pid(tmp_path, which: str) -> int:
-    return int((tmp_path / which / "nodes" / NODE / "pid").read_text())
+def node_pid(tmp_path, which: str) -> int | None:
+    """The pid of lab ``which``'s node's systemd-nspawn."""
+    settings = dataclasses.replace(lab_settings(), state_dir=tmp_path / which, bridge=LABS[which]["HOMELAB_LAB_BRIDGE"])
+    return nodes.running_pid(settings, NODE)
 
 
 def status(netns, tmp_path, which: str) -> list[str]:

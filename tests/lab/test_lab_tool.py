@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def ssh_out(env, name, command):
 
 def nspawn_pids(name):
     machine = machine_name(dataclasses.replace(lab_settings(), bridge=SCRATCH["HOMELAB_LAB_BRIDGE"]), name)
-    out = subprocess.run(["pgrep", "-f", f"systemd-nspawn .*-M {machine} "], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"^systemd-nspawn .*-M {machine} "], capture_output=True, text=True).stdout
     return sorted(out.split())
 
 
@@ -132,6 +133,20 @@ def test_life_cycle_is_repeatable_and_survives_leftovers(tmp_path):
         pids = {name: nspawn_pids(name) for name in ("t-node-a", "t-node-b")}
         assert run_lab("up", str(inventory), env=env).returncode == 0
         assert {name: nspawn_pids(name) for name in pids} == pids
+
+        # A node that reboots comes back, as a machine does (upgrades reboot nodes).
+        # The node's PID 1 start time (nodes share this machine's kernel and so its boot_id).
+        booted = ssh_out(env, "t-node-b", "cut -d' ' -f22 /proc/1/stat; cat /etc/machine-id").split()
+        run_lab("ssh", "t-node-b", "systemctl reboot", env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and nspawn_pids("t-node-b") in ([], pids["t-node-b"]):
+            time.sleep(0.2)
+        assert nspawn_pids("t-node-b") not in ([], pids["t-node-b"])
+        assert run_lab("up", str(inventory), env=env).returncode == 0  # waits for it to be ready
+        assert nspawn_pids("t-node-b") not in ([], pids["t-node-b"])
+        rebooted = ssh_out(env, "t-node-b", "cut -d' ' -f22 /proc/1/stat; cat /etc/machine-id").split()
+        assert rebooted[1] == booted[1] and rebooted[0] != booted[0]
+        pids["t-node-b"] = nspawn_pids("t-node-b")
 
         # A node killed hard leaves a stale pid file and cgroups; up brings it back, leaves the other.
         subprocess.run(["kill", "-9", *pids["t-node-a"]])

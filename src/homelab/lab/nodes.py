@@ -60,6 +60,9 @@ ExecStart={CGROUP_SCRIPT}
 [Install]
 WantedBy=multi-user.target
 """
+# A node that reboots (`systemctl reboot`, pyinfra's server.reboot) makes nspawn exit with 133:
+# boot it again, as systemd-nspawn@.service does on a real host (RestartForceExitStatus=133).
+BOOT_AGAIN_ON_REBOOT = 'while "$@"; [ $? -eq 133 ]; do :; done'
 
 
 def node_dir(settings: LabSettings, name: str) -> Path:
@@ -122,13 +125,16 @@ def remove_cgroups(settings: LabSettings, name: str) -> None:
 
 
 def running_pid(settings: LabSettings, name: str) -> int | None:
-    """The pid of the node's systemd-nspawn if it runs, from the pid file or by looking for it."""
+    """The pid of the node's systemd-nspawn if it runs: the child of the process in the pid file
+    (see start), or found by looking for it."""
     pid_file = node_dir(settings, name) / "pid"
     try:
         pid = int(pid_file.read_text())
-        if _is_nspawn_for(pid, settings, name):
-            return pid
-    except (FileNotFoundError, ValueError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for candidate in [pid, *map(int, children)]:
+            if _is_nspawn_for(candidate, settings, name):
+                return candidate
+    except (FileNotFoundError, ProcessLookupError, ValueError):
         pass
     # The pid file can be stale or gone (crash) while the node still runs.
     for proc in Path("/proc").iterdir():
@@ -274,7 +280,8 @@ def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str
 
 
 def start(settings: LabSettings, node: LabNode, base: Path) -> int:
-    """Boot the node; returns the nspawn pid. Does not wait for it to be ready."""
+    """Boot the node; returns the pid of the shell that runs its nspawn (and boots it again when it
+    reboots). Does not wait for it to be ready."""
     folder = node_dir(settings, node.name)
     cgroups = cgroup_dirs(settings, node.name)
     # Left over from a node whose nspawn died without shutting it down.
@@ -287,10 +294,10 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
         for cgroup in cgroups:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    command = nspawn_command(settings, node, base)
+    nspawn = nspawn_command(settings, node, base)
     with open(folder / "console.log", "wb") as console:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            ["sh", "-c", BOOT_AGAIN_ON_REBOOT, "lab-node", *nspawn], stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             preexec_fn=enter_own_cgroup, start_new_session=True,
         )
     (folder / "pid").write_text(str(process.pid))
@@ -309,9 +316,13 @@ def stop(settings: LabSettings, name: str) -> None:
         if _is_nspawn_for(pid, settings, name):
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
-    (node_dir(settings, name) / "pid").unlink(missing_ok=True)
+    pid_file = node_dir(settings, name) / "pid"
+    booted_by = pid_file.read_text().strip() if pid_file.exists() else ""
+    pid_file.unlink(missing_ok=True)
     kill_leftover_processes(settings, name)
     remove_cgroups(settings, name)
+    if booted_by.isdigit():
+        _reap(int(booted_by))  # the shell start() left, when this process started it
 
 
 def _reap(pid: int) -> None:
