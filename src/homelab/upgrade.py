@@ -44,23 +44,35 @@ def node_targets(topology: Topology, node: str) -> list[tuple[str, str]]:
     return [(job, instance) for host, job, instance in status.expected_targets(topology) if host == node]
 
 
-def wait_until_scraped_up(topology: Topology, node: str, timeout_s: float = SERVICES_BACK_TIMEOUT_S,
+def not_scraped_up_since(topology: Topology, node: str, since: float) -> list[str]:
+    """The targets of ``node`` whose last scrape is older than ``since`` (Unix time) or failed."""
+    prometheus = topology.endpoint("prometheus").url()
+
+    def by_target(query: str) -> dict[tuple[str, str], float]:
+        return {(sample["metric"].get("job"), sample["metric"].get("instance")): float(sample["value"][1])
+                for sample in status._prometheus_query(prometheus, query)}
+
+    up, scraped_at = by_target("up"), by_target("timestamp(up)")
+    return [f"{job} ({instance}): {'down' if up.get((job, instance)) == 0 else 'no scrape yet'}"
+            for job, instance in node_targets(topology, node)
+            if up.get((job, instance)) != 1 or scraped_at.get((job, instance), 0) <= since]
+
+
+def wait_until_scraped_up(topology: Topology, node: str, since: float, timeout_s: float = SERVICES_BACK_TIMEOUT_S,
                           poll_s: float = 5) -> None:
-    """Until Prometheus's last scrape of every target of ``node`` succeeded; CommandError naming
-    the targets still down when ``timeout_s`` is over."""
-    wanted = node_targets(topology, node)
+    """Until every target of ``node`` was scraped successfully after ``since`` (an older success
+    says nothing about the services the deploy just restarted); CommandError naming the targets
+    still not back when ``timeout_s`` is over."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            rows = status.collect(topology).rows
-            down = [f"{row.service} ({row.instance}): {row.state}" for row in rows
-                    if (row.service, row.instance) in wanted and row.state != "up"]
+            missing = not_scraped_up_since(topology, node, since)
         except CommandError as exc:  # Prometheus itself may be on the node and still starting
-            down = [str(exc)]
-        if not down:
+            missing = [str(exc)]
+        if not missing:
             return
         if time.monotonic() > deadline:
-            raise CommandError(f"{node}: not back after {timeout_s:.0f} s: {'; '.join(down)}")
+            raise CommandError(f"{node}: not back after {timeout_s:.0f} s: {'; '.join(missing)}")
         time.sleep(poll_s)
 
 
@@ -73,7 +85,7 @@ def upgrade(inventory: Path, node: str, say: Callable[[str], None] = print) -> N
         run_deploy(inventory, "deploys/upgrade.py", node)
         run_deploy(inventory, "deploys/all.py", node)
         say(f"waiting for Prometheus to scrape {node}'s services as up")
-        wait_until_scraped_up(topology, node)
+        wait_until_scraped_up(topology, node, since=time.time())
     except CommandError as exc:
         raise CommandError(f"{exc}; {node}'s alerts stay silenced for up to {WINDOW} "
                            f"(homelab maintenance end {node} lifts that)") from None
