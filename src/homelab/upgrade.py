@@ -41,7 +41,7 @@ def run_deploy(inventory: Path, deploy: str, node: str) -> None:
 
 def node_targets(topology: Topology, node: str) -> list[tuple[str, str]]:
     """(job, instance) of everything Prometheus scrapes or probes on ``node``."""
-    return [(job, instance) for host, job, instance in status.expected_targets(topology) if host == node]
+    return [(job, instance) for host, job, instance, _unit in status.expected_targets(topology) if host == node]
 
 
 def not_scraped_up_since(topology: Topology, node: str, since: float) -> list[str]:
@@ -79,8 +79,10 @@ def wait_until_scraped_up(topology: Topology, node: str, since: float, timeout_s
 def upgrade(inventory: Path, node: str, say: Callable[[str], None] = print) -> None:
     topology = Topology.load(inventory)
     maintenance.silences_for(topology, [node])  # an unknown node stops here, before anything changes
-    ids = maintenance.start(topology, [node], WINDOW, "upgrade to Debian 13")
+    ids, warning = maintenance.start(topology, [node], WINDOW, "upgrade to Debian 13")
     say(f"maintenance of {node} for {WINDOW}: {len(ids)} silences")
+    if warning:
+        say(f"warning: {warning}")
     try:
         run_deploy(inventory, "deploys/upgrade.py", node)
         run_deploy(inventory, "deploys/all.py", node)
@@ -89,5 +91,7 @@ def upgrade(inventory: Path, node: str, say: Callable[[str], None] = print) -> N
     except CommandError as exc:
         raise CommandError(f"{exc}; {node}'s alerts stay silenced for up to {WINDOW} "
                            f"(homelab maintenance end {node} lifts that)") from None
-    maintenance.end(topology, [node])
+    _expired, warning = maintenance.end(topology, [node])
+    if warning:
+        say(f"warning: {warning}")
     say(f"{node} upgraded: every service scraped as up; maintenance ended")
