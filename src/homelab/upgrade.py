@@ -46,7 +46,7 @@ def node_targets(topology: Topology, node: str) -> list[tuple[str, str]]:
 
 def not_scraped_up_since(topology: Topology, node: str, since: float) -> list[str]:
     """The targets of ``node`` whose last scrape is older than ``since`` (Unix time) or failed."""
-    prometheus = topology.endpoint("prometheus").url()
+    prometheus = topology.access("prometheus")
 
     def by_target(query: str) -> dict[tuple[str, str], float]:
         return {(sample["metric"].get("job"), sample["metric"].get("instance")): float(sample["value"][1])
