@@ -270,6 +270,10 @@ def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str
         "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", machine_name(settings, node.name), "-D", str(base),
         f"--overlay={base}{_overlay_upper(settings, node.name).decode()}", "-b", "--console=pipe",
         f"--network-bridge={settings.bridge}",
+        # nspawn's default (auto) bind-mounts the host's zone file over the node's
+        # /usr/share/zoneinfo/Etc/UTC, and dpkg cannot replace a mount point when tzdata is upgraded
+        # ("unable to make backup link ... Invalid cross-device link"); a real node keeps its own.
+        "--timezone=off",
         # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
         # and no tuning inside a node could raise a service's open-file limit past it.
         f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
