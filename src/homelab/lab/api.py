@@ -88,7 +88,7 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
     network.ensure_mirror_nat(settings, mirrors)
     network.raise_inotify_limit(len(wanted))
     client_key = ssh.ensure_client_key(settings)
-    running = {node for node in wanted if nodes.running_pid(settings, node.name) is not None}
+    running = {node for node in wanted if nodes.is_up(settings, node.name)}
     for node in [node for node in running if nodes.booted_runtime(settings, node.name) != node.runtime]:
         # nspawn's flags and the node's boot units differ by runtime: boot it again, keeping its disk.
         log(f"restarting {node.name}: its runtime changed to {node.runtime}")
@@ -122,7 +122,7 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
 def _wait_ready(settings: LabSettings, node: LabNode) -> str | None:
     deadline = time.monotonic() + ssh.READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if nodes.running_pid(settings, node.name) is None:
+        if not nodes.is_up(settings, node.name):
             return "down"
         state = ssh.system_state(settings, node.name, wait=True)
         if state is not None:
@@ -162,7 +162,7 @@ def status() -> list[NodeStatus]:
     saved = _saved_nodes(settings)
 
     def one(node: LabNode) -> NodeStatus:
-        if nodes.running_pid(settings, node.name) is None:
+        if not nodes.is_up(settings, node.name):
             return NodeStatus(node.name, node.address, node.release, "down", False)
         state = ssh.system_state(settings, node.name)
         return NodeStatus(node.name, node.address, node.release, state or "booted", state is not None)

@@ -63,6 +63,7 @@ WantedBy=multi-user.target
 # A node that reboots (`systemctl reboot`, pyinfra's server.reboot) makes nspawn exit with 133:
 # boot it again, as systemd-nspawn@.service does on a real host (RestartForceExitStatus=133).
 BOOT_AGAIN_ON_REBOOT = 'while "$@"; [ $? -eq 133 ]; do :; done'
+BOOT_LOOP_NAME = "lab-node"  # the loop's $0
 
 
 def node_dir(settings: LabSettings, name: str) -> Path:
@@ -143,6 +144,26 @@ def running_pid(settings: LabSettings, name: str) -> int | None:
     return None
 
 
+def is_up(settings: LabSettings, name: str) -> bool:
+    """Whether the node runs, or is between two boots: its nspawn not forked yet, or exited to
+    reboot and about to start again (the boot loop start() left is alive)."""
+    return running_pid(settings, name) is not None or _boot_loop_pid(settings, name) is not None
+
+
+def _boot_loop_pid(settings: LabSettings, name: str) -> int | None:
+    try:
+        pid = int((node_dir(settings, name) / "pid").read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    ours = argv[:4] == [b"sh", b"-c", BOOT_AGAIN_ON_REBOOT.encode(), BOOT_LOOP_NAME.encode()]
+    return pid if ours and _names_upper_of(argv, settings, name) else None
+
+
+def _names_upper_of(argv: list[bytes], settings: LabSettings, name: str) -> bool:
+    return any(arg.startswith(b"--overlay=") and arg.endswith(_overlay_upper(settings, name)) for arg in argv)
+
+
 def _is_nspawn_for(pid: int, settings: LabSettings, name: str) -> bool:
     """Whether ``pid`` is the nspawn of this lab's node ``name``, known by its upper layer in this
     lab's state folder: another lab may run a node of the same name."""
@@ -150,8 +171,7 @@ def _is_nspawn_for(pid: int, settings: LabSettings, name: str) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
-    return bool(argv) and argv[0].endswith(b"systemd-nspawn") \
-        and any(arg.startswith(b"--overlay=") and arg.endswith(_overlay_upper(settings, name)) for arg in argv)
+    return bool(argv) and argv[0].endswith(b"systemd-nspawn") and _names_upper_of(argv, settings, name)
 
 
 def machine_name(settings: LabSettings, name: str) -> str:
@@ -301,7 +321,7 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
     nspawn = nspawn_command(settings, node, base)
     with open(folder / "console.log", "wb") as console:
         process = subprocess.Popen(
-            ["sh", "-c", BOOT_AGAIN_ON_REBOOT, "lab-node", *nspawn], stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            ["sh", "-c", BOOT_AGAIN_ON_REBOOT, BOOT_LOOP_NAME, *nspawn], stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             preexec_fn=enter_own_cgroup, start_new_session=True,
         )
     (folder / "pid").write_text(str(process.pid))
@@ -310,6 +330,10 @@ def start(settings: LabSettings, node: LabNode, base: Path) -> int:
 
 def stop(settings: LabSettings, name: str) -> None:
     """Shut the node down cleanly (SIGTERM to nspawn powers the node off), then kill if it hangs."""
+    loop = _boot_loop_pid(settings, name)
+    if loop:
+        os.kill(loop, signal.SIGKILL)  # first, so a reboot under way cannot boot the node again
+        _reap(loop)
     pid = running_pid(settings, name)
     if pid:
         os.kill(pid, signal.SIGTERM)
