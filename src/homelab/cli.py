@@ -11,6 +11,9 @@
     homelab pki new-ca                           replace the CA (the old one stays trusted until drop-old-ca)
     homelab pki drop-old-ca                      after a deploy reissued every node's certificate
     homelab upgrade NODE                         Debian 12 -> 13 in place: silence, upgrade, reboot, deploy, check
+    homelab profile NODE SERVICE [--seconds 30] [--rate 100] [--native] [--idle]
+                                                 where toy-redis or the alert relay spends CPU time (py-spy):
+                                                 a flame graph SVG and a speedscope file, top functions printed
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     upgrade.add_argument("node", metavar="NODE", help="inventory host name")
 
     add_pki(areas)
+    add_profile(areas)
 
     args = parser.parse_args(argv)
     from homelab.maintenance import CommandError
@@ -226,6 +230,36 @@ def upgrade_node(args: argparse.Namespace) -> int:
     from homelab import upgrade
 
     upgrade.upgrade(args.inventory, args.node)
+    return 0
+
+
+def add_profile(areas) -> None:
+    from homelab.profiling import FORMATS, PROFILED_ROLES
+
+    profile = _command(areas, "profile", "where a service on a node spends its CPU time: py-spy records it from "
+                                         "outside the process; a flame graph SVG and a speedscope file come back",
+                       "homelab profile worker-node-12 toy_redis --seconds 30", run_profile)
+    profile.add_argument("node", metavar="NODE", help="inventory host name")
+    profile.add_argument("service", metavar="SERVICE", help=", ".join(PROFILED_ROLES))
+    profile.add_argument("--seconds", type=int, default=30, help="how long to record (default 30)")
+    profile.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
+    profile.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
+    profile.add_argument("--idle", action="store_true", help="include idle threads' samples (py-spy --idle)")
+    profile.add_argument("--format", dest="formats", action="append", choices=FORMATS,
+                         help="what to write (repeatable; default: svg and speedscope)")
+    profile.add_argument("-o", "--output-dir", type=Path, default=Path("."), metavar="DIR",
+                         help="where to write the files (default: here)")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from homelab import profiling
+
+    request = profiling.Request(args.node, args.service, args.seconds, args.rate, args.native, args.idle)
+    written, summary = profiling.cpu(_topology(args), request, args.formats or list(profiling.FORMATS),
+                                     args.output_dir)
+    for path in written:
+        print(path)
+    print(summary)
     return 0
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import requests
 
 from homelab.access import Access
+from homelab.ssh import SSH_TIMEOUT_S, ssh_argv
 from homelab.alerts.slos import BUDGET_LEFT, CATALOG
 from homelab.maintenance import HTTP_TIMEOUT_S, CommandError, alertmanager, windows
 from homelab.terminal import printable
@@ -40,8 +41,6 @@ from homelab.types import duration_text
 
 # instance labels: "worker-node-12:<port>", "worker-node-12", "http://worker-node-12:<port>/healthz"
 _INSTANCE_HOST = re.compile(r"^(?:https?://)?([^:/]+)")
-# Over SSH, when Prometheus is down: a node that does not answer in this long is shown unknown.
-SSH_TIMEOUT_S = 5
 # Units of the listeners whose role runs more than one service; the others' is the role's SERVICE.
 _UNITS = {("nginx", "http"): "nginx", ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
 NO_VALUE = "-"
@@ -136,22 +135,6 @@ def _from_prometheus(topology: Topology, rows: list[Row], status: Status, answer
         for sample in answers["budgets"]))
 
 
-def _ssh_argv(topology: Topology, host: str, script: str) -> list[str]:
-    data = lambda key: topology.data(host, key)  # noqa: E731
-    options = {"BatchMode": "yes", "ConnectTimeout": SSH_TIMEOUT_S, "LogLevel": "ERROR"}
-    if data("ssh_key"):
-        options.update(IdentityFile=data("ssh_key"), IdentitiesOnly="yes")
-    if data("ssh_known_hosts_file"):
-        options["UserKnownHostsFile"] = data("ssh_known_hosts_file")
-    if data("ssh_strict_host_key_checking"):
-        options["StrictHostKeyChecking"] = data("ssh_strict_host_key_checking")
-    argv = ["ssh", *(f"-o{key}={value}" for key, value in options.items())]
-    if data("ssh_port"):
-        argv += ["-p", str(data("ssh_port"))]
-    user = data("ssh_user")
-    return [*argv, f"{user}@{topology.address(host)}" if user else topology.address(host), script]
-
-
 def _from_nodes(topology: Topology, rows: list[Row], status: Status) -> None:
     """Each row's unit state and each node's deploy stamp, asked over SSH (one connection per node)."""
     from roles.node_exporter import DEPLOY_METRIC, DEPLOY_STAMP_FILE
@@ -162,7 +145,7 @@ def _from_nodes(topology: Topology, rows: list[Row], status: Status) -> None:
         units = " ".join(shlex.quote(row.unit) for row in mine)
         script = f"systemctl is-active {units}; echo ---; cat {shlex.quote(stamp)} 2>/dev/null || true"
         try:
-            result = subprocess.run(_ssh_argv(topology, node, script), capture_output=True, text=True,
+            result = subprocess.run(ssh_argv(topology, node, script), capture_output=True, text=True,
                                     timeout=SSH_TIMEOUT_S * 2)
         except subprocess.TimeoutExpired:
             return node, mine, None

@@ -1,0 +1,224 @@
+"""`homelab profile NODE SERVICE`: where a running toy-redis or alert relay spends its CPU time.
+
+py-spy (installed in the service's venv on the node with its other wheels, roles/python_app.py)
+attaches from outside as root over SSH, so the service's unit keeps its hardening and nothing runs
+inside it. It records one speedscope file (every sample's stack, with file and line); the control
+machine keeps that file for speedscope.app, draws a flame graph SVG from the same samples, and prints
+the functions that were on top of the stack most often.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from homelab.config import ConfigError
+from homelab.maintenance import CommandError
+from homelab.ssh import ssh_argv
+from homelab.topology import Topology
+
+# The services `homelab profile` knows: topology role -> the role's PythonApp (venv, unit).
+PROFILED_ROLES = ("toy_redis", "alert_relay")
+FORMATS = ("svg", "speedscope")
+# py-spy's own limits would accept more; beyond these a profile costs the service too much.
+MAX_SECONDS = 600
+MAX_RATE = 1000
+# SSH setup and py-spy's attach on top of the recording itself.
+SSH_MARGIN_S = 30
+SUMMARY_FUNCTIONS = 5
+
+
+@dataclass(frozen=True)
+class Frame:
+    name: str
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.name} ({Path(self.file).name}:{self.line})"
+
+
+# A stack is root first, leaf last; its value is the time it was seen for, in seconds.
+Stacks = Counter
+
+
+def from_speedscope(document: dict) -> Stacks:
+    """Every sampled stack of every thread in a speedscope file (py-spy writes "sampled" profiles)."""
+    frames = [Frame(frame["name"], frame.get("file") or "?", frame.get("line") or 0)
+              for frame in document["shared"]["frames"]]
+    stacks: Stacks = Counter()
+    for profile in document["profiles"]:
+        if profile.get("type") != "sampled":
+            raise ValueError(f"expected sampled profiles, got {profile.get('type')!r}")
+        for sample, weight in zip(profile["samples"], profile["weights"], strict=True):
+            stacks[tuple(frames[index] for index in sample)] += weight
+    return stacks
+
+
+def self_times(stacks: Stacks) -> Counter:
+    """Time each function was on top of the stack (running itself, not a callee)."""
+    times: Counter = Counter()
+    for stack, seconds in stacks.items():
+        if stack:
+            times[stack[-1]] += seconds
+    return times
+
+
+def summary(stacks: Stacks, count: int = SUMMARY_FUNCTIONS) -> str:
+    """One line: the functions most often on top of the stack, with their share of all samples."""
+    total = sum(stacks.values())
+    if not total:
+        return "no samples (the service was idle; --idle counts idle threads too)"
+    top = self_times(stacks).most_common(count)
+    return "top: " + ", ".join(f"{frame} {seconds / total:.0%}" for frame, seconds in top)
+
+
+@dataclass
+class _Node:
+    seconds: float = 0.0
+    children: dict | None = None
+
+
+def _tree(stacks: Stacks) -> _Node:
+    root = _Node(children={})
+    for stack, seconds in stacks.items():
+        root.seconds += seconds
+        node = root
+        for frame in stack:
+            node = node.children.setdefault(frame, _Node(children={}))
+            node.seconds += seconds
+    return root
+
+
+ROW_PX = 16
+WIDTH_PX = 1200
+# Narrower boxes are left out, as flamegraph.pl does: they cannot be read.
+MIN_BOX_PX = 0.5
+
+
+def _depth(node: _Node, minimum_seconds: float) -> int:
+    return 1 + max((_depth(child, minimum_seconds) for child in node.children.values()
+                    if child.seconds >= minimum_seconds), default=0)
+
+
+def flame_svg(stacks: Stacks, title: str) -> str:
+    """A flame graph (root at the bottom, widths proportional to time), each box titled with its
+    function, file, line and share; names are escaped, since they come from the profiled process."""
+    root = _tree(stacks)
+    total = root.seconds or 1.0
+    minimum_seconds = MIN_BOX_PX / WIDTH_PX * total
+    height = (_depth(root, minimum_seconds) + 1) * ROW_PX
+    boxes: list[str] = []
+
+    def draw(node: _Node, x: float, y: int) -> None:
+        for frame, child in sorted(node.children.items(), key=lambda item: str(item[0])):
+            width = child.seconds / total * WIDTH_PX
+            if child.seconds >= minimum_seconds:
+                label = escape(f"{frame} {child.seconds / total:.1%}")
+                hue = 20 + zlib.crc32(frame.name.encode()) % 40
+                text = (f'<text x="{x + 2:.1f}" y="{y + ROW_PX - 4}">{escape(frame.name[: int(width / 7)])}</text>'
+                        if width > 30 else "")
+                boxes.append(f'<g><title>{label}</title><rect x="{x:.1f}" y="{y}" width="{width:.1f}" '
+                             f'height="{ROW_PX - 1}" fill="hsl({hue},90%,60%)"/>{text}</g>')
+                draw(child, x, y - ROW_PX)
+            x += width
+
+    draw(root, 0.0, height - ROW_PX)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH_PX}" height="{height}" '
+            f'font-family="monospace" font-size="11">\n<title>{escape(title)}</title>\n'
+            + "\n".join(boxes) + "\n</svg>\n")
+
+
+@dataclass(frozen=True)
+class Request:
+    node: str
+    role: str
+    seconds: int = 30
+    rate: int = 100
+    native: bool = False
+    idle: bool = False
+
+
+def py_spy_script(app, request: Request) -> str:
+    """Shell run as root on the node: find the unit's main process, record, print the speedscope file.
+    A missing unit, process or py-spy is one line on stderr and exit status 3."""
+    py_spy = app.binary("py-spy")
+    flags = " ".join(flag for flag, wanted in (("--native", request.native), ("--idle", request.idle)) if wanted)
+    return "; ".join([
+        "set -e",
+        f"test -x {py_spy} || {{ echo '{app.service}: {py_spy} is missing (deploy the node again: py-spy comes "
+        f"with the service wheels)' >&2; exit 3; }}",
+        f"pid=$(systemctl show --property MainPID --value {app.service})",
+        f"[ \"${{pid:-0}}\" != 0 ] || {{ echo '{app.service} is not running on this node' >&2; exit 3; }}",
+        "out=$(mktemp --suffix .json)",
+        "trap 'rm -f \"$out\"' EXIT",
+        f"{py_spy} record --pid \"$pid\" --duration {request.seconds} --rate {request.rate} --format speedscope "
+        f"--output \"$out\" {flags} >&2",
+        "cat \"$out\"",
+    ])
+
+
+def record(topology: Topology, request: Request) -> dict:
+    """The speedscope document py-spy recorded on the node."""
+    from roles.alert_relay import APP as relay
+    from roles.toy_redis import APP as toy_redis
+
+    app = {"toy_redis": toy_redis, "alert_relay": relay}[request.role]
+    argv = ssh_argv(topology, request.node, py_spy_script(app, request))
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=request.seconds + SSH_MARGIN_S)
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{request.node}: py-spy did not finish within {request.seconds + SSH_MARGIN_S} s") from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("py-spy> ")]
+        raise CommandError(f"{request.node}: {lines[-1] if lines else f'ssh exited with {result.returncode}'}")
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise CommandError(f"{request.node}: py-spy's output is not a speedscope file") from None
+
+
+def check(topology: Topology, request: Request) -> None:
+    if request.role not in PROFILED_ROLES:
+        raise ConfigError("SERVICE", "", f"expected one of {', '.join(PROFILED_ROLES)}, got {request.role!r}")
+    if request.node not in topology.hosts:
+        raise ConfigError("NODE", "", f"expected a host of the inventory ({', '.join(topology.hosts)}), "
+                                      f"got {request.node!r}")
+    if not topology.runs(request.node, request.role):
+        raise ConfigError("NODE", "", f"{request.node} does not run {request.role} "
+                                      f"(it runs on {', '.join(topology.hosts_of(request.role)) or 'no host'})")
+    if not 1 <= request.seconds <= MAX_SECONDS:
+        raise ConfigError("--seconds", "", f"expected 1..{MAX_SECONDS}, got {request.seconds}")
+    if not 1 <= request.rate <= MAX_RATE:
+        raise ConfigError("--rate", "", f"expected 1..{MAX_RATE} samples per second, got {request.rate}")
+
+
+def write(stacks_document: dict, request: Request, formats: list[str], output_dir: Path) -> list[Path]:
+    """The files asked for, named after node, service and time."""
+    stem = f"{request.node}-{request.role}-{time.strftime('%Y%m%dT%H%M%S')}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for chosen in formats:
+        if chosen == "speedscope":
+            path = output_dir / f"{stem}.speedscope.json"
+            path.write_text(json.dumps(stacks_document))
+        else:
+            path = output_dir / f"{stem}.svg"
+            title = f"{request.role} on {request.node}, {request.seconds} s at {request.rate} Hz"
+            path.write_text(flame_svg(from_speedscope(stacks_document), title))
+        written.append(path)
+    return written
+
+
+def cpu(topology: Topology, request: Request, formats: list[str], output_dir: Path) -> tuple[list[Path], str]:
+    """Record on the node, write the files; (paths written, summary line)."""
+    check(topology, request)
+    document = record(topology, request)
+    return write(document, request, formats, output_dir), summary(from_speedscope(document))
+

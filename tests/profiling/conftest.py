@@ -1,0 +1,40 @@
+"""A real toy-redis with the planted hot spot and leak (planted/sitecustomize.py), on loopback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.toy_redis.conftest import ToyRedis
+
+PLANTED = Path(__file__).parent / "planted"
+
+
+@pytest.fixture
+def planted_toy(tmp_path):
+    toy = ToyRedis(tmp_path, env={"PYTHONPATH": str(PLANTED)}).start()
+    yield toy
+    toy.stop()
+
+
+class Load:
+    """Clients calling one command over and over until stopped (the work a profile must see)."""
+
+    def __init__(self, toy: ToyRedis, *command: str):
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(toy, command), daemon=True)
+
+    def _run(self, toy: ToyRedis, command: tuple[str, ...]) -> None:
+        with toy.client() as client:
+            while not self.stopped.is_set():
+                client.execute_command(*command)
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)

@@ -1,0 +1,88 @@
+"""The CPU profile `homelab profile` makes, from a real py-spy recording of a real toy-redis with a
+planted hot spot: the hot function is on top, the flame graph shows it, names are escaped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from homelab import profiling
+from tests.profiling.conftest import Load
+
+PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+pytestmark = pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed in this venv (./dev setup installs "
+                                                        "it with toy-redis)")
+
+
+def py_spy_speedscope(pid: int, seconds: int, output: Path) -> dict:
+    """What the node's script runs, against a local process."""
+    subprocess.run([PY_SPY, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100",
+                    "--format", "speedscope", "--output", str(output)], check=True, capture_output=True, timeout=60)
+    return json.loads(output.read_text())
+
+
+@pytest.fixture
+def recorded(planted_toy, tmp_path) -> dict:
+    with Load(planted_toy, "PLANTED.HOT", "50"):
+        return py_spy_speedscope(planted_toy.process.pid, 3, tmp_path / "profile.json")
+
+
+def test_the_hot_function_is_on_top(recorded):
+    stacks = profiling.from_speedscope(recorded)
+    top_frame, top_seconds = profiling.self_times(stacks).most_common(1)[0]
+    assert top_frame.name == "deliberate_hot_spot"
+    # The client only ever asks for the hot spot: most of the samples are in it.
+    assert top_seconds / sum(stacks.values()) > 0.5
+    assert profiling.summary(stacks).startswith("top: deliberate_hot_spot (sitecustomize.py:")
+
+
+def test_the_samples_cover_the_recording(recorded):
+    # py-spy weighs each sample by its interval: a busy main thread adds up to the 3 s recorded.
+    assert 2.0 < sum(profiling.from_speedscope(recorded).values()) <= 3.5
+
+
+def test_the_flame_graph_shows_the_hot_function_widest(recorded, tmp_path):
+    request = profiling.Request("node", "toy_redis", 3, 100)
+    [svg, speedscope] = profiling.write(recorded, request, ["svg", "speedscope"], tmp_path / "out")
+    assert json.loads(speedscope.read_text()) == recorded
+    boxes = {}
+    for group in ElementTree.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}g"):
+        title = group.find("{http://www.w3.org/2000/svg}title").text
+        width = float(group.find("{http://www.w3.org/2000/svg}rect").get("width"))
+        name = title.split(" (")[0]
+        boxes[name] = max(width, boxes.get(name, 0))
+    assert boxes["deliberate_hot_spot"] > 0.5 * profiling.WIDTH_PX
+
+
+def test_names_from_the_process_are_not_markup():
+    hostile = profiling.Frame('<script>alert("x")</script>', "/srv/a&b.py", 1)
+    svg = profiling.flame_svg({(hostile,): 1.0}, "title <b>")
+    root = ElementTree.fromstring(svg)
+    assert root.find("{http://www.w3.org/2000/svg}script") is None
+    assert '<script>alert("x")</script> (a&b.py:1) 100.0%' in [element.text for element in root.iter()]
+
+
+def test_an_idle_recording_says_so():
+    assert profiling.summary({}).startswith("no samples")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["worker-node-11", "toy_redis"], "NODE: worker-node-11 does not run toy_redis (it runs on worker-node-12)"),
+    (["worker-node-12", "redis"], "SERVICE: expected one of toy_redis, alert_relay, got 'redis'"),
+    (["nowhere", "toy_redis"], "NODE: expected a host of the inventory"),
+    (["worker-node-12", "toy_redis", "--seconds", "0"], f"--seconds: expected 1..{profiling.MAX_SECONDS}, got 0"),
+    (["worker-node-12", "toy_redis", "--rate", "5000"], f"--rate: expected 1..{profiling.MAX_RATE} samples"),
+])
+def test_bad_arguments_get_one_line_before_anything_runs(argv, expected, capsys, monkeypatch):
+    from homelab.cli import main
+
+    monkeypatch.setattr(profiling, "record", lambda *_: pytest.fail("nothing may run on a node"))
+    assert main(["profile", *argv]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"homelab: {expected}") and error.count("\n") == 1
