@@ -11,9 +11,10 @@
     homelab pki new-ca                           replace the CA (the old one stays trusted until drop-old-ca)
     homelab pki drop-old-ca                      after a deploy reissued every node's certificate
     homelab upgrade NODE                         Debian 12 -> 13 in place: silence, upgrade, reboot, deploy, check
-    homelab profile NODE SERVICE [--seconds 30] [--rate 100] [--native] [--idle]
+    homelab profile NODE SERVICE [--seconds 30] [--rate 100] [--native] [--idle] [--memory]
                                                  where toy-redis or the alert relay spends CPU time (py-spy):
-                                                 a flame graph SVG and a speedscope file, top functions printed
+                                                 a flame graph SVG and a speedscope file, top functions printed;
+                                                 --memory: toy-redis's top allocating lines (tracemalloc)
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -245,6 +246,9 @@ def add_profile(areas) -> None:
     profile.add_argument("--rate", type=int, default=100, help="samples per second (default 100)")
     profile.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     profile.add_argument("--idle", action="store_true", help="include idle threads' samples (py-spy --idle)")
+    profile.add_argument("--memory", action="store_true",
+                         help="toy-redis's allocations instead (tracemalloc, on for --seconds only): the lines "
+                              "that grew most and hold most")
     profile.add_argument("--format", dest="formats", action="append", choices=FORMATS,
                          help="what to write (repeatable; default: svg and speedscope)")
     profile.add_argument("-o", "--output-dir", type=Path, default=Path("."), metavar="DIR",
@@ -255,8 +259,11 @@ def run_profile(args: argparse.Namespace) -> int:
     from homelab import profiling
 
     request = profiling.Request(args.node, args.service, args.seconds, args.rate, args.native, args.idle)
-    written, summary = profiling.cpu(_topology(args), request, args.formats or list(profiling.FORMATS),
-                                     args.output_dir)
+    if args.memory:
+        written, summary = profiling.memory(_topology(args), request, args.output_dir)
+    else:
+        written, summary = profiling.cpu(_topology(args), request, args.formats or list(profiling.FORMATS),
+                                         args.output_dir)
     for path in written:
         print(path)
     print(summary)

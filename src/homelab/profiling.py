@@ -1,10 +1,15 @@
-"""`homelab profile NODE SERVICE`: where a running toy-redis or alert relay spends its CPU time.
+"""`homelab profile NODE SERVICE`: where a running toy-redis or alert relay spends its CPU time, and
+(`--memory`) where toy-redis's memory goes.
 
 py-spy (installed in the service's venv on the node with its other wheels, roles/python_app.py)
 attaches from outside as root over SSH, so the service's unit keeps its hardening and nothing runs
 inside it. It records one speedscope file (every sample's stack, with file and line); the control
 machine keeps that file for speedscope.app, draws a flame graph SVG from the same samples, and prints
 the functions that were on top of the stack most often.
+
+With `--memory`, the control machine asks toy-redis itself, over its RESP port with the vault's
+password (TLS when the access helper says so): TRACEMALLOC START for the seconds asked, REPORT at the
+end, STOP; the top allocating lines by growth and by size are printed and written as JSON.
 """
 
 from __future__ import annotations
@@ -222,3 +227,81 @@ def cpu(topology: Topology, request: Request, formats: list[str], output_dir: Pa
     document = record(topology, request)
     return write(document, request, formats, output_dir), summary(from_speedscope(document))
 
+
+
+# Toy-redis keeps tracing at most this much longer than asked, should the control machine go away.
+MEMORY_GRACE_S = 30
+MEMORY_SITES = 10
+
+
+@dataclass(frozen=True)
+class Site:
+    file: str
+    line: int
+    size: int
+    growth: int
+    count_growth: int
+
+    def __str__(self) -> str:
+        return f"{Path(self.file).name}:{self.line}"
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:+.2f} MiB" if abs(size) >= 2**20 else f"{size / 1024:+.1f} KiB"
+
+
+def memory_summary(sites: list[Site], count: int = SUMMARY_FUNCTIONS) -> str:
+    """One line: the lines whose allocations grew most, then those holding most."""
+    if not sites:
+        return "no allocations traced"
+    growth = sorted(sites, key=lambda site: site.growth, reverse=True)[:count]
+    size = sorted(sites, key=lambda site: site.size, reverse=True)[:count]
+    return ("growth: " + ", ".join(f"{site} {_mib(site.growth)}" for site in growth)
+            + "; held: " + ", ".join(f"{site} {_mib(site.size).lstrip('+')}" for site in size))
+
+
+def toy_redis_client(topology: Topology, node: str):
+    """A redis-py client of toy-redis on ``node``, logged in with the vault's password."""
+    import redis
+
+    from homelab.vault import load_vault
+    from roles.toy_redis import PASSWORD_SECRET
+
+    access = topology.access("toy_redis", node, "resp")
+    secrets = load_vault(topology.data(node, "vault_file"), topology.data(node, "vault_password_file"))
+    context = access.ssl_context()
+    extra = {"ssl": True, "ssl_ca_certs": str(access.ca_file)} if context else {}
+    return redis.Redis(host=access.endpoint.address, port=access.endpoint.port, password=secrets.get(PASSWORD_SECRET),
+                       socket_timeout=10, **extra)
+
+
+def allocations(client, seconds: int, sleep=time.sleep) -> list[Site]:
+    """Trace a toy-redis's allocations (through a redis-py ``client``) for ``seconds``; the sites
+    that grew or hold most. Tracing is stopped whatever happens; toy-redis stops it by itself too."""
+    client.execute_command("TRACEMALLOC", "START", seconds + MEMORY_GRACE_S)
+    try:
+        sleep(seconds)
+        rows = client.execute_command("TRACEMALLOC", "REPORT", MEMORY_SITES)
+    finally:
+        client.execute_command("TRACEMALLOC", "STOP")
+    return [Site(file.decode(errors="replace"), line, size, growth, count) for file, line, size, growth, count in rows]
+
+
+def memory(topology: Topology, request: Request, output_dir: Path) -> tuple[list[Path], str]:
+    import redis
+
+    check(topology, request)
+    if request.role != "toy_redis":
+        raise ConfigError("SERVICE", "", f"--memory: expected toy_redis (the relay has no allocation view yet), "
+                                         f"got {request.role!r}")
+    client = toy_redis_client(topology, request.node)
+    try:
+        sites = allocations(client, request.seconds)
+    except redis.RedisError as exc:
+        raise CommandError(f"{request.node}: toy-redis: {exc}") from None
+    finally:
+        client.close()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{request.node}-{request.role}-{time.strftime('%Y%m%dT%H%M%S')}.allocations.json"
+    path.write_text(json.dumps([site.__dict__ for site in sites], indent=1))
+    return [path], memory_summary(sites)

@@ -20,15 +20,17 @@ def planted_toy(tmp_path):
 
 
 class Load:
-    """Clients calling one command over and over until stopped (the work a profile must see)."""
+    """A client calling one command over and over until stopped (the work a profile must see),
+    ``pause`` seconds apart (a planted leak must not fill the machine's memory)."""
 
-    def __init__(self, toy: ToyRedis, *command: str):
+    def __init__(self, toy: ToyRedis, *command: str, pause: float = 0.0):
+        self.pause = pause
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(toy, command), daemon=True)
 
     def _run(self, toy: ToyRedis, command: tuple[str, ...]) -> None:
         with toy.client() as client:
-            while not self.stopped.is_set():
+            while not self.stopped.wait(self.pause):
                 client.execute_command(*command)
 
     def __enter__(self) -> "Load":

@@ -15,6 +15,7 @@ from time import perf_counter
 from types import GeneratorType
 
 from . import __version__, errors, logs
+from .allocations import AllocationTracing
 from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import Config
@@ -81,6 +82,7 @@ class Server:
         self.maxmemory = config.maxmemory
         self.slowlog_slower_than_us = config.slowlog_log_slower_than_us
         self.slowlog: deque = deque(maxlen=config.slowlog_max_len)
+        self.allocations = AllocationTracing(lambda: self.loop)
         self.slowlog_next_id = 0
         self.proto_max_bulk_len = 512 * 1024 * 1024
         self.client_query_buffer_limit = 1024**3

@@ -1,4 +1,5 @@
-"""Server and introspection commands: TIME, INFO, CONFIG, COMMAND, SLOWLOG, BGREWRITEAOF, SHUTDOWN."""
+"""Server and introspection commands: TIME, INFO, CONFIG, COMMAND, SLOWLOG, BGREWRITEAOF, SHUTDOWN, and
+toy-redis's own TRACEMALLOC (where the server's memory goes, for `homelab profile --memory`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import errors, info, runtime_config
+from ..allocations import MAX_SECONDS, MAX_SITES
 from ..protocol import (
     OK,
     ReplyError,
@@ -19,6 +21,7 @@ from .base import (
     COMMANDS,
     Command,
     command,
+    to_int,
     unknown_subcommand,
 )
 
@@ -140,7 +143,8 @@ DOCS = _reply_value(json.loads((Path(__file__).parent.parent / "command_docs.jso
 
 
 def command_docs(cmd: Command) -> dict:
-    return DOCS[cmd.name]
+    """Redis's docs; for a command Redis does not have (TRACEMALLOC), its summary and group."""
+    return DOCS.get(cmd.name) or {"summary": cmd.summary, "since": "0.1.0", "group": cmd.group}
 
 
 @command("slowlog", -2, "", group="server", summary="A container for slow log commands.")
@@ -195,3 +199,32 @@ def cmd_shutdown(conn, argv):
     conn.close_after_reply = True
     # Redis sends no reply to a successful SHUTDOWN: the connection just closes.
     return b""
+
+
+@command("tracemalloc", -2, "admin noscript loading stale", group="server",
+         summary="toy-redis only: START <seconds> | REPORT <count> | STOP allocation tracing (tracemalloc).")
+def cmd_tracemalloc(conn, argv):
+    """START turns tracing on for at most <seconds>; REPORT lists allocating lines as
+    [file, line, bytes held, bytes grown, blocks grown] (those that grew most, then those holding
+    most, since START); STOP turns it off. Like every command, it needs AUTH when a password is set."""
+    sub = argv[1].lower()
+    conn.last_command = "tracemalloc|" + sub.decode(errors="replace")
+    tracing = conn.server.allocations
+    if sub == b"start" and len(argv) == 3:
+        seconds = to_int(argv[2])
+        if not 1 <= seconds <= MAX_SECONDS:
+            raise ReplyError(f"ERR seconds must be between 1 and {MAX_SECONDS}")
+        tracing.start(seconds)
+        return OK
+    if sub == b"report" and len(argv) == 3:
+        count = to_int(argv[2])
+        if not 1 <= count <= MAX_SITES:
+            raise ReplyError(f"ERR count must be between 1 and {MAX_SITES}")
+        if not tracing.running:
+            raise ReplyError("ERR allocation tracing is off (TRACEMALLOC START <seconds> first)")
+        return [[site.file.encode(), site.line, site.size, site.growth, site.count_growth]
+                for site in tracing.report(count)]
+    if sub == b"stop" and len(argv) == 2:
+        tracing.stop()
+        return OK
+    raise unknown_subcommand(argv)
