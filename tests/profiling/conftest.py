@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import redis
 
 from tests.toy_redis.conftest import ToyRedis
 
@@ -23,13 +25,13 @@ class Load:
     """A client calling one command over and over until stopped (the work a profile must see),
     ``pause`` seconds apart (a planted leak must not fill the machine's memory)."""
 
-    def __init__(self, toy: ToyRedis, *command: str, pause: float = 0.0):
+    def __init__(self, connect: Callable[[], redis.Redis], *command, pause: float = 0.0):
         self.pause = pause
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(toy, command), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(connect, command), daemon=True)
 
-    def _run(self, toy: ToyRedis, command: tuple[str, ...]) -> None:
-        with toy.client() as client:
+    def _run(self, connect: Callable[[], redis.Redis], command: tuple) -> None:
+        with connect() as client:
             while not self.stopped.wait(self.pause):
                 client.execute_command(*command)
 
@@ -39,4 +41,4 @@ class Load:
 
     def __exit__(self, *_) -> None:
         self.stopped.set()
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=15)

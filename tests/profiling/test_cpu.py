@@ -29,7 +29,7 @@ def py_spy_speedscope(pid: int, seconds: int, output: Path) -> dict:
 
 @pytest.fixture
 def recorded(planted_toy, tmp_path) -> dict:
-    with Load(planted_toy, "PLANTED.HOT", "50"):
+    with Load(planted_toy.client, "PLANTED.HOT", "50"):
         return py_spy_speedscope(planted_toy.process.pid, 3, tmp_path / "profile.json")
 
 

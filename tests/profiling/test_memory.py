@@ -19,7 +19,7 @@ PLANTED_FILE = str(PLANTED / "sitecustomize.py")
 
 
 def test_the_leaking_line_tops_the_growth(planted_toy):
-    with planted_toy.client() as client, Load(planted_toy, "PLANTED.LEAK", "64", pause=0.01):
+    with planted_toy.client() as client, Load(planted_toy.client, "PLANTED.LEAK", "64", pause=0.01):
         sites = profiling.allocations(client, 2)
     top = max(sites, key=lambda site: site.growth)
     assert top.file == PLANTED_FILE
