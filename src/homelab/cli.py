@@ -250,7 +250,7 @@ def add_profile(areas) -> None:
                          help="toy-redis's allocations instead (tracemalloc, on for --seconds only): the lines "
                               "that grew most and hold most")
     profile.add_argument("--format", dest="formats", action="append", choices=FORMATS,
-                         help="what to write (repeatable; default: svg and speedscope)")
+                         help="what to write (repeatable; default: svg and speedscope; pprof: a .pb.gz for go tool pprof, Pyroscope)")
     profile.add_argument("-o", "--output-dir", type=Path, default=Path("."), metavar="DIR",
                          help="where to write the files (default: here)")
 
@@ -262,7 +262,7 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.memory:
         written, summary = profiling.memory(_topology(args), request, args.output_dir)
     else:
-        written, summary = profiling.cpu(_topology(args), request, args.formats or list(profiling.FORMATS),
+        written, summary = profiling.cpu(_topology(args), request, args.formats or list(profiling.DEFAULT_FORMATS),
                                          args.output_dir)
     for path in written:
         print(path)

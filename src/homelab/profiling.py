@@ -14,6 +14,7 @@ end, STOP; the top allocating lines by growth and by size are printed and writte
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import time
@@ -25,12 +26,14 @@ from xml.sax.saxutils import escape
 
 from homelab.config import ConfigError
 from homelab.maintenance import CommandError
+from homelab.pprof import cpu_profile
 from homelab.ssh import ssh_argv
 from homelab.topology import Topology
 
 # The services `homelab profile` knows: topology role -> the role's PythonApp (venv, unit).
 PROFILED_ROLES = ("toy_redis", "alert_relay")
-FORMATS = ("svg", "speedscope")
+FORMATS = ("svg", "speedscope", "pprof")
+DEFAULT_FORMATS = ("svg", "speedscope")
 # py-spy's own limits would accept more; beyond these a profile costs the service too much.
 MAX_SECONDS = 600
 MAX_RATE = 1000
@@ -204,8 +207,10 @@ def check(topology: Topology, request: Request) -> None:
         raise ConfigError("--rate", "", f"expected 1..{MAX_RATE} samples per second, got {request.rate}")
 
 
-def write(stacks_document: dict, request: Request, formats: list[str], output_dir: Path) -> list[Path]:
-    """The files asked for, named after node, service and time."""
+def write(stacks_document: dict, request: Request, formats: list[str], output_dir: Path,
+          started_ns: int | None = None) -> list[Path]:
+    """The files asked for, named after node, service and time (pprof's .pb.gz is gzipped, as pprof writes it)."""
+    started_ns = time.time_ns() - request.seconds * 1_000_000_000 if started_ns is None else started_ns
     stem = f"{request.node}-{request.role}-{time.strftime('%Y%m%dT%H%M%S')}"
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -213,6 +218,11 @@ def write(stacks_document: dict, request: Request, formats: list[str], output_di
         if chosen == "speedscope":
             path = output_dir / f"{stem}.speedscope.json"
             path.write_text(json.dumps(stacks_document))
+        elif chosen == "pprof":
+            path = output_dir / f"{stem}.pb.gz"
+            period_ns = 1_000_000_000 // request.rate
+            path.write_bytes(gzip.compress(cpu_profile(from_speedscope(stacks_document), period_ns, started_ns,
+                                                       request.seconds * 1_000_000_000)))
         else:
             path = output_dir / f"{stem}.svg"
             title = f"{request.role} on {request.node}, {request.seconds} s at {request.rate} Hz"

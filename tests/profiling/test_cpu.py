@@ -3,6 +3,7 @@ planted hot spot: the hot function is on top, the flame graph shows it, names ar
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -86,3 +87,27 @@ def test_bad_arguments_get_one_line_before_anything_runs(argv, expected, capsys,
     assert main(["profile", *argv]) == 1
     error = capsys.readouterr().err
     assert error.startswith(f"homelab: {expected}") and error.count("\n") == 1
+
+
+def test_the_pprof_file_parses_and_adds_up_to_the_recording(recorded, tmp_path):
+    from homelab.pprof.profile_pb2 import Profile
+
+    request = profiling.Request("node", "toy_redis", 3, 100)
+    [path] = profiling.write(recorded, request, ["pprof"], tmp_path, started_ns=1_000_000_000)
+    profile = Profile.FromString(gzip.decompress(path.read_bytes()))
+    strings = profile.string_table
+    assert strings[0] == ""
+    assert [(strings[kind.type], strings[kind.unit]) for kind in profile.sample_type] == [
+        ("samples", "count"), ("cpu", "nanoseconds")]
+    assert profile.period == 10_000_000 and profile.duration_nanos == 3_000_000_000
+    # A busy main thread: its samples stand for about the 3 s recorded, 100 of them a second.
+    total_count = sum(sample.value[0] for sample in profile.sample)
+    total_ns = sum(sample.value[1] for sample in profile.sample)
+    assert 200 <= total_count <= 350 and abs(total_ns - total_count * profile.period) <= len(profile.sample) * profile.period
+    functions = {function.id: strings[function.name] for function in profile.function}
+    locations = {location.id: functions[location.line[0].function_id] for location in profile.location}
+    leaf_ns: dict[str, int] = {}
+    for sample in profile.sample:
+        leaf = locations[sample.location_id[0]]  # pprof lists the leaf first
+        leaf_ns[leaf] = leaf_ns.get(leaf, 0) + sample.value[1]
+    assert max(leaf_ns, key=leaf_ns.get) == "deliberate_hot_spot"

@@ -54,8 +54,9 @@ def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("release", sorted(RELEASES), ids=lambda version: f"debian{version}")
 @pytest.mark.parametrize("source, distribution, expected", [
-    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop", "bcrypt"}),
-    ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core", "h11"}),
+    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop", "bcrypt", "py-spy"}),
+    ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core", "h11",
+                                    "py-spy"}),
 ])
 def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_python(source, distribution, expected,
                                                                                      release):
@@ -65,14 +66,19 @@ def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_pyth
     names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheel_set.wheels}
     assert expected <= names
     assert_complete(wheel_set, distribution)
-    allowed = set(target.platforms()) | {"any"}
+    # pip takes manylinux2014 to cover the older manylinux2010 and manylinux1 (glibc 2.12, 2.5) too.
+    older = {f"manylinux_2_{minor}_{MACHINE}" for minor in range(5, 17)} | {f"manylinux1_{MACHINE}",
+                                                                            f"manylinux2010_{MACHINE}"}
+    allowed = set(target.platforms()) | older | {"any"}
     for wheel in wheel_set.wheels:
         tags = parse_wheel_filename(wheel.name)[3]
         # Binary wheels are for exactly that CPython (or its stable ABI, as bcrypt's) and a manylinux
         # glibc the release has.
         assert any((t.interpreter in (target.abi, "py3") or t.abi == "abi3") and t.platform in allowed
                    for t in tags), wheel.name
-    binary = [w.name for w in wheel_set.wheels if not w.name.endswith("-none-any.whl")]
+    # Extension modules are for that CPython or its stable ABI; py-spy's wheel holds a program, no module.
+    binary = [w.name for w in wheel_set.wheels if not w.name.endswith("-none-any.whl")
+              and not w.name.startswith("py_spy-")]
     assert binary and all(f"-{target.abi}-" in name or "-abi3-" in name for name in binary)
 
 
