@@ -80,6 +80,10 @@ class Settings(StrictModel):
         return self
 
 
+# The module of the TLS checks' plain TCP connect (roles/prometheus tls_check_targets), added with pki.tls.
+PORT_MODULE = "homelab_port_open"
+
+
 def tls_module(name: str) -> str:
     """The module probing secured health paths: ``name``'s, with the cluster CA and blackbox's login."""
     return f"{name}_tls"
@@ -87,7 +91,8 @@ def tls_module(name: str) -> str:
 
 def render_config(settings: Settings, tls: bool = False) -> str:
     """The modules of group data; with ``tls`` (pki.tls), also tls_module(health_module), which
-    sends blackbox's login only to secured (https) listeners, never over plain HTTP."""
+    sends blackbox's login only to secured (https) listeners, never over plain HTTP, and
+    PORT_MODULE, a TCP connect for the TLS checks."""
     from roles.pki import CA_FILE
 
     modules = {name: module.model_dump(exclude_none=True) for name, module in settings.modules.items()}
@@ -96,6 +101,8 @@ def render_config(settings: Settings, tls: bool = False) -> str:
         modules[tls_module(settings.health_module)] = {
             **health, "http": {**health.get("http", {}), "tls_config": {"ca_file": CA_FILE},
                                "basic_auth": {"username": WEB_USER, "password_file": WEB_PASSWORD_FILE}}}
+        modules[PORT_MODULE] = {"prober": "tcp", **({"timeout": health["timeout"]} if "timeout" in health else {}),
+                                "tcp": {"preferred_ip_protocol": "ip4"}}
     body = yaml.safe_dump({"modules": modules}, sort_keys=False, default_flow_style=False)
     return render("blackbox/blackbox.yml.j2", body=body)
 

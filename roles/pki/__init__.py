@@ -62,13 +62,16 @@ def lifetime(duration: str) -> timedelta:
 
 
 def expiry_metrics(not_after_s: float, margin_s: float) -> str:
+    """The certificate's expiry and the margin, under the names CertificateExpiringSoon reads."""
+    from homelab.alerts.catalog import CERT_EXPIRY, CERT_ROTATION_MARGIN
+
     return (
-        "# HELP homelab_tls_cert_expiry_timestamp_seconds When the node's certificate expires.\n"
-        "# TYPE homelab_tls_cert_expiry_timestamp_seconds gauge\n"
-        f'homelab_tls_cert_expiry_timestamp_seconds{{file="{CERT_FILE}"}} {not_after_s:.0f}\n'
-        "# HELP homelab_tls_cert_rotation_margin_seconds How long before expiry a deploy replaces it.\n"
-        "# TYPE homelab_tls_cert_rotation_margin_seconds gauge\n"
-        f"homelab_tls_cert_rotation_margin_seconds {margin_s:.0f}\n"
+        f"# HELP {CERT_EXPIRY} When the node's certificate expires.\n"
+        f"# TYPE {CERT_EXPIRY} gauge\n"
+        f'{CERT_EXPIRY}{{file="{CERT_FILE}"}} {not_after_s:.0f}\n'
+        f"# HELP {CERT_ROTATION_MARGIN} How long before expiry a deploy replaces it.\n"
+        f"# TYPE {CERT_ROTATION_MARGIN} gauge\n"
+        f"{CERT_ROTATION_MARGIN} {margin_s:.0f}\n"
     )
 
 

@@ -23,6 +23,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
+from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, TLS_CHECK_JOB
 from homelab.alerts.render import require_current_rules
 from homelab.config import ConfigError, FieldError, StrictModel
 from homelab.topology import ROLE_BY_NAME, Topology
@@ -97,8 +98,9 @@ def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES
     for probe in probes if blackbox else []:
         listener = next(l.name for l in ROLE_BY_NAME[probe.role].listeners if l.health == probe.path)
         secure = client(topology, probe.role, probe.endpoint.host, listener, "blackbox", "").scheme == "https"
-        probe_targets.append((probe, probe.endpoint.url(probe.path, "https" if secure else "http"),
-                              tls_module(blackbox.health_module) if secure else blackbox.health_module))
+        probe_targets.append((probe.endpoint.url(probe.path, "https" if secure else "http"), {
+            "instance": probe.instance,
+            "module": tls_module(blackbox.health_module) if secure else blackbox.health_module}))
     alertmanagers = topology.endpoints("alertmanager")
     return render(
         "prometheus/prometheus.yml.j2",
@@ -106,12 +108,28 @@ def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES
         jobs=jobs,
         probe_job=PROBE_JOB,
         probes=probe_targets,
+        tls_check_job=TLS_CHECK_JOB,
+        tls_checks=tls_check_targets(topology, blackbox.health_module) if blackbox else [],
         blackbox_address=topology.endpoint("blackbox").netloc if blackbox else None,
         blackbox_client=_one_client(topology, "blackbox", "http", blackbox_hosts[:1]) if blackbox else None,
         alertmanagers=[endpoint.netloc for endpoint in alertmanagers],
         alertmanager_client=_one_client(topology, "alertmanager", "http", [e.host for e in alertmanagers]),
         rule_files=f"{rules_dir}/{RULES_GLOB}",
     )
+
+
+def tls_check_targets(topology: Topology, health_module: str) -> list[tuple[str, dict[str, str]]]:
+    """blackbox's two probes of each secured listener (Topology.tls_checks): what Prometheus
+    scrapes, over https with the cluster CA and blackbox's login; and a plain TCP connect, which
+    tells a listener that is down from one refusing TLS (ScrapeTLSOrLoginFailing)."""
+    from roles.blackbox import PORT_MODULE, tls_module
+
+    targets = []
+    for check in topology.tls_checks():
+        labels = {"instance": check.endpoint.instance, "service": check.role, "listener": check.listener}
+        targets += [(check.url, {**labels, "check": CHECK_LOGIN, "module": tls_module(health_module)}),
+                    (check.endpoint.netloc, {**labels, "check": CHECK_PORT, "module": PORT_MODULE})]
+    return targets
 
 
 def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:

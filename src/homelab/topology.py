@@ -198,6 +198,25 @@ class HealthProbe:
         return f"http://{self.endpoint.instance}{self.path}"
 
 
+# The path Prometheus scrapes (its default metrics_path); every secured listener serves it.
+METRICS_PATH = "/metrics"
+
+
+@dataclass(frozen=True, order=True)
+class TlsCheck:
+    """blackbox's check of one secured listener of a host with pki.tls on: is its port open, and
+    does what Prometheus scrapes answer over https with the cluster CA and blackbox's login
+    (alert ScrapeTLSOrLoginFailing compares the two)."""
+
+    role: str
+    listener: str
+    endpoint: Endpoint
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url(METRICS_PATH, "https")
+
+
 @dataclass(frozen=True, order=True)
 class Inbound:
     """One port a host listens on, and who calls it: what the host's firewall lets in."""
@@ -357,6 +376,16 @@ class Topology:
             for endpoint in self.endpoints(role.name, listener.name)
         )
 
+    def tls_checks(self) -> list[TlsCheck]:
+        """Every secured listener of every host serving it with pki.tls on, when a blackbox host
+        exists to check them."""
+        if not self.hosts_of("blackbox"):
+            return []
+        return sorted(TlsCheck(role.name, listener.name, endpoint)
+                      for role in ROLES for listener in role.listeners if listener.secured
+                      for endpoint in self.endpoints(role.name, listener.name)
+                      if self.settings(endpoint.host, "pki").tls)
+
     def flows(self) -> list[Connection]:
         """Every connection between hosts' roles and external parties, scrapes and probes included."""
         connections = []
@@ -375,6 +404,9 @@ class Topology:
             connections += [Connection(prober, "blackbox", probe.endpoint.host, probe.role,
                                        f"probe {probe.path}", probe.endpoint.port)
                             for probe in self.health_probes()]
+            connections += [Connection(prober, "blackbox", check.endpoint.host, check.role, "TLS and login check",
+                                       check.endpoint.port)
+                            for check in self.tls_checks()]
         return connections
 
     def inbound(self, host: str) -> list[Inbound]:

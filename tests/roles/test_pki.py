@@ -8,6 +8,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import requests
 import yaml
 
 from homelab.access import callers, password_secret
@@ -96,3 +97,102 @@ def test_the_expiry_metrics_carry_the_margin_the_deploy_rotates_at():
     assert f'homelab_tls_cert_expiry_timestamp_seconds{{file="{CERT_FILE}"}} 1900000000' in text
     assert "homelab_tls_cert_rotation_margin_seconds 2592000" in text
     assert Settings().rotation_margin == "30d"
+
+
+def test_prometheus_has_blackbox_check_every_secured_listener_for_tls_and_its_port(tls_topology):
+    from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, TLS_CHECK_JOB
+
+    config = yaml.safe_load(render_config(PrometheusSettings(), tls_topology))
+    [job] = [s for s in config["scrape_configs"] if s["job_name"] == TLS_CHECK_JOB]
+    modules = yaml.safe_load(blackbox.render_config(blackbox.Settings(), tls=True))["modules"]
+    checked = {}
+    for target in job["static_configs"]:
+        labels = target["labels"]
+        assert labels["module"] in modules
+        checked.setdefault(labels["instance"], {})[labels["check"]] = (target["targets"][0], modules[labels["module"]])
+    secured = {tls_topology.endpoint(role.name, host, listener.name)
+               for role in ROLE_BY_NAME.values() for listener in role.listeners if listener.secured
+               for host in tls_topology.serving(role.name)}
+    assert set(checked) == {endpoint.instance for endpoint in secured}
+    for endpoint in secured:
+        (login_url, login), (port_target, port) = checked[endpoint.instance][CHECK_LOGIN], checked[endpoint.instance][CHECK_PORT]
+        assert login_url == endpoint.url("/metrics", "https") and login["http"]["basic_auth"]["username"] == blackbox.WEB_USER
+        assert port_target == endpoint.netloc and port["prober"] == "tcp"
+    # blackbox is a caller of every secured listener, so their web configs admit its login.
+    for role in {check.role for check in tls_topology.tls_checks()}:
+        assert "blackbox" in callers(tls_topology, role), role
+
+
+needs_exporters = pytest.mark.skipif(
+    not (shutil.which("prometheus-blackbox-exporter") and shutil.which("prometheus-node-exporter")),
+    reason="needs Debian's prometheus-blackbox-exporter and prometheus-node-exporter")
+
+
+@needs_exporters
+def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listener_that_is_down(tmp_path):
+    """The series ScrapeTLSOrLoginFailing reads, from the real blackbox with our modules probing the
+    real node_exporter with our web config: 401 for a wrong password; no status but an open port
+    for a certificate from another CA; neither for a closed port."""
+    import subprocess
+    from datetime import timedelta
+
+    from homelab.alerts.catalog import LOGIN_REFUSED_STATUS
+    from homelab.pki import ClusterCA, create_ca
+    from tests.loopback import free_port, wait_for
+    from tests.local_monitoring import _stop
+
+    ca, stranger = create_ca("cluster", timedelta(hours=1)), create_ca("stranger", timedelta(hours=1))
+    (tmp_path / "ca.crt").write_bytes(ca.cert)
+    password = tmp_path / "password"
+    password.write_text(VAULT[password_secret(blackbox.WEB_USER)])
+    modules = blackbox.render_config(blackbox.Settings(), tls=True)
+    (tmp_path / "blackbox.yml").write_text(modules.replace(CA_FILE, str(tmp_path / "ca.crt"))
+                                           .replace(blackbox.WEB_PASSWORD_FILE, str(password)))
+    health = blackbox.Settings().health_module
+    exporter_port, blackbox_port = free_port(), free_port()
+    processes = [subprocess.Popen(["prometheus-blackbox-exporter", f"--config.file={tmp_path / 'blackbox.yml'}",
+                                   f"--web.listen-address=127.0.0.1:{blackbox_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+
+    def probe(module: str, target: str) -> dict[str, float]:
+        def answer():
+            try:
+                return requests.get(f"http://127.0.0.1:{blackbox_port}/probe", timeout=10,
+                                    params={"module": module, "target": target}).text
+            except requests.ConnectionError:
+                return None
+        text = wait_for(answer, 20, "blackbox to answer", interval=0.2)
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line and not line.startswith("#") and "{" not in line}
+
+    def serve(issuer, user_password: str):
+        pair = ClusterCA(issuer).issue("node", "127.0.0.1", timedelta(hours=1))
+        (tmp_path / "node.crt").write_bytes(pair.cert)
+        (tmp_path / "node.key").write_bytes(pair.key)
+        (tmp_path / "web.yml").write_text(render_web_config({blackbox.WEB_USER: bcrypt_hash(blackbox.WEB_USER, user_password)})
+                                          .replace(CERT_FILE, str(tmp_path / "node.crt")).replace(KEY_FILE, str(tmp_path / "node.key")))
+        process = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{exporter_port}",
+                                    f"--web.config.file={tmp_path / 'web.yml'}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        wait_for(lambda: probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")["probe_success"] == 1, 20,
+                 "node_exporter to listen", interval=0.2)
+        return process
+
+    url = f"https://127.0.0.1:{exporter_port}/metrics"
+    try:
+        serve(ca, password.read_text())
+        assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 200
+        _stop(processes.pop())
+        serve(ca, "another password")
+        assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == LOGIN_REFUSED_STATUS
+        _stop(processes.pop())
+        serve(stranger, password.read_text())
+        assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 0
+        assert probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")["probe_success"] == 1
+        _stop(processes.pop())
+        assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 0
+        assert probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")["probe_success"] == 0
+    finally:
+        for process in processes:
+            _stop(process)

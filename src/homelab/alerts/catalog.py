@@ -493,6 +493,155 @@ class FirewallDropsOnServicePort(ThresholdAlert):
         return pending, firing + lead * TEST_INTERVAL_S, samples + lead
 
 
+# --- TLS (roles/pki's certificates; blackbox's checks of every secured listener) ----------------
+
+# roles/pki's metrics in node_exporter's textfile directory, named here so the catalog stays
+# importable without the roles (roles/pki writes them under these names).
+CERT_EXPIRY = "homelab_tls_cert_expiry_timestamp_seconds"
+CERT_ROTATION_MARGIN = "homelab_tls_cert_rotation_margin_seconds"
+DAY_S = 86400
+
+
+class CertificateExpiringSoon(Alert):
+    """A node's certificate inside pki.rotation_margin of expiry: the deploy that would have
+    replaced it has not run. The margin is the one roles/pki rotates at (it writes it beside the
+    expiry), so the alert and the rotation cannot disagree."""
+
+    name = "CertificateExpiringSoon"
+    group = "tls"
+    test_labels = {"file": "/etc/homelab/tls/node.crt", "instance": "worker-node-12", "job": "node"}
+    summary = "The TLS certificate of $instance expires in $value days"
+    value_format: ClassVar[str] = "%.1f"
+
+    severity: Severity
+
+    def expr(self) -> str:
+        return (f"({CERT_EXPIRY} - time()) / {DAY_S} < on (instance, job) group_left ()"
+                f" ({CERT_ROTATION_MARGIN} / {DAY_S})")
+
+    def description(self, level: Level) -> str:
+        return (f"$file on $instance expires in $value days, inside the rotation margin, for {self.for_}: "
+                "no deploy has replaced it. Run the deploy for $instance (roles/pki reissues it); once it "
+                "expires, every TLS client of the node refuses it.")
+
+    def rules(self, runbook_base: str) -> list[dict[str, Any]]:
+        return [self._rule(self.expr(), Level(self.severity, 0), runbook_base, self.value_format)]
+
+    def tests(self, runbook_base: str) -> list[dict[str, Any]]:
+        pending, firing, samples = self._timing()
+        margin_days = 30  # any margin: the rule reads it from the series, as from the node
+        level = Level(self.severity, 0)
+
+        def case(name: str, expires_in_days: float, fires: bool) -> dict[str, Any]:
+            expiry = expires_in_days * DAY_S
+            left = self.value_format % ((expiry - firing) / DAY_S)
+            checks = [] if pending is None or not fires else [_check(pending, self.name, [])]
+            return {
+                "name": f"{self.name}: {name}",
+                "interval": f"{TEST_INTERVAL_S}s",
+                "input_series": [
+                    series(CERT_EXPIRY, self.test_labels, constant(expiry, samples)),
+                    series(CERT_ROTATION_MARGIN, {k: v for k, v in self.test_labels.items() if k != "file"},
+                           constant(margin_days * DAY_S, samples)),
+                ],
+                "alert_rule_test": [*checks, _check(firing, self.name,
+                                                    [self._expected(level, runbook_base, left)] if fires else [])],
+            }
+
+        return [
+            case(f"silent while {margin_days * 2} days are left of a {margin_days}-day margin", margin_days * 2, False),
+            case(f"fires with {margin_days // 3} days left of a {margin_days}-day margin, after {self.for_}",
+                 margin_days // 3, True),
+            case("fires once expired", -1, True),
+        ]
+
+
+# The blackbox job checking every secured listener (homelab.topology.Topology.tls_checks) with two
+# probes, told apart by label `check`: CHECK_LOGIN fetches what Prometheus scrapes over https with
+# the cluster CA and blackbox's login; CHECK_PORT only opens a TCP connection.
+TLS_CHECK_JOB = "tls-check"
+CHECK_LOGIN = "login"
+CHECK_PORT = "port"
+# The answer of a secured listener (exporter-toolkit, toy-redis, the relay) to a missing or wrong login.
+LOGIN_REFUSED_STATUS = 401
+
+
+class ScrapeTLSOrLoginFailing(Alert):
+    """A secured listener that is up (its port accepts connections) but cannot be used: it refuses
+    the cluster's login (401), its TLS fails (no HTTP answer over https: an unknown CA, an expired
+    certificate, a wrong name, plain HTTP on the port), or blackbox gets in while Prometheus's own
+    scrape fails (Prometheus's password file or CA). A listener that is simply down is
+    InstanceDown's, not this alert's."""
+
+    name = "ScrapeTLSOrLoginFailing"
+    group = "tls"
+    summary = "$instance refuses TLS or the login: $reason"
+
+    severity: Severity
+
+    REASONS: ClassVar[dict[str, str]] = {
+        "login": "login refused",
+        "tls": "no answer over TLS",
+        "scrape": "Prometheus's own scrape refused",
+    }
+
+    def expr(self) -> str:
+        job = f'job="{TLS_CHECK_JOB}"'
+        branches = [
+            (self.REASONS["login"], f"probe_http_status_code{{{job}}} == {LOGIN_REFUSED_STATUS}"),
+            (self.REASONS["tls"], f'probe_http_status_code{{{job}}} == 0 and on (instance) '
+                                  f'probe_success{{{job}, check="{CHECK_PORT}"}} == 1'),
+            (self.REASONS["scrape"], f'up{{job!="{TLS_CHECK_JOB}"}} == 0 and on (instance) '
+                                     f'probe_success{{{job}, check="{CHECK_LOGIN}"}} == 1'),
+        ]
+        return " or ".join(f'label_replace({condition}, "reason", "{reason}", "", "")'
+                              for reason, condition in branches)
+
+    def description(self, level: Level) -> str:
+        return (f"$instance ($reason) for {self.for_}: Prometheus gets no metrics from it although it "
+                "accepts connections. See the runbook for each reason.")
+
+    def rules(self, runbook_base: str) -> list[dict[str, Any]]:
+        return [self._rule(self.expr(), Level(self.severity, 0), runbook_base, None)]
+
+    def tests(self, runbook_base: str) -> list[dict[str, Any]]:
+        pending, firing, samples = self._timing()
+        level = Level(self.severity, 0)
+        instance = "worker-node-12:<port>"
+        probe = {"check": CHECK_LOGIN, "instance": instance, "job": TLS_CHECK_JOB, "listener": "metrics",
+                 "service": "node_exporter"}
+        port = {**probe, "check": CHECK_PORT}
+        scrape = {"instance": instance, "job": "node"}
+
+        def expected(labels: dict[str, str], reason: str) -> dict[str, Any]:
+            fields = {**labels, "reason": reason, "value": ""}
+            return {"exp_labels": {**labels, "reason": reason, "severity": level.severity},
+                    "exp_annotations": self._annotations(level, runbook_base, fields)}
+
+        def case(name: str, status: int, port_open: int, up: int, alerts: list) -> dict[str, Any]:
+            checks = [] if pending is None or not alerts else [_check(pending, self.name, [])]
+            return {
+                "name": f"{self.name}: {name}",
+                "interval": f"{TEST_INTERVAL_S}s",
+                "input_series": [
+                    series("probe_http_status_code", probe, constant(status, samples)),
+                    series("probe_success", probe, constant(int(200 <= status < 300), samples)),
+                    series("probe_success", port, constant(port_open, samples)),
+                    series("up", scrape, constant(up, samples)),
+                ],
+                "alert_rule_test": [*checks, _check(firing, self.name, alerts)],
+            }
+
+        return [
+            case(f"{self.REASONS['login']} after {self.for_}", LOGIN_REFUSED_STATUS, 1, 0,
+                 [expected(probe, self.REASONS["login"])]),
+            case(f"{self.REASONS['tls']} after {self.for_}", 0, 1, 0, [expected(probe, self.REASONS["tls"])]),
+            case(f"{self.REASONS['scrape']} after {self.for_}", 200, 1, 0, [expected(scrape, self.REASONS["scrape"])]),
+            case("silent when the listener is down (InstanceDown's)", 0, 0, 0, []),
+            case("silent when all works", 200, 1, 1, []),
+        ]
+
+
 CATALOG: tuple[type[Alert], ...] = (
     InstanceDown, HostMemoryHigh, HostLoadHigh, HostDiskFillingUp,
     ProbeFailed, ProbeSlow,
@@ -500,4 +649,5 @@ CATALOG: tuple[type[Alert], ...] = (
     Nginx5xxRatioHigh,
     AlertRelayDown, AlertRelayDeadLetters, AlertRelayCannotAuthenticate,
     FirewallDropsOnServicePort,
+    CertificateExpiringSoon, ScrapeTLSOrLoginFailing,
 )
