@@ -77,6 +77,8 @@ class Container:
     mounts: tuple[BindMount, ...]
     limits: ContainerLimits
     nofile: int
+    # Host groups the service user is also in inside (e.g. roles.pki.GROUP, to read the node's TLS key).
+    groups: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -107,7 +109,9 @@ def run_flags(container: Container) -> list[str]:
         f"--memory={limits.memory_mib}m", f"--memory-swap={limits.memory_mib}m", f"--cpus={limits.cpus:g}",
         f"--ulimit=nofile={container.nofile}:{container.nofile}",
     ]
-    return flags + [f"--mount={mount.flag()}" for mount in container.mounts]
+    # --user sets no supplementary groups: each is added by its id on the node.
+    groups = [f'--group-add "$(getent group {group} | cut -d: -f3)"' for group in container.groups]
+    return flags + groups + [f"--mount={mount.flag()}" for mount in container.mounts]
 
 
 def run_command(container: Container) -> str:

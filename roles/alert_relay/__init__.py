@@ -13,7 +13,9 @@ On a host whose data says `runtime = "container"` the relay runs from its image 
 and config are checked by the image's own binary.
 
 Alertmanager (roles/alertmanager) sends to http://<this host>:<listen port>/alertmanager with the
-bearer token alertmanager_webhook_token.
+bearer token alertmanager_webhook_token. With pki.tls on, the relay serves TLS with the node's
+certificate and asks GET /metrics and /healthz for a caller's login, from the web config roles/pki
+writes (roles.pki.web.web_config_file); Alertmanager then uses https with the cluster CA.
 """
 
 from __future__ import annotations
@@ -81,16 +83,18 @@ def token_path(secret: str) -> str:
     return f"{CONFIG_DIR}/{secret}"
 
 
-def config_values(settings: Settings, routes_file: str = ROUTES_PATH) -> dict:
-    """The relay's config: the tuning from group data, plus the paths this role owns."""
+def config_values(settings: Settings, routes_file: str = ROUTES_PATH, web_config_file: str | None = None) -> dict:
+    """The relay's config: the tuning from group data, plus the paths this role owns; with pki.tls,
+    the web config roles/pki writes (TLS with the node's certificate, the callers' logins)."""
     tuning = settings.model_dump(include=set(RelayTuning.model_fields), exclude_none=True)
     paths = {"routes_file": routes_file, "queue_path": QUEUE_PATH,
-             **{key: token_path(secret) for key, secret in TOKEN_FILES.items()}}
+             **{key: token_path(secret) for key, secret in TOKEN_FILES.items()},
+             **({"web_config_file": web_config_file} if web_config_file else {})}
     return {**paths, **tuning}
 
 
-def render_config(settings: Settings, routes_file: str = ROUTES_PATH) -> str:
-    config_yaml = yaml.safe_dump(config_values(settings, routes_file), sort_keys=False).rstrip("\n")
+def render_config(settings: Settings, routes_file: str = ROUTES_PATH, web_config_file: str | None = None) -> str:
+    config_yaml = yaml.safe_dump(config_values(settings, routes_file, web_config_file), sort_keys=False).rstrip("\n")
     return render("alert_relay/config.yaml.j2", config_yaml=config_yaml)
 
 
@@ -98,13 +102,17 @@ def render_unit(nofile: int) -> str:
     return render("alert_relay/alert-relay.service.j2", **python_app.unit_values(APP, CONFIG_PATH, DATA_DIR, nofile))
 
 
-def container(settings: Settings, nofile: int) -> container_runtime.Container:
+def container(settings: Settings, nofile: int, tls: bool = False) -> container_runtime.Container:
+    """With ``tls``, the node's TLS folder is mounted too, and the service reads its key as a member of its group."""
     from homelab.containers.images import spec_named
+    from roles.pki import GROUP, TLS_DIR
 
+    tls_mounts = (container_runtime.BindMount(TLS_DIR, readonly=True),) if tls else ()
     return container_runtime.Container(
         app=APP, image=spec_named(APP.service).tag, description="alert-relay: alerts and faxes to Slack",
-        mounts=(container_runtime.BindMount(CONFIG_DIR, readonly=True), container_runtime.BindMount(DATA_DIR)),
-        limits=settings.container, nofile=nofile,
+        mounts=(container_runtime.BindMount(CONFIG_DIR, readonly=True), container_runtime.BindMount(DATA_DIR),
+                *tls_mounts),
+        limits=settings.container, nofile=nofile, groups=(GROUP,) if tls else (),
     )
 
 
@@ -144,6 +152,7 @@ def config_check_command(boxed: container_runtime.Container | None = None) -> st
 
 @deploy("alert-relay")
 def apply() -> None:
+    from roles.pki.web import web_config_file
     from roles.secrets import secret_file
 
     settings = role_settings("alert_relay", Settings)
@@ -154,7 +163,9 @@ def apply() -> None:
     runtime = container_runtime.host_runtime()
     # Both runtimes run as this user: it owns the queue and may read the token files.
     python_app.service_account(APP)
-    boxed = container(settings, nofile) if runtime == "container" else None
+    # With pki.tls: TLS and logins on its port (the relay's user joins roles.pki.GROUP to read the key).
+    web = web_config_file("alert_relay", APP.service)
+    boxed = container(settings, nofile, tls=web is not None) if runtime == "container" else None
     installed = container_runtime.image_ready(APP) if boxed else python_app.install(APP)
 
     files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
@@ -176,13 +187,14 @@ def apply() -> None:
     config = checked_file(
         name="alert-relay config",
         dest=CONFIG_PATH,
-        content=render_config(settings),
+        content=render_config(settings, web_config_file=web.path if web else None),
         check=config_check_command(boxed),
         group=APP.service,
         mode="0640",
     )
     unit = python_app.unit(APP, container_runtime.render_unit(boxed) if boxed else render_unit(nofile))
-    changes = [*tokens, routes_changed, config, unit]
+    # The relay reads its web config and certificate at start only.
+    changes = [*tokens, routes_changed, config, unit, *(web.changes if web else ())]
     if boxed:
         container_runtime.running(boxed, "alert_relay", [installed, *changes])
     else:

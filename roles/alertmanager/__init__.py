@@ -50,13 +50,19 @@ class Settings(StrictModel):
     resolve_timeout: Duration = "5m"
 
 
-def webhook_url(settings: Settings, topology: Topology) -> str:
+def webhook(settings: Settings, topology: Topology) -> tuple[str, str | None]:
+    """The relay's webhook URL, and the CA to verify it with when it serves TLS (pki.tls)."""
+    from roles.pki.web import client
+
     if settings.webhook_url:
-        return settings.webhook_url
+        return settings.webhook_url, None
     if not topology.hosts_of("alert_relay"):
         raise ConfigError("inventory/group_data/alertmanager.py", "alertmanager.webhook_url",
                           "required when the inventory has no alert_relay host")
-    return topology.endpoint("alert_relay").url(WEBHOOK_PATH)
+    relay = topology.endpoint("alert_relay")
+    # The webhook's credential is its bearer token; the login client() names is not sent.
+    way = client(topology, "alert_relay", relay.host, "http", "alertmanager", "")
+    return relay.url(WEBHOOK_PATH, way.scheme), way.ca_file
 
 
 def routing(settings: Settings) -> Routing:
@@ -80,7 +86,7 @@ def render_config(settings: Settings, topology: Topology, routes: Routing | None
         maintenance_file=settings.maintenance_file,
         relay_receiver=RELAY_RECEIVER,
         blackhole_receiver=BLACKHOLE_RECEIVER,
-        webhook_url=webhook_url(settings, topology),
+        webhook=webhook(settings, topology),
         routes_file=settings.routes_file,
     )
 

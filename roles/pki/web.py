@@ -87,21 +87,39 @@ def check_web_config(text: str) -> None:
 
 
 def web_config(role: str, service_user: str) -> list[str]:
-    """In ``role``'s apply on this host: its web config when pki.tls is on; the flags to add."""
+    """In ``role``'s apply on this host: its web config when pki.tls is on; the flags to add.
+    exporter-toolkit rereads the file and the certificate per request: no restart needed."""
+    written = web_config_file(role, service_user)
+    return [f"--web.config.file={written.path}"] if written else []
+
+
+@dataclass(frozen=True)
+class WrittenWebConfig:
+    path: str
+    # What a service reading the file and the certificate only at start restarts for.
+    changes: tuple
+
+
+def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
+    """In ``role``'s apply on this host: write its web config when pki.tls is on (``service_user``
+    joins GROUP to read the node's key); None with TLS off. Our own services (the relay,
+    toy-redis) read the same file as exporter-toolkit does."""
+    from roles.pki import certificate_changes
+
     from roles.secrets import private_file
 
     topology = current_topology()
     if not secured(topology, role, host.name, next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured)):
-        return []
+        return None
     text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
                               for user in callers(topology, role)})
     check_web_config(text)
     path = f"{WEB_CONFIG_DIR}/{role}.yml"
     server.user(name=f"{service_user} reads the node's TLS key (group {GROUP})", user=service_user,
                 groups=[GROUP], append=True)
-    private_file(name=f"{role} web config {path} (TLS, logins)", dest=path, content=BytesIO(text.encode()),
-                 group=service_user, mode="0640")
-    return [f"--web.config.file={path}"]
+    written = private_file(name=f"{role} web config {path} (TLS, logins)", dest=path, content=BytesIO(text.encode()),
+                           group=service_user, mode="0640")
+    return WrittenWebConfig(path, (written, *certificate_changes()))
 
 
 @dataclass(frozen=True)

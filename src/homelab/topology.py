@@ -99,7 +99,7 @@ ROLES: tuple[Role, ...] = (
          chosen_by="log_shipper"),
     Role("alloy", "log_shipper", "Alloy", (Listener(_HTTP, "listen_port"),), {"alloy": _HTTP},
          chosen_by="log_shipper"),
-    Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz"),),
+    Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz", secured=True),),
          {"alert-relay": _HTTP}),
     Role("alertmanager", "alertmanager", "Alertmanager", (Listener(_HTTP, "listen_port", health="/-/healthy", secured=True),),
          {"alertmanager": _HTTP}),

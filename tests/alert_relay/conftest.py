@@ -109,7 +109,7 @@ class Relay:
             self.process.kill()
             self.process.wait()
             raise
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.config.get('web_config_file') else 'http'}://127.0.0.1:{port}"
         return self
 
     def events(self, run: int | None = None) -> list[dict[str, Any]]:

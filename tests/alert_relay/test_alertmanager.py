@@ -17,7 +17,7 @@ pytestmark = [needs_alertmanager, pytest.mark.slow]
 
 
 class Alertmanager:
-    def __init__(self, directory: Path, relay_url: str):
+    def __init__(self, directory: Path, relay_url: str, ca_file: str | None = None):
         directory.mkdir()
         token_file = directory / "relay-token"
         token_file.write_text(AM_TOKEN + "\n")
@@ -27,7 +27,8 @@ class Alertmanager:
                       "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
             "receivers": [{"name": "relay", "webhook_configs": [{
                 "url": f"{relay_url}/alertmanager", "send_resolved": True,
-                "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}},
+                "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+                                **({"tls_config": {"ca_file": ca_file}} if ca_file else {})},
             }]}],
         }
         (directory / "alertmanager.yml").write_text(yaml.safe_dump(config))
@@ -72,8 +73,8 @@ class Alertmanager:
 def alertmanager_for(tmp_path):
     started: list[Alertmanager] = []
 
-    def start(relay_url: str) -> Alertmanager:
-        manager = Alertmanager(tmp_path / f"alertmanager{len(started)}", relay_url)
+    def start(relay_url: str, ca_file: str | None = None) -> Alertmanager:
+        manager = Alertmanager(tmp_path / f"alertmanager{len(started)}", relay_url, ca_file)
         started.append(manager)
         return manager
 

@@ -4,6 +4,8 @@ secured listeners over https with the cluster CA and their own logins (rendered,
 from __future__ import annotations
 
 import shutil
+import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import bcrypt
@@ -13,6 +15,7 @@ import yaml
 
 from homelab.access import callers, password_secret
 from homelab.config import ConfigError
+from homelab.pki import ClusterCA, create_ca
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.vault import load_vault
 from roles import blackbox
@@ -133,11 +136,7 @@ def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listene
     """The series ScrapeTLSOrLoginFailing reads, from the real blackbox with our modules probing the
     real node_exporter with our web config: 401 for a wrong password; no status but an open port
     for a certificate from another CA; neither for a closed port."""
-    import subprocess
-    from datetime import timedelta
-
     from homelab.alerts.catalog import LOGIN_REFUSED_STATUS
-    from homelab.pki import ClusterCA, create_ca
     from tests.loopback import free_port, wait_for
     from tests.local_monitoring import _stop
 
@@ -196,3 +195,54 @@ def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listene
     finally:
         for process in processes:
             _stop(process)
+
+
+def test_alertmanager_calls_the_relay_over_https_with_the_cluster_ca_and_keeps_its_bearer_token(tls_topology, tmp_path):
+    from roles import alertmanager
+
+    settings = alertmanager.Settings()
+    config = yaml.safe_load(alertmanager.render_config(settings, tls_topology))
+    [relay] = [receiver for receiver in config["receivers"] if receiver["name"] == alertmanager.RELAY_RECEIVER]
+    [hook] = relay["webhook_configs"]
+    assert hook["url"] == tls_topology.endpoint("alert_relay").url(alertmanager.WEBHOOK_PATH, "https")
+    assert hook["http_config"] == {"tls_config": {"ca_file": CA_FILE},
+                                   "authorization": {"type": "Bearer", "credentials_file": settings.webhook_token_file}}
+    staged = tmp_path / "alertmanager.yml"
+    staged.write_text(alertmanager.render_config(settings, tls_topology))
+    if shutil.which("amtool"):
+        check = subprocess.run(["amtool", "check-config", str(staged)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+    lab = Topology.load(REPO / "inventory" / "lab.py")
+    assert "tls_config" not in alertmanager.render_config(settings, lab)
+
+
+def test_the_relays_config_names_the_web_config_only_with_tls(tls_topology, tmp_path):
+    from roles import alert_relay
+    from tests.alert_relay.conftest import RELAY
+
+    assert "web_config_file" not in alert_relay.render_config(alert_relay.Settings())
+    text = alert_relay.render_config(alert_relay.Settings(), web_config_file="/etc/homelab/tls/alert_relay.yml")
+    assert yaml.safe_load(text.split("\n", 2)[2])["web_config_file"] == "/etc/homelab/tls/alert_relay.yml"
+    # The relay's own check loads the certificate and logins it names, as the deploy runs it.
+    config = yaml.safe_load(text.split("\n", 2)[2])
+    pair = ClusterCA(create_ca("check", timedelta(hours=1))).issue("relay", "127.0.0.1", timedelta(hours=1))
+    (tmp_path / "node.crt").write_bytes(pair.cert)
+    (tmp_path / "node.key").write_bytes(pair.key)
+    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "alert_relay")}
+    (tmp_path / "web.yml").write_text(render_web_config(users).replace(CERT_FILE, str(tmp_path / "node.crt"))
+                                      .replace(KEY_FILE, str(tmp_path / "node.key")))
+    for key in ("routes_file",):
+        config[key] = str(REPO / "alerts/routes.yaml")
+    for key in alert_relay.TOKEN_FILES:
+        (tmp_path / key).write_text("token\n")
+        (tmp_path / key).chmod(0o600)
+        config[key] = str(tmp_path / key)
+    config.update(queue_path=str(tmp_path / "queue.sqlite3"), web_config_file=str(tmp_path / "web.yml"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    check = subprocess.run([str(RELAY), "--check-config", str(tmp_path / "config.yaml")], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stderr
+    (tmp_path / "node.key").write_bytes(b"not a key")
+    check = subprocess.run([str(RELAY), "--check-config", str(tmp_path / "config.yaml")], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 2 and "web_config_file" in check.stderr

@@ -24,6 +24,7 @@ from alert_relay.routes import SlackRoutes, load_routes
 from alert_relay.server import Intake, RelayServer
 from alert_relay.slack import Slack
 from alert_relay.store import QueueError, Store, check_queue, describe_error
+from alert_relay.web import WebConfig, load_web_config
 from alert_relay.worker import Worker
 
 log = logging.getLogger("alert_relay")
@@ -51,6 +52,7 @@ class Loaded:
     config: RelayConfig
     routes: SlackRoutes
     tokens: dict[str, str]
+    web: WebConfig | None = None
 
 
 def load(config_path: str) -> Loaded:
@@ -65,7 +67,8 @@ def load(config_path: str) -> Loaded:
         check_queue(config.queue_path)
     except QueueError as exc:
         raise ConfigFileError(config_path, "queue_path", str(exc)) from None
-    return Loaded(config, routes, tokens)
+    web = load_web_config(config_path, config.web_config_file) if config.web_config_file else None
+    return Loaded(config, routes, tokens, web)
 
 
 def run(config_path: str, loaded: Loaded) -> int:
@@ -89,7 +92,7 @@ def run(config_path: str, loaded: Loaded) -> int:
         alertmanager_token=loaded.tokens["alertmanager_token_file"], fax_token=loaded.tokens["fax_webhook_token_file"],
     )
     worker.start()
-    asyncio.run(serve(RelayServer(config, intake), config, store))
+    asyncio.run(serve(RelayServer(config, intake, loaded.web), config, store))
     worker.stop()
     worker.join(timeout=20)  # an in-flight Slack call finishes (or times out) before exit
     log.info("stopped", extra={"fields": {"queued": store.queue_depth()}})
@@ -104,7 +107,8 @@ async def serve(server: RelayServer, config: RelayConfig, store: Store) -> None:
         loop.add_signal_handler(signum, lambda signum=signum: (
             log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}}), stop.set()))
     host, port = await server.start(*config.listen_address)
-    log.info("listening", extra={"fields": {"address": host, "port": port, "queued": store.queue_depth(),
+    log.info("listening", extra={"fields": {"address": host, "port": port, "tls": server.web is not None,
+                                            "queued": store.queue_depth(),
                                             "dead_letters": store.dead_letter_count()}})
     await stop.wait()
     await server.stop()

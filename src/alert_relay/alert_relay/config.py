@@ -149,6 +149,9 @@ class RelayConfig(RelayTuning):
     faxplus_token_file: str
     alertmanager_token_file: str
     fax_webhook_token_file: str
+    # exporter-toolkit's web config (certificate, key, bcrypt logins): when set, the relay serves
+    # TLS only and GET /healthz and /metrics ask for a login (alert_relay.web).
+    web_config_file: str | None = None
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -43,6 +43,7 @@ from alert_relay import metrics
 from alert_relay.config import RelayTuning
 from alert_relay.routes import SlackRoutes, e164
 from alert_relay.store import Store, describe_error, write_error_cause
+from alert_relay.web import WebConfig
 
 log = logging.getLogger("alert_relay")
 
@@ -238,6 +239,7 @@ class Reply:
     body: dict[str, Any] | bytes
     content_type: str = "application/json"
     close: bool = False
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Intake:
@@ -362,6 +364,7 @@ class HttpConnection(asyncio.Protocol):
         self.client = ""
         self.method = b""
         self.path = ""
+        self.authorization: bytes | None = None
         self.body = bytearray()
         self.eof = False
         self.started = 0.0
@@ -399,7 +402,8 @@ class HttpConnection(asyncio.Protocol):
         self.eof = True
         self.h11.receive_data(b"")
         self._advance()
-        return True  # keep our side open until the answer to a complete request is written
+        # Keep our side open until the answer to a complete request is written; TLS has no half-close.
+        return None if self.server.web else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing and self._mid_request():
@@ -458,6 +462,7 @@ class HttpConnection(asyncio.Protocol):
         self.method = request.method
         self.body = bytearray()
         headers = dict(request.headers)
+        self.authorization = headers.get(b"authorization")
         # h11 bounds a header still arriving; one that came whole in a single read is measured here.
         size = len(request.method) + len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers)
         if size > self.tuning.max_header_bytes:
@@ -502,7 +507,10 @@ class HttpConnection(asyncio.Protocol):
         intake = self.server.intake
         try:
             if self.method == b"GET":
-                if self.path == "/healthz":
+                if self.server.web and not await self.server.web.logins.allow(self.authorization):
+                    reply = refuse(401, "log in to read /healthz and /metrics", "unauthorized", self.path, self.client)
+                    reply.headers = ((b"www-authenticate", b'Basic realm="alert-relay"'),)
+                elif self.path == "/healthz":
                     reply = await self.server.in_thread(intake.healthz)
                 elif self.path == "/metrics":
                     reply = Reply(200, await self.server.in_thread(generate_latest), CONTENT_TYPE_LATEST)
@@ -524,7 +532,7 @@ class HttpConnection(asyncio.Protocol):
         close = (reply.close or self.served >= self.tuning.keepalive_max_requests or self.server.stopping
                  or self.h11.their_state is not h11.DONE)
         headers = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(data)).encode()),
-                   (b"server", b"alert-relay")]
+                   (b"server", b"alert-relay"), *reply.headers]
         if close:
             headers.append((b"connection", b"close"))
         out = self.h11.send(h11.Response(status_code=reply.status, headers=headers,
@@ -606,8 +614,9 @@ class HttpConnection(asyncio.Protocol):
 class RelayServer:
     """The listening socket and its connections: the cap, eviction, in-flight handlers, shutdown."""
 
-    def __init__(self, tuning: RelayTuning, intake: Intake):
-        self.tuning, self.intake = tuning, intake
+    def __init__(self, tuning: RelayTuning, intake: Intake, web: WebConfig | None = None):
+        # With ``web`` (web_config_file): TLS only, and a login for GET requests (alert_relay.web).
+        self.tuning, self.intake, self.web = tuning, intake, web
         self.connections: set[HttpConnection] = set()
         # Connections without a request under way, longest waiting first (dicts keep insertion order).
         self.idle: dict[HttpConnection, None] = {}
@@ -619,8 +628,10 @@ class RelayServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         # The backlog absorbs Alertmanager's burst of connections after an outage.
+        # A TLS handshake must end within header_timeout_s, like the headers after it.
+        tls = {"ssl": self.web.ssl, "ssl_handshake_timeout": self.tuning.header_timeout_s} if self.web else {}
         self.listener = await loop.create_server(lambda: HttpConnection(self), host or None, port, backlog=1024,
-                                                 reuse_address=True)
+                                                 reuse_address=True, **tls)
         return self.listener.sockets[0].getsockname()[:2]
 
     def admit(self, connection: HttpConnection) -> bool:
@@ -677,3 +688,5 @@ class RelayServer:
         for connection in list(self.connections):
             connection._close()
         self.executor.shutdown(wait=True)
+        if self.web:
+            self.web.logins.close()
