@@ -3,7 +3,10 @@
 Grafana listens on /run/grafana/grafana.sock only (tmpfiles.d recreates the folder at boot); the
 nginx on the same node serves it on nginx's HTTP port, or on https_port with a redirect from HTTP
 when certificate files are set in group data. Datasources (Prometheus, Loki, Alertmanager) point at
-the first host of each role, found by homelab.topology; dashboards are the JSON files in templates/grafana/dashboards/, and a
+the first host of each role, found by homelab.topology; where that listener is secured (pki.tls),
+over https with the cluster CA inline and the login `grafana`, whose password Grafana expands from
+$HOMELAB_WEB_PASSWORD, set by a unit drop-in's 0600 EnvironmentFile (provisioning files take
+environment variables, not $__file{}). Dashboards are the JSON files in templates/grafana/dashboards/, and a
 dashboard removed there is removed from Grafana on the next deploy.
 
 The admin password is the vault secret grafana_admin_password, written to a 0640 root:grafana
@@ -16,6 +19,8 @@ database. What the package installs (binary, unit, user, paths) is in roles/graf
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -39,6 +44,12 @@ from roles.tuning import host_tuning
 
 SERVICE = PACKAGE.service
 CONFIG_FILE = PACKAGE.config_file
+# Grafana's login to secured datasources (homelab.access.callers names each caller by its role),
+# and where its password reaches the service: an environment variable the provisioning file names.
+WEB_USER = "grafana"
+WEB_PASSWORD_ENV = "HOMELAB_WEB_PASSWORD"
+WEB_PASSWORD_FILE = "/etc/grafana/web-password.env"
+WEB_PASSWORD_DROPIN = f"/etc/systemd/system/{SERVICE}.service.d/homelab-web-password.conf"
 ADMIN_PASSWORD_FILE = "/etc/grafana/admin_password"
 SOCKET_DIR = "/run/grafana"
 SOCKET = f"{SOCKET_DIR}/grafana.sock"
@@ -104,9 +115,20 @@ def render_grafana_ini(settings: Settings, server_name: str) -> str:
     )
 
 
-def render_datasources(prometheus_url: str, loki_url: str, alertmanager_url: str) -> str:
-    return render("grafana/datasources.yaml.j2", prometheus_url=prometheus_url, loki_url=loki_url,
-                  alertmanager_url=alertmanager_url)
+@dataclass(frozen=True)
+class Datasource:
+    """How Grafana reaches one datasource: its URL, and with TLS (pki.tls on its host) the cluster
+    CA's certificate (PEM, which Grafana's provisioning takes inline) and Grafana's login."""
+
+    url: str
+    ca_pem: str | None = None
+    user: str | None = None
+
+
+def render_datasources(prometheus: Datasource, loki: Datasource, alertmanager: Datasource) -> str:
+    # The password is never in the file: Grafana expands $WEB_PASSWORD_ENV from its unit's environment.
+    return render("grafana/datasources.yaml.j2", prometheus=prometheus, loki=loki, alertmanager=alertmanager,
+                  password_ref=f"${WEB_PASSWORD_ENV}")
 
 
 def render_dashboard_provider() -> str:
@@ -149,9 +171,51 @@ def dashboards(slos_file: Path = SLOS_FILE) -> dict[str, str]:
     return found
 
 
-def datasource_urls(topology: Topology) -> dict[str, str]:
-    """Each datasource's URL: the first host of its role, on that host's port."""
-    return {f"{role}_url": topology.endpoint(role).url() for role in ("prometheus", "loki", "alertmanager")}
+def datasources(topology: Topology, ca_pem: str | None = None) -> dict[str, Datasource]:
+    """Each datasource: the first host of its role, on that host's port; over https with the CA
+    (``ca_pem``, the cluster CA bundle) and Grafana's login where that listener is secured."""
+    from roles.pki.web import client
+
+    found = {}
+    for role in ("prometheus", "loki", "alertmanager"):
+        endpoint = topology.endpoint(role)
+        way = client(topology, role, endpoint.host, "http", WEB_USER, "")
+        if way.scheme == "https" and not ca_pem:
+            raise ConfigError(f"inventory data for {endpoint.host}", "vault_file",
+                              f"the cluster CA certificate beside the vault is needed: {role} serves TLS (pki.tls)")
+        found[role] = (Datasource(endpoint.url(scheme="https"), ca_pem, WEB_USER) if way.scheme == "https"
+                       else Datasource(endpoint.url()))
+    return found
+
+
+def cluster_ca_pem() -> str | None:
+    """The cluster CA bundle beside this host's vault (homelab.access.ca_cert_path), if there is one."""
+    from homelab.access import ca_cert_path
+
+    vault_file = host.data.get("vault_file")
+    path = ca_cert_path(vault_file) if vault_file else None
+    return path.read_text() if path and path.is_file() else None
+
+
+def web_password(sources: dict[str, Datasource]):
+    """With a secured datasource, Grafana's web password in its unit's environment (an
+    EnvironmentFile only root reads, via a drop-in): the operations, to restart on."""
+    from roles.secrets import private_file
+    from homelab.access import password_secret
+    from homelab.vault import host_secret
+
+    wanted = any(source.user for source in sources.values())
+    if not wanted:
+        return [files.file(name=f"No Grafana web password file {WEB_PASSWORD_FILE}", path=WEB_PASSWORD_FILE, present=False),
+                files.file(name=f"No Grafana web password drop-in {WEB_PASSWORD_DROPIN}", path=WEB_PASSWORD_DROPIN,
+                           present=False)]
+    env = private_file(name=f"Grafana's web password {WEB_PASSWORD_FILE}", dest=WEB_PASSWORD_FILE, mode="0600",
+                       content=BytesIO(f"{WEB_PASSWORD_ENV}={host_secret(password_secret(WEB_USER))}\n".encode()))
+    files.directory(name="Grafana unit drop-in folder", path=str(Path(WEB_PASSWORD_DROPIN).parent))
+    dropin = files.put(name=f"Grafana reads its web password from {WEB_PASSWORD_FILE}", dest=WEB_PASSWORD_DROPIN,
+                       src=BytesIO(f"[Service]\nEnvironmentFile={WEB_PASSWORD_FILE}\n".encode()))
+    systemd.daemon_reload(name="systemd reads Grafana's drop-in", _if=dropin.did_change)
+    return [env, dropin]
 
 
 @deploy("grafana")
@@ -159,7 +223,7 @@ def apply() -> None:
     topology = current_topology()
     settings = role_settings("grafana", Settings).on_nginx_port(topology.port(host.name, "nginx"))
     server_name = settings.server_name or host.name
-    urls = datasource_urls(topology)
+    sources = datasources(topology, cluster_ca_pem())
     wanted_dashboards = dashboards()
     # Read before anything is installed: on a first deploy there is no database yet.
     database_existed = bool(host.get_fact(File, path=DATABASE))
@@ -175,8 +239,9 @@ def apply() -> None:
                            secret="grafana_admin_password", user="root", group=group, mode="0640")
     config = checked_file(name="grafana.ini", dest=CONFIG_FILE, content=render_grafana_ini(settings, server_name),
                           group=group, mode="0640")
-    datasources = checked_file(name="Grafana datasources", dest=f"{PROVISIONING_DIR}/datasources/homelab.yaml",
-                               content=render_datasources(**urls), group=group, mode="0640")
+    provisioned = checked_file(name="Grafana datasources", dest=f"{PROVISIONING_DIR}/datasources/homelab.yaml",
+                               content=render_datasources(**sources), group=group, mode="0640")
+    password_changes = web_password(sources)
     provider = checked_file(name="Grafana dashboard provider", dest=f"{PROVISIONING_DIR}/dashboards/homelab.yaml",
                             content=render_dashboard_provider(), group=group, mode="0640")
     files.directory(name="Dashboards folder", path=DASHBOARDS_DIR, user="root", group=group, mode="0750")
@@ -198,7 +263,8 @@ def apply() -> None:
     systemd.service(name="Grafana enabled and running", service=SERVICE, running=True, enabled=True)
     # A server just started again after the password change already reads the new settings.
     restart(SERVICE, "grafana", "Restart Grafana for new settings",
-            lambda: any_changed(config, datasources, provider)() and not (database_existed and password.did_change()))
+            lambda: any_changed(config, provisioned, provider, *password_changes)()
+            and not (database_existed and password.did_change()))
 
     # nginx runs first on this node, before the grafana group existed: join it here and reload.
     joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],

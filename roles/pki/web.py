@@ -109,7 +109,8 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     from roles.secrets import private_file
 
     topology = current_topology()
-    if not secured(topology, role, host.name, next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured)):
+    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
+    if not secured(topology, role, host.name, web):
         return None
     text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
                               for user in callers(topology, role)})

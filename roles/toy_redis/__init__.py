@@ -9,12 +9,18 @@ Logs go to /var/log/toy-redis/toy-redis.log, rotated by logrotate, with /var/log
 linking to it: the sandbox may only write inside its own log folder, and logrotate's new file must
 appear inside that folder for the reopened log to be writable.
 
+With pki.tls on, RESP is served over TLS on `port` (no plain listener) with the node's certificate
+from roles/pki, and the metrics over https asking for the logins of the web config roles/pki
+writes; a new certificate or login restarts the server (it reads them at start).
+
 On a host whose data says `runtime = "container"` the server runs from its image instead
 (roles/container_runtime): same unit name, config, password file, data and log folders and ports;
 the config is checked by the image's own binary.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -27,6 +33,7 @@ from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 from homelab.config import ConfigError, FieldError
 from roles import container_runtime, python_app
 from roles.common import checked_file, render, role_settings
+from roles.pki.web import web_config_file
 from roles.tuning import host_tuning
 
 APP = python_app.PythonApp(source="toy_redis", distribution="toy-redis", service="toy-redis")
@@ -57,9 +64,12 @@ class Settings(Tuning):
     bind: str = "0.0.0.0"
     metrics_bind: str = "0.0.0.0"
     appendonly: bool = True
-    # TLS needs the node's certificate and key from the cluster PKI (issue 13, item 1), which the
-    # role does not hand out yet: until it does, the plain port only.
-    tls_port: int = Field(0, ge=0, le=0, description="RESP-over-TLS port: 0 until the role installs node certificates")
+    # With pki.tls on, RESP is served over TLS on `port` (the port clients and the topology know)
+    # with the node's certificate from roles/pki, and no plain listener: the role sets it.
+    tls_port: int = Field(0, ge=0, le=0, description="set by the role: `port` when pki.tls is on")
+    # Clients log in with requirepass and verify the server with the cluster CA; a client
+    # certificate is not asked for unless set (Redis's default is yes).
+    tls_auth_clients: Literal["yes", "no", "optional"] = "no"
     # Require a password (the vault's toy_redis_password, in a file only the service can read):
     # the server listens beyond localhost. Off only for a node nobody else can reach.
     auth: bool = True
@@ -84,18 +94,25 @@ class Settings(Tuning):
         return self
 
 
-def config_values(settings: Settings) -> dict:
-    """The server's config file as a mapping: toy-redis's settings, then the paths the role owns."""
+def config_values(settings: Settings, web_config_file: str | None = None) -> dict:
+    """The server's config file as a mapping: toy-redis's settings, then the paths the role owns.
+    With ``web_config_file`` (pki.tls on; roles.pki.web writes it): RESP over TLS on `port` in place
+    of plain RESP, and the metrics over TLS with that file's logins."""
+    from roles.pki import CA_FILE, CERT_FILE, KEY_FILE
+
     values = {name: getattr(settings, name) for name in Tuning.model_fields}
     values.update(dir=DATA_DIR, log_file=LOG_FILE)
     if settings.auth:
         values["requirepass_file"] = REQUIREPASS_PATH
+    if web_config_file:
+        values.update(port=0, tls_port=settings.port, tls_cert_file=CERT_FILE, tls_key_file=KEY_FILE,
+                      tls_ca_cert_file=CA_FILE, metrics_users_file=web_config_file)
     return values
 
 
-def render_config(settings: Settings) -> str:
-    return render("toy_redis/toy-redis.yaml.j2",
-                  config_yaml=yaml.safe_dump(config_values(settings), sort_keys=False).rstrip("\n"))
+def render_config(settings: Settings, web_config_file: str | None = None) -> str:
+    return render("toy_redis/toy-redis.yaml.j2", config_yaml=yaml.safe_dump(
+        config_values(settings, web_config_file), sort_keys=False).rstrip("\n"))
 
 
 def render_unit(nofile: int) -> str:
@@ -103,14 +120,17 @@ def render_unit(nofile: int) -> str:
                   log_dir=LOG_DIR, logs_dir_name=LOG_DIR.removeprefix("/var/log/"))
 
 
-def container(settings: Settings, nofile: int) -> container_runtime.Container:
+def container(settings: Settings, nofile: int, tls: bool = False) -> container_runtime.Container:
+    """With ``tls``, the node's TLS folder is mounted too, and the service reads its key as a member of its group."""
     from homelab.containers.images import spec_named
+    from roles.pki import GROUP, TLS_DIR
 
+    tls_mounts = (container_runtime.BindMount(TLS_DIR, readonly=True),) if tls else ()
     return container_runtime.Container(
         app=APP, image=spec_named(APP.service).tag, description="toy-redis, the project's Redis-protocol server",
         mounts=(container_runtime.BindMount(CONFIG_DIR, readonly=True), container_runtime.BindMount(DATA_DIR),
-                container_runtime.BindMount(LOG_DIR)),
-        limits=settings.container, nofile=nofile,
+                container_runtime.BindMount(LOG_DIR), *tls_mounts),
+        limits=settings.container, nofile=nofile, groups=(GROUP,) if tls else (),
     )
 
 
@@ -148,9 +168,11 @@ def apply() -> None:
     runtime = container_runtime.host_runtime()
     # Both runtimes run as this user: it owns the data and may read the password file.
     python_app.service_account(APP)
+    # With pki.tls: TLS for RESP and the metrics, the metrics' logins (the user joins roles.pki.GROUP).
+    web = web_config_file("toy_redis", APP.service)
     if runtime == "container":
         check_dataset_fits_the_container(settings, f"inventory data for {host.name}")
-        boxed = container(settings, nofile)
+        boxed = container(settings, nofile, tls=web is not None)
         installed = container_runtime.image_ready(APP)
         config_check = container_runtime.check_command(boxed, "--check-config {staged}")
         unit_text = container_runtime.render_unit(boxed)
@@ -174,7 +196,7 @@ def apply() -> None:
     config = checked_file(
         name="toy-redis config",
         dest=CONFIG_PATH,
-        content=render_config(settings),
+        content=render_config(settings, web.path if web else None),
         check=config_check,
         group=APP.service,
         mode="0640",
@@ -191,7 +213,9 @@ def apply() -> None:
     files.file(name="toy-redis log file", path=LOG_FILE, user=APP.service, group=LOG_GROUP, mode="0640")
     files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
 
+    # toy-redis reads its certificate and logins at start only.
+    changes = [config, unit, password, *(web.changes if web else ())]
     if runtime == "container":
-        container_runtime.running(boxed, "toy_redis", [installed, config, unit, password])
+        container_runtime.running(boxed, "toy_redis", [installed, *changes])
     else:
-        python_app.running(APP, "toy_redis", restart_when_changed=[config, unit, password], installed=installed)
+        python_app.running(APP, "toy_redis", restart_when_changed=changes, installed=installed)

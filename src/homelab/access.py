@@ -95,6 +95,14 @@ class Access:
     def get(self, path: str = "", **kwargs: Any) -> requests.Response:
         return self.request("GET", path, **kwargs)
 
+    def redis(self, **kwargs: Any):
+        """A redis-py client of this RESP listener (toy-redis), over TLS verifying with the cluster
+        CA when it serves TLS; the password is the caller's to pass (``password=``)."""
+        import redis
+
+        tls = {"ssl": True, "ssl_ca_certs": str(self.ca_file)} if self.tls else {}
+        return redis.Redis(host=self.endpoint.address, port=self.endpoint.port, **tls, **kwargs)
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting only the cluster CA (None without TLS)."""
         if not self.tls:
@@ -120,6 +128,9 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     ca_file = ca_cert_path(vault_file)
     if not ca_file.is_file():
         raise ConfigError(ca_file, "", "the cluster CA certificate is missing (create it: homelab pki init)")
+    if ROLE_BY_NAME[role].listener(listener).protocol != "http":
+        # TLS only: the protocol's own login (toy-redis's requirepass) is the client's to send.
+        return Access(endpoint, tls=True, ca_file=ca_file)
     secrets = load_vault(vault_file, password_file)
     name = password_secret(user)
     if name not in secrets:

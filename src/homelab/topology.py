@@ -52,6 +52,9 @@ class Listener:
     # Serves TLS with the cluster CA's certificate and asks for a login when the host's pki.tls is
     # on (homelab.access says how the control machine reaches it).
     secured: bool = False
+    # What it speaks: "http" (a web login from homelab.access; blackbox checks it), or "resp"
+    # (Redis's protocol; its login is requirepass).
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ ROLES: tuple[Role, ...] = (
          {"nginx": "exporter", "mtail": "mtail"}),
     Role("grafana", "grafana", "Grafana", note="unix socket"),
     Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready"),), {"loki": _HTTP}),
-    Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port"), Listener("metrics", "metrics_port")),
+    Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port", secured=True, protocol="resp"),
+                                                 Listener("metrics", "metrics_port", secured=True)),
          {"toy-redis": "metrics"}),
     Role("promtail", "log_shipper", "Promtail", (Listener(_HTTP, "listen_port"),), {"promtail": _HTTP},
          chosen_by="log_shipper"),
@@ -382,7 +386,8 @@ class Topology:
         if not self.hosts_of("blackbox"):
             return []
         return sorted(TlsCheck(role.name, listener.name, endpoint)
-                      for role in ROLES for listener in role.listeners if listener.secured
+                      for role in ROLES for listener in role.listeners
+                      if listener.secured and listener.protocol == "http"
                       for endpoint in self.endpoints(role.name, listener.name)
                       if self.settings(endpoint.host, "pki").tls)
 

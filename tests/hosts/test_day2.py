@@ -53,14 +53,12 @@ def redis_node(deployed, testinfra_hosts):
 
 
 def serve_a_few_commands() -> None:
-    import redis
-
     from homelab.vault import load_vault
     from roles.toy_redis import PASSWORD_SECRET
 
-    endpoint = LAB_TOPOLOGY.endpoint("toy_redis", REDIS_NODE, "resp")
+    access = LAB_TOPOLOGY.access("toy_redis", REDIS_NODE, "resp")
     secrets = load_vault(LAB_TOPOLOGY.data(REDIS_NODE, "vault_file"), LAB_TOPOLOGY.data(REDIS_NODE, "vault_password_file"))
-    with redis.Redis(host=endpoint.address, port=endpoint.port, password=secrets[PASSWORD_SECRET], socket_timeout=5) as client:
+    with access.redis(password=secrets[PASSWORD_SECRET], socket_timeout=5) as client:
         for _ in range(20):
             client.ping()
 

@@ -12,7 +12,7 @@ from homelab.vault import load_vault
 from roles.python_app import build_wheels
 from roles.toy_redis import APP, DATA_DIR, LOG_DIR, LOG_FILE, LOG_LINK, REQUIREPASS_PATH, Settings
 from roles.tuning.settings import load_tuning
-from tests.conftest import REPO, hosts_in, lab_address, run_pyinfra, wheel_target
+from tests.conftest import REPO, hosts_in, run_pyinfra, wheel_target
 from tests.hosts.python_app_checks import check_runs_as_its_own_user, check_sandboxed, main_pid
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
@@ -38,7 +38,7 @@ def node(request, deployed, testinfra_hosts):
 
 @pytest.fixture
 def client(node, password):
-    client = redis.Redis(host=lab_address(node.backend.hostname), port=PORT, password=password, socket_timeout=5)
+    client = LAB_TOPOLOGY.access("toy_redis", node.backend.hostname, "resp").redis(password=password, socket_timeout=5)
     yield client
     client.close()
 
@@ -55,7 +55,7 @@ def test_set_and_get_from_the_control_machine_with_the_vault_password(node, clie
     key = f"lab-test:{time.time_ns()}"
     assert client.set(key, "hello", ex=60)
     assert client.get(key) == b"hello"
-    anonymous = redis.Redis(host=lab_address(node.backend.hostname), port=PORT, socket_timeout=5)
+    anonymous = LAB_TOPOLOGY.access("toy_redis", node.backend.hostname, "resp").redis(socket_timeout=5)
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.get(key)
     anonymous.close()

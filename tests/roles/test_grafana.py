@@ -97,7 +97,7 @@ def test_datasources_point_at_the_first_host_of_each_role_with_the_uids_dashboar
     topology = topology_of({"mon": {"ssh_hostname": "10.0.0.14", "prometheus": {"listen_port": 9999}},
                             "logs": {"ssh_hostname": "10.0.0.11", "loki": PINNED}, "spare": {}},
                            prometheus=["mon", "spare"], alertmanager=["mon"], loki=["logs"])
-    doc = yaml.safe_load(grafana.render_datasources(**grafana.datasource_urls(topology)))
+    doc = yaml.safe_load(grafana.render_datasources(**grafana.datasources(topology)))
     by_uid = {source["uid"]: source for source in doc["datasources"]}
     loki_port = LokiSettings.model_fields["listen_port"].default
     assert {uid: (s["type"], s["url"]) for uid, s in by_uid.items()} == {

@@ -114,8 +114,8 @@ def test_prometheus_has_blackbox_check_every_secured_listener_for_tls_and_its_po
         assert labels["module"] in modules
         checked.setdefault(labels["instance"], {})[labels["check"]] = (target["targets"][0], modules[labels["module"]])
     secured = {tls_topology.endpoint(role.name, host, listener.name)
-               for role in ROLE_BY_NAME.values() for listener in role.listeners if listener.secured
-               for host in tls_topology.serving(role.name)}
+               for role in ROLE_BY_NAME.values() for listener in role.listeners
+               if listener.secured and listener.protocol == "http" for host in tls_topology.serving(role.name)}
     assert set(checked) == {endpoint.instance for endpoint in secured}
     for endpoint in secured:
         (login_url, login), (port_target, port) = checked[endpoint.instance][CHECK_LOGIN], checked[endpoint.instance][CHECK_PORT]
@@ -246,3 +246,85 @@ def test_the_relays_config_names_the_web_config_only_with_tls(tls_topology, tmp_
     check = subprocess.run([str(RELAY), "--check-config", str(tmp_path / "config.yaml")], capture_output=True, text=True,
                            timeout=60)
     assert check.returncode == 2 and "web_config_file" in check.stderr
+
+
+def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_tls(tls_topology, tmp_path):
+    """The config roles/toy_redis renders with pki.tls, run by the real server: RESP over TLS on
+    `port` (no plain listener), the metrics over https with the web config's logins."""
+    import redis
+
+    from roles import toy_redis
+    from tests.loopback import free_port
+    from tests.toy_redis.conftest import ToyRedis
+
+    ca = create_ca("toy test CA", timedelta(hours=1))
+    pair = ClusterCA(ca).issue("toy", "127.0.0.1", timedelta(hours=1))
+    files = {CA_FILE: ca.cert, CERT_FILE: pair.cert, KEY_FILE: pair.key,
+             toy_redis.REQUIREPASS_PATH: VAULT[toy_redis.PASSWORD_SECRET].encode() + b"\n"}
+    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "toy_redis")}
+    web = "/etc/homelab/tls/toy_redis.yml"
+    files[web] = render_web_config(users).encode()
+    settings = toy_redis.Settings(port=free_port(), metrics_port=free_port(), bind="127.0.0.1", metrics_bind="127.0.0.1")
+    text = toy_redis.render_config(settings, web)
+    for node_path, content in files.items():
+        local = tmp_path / node_path.rsplit("/", 1)[1]
+        local.write_bytes(content)
+        local.chmod(0o600)
+        text = text.replace(node_path, str(local))
+    text = text.replace(toy_redis.DATA_DIR, str(tmp_path)).replace(toy_redis.LOG_FILE, str(tmp_path / "toy.log"))
+    (tmp_path / "toy-redis.yaml").write_text(text)
+    server = ToyRedis(tmp_path, config=tmp_path / "toy-redis.yaml").start()
+    try:
+        assert (server.port, server.tls_port) == (0, settings.port)
+        secure = redis.Redis(host="127.0.0.1", port=settings.port, password=VAULT[toy_redis.PASSWORD_SECRET],
+                             ssl=True, ssl_ca_certs=str(tmp_path / "ca.crt"), socket_timeout=10)
+        assert secure.ping()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            redis.Redis(host="127.0.0.1", port=settings.port, password=VAULT[toy_redis.PASSWORD_SECRET],
+                        socket_timeout=5).ping()
+        metrics = f"https://127.0.0.1:{settings.metrics_port}/metrics"
+        ca_file = str(tmp_path / "ca.crt")
+        assert requests.get(metrics, verify=ca_file, timeout=10).status_code == 401
+        login = ("prometheus", VAULT[password_secret("prometheus")])
+        assert requests.get(metrics, verify=ca_file, auth=login, timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_the_control_machine_reaches_toy_redis_resp_over_tls_with_the_ca_and_no_web_login(tls_topology):
+    [host_name] = tls_topology.serving("toy_redis")[:1]
+    access = tls_topology.access("toy_redis", host_name, "resp")
+    assert access.tls and access.ca_file is not None and access.auth is None
+    client = access.redis(password="x")
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"]) == (access.endpoint.address, access.endpoint.port)
+    assert kwargs["ssl_ca_certs"] == str(access.ca_file)
+    assert client.connection_pool.connection_class.__name__ == "SSLConnection"
+    # The RESP port is no web endpoint: blackbox checks only the metrics listener.
+    assert {check.listener for check in tls_topology.tls_checks() if check.role == "toy_redis"} == {"metrics"}
+
+
+def test_grafanas_datasources_use_https_with_the_ca_and_its_login_where_the_listener_is_secured(tls_topology):
+    from roles import grafana
+
+    ca_pem = (REPO / "secrets/lab.ca.crt").read_text()
+    text = grafana.render_datasources(**grafana.datasources(tls_topology, ca_pem))
+    by_uid = {source["uid"]: source for source in yaml.safe_load(text)["datasources"]}
+    for role in ("prometheus", "alertmanager", "loki"):
+        source, endpoint = by_uid[role], tls_topology.endpoint(role)
+        if ROLE_BY_NAME[role].listener("http").secured:
+            assert source["url"] == endpoint.url(scheme="https")
+            assert (source["basicAuth"], source["basicAuthUser"]) == (True, grafana.WEB_USER)
+            assert source["jsonData"]["tlsAuthWithCACert"] is True
+            assert source["secureJsonData"] == {"basicAuthPassword": f"${grafana.WEB_PASSWORD_ENV}",
+                                                "tlsCACert": ca_pem.strip() + "\n"}
+            assert grafana.WEB_USER in callers(tls_topology, role)
+        else:
+            assert source["url"] == endpoint.url() and "basicAuth" not in source
+    assert by_uid["prometheus"]["jsonData"]["timeInterval"] == "15s"
+    assert by_uid["alertmanager"]["jsonData"]["implementation"] == "prometheus"
+    # The password itself is in neither the file nor a command line: the unit's environment file.
+    assert VAULT[password_secret(grafana.WEB_USER)] not in text
+    with pytest.raises(ConfigError) as error:
+        grafana.datasources(tls_topology, None)
+    assert "vault_file" in str(error.value) and "serves TLS" in str(error.value)
