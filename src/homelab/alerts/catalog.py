@@ -31,8 +31,16 @@ from homelab.alerts.base import (
 
 MIB = 1048576
 
-# Jobs that have their own "down" alert; InstanceDown leaves them out so one outage pages once.
-JOBS_WITH_OWN_DOWN_ALERT = ("toy-redis", "alert-relay")
+# The blackbox job checking every secured listener (homelab.topology.Topology.tls_checks) with two
+# probes, told apart by label `check`: CHECK_LOGIN fetches what Prometheus scrapes over https with
+# the cluster CA and blackbox's login; CHECK_PORT only opens a TCP connection.
+TLS_CHECK_JOB = "tls-check"
+CHECK_LOGIN = "login"
+CHECK_PORT = "port"
+
+# Jobs InstanceDown leaves out so one outage pages once: those with their own "down" alert, and
+# the TLS checks (their `up` is blackbox's; a listener down is its own job's InstanceDown).
+JOBS_WITH_OWN_DOWN_ALERT = ("toy-redis", "alert-relay", TLS_CHECK_JOB)
 
 
 # --- every node ---------------------------------------------------------------------------------
@@ -199,12 +207,16 @@ class HostDiskFillingUp(Alert):
 
 # --- HTTP probes (blackbox_exporter) ------------------------------------------------------------
 
+# The health probes' alerts leave the TLS checks out: those are ScrapeTLSOrLoginFailing's, and a
+# listener that is down is InstanceDown's.
+HEALTH_PROBES = f'job!="{TLS_CHECK_JOB}"'
+
 
 class ProbeFailed(BinaryAlert):
     name = "ProbeFailed"
     group = "blackbox"
     test_labels = {"instance": "http://master-node/", "job": "blackbox"}
-    expr = "probe_success == 0"
+    expr = f"probe_success{{{HEALTH_PROBES}}} == 0"
     summary = "Probe of $instance is failing"
 
     def description(self, level: Level) -> str:
@@ -214,7 +226,9 @@ class ProbeFailed(BinaryAlert):
         return [series("probe_success", self.test_labels, constant(0, samples))]
 
     def healthy_series(self, samples: int) -> list[dict[str, str]]:
-        return [series("probe_success", self.test_labels, constant(1, samples))]
+        tls_check = {"check": CHECK_PORT, "instance": "worker-node-12:<port>", "job": TLS_CHECK_JOB}
+        return [series("probe_success", self.test_labels, constant(1, samples)),
+                series("probe_success", tls_check, constant(0, samples))]
 
 
 class ProbeSlow(WarningCritical):
@@ -232,7 +246,7 @@ class ProbeSlow(WarningCritical):
     critical_ms: Positive
 
     def value_expr(self) -> str:
-        return f"avg_over_time(probe_duration_seconds[{self.window}]) * 1000"
+        return f"avg_over_time(probe_duration_seconds{{{HEALTH_PROBES}}}[{self.window}]) * 1000"
 
     def description(self, level: Level) -> str:
         return (f"Probes of $instance took $value ms on average over the last {self.window}, for {self.for_} "
@@ -556,12 +570,6 @@ class CertificateExpiringSoon(Alert):
         ]
 
 
-# The blackbox job checking every secured listener (homelab.topology.Topology.tls_checks) with two
-# probes, told apart by label `check`: CHECK_LOGIN fetches what Prometheus scrapes over https with
-# the cluster CA and blackbox's login; CHECK_PORT only opens a TCP connection.
-TLS_CHECK_JOB = "tls-check"
-CHECK_LOGIN = "login"
-CHECK_PORT = "port"
 # The answer of a secured listener (exporter-toolkit, toy-redis, the relay) to a missing or wrong login.
 LOGIN_REFUSED_STATUS = 401
 
