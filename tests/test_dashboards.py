@@ -139,7 +139,8 @@ def test_dashboard_uids_and_titles_are_unique():
 
 
 def test_panels_use_only_provisioned_datasources():
-    provisioned = {(s["type"], s["uid"]) for s in yaml.safe_load(grafana.render_datasources("a", "b", "c"))["datasources"]}
+    sources = [grafana.Datasource(url) for url in ("http://a", "http://b", "http://c")]
+    provisioned = {(s["type"], s["uid"]) for s in yaml.safe_load(grafana.render_datasources(*sources))["datasources"]}
     for path in DASHBOARDS:
         for panel in all_panels(load(path)):
             for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
