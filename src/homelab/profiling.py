@@ -160,10 +160,13 @@ def py_spy_script(app, request: Request) -> str:
     flags = " ".join(flag for flag, wanted in (("--native", request.native), ("--idle", request.idle)) if wanted)
     return "; ".join([
         "set -e",
-        f"test -x {py_spy} || {{ echo '{app.service}: {py_spy} is missing (deploy the node again: py-spy comes "
-        f"with the service wheels)' >&2; exit 3; }}",
         f"pid=$(systemctl show --property MainPID --value {app.service})",
         f"[ \"${{pid:-0}}\" != 0 ] || {{ echo '{app.service} is not running on this node' >&2; exit 3; }}",
+        # With runtime container the unit's main process is the docker client, and no venv is on the node.
+        f"case \"$(readlink /proc/$pid/exe)\" in *python*) ;; *) echo \"{app.service}: its main process is "
+        f"$(readlink /proc/$pid/exe), not Python (a service run as a container is not profiled yet)\" >&2; exit 3;; esac",
+        f"test -x {py_spy} || {{ echo '{app.service}: {py_spy} is missing (deploy the node again: py-spy comes "
+        f"with the service wheels)' >&2; exit 3; }}",
         "out=$(mktemp --suffix .json)",
         "trap 'rm -f \"$out\"' EXIT",
         f"{py_spy} record --pid \"$pid\" --duration {request.seconds} --rate {request.rate} --format speedscope "

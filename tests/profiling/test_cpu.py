@@ -111,3 +111,29 @@ def test_the_pprof_file_parses_and_adds_up_to_the_recording(recorded, tmp_path):
         leaf = locations[sample.location_id[0]]  # pprof lists the leaf first
         leaf_ns[leaf] = leaf_ns.get(leaf, 0) + sample.value[1]
     assert max(leaf_ns, key=leaf_ns.get) == "deliberate_hot_spot"
+
+
+@pytest.mark.parametrize("main_process, expected", [
+    (None, "toy-redis is not running on this node"),
+    (["sleep", "30"], "toy-redis: its main process is /usr/bin/sleep, not Python (a service run as a container"),
+    ([sys.executable, "-c", "import time; time.sleep(30)"],
+     "toy-redis: /opt/toy-redis/current/bin/py-spy is missing (deploy the node again"),
+])
+def test_the_node_script_says_in_one_line_what_is_missing(main_process, expected, tmp_path):
+    from roles.toy_redis import APP
+
+    process = subprocess.Popen(main_process) if main_process else None
+    try:
+        # systemctl as the script asks it: the unit's main process id (0: not running).
+        fake = tmp_path / "systemctl"
+        fake.write_text(f"#!/bin/sh\necho {process.pid if process else 0}\n")
+        fake.chmod(0o755)
+        script = profiling.py_spy_script(APP, profiling.Request("node", "toy_redis", 1, 100))
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
+                                env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    finally:
+        if process:
+            process.kill()
+            process.wait()
+    assert result.returncode == 3 and result.stdout == ""
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
