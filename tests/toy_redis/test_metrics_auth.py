@@ -1,9 +1,12 @@
 """The metrics endpoint's logins (metrics_users_file, exporter-toolkit's basic_auth_users):
 no login or a wrong one gets 401 with a challenge, a listed one gets the metrics, over plain HTTP
-and TLS; wrong passwords, costly to check, do not stall RESP clients."""
+and TLS; wrong passwords, costly to check, do not stall RESP clients, and a flood of peers without
+the login does not lock out a scrape with it."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import subprocess
 import sys
 import threading
@@ -12,6 +15,9 @@ import time
 import bcrypt
 import pytest
 import requests
+
+from tests.flooder import Flooder
+from toy_redis.metrics import METRICS_LISTEN_BACKLOG, REQUEST_TIMEOUT_S
 
 from .certs import Authority
 from .conftest import RawClient, ToyRedis, free_port
@@ -95,6 +101,48 @@ def test_wrong_passwords_do_not_stall_other_clients(tmp_path):
         # A cost-10 bcrypt takes ~50-100 ms of CPU; checked on the loop, PINGs would wait that long.
         assert worst < 0.25, f"a PING waited {worst * 1000:.0f} ms during the guessing"
     finally:
+        server.stop()
+
+
+# Prometheus's address in this test; the flood comes from 127.0.0.1, as from another host.
+SCRAPER_ADDRESS = "127.0.0.2"
+SCRAPES = 3
+
+
+def scrape(port: int, timeout: float) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(SCRAPER_ADDRESS, 0))
+    try:
+        login = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        connection.request("GET", "/metrics", headers={"Authorization": "Basic " + login})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_flood_without_the_login_does_not_lock_out_a_scrape_with_it(tmp_path):
+    """Twice the listen backlog of peers that hold connections idle, guess passwords (each guess a
+    cost-10 bcrypt) or ask without a login, reconnecting as soon as they are closed. The first
+    scrape (its login checked by bcrypt) and the next ones (remembered) are each answered within
+    the time the endpoint gives any request. Before the fix, flooders connecting later pushed the
+    scrape's connection out before it was answered (and every pushed-out guess still queued a
+    bcrypt check)."""
+    server = ToyRedis(tmp_path, "--metrics-users-file", str(users_file(tmp_path, cost=10))).start()
+    flooders = 2 * METRICS_LISTEN_BACKLOG
+    flood = Flooder(server.metrics_port, {"idle": flooders // 2, "guess": flooders // 4, "anonymous": flooders // 4},
+                    seconds=(SCRAPES + 1) * REQUEST_TIMEOUT_S)
+    try:
+        for attempt in range(SCRAPES):
+            started = time.monotonic()
+            try:
+                status = scrape(server.metrics_port, REQUEST_TIMEOUT_S)
+            except (OSError, http.client.HTTPException) as exc:
+                status = repr(exc)
+            waited = time.monotonic() - started
+            assert status == 200, f"scrape {attempt + 1} during the flood: {status} after {waited:.1f} s"
+        # The flood was on: flooders were closed and came back, over and over.
+        assert flood.result()["connections"] > 2 * flooders
+    finally:
+        flood.stop()
         server.stop()
 
 

@@ -13,6 +13,8 @@ import base64
 import binascii
 import hashlib
 import ssl as ssl_module
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -90,10 +92,12 @@ def make_registry(server) -> CollectorRegistry:
     return registry
 
 
-# A scraper needs one connection at a time. Past this many open connections the one open longest is
-# dropped to make room, so a flood of idle or stuck connections can neither take the descriptors
-# the Redis clients need (the role reserves these) nor lock a scraper out for long.
+# A scraper needs one connection at a time. At most this many connections are held (so a flood can
+# not take the descriptors the Redis clients need: the role reserves these); past it, a new
+# connection pushes out one that has not proven a login (see Slots).
 METRICS_MAX_CONNECTIONS = 8
+# The listen backlog (asyncio's default, named because the hostile-input test floods past it).
+METRICS_LISTEN_BACKLOG = 100
 # Time a connection has to send its request headers (at most REQUEST_LIMIT bytes), and then to
 # take the reply.
 REQUEST_TIMEOUT_S = 10
@@ -103,37 +107,99 @@ REQUEST_LIMIT = 16384
 UNAUTHORIZED = (b"401 Unauthorized", b"log in to read the metrics\n", b"text/plain")
 
 
+class Slots:
+    """Who holds the endpoint's METRICS_MAX_CONNECTIONS connections.
+
+    A connection is unproven until its request carried a login that matched (or, without logins,
+    until its request is read); then it is trusted and only its own timeouts end it. When a new
+    connection finds every slot taken, the oldest unproven connection of the peer address holding
+    the most unproven ones is cancelled (task and all, so nothing it queued runs); if every slot is
+    trusted, the new one is closed. So peers without a login can push out only one another, and
+    a scraper, whose one connection sends its request at once, is never pushed out by a flood
+    from other addresses, however fast it connects."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        # Peer address -> its unproven connections' tasks, oldest first (dicts keep insertion order).
+        self.unproven: dict[str, dict[asyncio.Task, float]] = {}
+        self.trusted: set[asyncio.Task] = set()
+        self.held = 0
+
+    def admit(self, address: str, task: asyncio.Task) -> bool:
+        if self.held >= self.capacity:
+            if not self.unproven:
+                return False
+            crowded = max(self.unproven.items(), key=lambda item: (len(item[1]), -next(iter(item[1].values()))))[0]
+            victim = next(iter(self.unproven[crowded]))
+            self.release(crowded, victim)
+            victim.cancel()
+        self.unproven.setdefault(address, {})[task] = time.monotonic()
+        self.held += 1
+        return True
+
+    def trust(self, address: str, task: asyncio.Task) -> None:
+        self.release(address, task)
+        self.trusted.add(task)
+        self.held += 1
+
+    def release(self, address: str, task: asyncio.Task) -> None:
+        mine = self.unproven.get(address, {})
+        if mine.pop(task, None) is not None:
+            self.held -= 1
+            if not mine:
+                del self.unproven[address]
+        elif task in self.trusted:
+            self.trusted.discard(task)
+            self.held -= 1
+
+
 class BasicAuth:
     """HTTP basic auth against bcrypt hashes, as Prometheus's exporter-toolkit checks its
     `basic_auth_users`: a login that matched once is remembered (so a scrape costs no bcrypt),
     an unknown user costs the same as a wrong password, and one hash is checked at a time, in a
-    thread, so wrong passwords cannot stall the event loop or take both cores."""
+    thread of its own, so wrong passwords cannot stall the event loop or take both cores.
+
+    Checks wait in turn by peer address: an address has at most one check queued, so a scraper's
+    first login waits behind at most one check per other address holding a connection (at most
+    METRICS_MAX_CONNECTIONS), not behind every guess a flood sends."""
 
     def __init__(self, users: dict[str, bytes]):
         self.users = users
         self.verified: set[bytes] = set()
-        self.lock = asyncio.Lock()
+        # Peer address -> [its turn, connections waiting for it]; dropped when none wait.
+        self.turns: dict[str, list] = {}
+        self.checker = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
         # Compared against for unknown users, so that they take as long as known ones.
         self.decoy = next(iter(users.values()))
 
-    async def allows(self, request: bytes) -> bool:
+    async def allows(self, request: bytes, address: str) -> bool:
         credentials = _authorization(request)
         if credentials is None:
             return False
         user, password = credentials
-        remembered = hashlib.sha256(user + b"\0" + password).digest()
-        if remembered in self.verified:
+        if _fingerprint(user, password) in self.verified:
             return True
         hashed = self.users.get(user.decode(errors="replace"))
-        async with self.lock:
-            import bcrypt
+        turn = self.turns.setdefault(address, [asyncio.Lock(), 0])
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                import bcrypt
 
-            matches = await asyncio.get_running_loop().run_in_executor(
-                None, bcrypt.checkpw, password, hashed or self.decoy)
+                matches = await asyncio.get_running_loop().run_in_executor(
+                    self.checker, bcrypt.checkpw, password, hashed or self.decoy)
+        finally:
+            turn[1] -= 1
+            if not turn[1]:
+                del self.turns[address]
         if matches and hashed is not None:
-            self.verified.add(remembered)  # at most one entry per user: only right passwords
+            self.verified.add(_fingerprint(user, password))  # at most one entry per user: only right passwords
             return True
         return False
+
+
+def _fingerprint(user: bytes, password: bytes) -> bytes:
+    return hashlib.sha256(user + b"\0" + password).digest()
 
 
 def _authorization(request: bytes) -> tuple[bytes, bytes] | None:
@@ -156,21 +222,24 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
                         users: dict[str, bytes] | None = None) -> asyncio.AbstractServer:
     """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
     (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given."""
-    # Open connections, oldest first.
-    connections: dict[asyncio.StreamWriter, None] = {}
+    slots = Slots(METRICS_MAX_CONNECTIONS)
     auth = BasicAuth(users) if users else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(connections) >= METRICS_MAX_CONNECTIONS:
-            oldest = next(iter(connections))
-            del connections[oldest]
-            oldest.transport.abort()
-        connections[writer] = None
+        task = asyncio.current_task()
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else ""
+        if not slots.admit(address, task):
+            writer.transport.abort()
+            return
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
             method, _, rest = request.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if auth is not None and not await auth.allows(request):
+            authorized = auth is None or await auth.allows(request, address)
+            if authorized:
+                slots.trust(address, task)
+            if not authorized:
                 status, body, ctype = UNAUTHORIZED
             elif method not in (b"GET", b"HEAD"):
                 status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
@@ -190,11 +259,14 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
                 ssl_module.SSLError):
             pass
+        except asyncio.CancelledError:
+            # Pushed out by Slots (or the server stops): expected, nothing to report.
+            pass
         finally:
-            connections.pop(writer, None)
-            # Frees the descriptor now, also when the client never took the reply (after the
-            # reply went out, it does nothing).
+            slots.release(address, task)
+            # Frees the descriptor now, also when the client never took the reply or was pushed
+            # out (after the reply went out, it does nothing).
             writer.transport.abort()
 
-    return await asyncio.start_server(handle, host, port, limit=REQUEST_LIMIT, ssl=ssl,
+    return await asyncio.start_server(handle, host, port, limit=REQUEST_LIMIT, ssl=ssl, backlog=METRICS_LISTEN_BACKLOG,
                                       ssl_handshake_timeout=REQUEST_TIMEOUT_S if ssl else None)

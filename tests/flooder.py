@@ -1,0 +1,100 @@
+"""Peers without credentials, many at once, in a process of their own: each thread connects from
+127.0.0.1, does what its kind says, waits until the server closes the connection (or a few
+seconds), and connects again, until the time is up. Used by the hostile-input tests of
+toy-redis's metrics endpoint, its RESP port and the alert relay.
+
+    flood = Flooder(port, {"idle": 100, "guess": 100}, seconds=20)   # returns once each has connected (or 5 s)
+    ...                                                                # the legitimate client under test
+    flood.result()                       # {"connections": n}; ends the flood if still running
+
+Kinds: ``idle`` sends nothing; ``guess`` sends an HTTP GET with a basic-auth login whose password
+is wrong; ``anonymous`` sends an HTTP GET without a login; ``noauth`` sends a RESP PING without
+AUTH.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HOLD_S = 5.0
+
+
+def request(kind: str) -> bytes:
+    if kind == "guess":
+        login = base64.b64encode(b"prometheus:" + os.urandom(6).hex().encode())
+        return b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + login + b"\r\n\r\n"
+    if kind == "anonymous":
+        return b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    if kind == "noauth":
+        return b"*1\r\n$4\r\nPING\r\n"
+    return b""
+
+
+def flood(port: int, kind: str, end: float, counts: list[int]) -> None:
+    while time.monotonic() < end:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=HOLD_S)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        try:
+            counts.append(1)
+            sock.sendall(request(kind))
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+def run(port: int, kinds: dict[str, int], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    threads = sum(kinds.values())
+    counts: list[int] = []
+    workers = [threading.Thread(target=flood, args=(port, kind, end, counts), daemon=True)
+               for kind, count in kinds.items() for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    started = time.monotonic()
+    while len(counts) < threads and time.monotonic() < started + HOLD_S:
+        time.sleep(0.01)
+    print("ready", flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    stopped.wait(max(0.0, end - time.monotonic()))
+    print(json.dumps({"connections": len(counts)}), flush=True)
+    os._exit(0)  # the threads may be waiting for a server to close their connection
+
+
+class Flooder:
+    def __init__(self, port: int, kinds: dict[str, int], seconds: float):
+        self.process = subprocess.Popen([sys.executable, __file__, str(port), json.dumps(kinds), str(seconds)],
+                                        stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.kill()
+            raise RuntimeError(f"the flooders could not connect to port {port}")
+
+    def result(self, timeout: float = 60) -> dict:
+        if self.process.poll() is None:
+            self.process.terminate()
+        out, _ = self.process.communicate(timeout=timeout)
+        return json.loads(out)
+
+    def stop(self) -> None:
+        """For cleanup after a failure: kills the process if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]))
