@@ -11,10 +11,11 @@ import time
 import pytest
 import requests
 
+from tests.flooder import Flooder
 from toy_redis.config import Tuning
 from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 
-from .conftest import RawClient, ToyRedis
+from .conftest import RawClient, ToyRedis, encode
 
 PASSWORD = "flood-test-pass"
 # The server checks timeouts once a second (whole seconds, as Redis does).
@@ -164,6 +165,36 @@ def test_connect_flood_beyond_maxclients_is_refused_with_redis_error(tmp_path, p
         newcomer.close()
         served.close()
     finally:
+        server.stop()
+
+
+def test_strangers_holding_every_client_slot_do_not_lock_out_a_client_with_the_password(tmp_path, password_file):
+    """Twice maxclients of peers that connect and never authenticate (idle, or sending PING), each
+    held until auth_timeout and reconnecting at once when closed. A client from another address
+    that sends AUTH at once is let in (an unauthenticated stranger makes room) and answered within
+    auth_timeout; before, every slot was taken and it was refused, over and over."""
+    maxclients = 50
+    auth_timeout = Tuning().auth_timeout
+    server = ToyRedis(tmp_path, "--requirepass-file", str(password_file), "--maxclients", str(maxclients)).start()
+    flood = Flooder(server.port, {"idle": maxclients, "noauth": maxclients}, seconds=2 * auth_timeout)
+    try:
+        for attempt in range(3):
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=auth_timeout,
+                                          source_address=("127.0.0.2", 0)) as sock:
+                sock.sendall(encode("AUTH", PASSWORD) + encode("PING"))
+                reply = b""
+                while reply.count(b"\r\n") < 2:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
+            assert reply == b"+OK\r\n+PONG\r\n", f"attempt {attempt + 1} during the flood: {reply!r}"
+            assert time.monotonic() - started < auth_timeout
+        # The flood was on: strangers were pushed out and came back, over and over.
+        assert flood.result()["connections"] > 4 * maxclients
+    finally:
+        flood.stop()
         server.stop()
 
 

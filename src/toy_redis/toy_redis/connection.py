@@ -25,7 +25,7 @@ WRITE_HIGH_WATER = 1024 * 1024
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "server", "db", "id", "transport", "parser", "resp3", "authenticated", "name", "addr", "laddr",
+        "server", "db", "id", "transport", "parser", "resp3", "_authenticated", "name", "addr", "laddr", "host",
         "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
         "backlog", "job", "fd",
     )
@@ -36,10 +36,10 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self.parser = RequestParser(server.proto_max_bulk_len, server.client_query_buffer_limit)
         self.resp3 = False
-        self.authenticated = not server.requirepass
+        self._authenticated = not server.requirepass
         self.name = b""
         self.id = 0
-        self.addr = self.laddr = "?"
+        self.addr = self.laddr = self.host = "?"
         self.fd = -1
         self.created = self.last_active = time.monotonic()
         self.last_command = "NULL"
@@ -61,24 +61,57 @@ class Connection(asyncio.Protocol):
         self.laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
-        if len(server.clients) >= server.maxclients or server.shutting_down:
-            server.rejected_connections += 1
-            server.count_error("maxclients")
-            logs.warning("connection_rejected", client=self.addr, reason="maxclients", maxclients=server.maxclients)
-            transport.write(error_line(errors.MAX_CLIENTS))
-            transport.close()
-            self.closed = True
+        self.host = peer[0] if isinstance(peer, tuple) else self.addr
+        if server.shutting_down:
+            self.refuse()
             return
+        if len(server.clients) >= server.maxclients:
+            # At the limit, a client that has not authenticated makes room (crowd.Unproven picks
+            # which), so strangers cannot lock out clients that have the password; with none to
+            # push out, the newcomer is refused, as by Redis.
+            pushed_out = server.unauthenticated.push_out()
+            if pushed_out is None:
+                self.refuse()
+                return
+            pushed_out[1].refuse()
         server.next_client_id += 1
         self.id = server.next_client_id
         server.clients[self.id] = self
+        if not self._authenticated:
+            server.unauthenticated.add(self.host, self)
         server.total_connections += 1
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         logs.debug("client_connected", client=self.addr, id=self.id)
 
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        if value != self._authenticated and self.id in self.server.clients:
+            if value:
+                self.server.unauthenticated.discard(self.host, self)
+            else:
+                self.server.unauthenticated.add(self.host, self)
+        self._authenticated = value
+
+    def refuse(self) -> None:
+        """Redis's reply past maxclients, then close: for a newcomer refused, or a client pushed out."""
+        server = self.server
+        server.rejected_connections += 1
+        server.count_error("maxclients")
+        logs.warning("connection_rejected", client=self.addr, reason="maxclients", maxclients=server.maxclients)
+        self.transport.write(error_line(errors.MAX_CLIENTS))
+        self.transport.close()
+        self.closed = True
+        if server.clients.pop(self.id, None) is not None:
+            server.unauthenticated.discard(self.host, self)
+
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.backlog = None
+        self.server.unauthenticated.discard(self.host, self)
         if self.server.clients.pop(self.id, None) is not None:
             logs.debug("client_disconnected", client=self.addr, id=self.id)
 

@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import ssl as ssl_module
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -23,6 +22,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .crowd import Unproven
 
 # 10 us .. 1 s, dense enough around typical latencies to read p50/p90/p95/p99.
 LATENCY_BUCKETS = (
@@ -112,45 +113,32 @@ class Slots:
 
     A connection is unproven until its request carried a login that matched (or, without logins,
     until its request is read); then it is trusted and only its own timeouts end it. When a new
-    connection finds every slot taken, the oldest unproven connection of the peer address holding
-    the most unproven ones is cancelled (task and all, so nothing it queued runs); if every slot is
-    trusted, the new one is closed. So peers without a login can push out only one another, and
-    a scraper, whose one connection sends its request at once, is never pushed out by a flood
-    from other addresses, however fast it connects."""
+    connection finds every slot taken, an unproven one is pushed out as crowd.Unproven chooses,
+    its task cancelled (so a bcrypt check it queued is dropped); if every slot is trusted, the
+    new one is closed. So peers without a login can push out only one another, and a scraper is
+    never pushed out by a flood from other addresses, however fast it connects."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        # Peer address -> its unproven connections' tasks, oldest first (dicts keep insertion order).
-        self.unproven: dict[str, dict[asyncio.Task, float]] = {}
+        self.unproven = Unproven()
         self.trusted: set[asyncio.Task] = set()
-        self.held = 0
 
     def admit(self, address: str, task: asyncio.Task) -> bool:
-        if self.held >= self.capacity:
-            if not self.unproven:
+        if self.unproven.count + len(self.trusted) >= self.capacity:
+            pushed_out = self.unproven.push_out()
+            if pushed_out is None:
                 return False
-            crowded = max(self.unproven.items(), key=lambda item: (len(item[1]), -next(iter(item[1].values()))))[0]
-            victim = next(iter(self.unproven[crowded]))
-            self.release(crowded, victim)
-            victim.cancel()
-        self.unproven.setdefault(address, {})[task] = time.monotonic()
-        self.held += 1
+            pushed_out[1].cancel()
+        self.unproven.add(address, task)
         return True
 
     def trust(self, address: str, task: asyncio.Task) -> None:
-        self.release(address, task)
-        self.trusted.add(task)
-        self.held += 1
+        if self.unproven.discard(address, task):
+            self.trusted.add(task)
 
     def release(self, address: str, task: asyncio.Task) -> None:
-        mine = self.unproven.get(address, {})
-        if mine.pop(task, None) is not None:
-            self.held -= 1
-            if not mine:
-                del self.unproven[address]
-        elif task in self.trusted:
-            self.trusted.discard(task)
-            self.held -= 1
+        self.unproven.discard(address, task)
+        self.trusted.discard(task)
 
 
 class BasicAuth:

@@ -20,6 +20,7 @@ from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import Config
 from .connection import WRITE_HIGH_WATER, Connection, LoaderConnection
+from .crowd import Unproven
 from .keyspace import Keyspace
 from .metrics import LATENCY_BUCKETS, make_registry, serve_metrics
 from .protocol import ReplyError, encode, error_line
@@ -74,6 +75,8 @@ class Server:
         # Names as clients send them: lower case and upper case hit directly, others are lowered.
         self.lookup = {**COMMANDS, **{name.upper(): cmd for name, cmd in COMMANDS.items()}}
         self.clients: dict[int, Connection] = {}
+        # Clients that have not authenticated yet (while a password is required), by peer address.
+        self.unauthenticated = Unproven()
         self.next_client_id = 0
         self.maxclients = config.maxclients
         self.timeout = config.timeout
