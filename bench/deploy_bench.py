@@ -13,8 +13,15 @@ roles) and <= 10 s (whole stack); on 16 nodes at most 2x the 4-node figure.
 all on Debian 12, then all on Debian 13, in the same run: first deploy and the median of
 NOOP_RUNS no-op reruns each, and the 13/12 ratio (target: no-op rerun on 13 no slower than on 12).
 
-Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases]
-It takes the lab down at the start and at the end.
+`--profile` instead profiles the whole stack's no-op rerun on the 4-node lab (issue 17): it brings
+the lab up (reusing a running one) and deploys once so that it is converged, then times NOOP_RUNS
+plain no-op reruns (median) and runs one more under bench/deploy_profile.py, which prints where
+its seconds go per role (fact round trips, rendering, local commands such as promtool and pip,
+vault reads, the operations' execution) and the costliest facts and operations. It leaves the
+lab up.
+
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile]
+It takes the lab down at the start and at the end (except --profile).
 """
 
 from __future__ import annotations
@@ -109,13 +116,32 @@ def measure(inventory: Path, roles: str, cold: bool) -> dict[str, float]:
     return figures
 
 
+def profile_noop() -> None:
+    inventory = str(REPO / "inventory" / "lab.py")
+    deploy = [str(BIN / "pyinfra"), "-y", inventory, "deploys/all.py"]
+    timed(str(BIN / "lab"), "up", inventory)
+    converge = timed(*deploy)
+    noop = statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "deploy_profile.py"), inventory, "deploys/all.py"],
+                            cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_S)
+    if result.returncode != 0:
+        sys.exit(f"bench: the profiled run failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
+    print(f"whole stack, 4 nodes: converging run {converge:.2f}s, no-op rerun {noop:.2f}s (median of {NOOP_RUNS})")
+    print(result.stdout[result.stdout.index("== where the seconds went =="):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also rebuild the base image (about a minute)")
     parser.add_argument("--stack", action="store_true", help="also time the whole stack on 4 nodes")
     parser.add_argument("--releases", action="store_true",
                         help="only compare the whole stack on Debian 12 and Debian 13 nodes")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the whole stack's no-op rerun on the 4-node lab (left up)")
     args = parser.parse_args()
+    if args.profile:
+        profile_noop()
+        return
     if args.releases:
         compare_releases()
         return

@@ -15,7 +15,8 @@ from tests.flooder import Flooder
 from toy_redis.config import Tuning
 from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 
-from .conftest import RawClient, ToyRedis, encode
+from .certs import Authority
+from .conftest import RawClient, ToyRedis, encode, free_port
 
 PASSWORD = "flood-test-pass"
 # The server checks timeouts once a second (whole seconds, as Redis does).
@@ -205,11 +206,21 @@ def connected_clients_or_none(server: ToyRedis) -> int | None:
         return None
 
 
-def test_idle_connections_to_the_metrics_port_neither_pile_up_nor_lock_out_a_scrape(tmp_path):
-    server = ToyRedis(tmp_path).start()
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_idle_connections_to_the_metrics_port_neither_pile_up_nor_lock_out_a_scrape(tmp_path, tls):
+    """Over TLS the idle connections are in their handshake, which asyncio's own server would hold
+    for its whole timeout, uncounted; here they take slots like any other connection."""
+    flags, scheme, verify = (), "http", True
+    if tls:
+        authority = Authority(tmp_path / "pki")
+        cert = authority.issue("server", "node", server=True)
+        flags = ("--port", "0", "--tls-port", str(free_port()), "--tls-cert-file", str(cert.cert),
+                 "--tls-key-file", str(cert.key), "--tls-auth-clients", "no")
+        scheme, verify = "https", str(authority.pair.cert)
+    server = ToyRedis(tmp_path, *flags).start()
     try:
         idle = open_sockets(server.metrics_port, METRICS_MAX_CONNECTIONS * 10)
-        response = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5)
+        response = requests.get(f"{scheme}://127.0.0.1:{server.metrics_port}/metrics", verify=verify, timeout=5)
         assert response.status_code == 200 and "toy_redis_connected_clients" in response.text
         # All but the newest few were dropped to make room: the server holds at most the cap.
         deadline = time.monotonic() + SLACK_S

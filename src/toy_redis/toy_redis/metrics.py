@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import binascii
 import hashlib
+import socket
 import ssl as ssl_module
 from concurrent.futures import ThreadPoolExecutor
 
@@ -206,44 +208,64 @@ def _authorization(request: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+# After a failed accept (out of descriptors), wait this long before accepting again (as asyncio does).
+ACCEPT_RETRY_S = 1.0
+
+
+class MetricsListener:
+    """The endpoint's listening socket and its accept loop (what asyncio.Server would be)."""
+
+    def __init__(self, sock: socket.socket, accepting: asyncio.Task):
+        self.sockets = [sock]
+        self.accepting = accepting
+
+    def close(self) -> None:
+        self.accepting.cancel()
+        self.sockets[0].close()
+
+
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
-                        users: dict[str, bytes] | None = None) -> asyncio.AbstractServer:
+                        users: dict[str, bytes] | None = None) -> MetricsListener:
     """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
-    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given."""
+    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
+
+    A connection takes a slot as soon as it is accepted, before its TLS handshake, so handshakes
+    count against METRICS_MAX_CONNECTIONS like everything else a peer can hold (asyncio's own
+    server would hold any number of them, each for its handshake timeout)."""
     slots = Slots(METRICS_MAX_CONNECTIONS)
     auth = BasicAuth(users) if users else None
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=METRICS_LISTEN_BACKLOG, reuse_port=False)
+    listener.setblocking(False)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def accept() -> None:
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError:
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            loop.create_task(serve(sock))
+
+    async def serve(sock: socket.socket) -> None:
         task = asyncio.current_task()
-        peer = writer.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) else ""
-        if not slots.admit(address, task):
-            writer.transport.abort()
-            return
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
-            method, _, rest = request.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            authorized = auth is None or await auth.allows(request, address)
-            if authorized:
-                slots.trust(address, task)
-            if not authorized:
-                status, body, ctype = UNAUTHORIZED
-            elif method not in (b"GET", b"HEAD"):
-                status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
-            elif path in (b"/metrics", b"/"):
-                status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
-            else:
-                status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
-            challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
-            writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + challenge
-                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                + (body if method != b"HEAD" else b"")
-            )
-            writer.close()
-            # Until the client has taken the reply (a client that never reads is cut off).
-            await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
+            address = sock.getpeername()[0]
+        except OSError:
+            sock.close()
+            return
+        if not slots.admit(address, task):
+            sock.close()
+            return
+        writer = None
+        try:
+            reader = asyncio.StreamReader(limit=REQUEST_LIMIT)
+            transport, protocol = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader), sock, ssl=ssl,
+                ssl_handshake_timeout=REQUEST_TIMEOUT_S if ssl else None)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await answer(reader, writer, address, task)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
                 ssl_module.SSLError):
             pass
@@ -252,9 +274,39 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
             pass
         finally:
             slots.release(address, task)
-            # Frees the descriptor now, also when the client never took the reply or was pushed
-            # out (after the reply went out, it does nothing).
-            writer.transport.abort()
+            if writer is not None:
+                # Frees the descriptor now, also when the client never took the reply or was
+                # pushed out (after the reply went out, it does nothing).
+                writer.transport.abort()
+            else:
+                # Cut short in its handshake: the transport being built owns the descriptor and
+                # closes it once the connection is down, which this makes it at once.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
-    return await asyncio.start_server(handle, host, port, limit=REQUEST_LIMIT, ssl=ssl, backlog=METRICS_LISTEN_BACKLOG,
-                                      ssl_handshake_timeout=REQUEST_TIMEOUT_S if ssl else None)
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, task) -> None:
+        request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
+        method, _, rest = request.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        authorized = auth is None or await auth.allows(request, address)
+        if authorized:
+            slots.trust(address, task)
+        if not authorized:
+            status, body, ctype = UNAUTHORIZED
+        elif method not in (b"GET", b"HEAD"):
+            status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
+        elif path in (b"/metrics", b"/"):
+            status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+        else:
+            status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
+        challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
+        writer.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + challenge
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + (body if method != b"HEAD" else b"")
+        )
+        writer.close()
+        # Until the client has taken the reply (a client that never reads is cut off).
+        await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
+
+    return MetricsListener(listener, loop.create_task(accept()))
