@@ -1,6 +1,7 @@
 """RESP and the metrics over TLS, under Redis's settings: redis-cli --tls and redis-py connect,
 the plain port is off with `port 0`, client certificates are checked as tls-auth-clients says,
-and connections that never finish a handshake are held no longer than others that never log in."""
+and connections that never finish a handshake are held no longer, and no more of them, than
+others that never log in."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 import redis
 import requests
 
+from roles.toy_redis import RESERVED_FDS
+
 from .certs import Authority
 from .conftest import ToyRedis, free_port
-from .test_client_limits import CHECK_PERIOD_S, SLACK_S, open_sockets, read_until_closed
+from .test_client_limits import CHECK_PERIOD_S, SLACK_S, open_sockets, read_until_closed, wait_all_closed
 
 PASSWORD = "tls-test-pass"
 
@@ -159,6 +162,29 @@ def test_connections_that_never_handshake_are_closed_like_those_that_never_log_i
     assert not any(replies[sock].startswith((b"-", b"+")) for sock in garbage)
     assert served.ping()
     served.close()
+
+
+def test_handshakes_count_against_maxclients_and_make_room_for_clients(tmp_path, pki):
+    """Idle connections that never start a handshake, four times maxclients: the server holds at
+    most maxclients of them (as Redis counts a TLS client from its accept), the newest; a client
+    that handshakes and logs in is let in past them. Before, each was held uncounted until
+    auth_timeout, a descriptor each."""
+    maxclients = 50
+    server = tls_server(tmp_path, pki, "--tls-auth-clients", "no", "--maxclients", str(maxclients))
+    try:
+        idle = open_sockets(server.tls_port, 4 * maxclients)
+        left = wait_all_closed(idle, time.monotonic() + SLACK_S)
+        assert len(left) <= maxclients
+        served = tls_client(server, pki)
+        assert served.ping()
+        held = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+        # Its clients and what the role reserves for its own files: far fewer than the sockets it was sent.
+        assert held <= maxclients + RESERVED_FDS, f"{held} descriptors open"
+        served.close()
+        for sock in idle:
+            sock.close()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("change, key", [

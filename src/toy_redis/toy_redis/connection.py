@@ -27,11 +27,13 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "db", "id", "transport", "parser", "resp3", "_authenticated", "name", "addr", "laddr", "host",
         "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
-        "backlog", "job", "fd",
+        "backlog", "job", "fd", "handshake",
     )
 
-    def __init__(self, server: "Server"):
+    def __init__(self, server: "Server", handshake=None):
         self.server = server
+        # A TLS connection's tls.Handshake: its slot was taken when it was accepted.
+        self.handshake = handshake
         self.db = server.db
         self.transport = None
         self.parser = RequestParser(server.proto_max_bulk_len, server.client_query_buffer_limit)
@@ -65,15 +67,11 @@ class Connection(asyncio.Protocol):
         if server.shutting_down:
             self.refuse()
             return
-        if len(server.clients) >= server.maxclients:
-            # At the limit, a client that has not authenticated makes room (crowd.Unproven picks
-            # which), so strangers cannot lock out clients that have the password; with none to
-            # push out, the newcomer is refused, as by Redis.
-            pushed_out = server.unauthenticated.push_out()
-            if pushed_out is None:
-                self.refuse()
-                return
-            pushed_out[1].refuse()
+        if self.handshake is not None:
+            self.handshake.release()  # this connection takes over the slot its handshake held
+        elif not server.make_room():
+            self.refuse()
+            return
         server.next_client_id += 1
         self.id = server.next_client_id
         server.clients[self.id] = self

@@ -213,59 +213,52 @@ ACCEPT_RETRY_S = 1.0
 
 
 class MetricsListener:
-    """The endpoint's listening socket and its accept loop (what asyncio.Server would be)."""
+    """The endpoint: its listening socket (`sockets`, as asyncio.Server has), its accept loop, and
+    how each connection is served.
 
-    def __init__(self, sock: socket.socket, accepting: asyncio.Task):
+    A connection takes a slot as soon as it is accepted, before its TLS handshake, so handshakes
+    count against METRICS_MAX_CONNECTIONS like everything else a peer can hold (asyncio's own
+    server would hold any number of them, each for its handshake timeout)."""
+
+    def __init__(self, registry: CollectorRegistry, sock: socket.socket, ssl, users: dict[str, bytes] | None):
+        self.registry, self.ssl = registry, ssl
         self.sockets = [sock]
-        self.accepting = accepting
+        self.slots = Slots(METRICS_MAX_CONNECTIONS)
+        self.auth = BasicAuth(users) if users else None
+        self.loop = asyncio.get_running_loop()
+        self.accepting = self.loop.create_task(self.accept())
 
     def close(self) -> None:
         self.accepting.cancel()
         self.sockets[0].close()
 
-
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
-                        users: dict[str, bytes] | None = None) -> MetricsListener:
-    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
-    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
-
-    A connection takes a slot as soon as it is accepted, before its TLS handshake, so handshakes
-    count against METRICS_MAX_CONNECTIONS like everything else a peer can hold (asyncio's own
-    server would hold any number of them, each for its handshake timeout)."""
-    slots = Slots(METRICS_MAX_CONNECTIONS)
-    auth = BasicAuth(users) if users else None
-    loop = asyncio.get_running_loop()
-    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=METRICS_LISTEN_BACKLOG, reuse_port=False)
-    listener.setblocking(False)
-
-    async def accept() -> None:
+    async def accept(self) -> None:
         while True:
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, _ = await self.loop.sock_accept(self.sockets[0])
             except OSError:
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            loop.create_task(serve(sock))
+            self.loop.create_task(self.serve(sock))
 
-    async def serve(sock: socket.socket) -> None:
+    async def serve(self, sock: socket.socket) -> None:
         task = asyncio.current_task()
         try:
             address = sock.getpeername()[0]
         except OSError:
             sock.close()
             return
-        if not slots.admit(address, task):
+        if not self.slots.admit(address, task):
             sock.close()
             return
         writer = None
         try:
             reader = asyncio.StreamReader(limit=REQUEST_LIMIT)
-            transport, protocol = await loop.connect_accepted_socket(
-                lambda: asyncio.StreamReaderProtocol(reader), sock, ssl=ssl,
-                ssl_handshake_timeout=REQUEST_TIMEOUT_S if ssl else None)
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await answer(reader, writer, address, task)
+            transport, protocol = await self.loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader), sock, ssl=self.ssl,
+                ssl_handshake_timeout=REQUEST_TIMEOUT_S if self.ssl else None)
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            await self.answer(reader, writer, address, task)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
                 ssl_module.SSLError):
             pass
@@ -273,7 +266,7 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
             # Pushed out by Slots (or the server stops): expected, nothing to report.
             pass
         finally:
-            slots.release(address, task)
+            self.slots.release(address, task)
             if writer is not None:
                 # Frees the descriptor now, also when the client never took the reply or was
                 # pushed out (after the reply went out, it does nothing).
@@ -284,19 +277,20 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, task) -> None:
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, task) -> None:
+        """One request: GET /metrics (or HEAD), with one of the logins when there are any."""
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
         method, _, rest = request.partition(b" ")
         path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-        authorized = auth is None or await auth.allows(request, address)
+        authorized = self.auth is None or await self.auth.allows(request, address)
         if authorized:
-            slots.trust(address, task)
+            self.slots.trust(address, task)
         if not authorized:
             status, body, ctype = UNAUTHORIZED
         elif method not in (b"GET", b"HEAD"):
             status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
         elif path in (b"/metrics", b"/"):
-            status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+            status, body, ctype = b"200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
         else:
             status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
         challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
@@ -309,4 +303,12 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
         # Until the client has taken the reply (a client that never reads is cut off).
         await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
 
-    return MetricsListener(listener, loop.create_task(accept()))
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
+                        users: dict[str, bytes] | None = None) -> MetricsListener:
+    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
+    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given."""
+    sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                backlog=METRICS_LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return MetricsListener(registry, sock, ssl, users)

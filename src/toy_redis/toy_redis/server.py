@@ -24,6 +24,7 @@ from .crowd import Unproven
 from .keyspace import Keyspace
 from .metrics import LATENCY_BUCKETS, make_registry, serve_metrics
 from .protocol import ReplyError, encode, error_line
+from .tls import listen_tls
 
 REDIS_VERSION = "7.0.15"
 FIRST_BUCKET = LATENCY_BUCKETS[0]
@@ -77,6 +78,8 @@ class Server:
         self.clients: dict[int, Connection] = {}
         # Clients that have not authenticated yet (while a password is required), by peer address.
         self.unauthenticated = Unproven()
+        # TLS connections accepted whose handshake is not done (tls.Handshake); they count as clients.
+        self.handshakes: set = set()
         self.next_client_id = 0
         self.maxclients = config.maxclients
         self.timeout = config.timeout
@@ -127,6 +130,19 @@ class Server:
             cmd.calls = cmd.failed_calls = 0
             cmd.seconds_total = 0.0
             cmd.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+
+    def make_room(self) -> bool:
+        """Whether a new connection fits under maxclients (TLS handshakes under way count). At
+        the limit, a connection that has not authenticated makes room (crowd.Unproven picks
+        which), so strangers cannot lock out clients that have the password; with none to push
+        out, there is no room and the newcomer is refused, as by Redis."""
+        if len(self.clients) + len(self.handshakes) < self.maxclients:
+            return True
+        pushed_out = self.unauthenticated.push_out()
+        if pushed_out is None:
+            return False
+        pushed_out[1].refuse()
+        return True
 
     def count_error(self, kind: str) -> None:
         self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
@@ -315,12 +331,7 @@ class Server:
                 lambda: Connection(self), config.bind, config.port, backlog=511, reuse_address=True
             )
         if self.tls is not None:
-            # A client counts (maxclients, timeout) once its handshake is done; until then the
-            # handshake itself is bounded by auth_timeout (Redis bounds it by nothing but `timeout`).
-            self.tls_listener = await self.loop.create_server(
-                lambda: Connection(self), config.bind, config.tls_port, backlog=511, reuse_address=True,
-                ssl=self.tls, ssl_handshake_timeout=config.auth_timeout,
-            )
+            self.tls_listener = await listen_tls(self, config.bind, config.tls_port)
         registry = make_registry(self)
         self.metrics_listener = await serve_metrics(registry, config.metrics_bind, config.metrics_port, ssl=self.tls,
                                                     users=self.metrics_users)
