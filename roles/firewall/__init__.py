@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydantic import Field, IPvAnyNetwork
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy, operation
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import Command
@@ -144,6 +144,8 @@ def host_addresses(topology: Topology, name: str) -> list[str]:
 def service_ports(topology: Topology, name: str, settings: Settings) -> list[ServicePort]:
     ports, seen = [], {}
     for inbound in topology.inbound(name):
+        if inbound.port == 0:  # a listener its settings turn off (toy-redis's tls_port 0)
+            continue
         if inbound.port in seen:
             raise ConfigError(f"inventory data for {name}", f"{inbound.role}",
                               f"port {inbound.port} is also {seen[inbound.port]}'s; expected one service per port")
@@ -222,20 +224,22 @@ def ruleset(content: str, rollback_after: str):
     yield f"{APPLY_SCRIPT} apply {shlex.quote(STAGED_FILE)} {int(seconds(rollback_after))}"
 
 
-def ssh_answers_anew(address: str, port: int, timeout_s: float = 10) -> None:
+def ssh_answers_anew(state, host, address: str, port: int, timeout_s: float = 10) -> bool:
     """Open a new TCP connection to the node's SSH from this (the control) machine and read its
-    banner: the deploy's own connection survives any ruleset (established), a new one must not."""
+    banner: the deploy's own connection survives any ruleset (established), a new one must not.
+    False fails the operation, so the confirmation never comes and the node rolls back."""
     try:
         with socket.create_connection((address, port), timeout=timeout_s) as connection:
             connection.settimeout(timeout_s)
             banner = connection.recv(64)
+        if banner.startswith(b"SSH-"):
+            return True
+        problem = f"answered {banner[:20]!r}, not SSH"
     except OSError as exc:
-        raise ConfigError(f"inventory data for {host.name}", "firewall",
-                          f"the new ruleset shuts this machine out of SSH at {address}:{port} ({exc}); "
-                          "the node restores the previous one by itself") from None
-    if not banner.startswith(b"SSH-"):
-        raise ConfigError(f"inventory data for {host.name}", "firewall",
-                          f"{address}:{port} answered {banner[:20]!r}, not SSH; the previous ruleset comes back")
+        problem = f"does not answer ({exc})"
+    host.log_styled(f"firewall: the new ruleset shuts this machine out: SSH at {address}:{port} {problem}; "
+                    f"the node puts the previous ruleset back by itself", fg="red", log_func=logger.error)
+    return False
 
 
 @deploy("firewall")

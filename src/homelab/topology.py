@@ -90,6 +90,8 @@ ROLES: tuple[Role, ...] = (
     # Before every service serving TLS: the node's certificate and the CA (when pki.tls is on).
     Role("pki", None, "TLS certificates"),
     Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port", secured=True),), {"node": "metrics"}),
+    # After node_exporter, whose textfile directory it writes its drop counters to.
+    Role("firewall", None, "firewall"),
     Role("nginx", "nginx", "nginx",
          (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port"),
           Listener("mtail", "mtail_port")),
