@@ -77,7 +77,7 @@ class Settings(StrictModel):
     outside_callers: OutsideCallers = OutsideCallers()
     # Per source address and port, for every caller but the control machine (which has root on
     # the node anyway, and whose burst checks open thousands of connections on purpose).
-    connections_per_source: int = Field(256, ge=1, le=65535)
+    connections_per_source: int = Field(256, ge=1, le=100000)  # not a port: bounded like the rates below
     new_connections_per_second: int = Field(50, ge=1, le=100000)
     new_connections_burst: int = Field(100, ge=1, le=100000)
     # A loaded ruleset is rolled back unless the control machine reaches SSH anew within this.
