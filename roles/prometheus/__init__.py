@@ -42,6 +42,8 @@ THRESHOLDS_FILE = "alerts/thresholds.yaml"
 RULES_GLOB = "*.rules.yml"
 # Debian's default storage path; kept so an existing TSDB survives the switch to managed flags.
 STORAGE_PATH = "/var/lib/prometheus/metrics2/"
+# Where the admin API's TSDB snapshots appear (homelab.backup copies one, then removes it).
+SNAPSHOTS_DIR = f"{STORAGE_PATH}snapshots"
 CONFIG_CHECK = "promtool check config {staged}"
 # The job of blackbox_exporter's health probes (the Probe* alerts select it).
 PROBE_JOB = "blackbox"
@@ -63,6 +65,10 @@ class Settings(StrictModel):
     retention_time: Duration = "15d"
     # e.g. "20GB"; the oldest blocks go first once the TSDB is larger (None: no size limit).
     retention_size: ByteSize | None = None
+    # The admin API (TSDB snapshots for `homelab backup`; also series deletion). Prometheus cannot
+    # limit it to one client: it is for the control machine, which the web login and the firewall
+    # in front of listen_port are to ensure (docs/backups.md, "The admin API").
+    admin_api: bool = True
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> "Settings":

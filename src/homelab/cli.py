@@ -15,6 +15,9 @@
                                                  where toy-redis or the alert relay spends CPU time (py-spy):
                                                  a flame graph SVG and a speedscope file, top functions printed;
                                                  --memory: toy-redis's top allocating lines (tracemalloc)
+    homelab backup [--to DIR]                    copy every service's state from the nodes into a dated folder
+    homelab restore BACKUP [--node NODE]         check a backup's manifest, put it back, start the services
+    homelab backup-timer [--install]             systemd units running `homelab backup` on a schedule
 
 Images are built in the Docker engine that DOCKER_HOST names (the docker CLI's default socket
 otherwise). A new area adds its own subparser in `main` and a module that does the work.
@@ -62,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_pki(areas)
     add_profile(areas)
+    add_backup(areas)
 
     args = parser.parse_args(argv)
+    from homelab.backup.manifest import BackupError
+    from homelab.backup.remote import RemoteError
     from homelab.maintenance import CommandError
 
     try:
         return args.run(args)
-    except (ConfigError, CommandError) as exc:
+    except (ConfigError, CommandError, BackupError, RemoteError) as exc:
         print(f"homelab: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -274,6 +280,86 @@ def show_status(args: argparse.Namespace) -> int:
     from homelab import status
 
     return status.show(_topology(args), args.json)
+
+
+def add_backup(areas) -> None:
+    backup = _command(areas, "backup", "copy every service's state from the live nodes into a dated folder with a "
+                                       "manifest, then apply retention (docs/backups.md)",
+                      "homelab backup --to /srv/backups", run_backup)
+    backup.add_argument("--to", type=Path, metavar="DIR",
+                        help="the backup directory (default: group data backup.directory)")
+    restore = _command(areas, "restore", "check a backup's manifest, then put its data back on freshly deployed "
+                                         "nodes (each service stopped meanwhile) and start them",
+                       "homelab restore /var/backups/homelab-ops/2026-11-29T031500Z --node worker-node-12",
+                       run_restore)
+    restore.add_argument("backup", type=Path, metavar="BACKUP", help="a backup folder made by homelab backup")
+    restore.add_argument("--node", metavar="NODE", help="restore only what was taken from this node")
+    timer = _command(areas, "backup-timer", "print (or --install) the systemd service and timer that run "
+                                            "homelab backup at group data backup.on_calendar",
+                     "homelab backup-timer --install", backup_timer)
+    timer.add_argument("--install", action="store_true",
+                       help="write them to /etc/systemd/system and enable the timer if systemd runs here")
+
+
+def _log(line: str) -> None:
+    print(f"homelab: {line}", flush=True)
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    import time
+    from datetime import datetime, timezone
+
+    from homelab.backup import manifest, report, run
+    from homelab.backup.settings import backup_settings
+
+    topology = _topology(args)
+    directory = args.to or Path(backup_settings(topology).directory)
+    started = time.monotonic()
+    outcome, failure = None, None
+    try:
+        outcome = run.backup(topology, str(args.inventory), directory, _log)
+    except Exception as exc:  # reported to Prometheus, then shown as the one-line error it is
+        failure = exc
+    metrics = report.render(datetime.now(timezone.utc), manifest.newest_backup_time(directory), failure is not None,
+                            time.monotonic() - started, outcome.size if outcome else None)
+    try:
+        host, folder = report.destination(topology)
+        with run.remotes(topology) as remote:
+            report.publish(remote(host), folder, metrics)
+    except Exception as exc:
+        _log(f"warning: could not report the backup to Prometheus: {exc}")
+    if failure is not None:
+        raise failure
+    for path in outcome.removed:
+        _log(f"retention: removed {path}")
+    print(f"{outcome.folder}: {len(outcome.manifest.parts)} parts, {len(outcome.manifest.files)} files, "
+          f"{outcome.size / 2**20:.1f} MiB in {outcome.seconds:.1f}s"
+          + (f"; skipped {len(outcome.manifest.skipped)} (see manifest.json)" if outcome.manifest.skipped else ""))
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from homelab.backup import run
+
+    restored = run.restore(_topology(args), args.backup, args.node, _log)
+    print(f"restored {len(restored)} parts from {args.backup}")
+    return 0
+
+
+def backup_timer(args: argparse.Namespace) -> int:
+    from homelab.backup import timer
+    from homelab.backup.settings import backup_settings
+
+    settings = backup_settings(_topology(args))
+    if args.install:
+        for path in timer.install(settings, REPO, args.inventory):
+            print(f"wrote {path}")
+        if not timer.systemd_running():
+            print("systemd does not run this machine: the timer is not enabled; use cron (docs/backups.md)")
+        return 0
+    for name, text in timer.units(settings, REPO, args.inventory).items():
+        print(f"# {name}\n{text}")
+    return 0
 
 
 if __name__ == "__main__":

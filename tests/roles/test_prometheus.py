@@ -34,6 +34,8 @@ from roles.prometheus import (
     RULES_CHECK,
     Settings,
     render_config,
+    SNAPSHOTS_DIR,
+    STORAGE_PATH,
     render_defaults,
     rule_files,
 )
@@ -215,6 +217,8 @@ def test_group_data_settings_reach_the_config_and_the_flags():
     assert config["global"]["evaluation_interval"] == settings.evaluation_interval
     assert f"--storage.tsdb.retention.time={settings.retention_time}" in flag_args(render_defaults(settings))
     assert "--storage.tsdb.retention.size=20GB" in flag_args(render_defaults(Settings(retention_size="20GB")))
+    assert "--web.enable-admin-api" in flag_args(render_defaults(settings))
+    assert "--web.enable-admin-api" not in flag_args(render_defaults(Settings(admin_api=False)))
 
 
 def run_check(command: str, staged: Path) -> subprocess.CompletedProcess:
@@ -301,6 +305,10 @@ def test_prometheus_runs_with_the_rendered_flags_and_config(tmp_path):
         assert ("nginx", f"web-1:{exporter}", f"http://127.0.0.1:{exporter}/metrics") in seen
         assert ("node", f"mon:{NODE}", f"http://127.0.0.2:{NODE}/metrics") in seen
         assert len(seen) == len(targets["activeTargets"]) == 5  # node x2, nginx, mtail, prometheus
+        # The admin API homelab backup uses: a snapshot appears where the backup copies it from.
+        snapshot = requests.post(f"http://127.0.0.1:{port}/api/v1/admin/tsdb/snapshot", timeout=30)
+        assert snapshot.ok, snapshot.text
+        assert (tmp_path / "data" / Path(SNAPSHOTS_DIR).relative_to(STORAGE_PATH) / snapshot.json()["data"]["name"]).is_dir()
     finally:
         process.terminate()
         process.wait(timeout=30)

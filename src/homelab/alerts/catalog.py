@@ -507,6 +507,52 @@ class FirewallDropsOnServicePort(ThresholdAlert):
         return pending, firing + lead * TEST_INTERVAL_S, samples + lead
 
 
+# --- backups (homelab.backup.report: the control machine's metrics file on node_exporter) ---------
+
+BACKUP_REPORT = {"instance": "worker-node-14:9100", "job": "node"}
+
+
+class BackupFailed(BinaryAlert):
+    name = "BackupFailed"
+    group = "backup"
+    test_labels = BACKUP_REPORT
+    expr = "homelab_backup_last_failed == 1"
+    summary = "The last homelab backup failed"
+
+    def description(self, level: Level) -> str:
+        return ("The last `homelab backup` run from the control machine failed (reported through $instance's "
+                f"node_exporter), and no run has succeeded since, for {self.for_}.")
+
+    def failing_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("homelab_backup_last_failed", self.test_labels, constant(1, samples))]
+
+    def healthy_series(self, samples: int) -> list[dict[str, str]]:
+        return [series("homelab_backup_last_failed", self.test_labels, constant(0, samples))]
+
+
+class BackupStale(WarningCritical):
+    name = "BackupStale"
+    group = "backup"
+    test_labels = BACKUP_REPORT
+    warning_key, critical_key = "warning_hours", "critical_hours"
+    summary = "No homelab backup has succeeded for a while"
+
+    warning_hours: Positive
+    critical_hours: Positive
+
+    def value_expr(self) -> str:
+        return "(time() - homelab_backup_last_success_timestamp_seconds) / 3600"
+
+    def description(self, level: Level) -> str:
+        return (f"The newest finished backup is $value hours old ({level.severity} above {num(level.threshold)} "
+                "hours): backups fail, or the control machine no longer runs them.")
+
+    def series_for(self, value: float, samples: int) -> list[dict[str, str]]:
+        # The timestamp keeps pace with time(), so the age stays at `value` at every evaluation.
+        return [series("homelab_backup_last_success_timestamp_seconds", self.test_labels,
+                       linear(-value * 3600, TEST_INTERVAL_S, samples))]
+
+
 # --- TLS (roles/pki's certificates; blackbox's checks of every secured listener) ----------------
 
 # roles/pki's metrics in node_exporter's textfile directory, named here so the catalog stays
@@ -658,4 +704,5 @@ CATALOG: tuple[type[Alert], ...] = (
     AlertRelayDown, AlertRelayDeadLetters, AlertRelayCannotAuthenticate,
     FirewallDropsOnServicePort,
     CertificateExpiringSoon, ScrapeTLSOrLoginFailing,
+    BackupFailed, BackupStale,
 )

@@ -119,6 +119,20 @@ def up(inventory: Path, log=_log) -> list[LabNode]:
     return wanted
 
 
+def recreate(inventory: Path, name: str, log=_log) -> list[LabNode]:
+    """Destroy one node (its upper layer: everything deployed or written on it) and boot it afresh,
+    with a new host key, as a replaced machine would come back; the other nodes keep running."""
+    check_host()
+    settings = lab_settings()
+    if name not in {node.name for node in read_nodes(Path(inventory))}:
+        raise LabError(f"{inventory}: no lab host named {name!r}")
+    ssh.close_master_connections(settings, [name])
+    nodes.stop(settings, name)
+    nodes.remove(settings, name)
+    log(f"destroyed {name}")
+    return up(inventory, log)
+
+
 def _wait_ready(settings: LabSettings, node: LabNode) -> str | None:
     deadline = time.monotonic() + ssh.READY_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -4,6 +4,7 @@
     lab down [--purge]     stop the nodes, remove the bridge, nft table and state (--purge: the base image too)
     lab status             node, address, state, ssh reachable
     lab ssh NAME [CMD...]  a shell or a command on a node
+    lab recreate NAME [INVENTORY]   destroy one node and boot it empty again (as a replaced machine)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("inventory", nargs="?", type=Path, default=DEFAULT_INVENTORY)
     down = commands.add_parser("down", help="stop the nodes and remove what `lab up` created")
     down.add_argument("--purge", action="store_true", help="also remove the cached base image")
+    recreate = commands.add_parser("recreate", help="destroy one node and boot it empty (new host key)")
+    recreate.add_argument("name")
+    recreate.add_argument("inventory", nargs="?", type=Path, default=DEFAULT_INVENTORY)
     commands.add_parser("status", help="one line per node: address, state, ssh")
     shell = commands.add_parser("ssh", help="ssh to a node")
     shell.add_argument("name")
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             api.up(args.inventory)
+        elif args.command == "recreate":
+            api.recreate(args.inventory, args.name)
         elif args.command == "down":
             api.down(purge=args.purge)
         elif args.command == "status":

@@ -35,6 +35,8 @@ AUTO_REWRITE_MIN_SIZE = 64 * 1024 * 1024
 AUTO_REWRITE_PERCENTAGE = 100
 BIG_VALUE = 64 * 1024
 IOV_MAX = 1024
+# In the data directory (`dir`); backups (homelab.backup) copy it from there.
+FILENAME = "appendonly.aof"
 # A count or length line is at most this long ("$" or "*", 20 digits, CRLF).
 MAX_HEADER = 24
 _NOT_ZERO = re.compile(rb"[^\x00]")
@@ -180,7 +182,7 @@ FLUSHALL = b"*1\r\n$8\r\nFLUSHALL\r\n"
 
 
 class AppendOnlyFile:
-    def __init__(self, directory: str, fsync: str, filename: str = "appendonly.aof"):
+    def __init__(self, directory: str, fsync: str, filename: str = FILENAME):
         self.path = os.path.join(directory, filename)
         self.directory = directory
         self.fsync_mode = fsync

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import errors, logs
-from .aof import AUTO_REWRITE_MIN_SIZE
+from .aof import AUTO_REWRITE_MIN_SIZE, FILENAME as AOF_FILENAME
 from .config import bounds, choices, redis_names
 from .glob import matcher
 from .protocol import ReplyError
@@ -132,7 +132,7 @@ LIVE = {
 # file), which cannot be set. requirepass is known, so that CONFIG SET refuses it as immutable,
 # and never shown.
 FIXED = {
-    "appendfilename": "appendonly.aof", "save": "", "databases": "1", "auto-aof-rewrite-percentage": "100",
+    "appendfilename": AOF_FILENAME, "save": "", "databases": "1", "auto-aof-rewrite-percentage": "100",
     "requirepass": "",
 }
 # Settings of the file whose CONFIG SET text is a memory value (10mb) rather than an integer.

@@ -1,0 +1,345 @@
+"""What a backup copies from each service, consistently, and how it is put back.
+
+Each part's files are kept under the absolute path they have on the node (the part's folder in a
+backup holds ``var/lib/toy-redis/appendonly.aof``), so a restore sends the folder to ``/`` and
+checks every file on the node against the manifest with sha256sum before the service starts.
+
+- prometheus: a TSDB snapshot made by the admin API (``POST /api/v1/admin/tsdb/snapshot``, the head
+  block included), copied from the node and then removed there. Restored as the whole TSDB.
+- alertmanager: ``nflog`` and ``silences`` from its data folder. Alertmanager replaces each by
+  renaming a complete new file (every 15 minutes and at shutdown), so a copy is never torn.
+- toy_redis: ``BGREWRITEAOF``, then, once INFO reports that rewrite done, the AOF up to the size
+  INFO gives at that moment: a prefix that ends between two records, whatever is appended after.
+- alert_relay: the queue (messages and dead letters in one SQLite file), copied by SQLite's online
+  backup API on the node while the relay runs.
+- grafana: its SQLite database the same way, plus the provisioning folder and the dashboards.
+- certificates: the node's certificate folder, when roles.pki declares one (CERT_DIR) and it exists.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from homelab.backup.remote import Remote, RemoteError
+from homelab.topology import Topology
+
+# The admin API's snapshot of a day of data takes seconds; a stuck Prometheus fails in this time.
+SNAPSHOT_TIMEOUT_S = 120
+# BGREWRITEAOF of 1M keys takes seconds; give up if the rewrite has not finished in this time.
+AOF_REWRITE_TIMEOUT_S = 300
+AOF_POLL_S = 0.1
+REDIS_TIMEOUT_S = 30
+
+# Run on the node by python3: copy a live SQLite database with the online backup API (a reader,
+# consistent while the service writes) and write the copy to standard output.
+SQLITE_COPY = """
+import sqlite3, sys
+source = sqlite3.connect(sys.argv[1], timeout=30)
+copy = sqlite3.connect(":memory:")
+source.backup(copy)
+source.close()
+sys.stdout.buffer.write(copy.serialize())
+"""
+
+
+def sqlite_copy_command(database: str) -> str:
+    return f"python3 -c {shlex.quote(SQLITE_COPY)} {shlex.quote(database)}"
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A file or folder a restore replaces, and who must own it afterwards."""
+
+    path: str
+    owner: str | None  # user:group; None: as the restore leaves it (root)
+    # Also removed before the restore (e.g. SQLite's -wal and -shm beside the database).
+    companions: tuple[str, ...] = ()
+
+
+class Part:
+    """One thing to back up on every host that runs ``role``."""
+
+    name: str
+    role: str
+
+    def hosts(self, topology: Topology) -> list[str]:
+        return topology.hosts_of(self.role)
+
+    def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
+        """Why this host has nothing of this part to back up, or None."""
+        return None
+
+    def version(self, remote: Remote) -> str:
+        raise NotImplementedError
+
+    def service(self) -> str:
+        raise NotImplementedError
+
+    def restored(self) -> list[Restored]:
+        raise NotImplementedError
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        """Copy the part into ``dest`` (files under their path on the node, without the leading /)."""
+        raise NotImplementedError
+
+
+def dpkg_version(remote: Remote, package: str) -> str:
+    return remote.run(f"dpkg-query -W -f='${{Version}}' {shlex.quote(package)}").decode().strip()
+
+
+def local(dest: Path, node_path: str) -> Path:
+    """Where a file at ``node_path`` on the node goes in the part's folder."""
+    path = dest / node_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Prometheus(Part):
+    name = role = "prometheus"
+
+    def version(self, remote: Remote) -> str:
+        from roles.prometheus import PACKAGE
+
+        return dpkg_version(remote, PACKAGE)
+
+    def service(self) -> str:
+        from roles.prometheus import SERVICE
+
+        return SERVICE
+
+    def restored(self) -> list[Restored]:
+        from roles.prometheus import STORAGE_PATH
+
+        return [Restored(STORAGE_PATH.rstrip("/"), "prometheus:prometheus")]
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        from roles.prometheus import SNAPSHOTS_DIR, STORAGE_PATH
+
+        url = topology.endpoint("prometheus", host).url("/api/v1/admin/tsdb/snapshot")
+        try:
+            response = requests.post(url, timeout=SNAPSHOT_TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise RemoteError(f"{host}: cannot reach Prometheus at {url} ({type(exc).__name__})") from None
+        if not response.ok:
+            raise RemoteError(f"{host}: Prometheus refused a TSDB snapshot: HTTP {response.status_code} "
+                              f"{' '.join(response.text.split())[:200]}")
+        name = response.json()["data"]["name"]
+        snapshot = f"{SNAPSHOTS_DIR}/{name}"
+        try:
+            remote.fetch_tree(snapshot, ["."], local(dest, STORAGE_PATH))
+        finally:
+            remote.run(f"rm -rf -- {shlex.quote(snapshot)}")
+
+
+class Alertmanager(Part):
+    name = role = "alertmanager"
+    FILES = ("nflog", "silences")
+
+    def version(self, remote: Remote) -> str:
+        from roles.alertmanager import PACKAGE
+
+        return dpkg_version(remote, PACKAGE)
+
+    def service(self) -> str:
+        from roles.alertmanager import SERVICE
+
+        return SERVICE
+
+    def restored(self) -> list[Restored]:
+        from roles.alertmanager import STORAGE_PATH
+
+        return [Restored(f"{STORAGE_PATH}{name}", "prometheus:prometheus") for name in self.FILES]
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        from roles.alertmanager import STORAGE_PATH
+
+        present = remote.run(" ; ".join(f"test -f {STORAGE_PATH}{name} && echo {name}" for name in self.FILES)
+                             + " ; true").decode().split()
+        if present:
+            remote.fetch_tree(STORAGE_PATH, present, local(dest, STORAGE_PATH))
+
+
+class PythonService(Part):
+    """toy-redis and the relay: installed from our wheels (roles.python_app)."""
+
+    def _app(self):
+        return import_module(f"roles.{self.role}").APP
+
+    def version(self, remote: Remote) -> str:
+        app = self._app()
+        script = f"import importlib.metadata as m; print(m.version({app.distribution!r}))"
+        return remote.run(f"{app.binary('python')} -c {shlex.quote(script)}").decode().strip()
+
+    def service(self) -> str:
+        return self._app().service
+
+
+class ToyRedis(PythonService):
+    name = role = "toy_redis"
+
+    def _aof_path(self) -> str:
+        from toy_redis.aof import FILENAME
+
+        from roles.toy_redis import DATA_DIR
+
+        return f"{DATA_DIR}/{FILENAME}"
+
+    def restored(self) -> list[Restored]:
+        app = self._app()
+        return [Restored(self._aof_path(), f"{app.service}:{app.service}")]
+
+    def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
+        if not topology.settings(host, self.role).appendonly:
+            return "toy_redis.appendonly is off: toy-redis keeps nothing on disk"
+        return None
+
+    def client(self, topology: Topology, host: str):
+        import redis
+
+        endpoint = topology.endpoint("toy_redis", host, "resp")
+        password = None
+        if topology.settings(host, self.role).auth:
+            from homelab.vault import load_vault
+            from roles.toy_redis import PASSWORD_SECRET
+
+            password = load_vault(topology.data(host, "vault_file"),
+                                  topology.data(host, "vault_password_file"))[PASSWORD_SECRET]
+        return redis.Redis(host=endpoint.address, port=endpoint.port, password=password,
+                           socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        import redis
+
+        try:
+            with self.client(topology, host) as client:
+                size = rewrite_aof(client)
+        except redis.RedisError as exc:
+            raise RemoteError(f"{host}: toy-redis: {type(exc).__name__}: {exc}") from None
+        path = self._aof_path()
+        remote.read_to(f"head -c {size} {shlex.quote(path)}", local(dest, path))
+        copied = local(dest, path).stat().st_size
+        if copied != size:
+            raise RemoteError(f"{host}: {path}: copied {copied} bytes, INFO said {size}")
+
+
+def rewrite_aof(client, timeout: float = AOF_REWRITE_TIMEOUT_S, sleep: Callable[[float], None] = time.sleep) -> int:
+    """BGREWRITEAOF and wait for it; the AOF's size once it is done (a prefix ending between records)."""
+    before = client.info("persistence")
+    if not before.get("aof_enabled"):
+        raise RemoteError("toy-redis: aof_enabled is 0: the server keeps no append-only file")
+    # A rewrite already running started before this backup: wait for one that starts after it.
+    started = before["aof_rewrites"] + (1 if before["aof_rewrite_in_progress"] else 0)
+    deadline = time.monotonic() + timeout
+    requested = False
+    while True:
+        info = client.info("persistence")
+        if requested and not info["aof_rewrite_in_progress"]:
+            if info["aof_last_bgrewrite_status"] != "ok":
+                raise RemoteError("toy-redis: BGREWRITEAOF failed (aof_last_bgrewrite_status err); see its log")
+            if info["aof_rewrites"] > started:
+                return int(info["aof_current_size"])
+        if not requested and not info["aof_rewrite_in_progress"]:
+            client.execute_command("BGREWRITEAOF")
+            requested = True
+        if time.monotonic() > deadline:
+            raise RemoteError(f"toy-redis: BGREWRITEAOF not done after {timeout:.0f}s")
+        sleep(AOF_POLL_S)
+
+
+class AlertRelay(PythonService):
+    name = role = "alert_relay"
+
+    def restored(self) -> list[Restored]:
+        from roles.alert_relay import QUEUE_PATH
+
+        app = self._app()
+        return [Restored(QUEUE_PATH, f"{app.service}:{app.service}", (f"{QUEUE_PATH}-wal", f"{QUEUE_PATH}-shm"))]
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        from roles.alert_relay import QUEUE_PATH
+
+        remote.read_to(sqlite_copy_command(QUEUE_PATH), local(dest, QUEUE_PATH))
+
+
+class Grafana(Part):
+    name = role = "grafana"
+
+    def hosts(self, topology: Topology) -> list[str]:
+        return topology.hosts_of(self.role)
+
+    def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
+        if host not in topology.serving(self.role):
+            return ("Grafana is not installed there: lab nodes cannot reach Grafana's package repository "
+                    "(roles.grafana_repo skips it)")
+        return None
+
+    def version(self, remote: Remote) -> str:
+        from roles.grafana.package import PACKAGE
+
+        return dpkg_version(remote, PACKAGE.name)
+
+    def service(self) -> str:
+        from roles.grafana import SERVICE
+
+        return SERVICE
+
+    def restored(self) -> list[Restored]:
+        from roles.grafana import DASHBOARDS_DIR
+        from roles.grafana.package import DATABASE, PACKAGE, PROVISIONING_DIR
+
+        own = f"{PACKAGE.user}:{PACKAGE.group}"
+        config = f"root:{PACKAGE.group}"
+        return [Restored(DATABASE, own, (f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")),
+                Restored(PROVISIONING_DIR, config), Restored(DASHBOARDS_DIR, config)]
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        from roles.grafana import DASHBOARDS_DIR
+        from roles.grafana.package import DATABASE, PROVISIONING_DIR
+
+        remote.read_to(sqlite_copy_command(DATABASE), local(dest, DATABASE))
+        for folder in (PROVISIONING_DIR, DASHBOARDS_DIR):
+            remote.fetch_tree(folder, ["."], local(dest, folder))
+
+
+class Certificates(Part):
+    name = "certificates"
+    role = "base"  # every host
+
+    def _cert_dir(self) -> str | None:
+        try:
+            return getattr(import_module("roles.pki"), "CERT_DIR", None)
+        except ImportError:
+            return None
+
+    def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
+        folder = self._cert_dir()
+        if folder is None:
+            return "no certificate folder declared (roles.pki.CERT_DIR)"
+        if remote.run(f"test -d {shlex.quote(folder)} && echo yes || true").strip() != b"yes":
+            return f"{folder} does not exist on the node"
+        return None
+
+    def version(self, remote: Remote) -> str:
+        return ""
+
+    def service(self) -> str:
+        return ""  # read by the services that use them at their next start
+
+    def restored(self) -> list[Restored]:
+        # Owners are the pki role's to set: a deploy after the restore puts them back.
+        return [Restored(self._cert_dir(), None)]
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        folder = self._cert_dir()
+        remote.fetch_tree(folder, ["."], local(dest, folder))
+
+
+PARTS: tuple[Part, ...] = (Prometheus(), Alertmanager(), ToyRedis(), AlertRelay(), Grafana(), Certificates())
+PART_BY_NAME = {part.name: part for part in PARTS}

@@ -1,0 +1,117 @@
+"""Commands on a node over OpenSSH, with the access the inventory gives pyinfra.
+
+The address, user, key, known_hosts file and host-key policy come from the host's inventory data
+(``ssh_hostname``, ``ssh_user``, ``ssh_key``, ``ssh_known_hosts_file``,
+``ssh_strict_host_key_checking``, ``ssh_port``), so the lab's nodes (homelab.lab.settings.lab_host)
+and the real cluster are reached the same way a deploy reaches them. One master connection per
+node is reused for the many small commands of a backup and closed by ``close``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from homelab.topology import Topology
+
+# Long enough for a tar of the largest part to start; a dead node fails in this time, not never.
+CONNECT_TIMEOUT_S = 10
+# A stalled transfer (node frozen mid-stream) is given up after this many seconds without traffic.
+ALIVE_INTERVAL_S, ALIVE_COUNT = 15, 4
+# A remote command that is not a transfer (systemctl, curl on loopback, sha256sum) ends within this.
+COMMAND_TIMEOUT_S = 300
+
+
+class RemoteError(RuntimeError):
+    """A command on a node failed: one line naming the node, what was run, and its error output."""
+
+
+class Remote:
+    """One node, as the control machine reaches it over SSH."""
+
+    def __init__(self, topology: Topology, host: str, control_dir: Path):
+        self.host = host
+        data = lambda key: topology.data(host, key)  # noqa: E731
+        options = {
+            "BatchMode": "yes",
+            "ConnectTimeout": CONNECT_TIMEOUT_S,
+            "ServerAliveInterval": ALIVE_INTERVAL_S,
+            "ServerAliveCountMax": ALIVE_COUNT,
+            "ControlMaster": "auto",
+            "ControlPath": str(control_dir / "%C"),
+            "ControlPersist": 60,
+            "LogLevel": "ERROR",
+        }
+        if data("ssh_key"):
+            options.update(IdentityFile=data("ssh_key"), IdentitiesOnly="yes")
+        if data("ssh_known_hosts_file"):
+            options["UserKnownHostsFile"] = data("ssh_known_hosts_file")
+        if data("ssh_strict_host_key_checking"):
+            options["StrictHostKeyChecking"] = data("ssh_strict_host_key_checking")
+        self._base = ["ssh", *(f"-o{key}={value}" for key, value in options.items())]
+        if data("ssh_port"):
+            self._base += ["-p", str(data("ssh_port"))]
+        user = data("ssh_user")
+        self._base.append(f"{user}@{topology.address(host)}" if user else topology.address(host))
+        # Backups read and restores write files only root may: a non-root login goes through sudo.
+        self._sudo = "" if user in (None, "root") else "sudo -n "
+
+    def command(self, script: str) -> list[str]:
+        """The ssh argv running ``script`` (a shell command line) on the node as root."""
+        return [*self._base, self._sudo + "sh -c " + shlex.quote(script)]
+
+    def run(self, script: str, input: bytes | None = None, timeout: float = COMMAND_TIMEOUT_S) -> bytes:
+        """Run ``script`` on the node; its standard output. Fails with one line on a non-zero exit."""
+        try:
+            result = subprocess.run(self.command(script), input=input, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"{self.host}: {_short(script)}: no answer in {timeout:.0f}s") from None
+        if result.returncode != 0:
+            raise RemoteError(f"{self.host}: {_short(script)}: {_last_line(result.stderr, result.returncode)}")
+        return result.stdout
+
+    def read_to(self, script: str, dest: Path) -> None:
+        """Stream ``script``'s standard output into the local file ``dest``."""
+        with open(dest, "wb") as out, tempfile.TemporaryFile() as errors:
+            result = subprocess.run(self.command(script), stdout=out, stderr=errors)
+            if result.returncode != 0:
+                errors.seek(0)
+                raise RemoteError(f"{self.host}: {_short(script)}: {_last_line(errors.read(), result.returncode)}")
+
+    def fetch_tree(self, folder: str, names: list[str], dest: Path) -> None:
+        """Copy ``names`` (files or folders relative to the node's ``folder``) into local ``dest``."""
+        dest.mkdir(parents=True, exist_ok=True)
+        script = f"tar -C {shlex.quote(folder)} -cf - -- {' '.join(map(shlex.quote, names))}"
+        self._pipe(self.command(script), ["tar", "-C", str(dest), "--no-same-owner", "-xf", "-"], script)
+
+    def send_tree(self, source: Path, folder: str) -> None:
+        """Copy everything in local ``source`` into the node's ``folder`` (which must exist)."""
+        # Folders that exist keep their owner and mode (the archive's "./" would otherwise retag /).
+        script = f"tar -C {shlex.quote(folder)} --no-same-owner --no-overwrite-dir -xf -"
+        self._pipe(["tar", "-C", str(source), "-cf", "-", "."], self.command(script), script)
+
+    def _pipe(self, reader: list[str], writer: list[str], script: str) -> None:
+        with tempfile.TemporaryFile() as read_errors, tempfile.TemporaryFile() as write_errors:
+            first = subprocess.Popen(reader, stdout=subprocess.PIPE, stderr=read_errors)
+            second = subprocess.Popen(writer, stdin=first.stdout, stderr=write_errors)
+            first.stdout.close()  # the writer alone holds the pipe: it sees EOF when the reader ends
+            second.wait()
+            first.wait()
+            for process, errors in ((first, read_errors), (second, write_errors)):
+                if process.returncode != 0:
+                    errors.seek(0)
+                    raise RemoteError(f"{self.host}: {_short(script)}: {_last_line(errors.read(), process.returncode)}")
+
+    def close(self) -> None:
+        subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+
+
+def _short(script: str) -> str:
+    return script if len(script) <= 80 else script[:77] + "..."
+
+
+def _last_line(stderr: bytes, returncode: int) -> str:
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit status {returncode}"
