@@ -150,16 +150,19 @@ class Channel:
 
 
 class _LoopbackService:
-    """A fake service's HTTP server on a free loopback port, answering with its ``_handler()``."""
+    """A fake service's HTTP server (on a free loopback port unless told otherwise), answering with
+    its ``_handler()``."""
 
-    def listen(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+    def listen(self, bind: str = "127.0.0.1", port: int = 0) -> None:
+        # bind: loopback, or the lab bridge's address for a relay on a lab node.
+        self.server = ThreadingHTTPServer((bind, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        address, port = self.server.server_address[:2]
+        return f"http://{address}:{port}"
 
     def start(self) -> Self:
         self.thread.start()
@@ -175,7 +178,8 @@ class FakeSlack(_LoopbackService):
     the files upload v2 flow; strict about tokens, scopes, channels, blocks and pace."""
 
     def __init__(self, token: str, channels: dict[str, str], scopes: set[str] | None = None, *,
-                 private: set[str] = frozenset(), share_delay_s: float = 0.3, pace_s: float = 0.0):
+                 private: set[str] = frozenset(), share_delay_s: float = 0.3, pace_s: float = 0.0,
+                 bind: str = "127.0.0.1", port: int = 0):
         self.tokens: dict[str, set[str]] = {token: set(ALL_SCOPES if scopes is None else scopes)}
         self.revoked: set[str] = set()
         self.inactive: set[str] = set()
@@ -197,7 +201,7 @@ class FakeSlack(_LoopbackService):
         self.hang: dict[str, float] = {}     # method -> seconds its next call's answer is held back
         self.swallow: dict[str, float] = {}  # the same, and the call has no effect
         self.fatal: dict[str, int] = {}      # method -> how many next calls take effect, then answer fatal_error
-        self.listen()
+        self.listen(bind, port)
 
     @property
     def base_url(self) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 

@@ -9,6 +9,7 @@ node is reused for the many small commands of a backup and closed by ``close``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import tempfile
@@ -73,8 +74,9 @@ class Remote:
         return result.stdout
 
     def read_to(self, script: str, dest: Path) -> None:
-        """Stream ``script``'s standard output into the local file ``dest``."""
-        with open(dest, "wb") as out, tempfile.TemporaryFile() as errors:
+        """Stream ``script``'s standard output into the local file ``dest`` (mode 0600: databases, secrets)."""
+        with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out, \
+                tempfile.TemporaryFile() as errors:
             result = subprocess.run(self.command(script), stdout=out, stderr=errors)
             if result.returncode != 0:
                 errors.seek(0)
