@@ -8,6 +8,8 @@ checks every file on the node against the manifest with sha256sum before the ser
   block included), copied from the node and then removed there. Restored as the whole TSDB.
 - alertmanager: ``nflog`` and ``silences`` from its data folder. Alertmanager replaces each by
   renaming a complete new file (every 15 minutes and at shutdown), so a copy is never torn.
+- alertmanager_silences: the silences its API lists, recreated after a restore where the files
+  (up to 15 minutes old) lack them.
 - toy_redis: ``BGREWRITEAOF``, then, once INFO reports that rewrite done, the AOF up to the size
   INFO gives at that moment: a prefix that ends between two records, whatever is appended after.
 - alert_relay: the queue (messages and dead letters in one SQLite file), copied by SQLite's online
@@ -18,9 +20,11 @@ checks every file on the node against the manifest with sha256sum before the ser
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib import import_module
 from pathlib import Path
 from typing import Callable
@@ -87,6 +91,12 @@ class Part:
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         """Copy the part into ``dest`` (files under their path on the node, without the leading /)."""
+        raise NotImplementedError
+
+    # Parts restored by putting files back need no more; one restored through an API overrides this.
+    restores_files = True
+
+    def restore_through_api(self, topology: Topology, host: str, source: Path) -> None:
         raise NotImplementedError
 
 
@@ -164,6 +174,68 @@ class Alertmanager(Part):
                              + " ; true").decode().split()
         if present:
             remote.fetch_tree(STORAGE_PATH, present, local(dest, STORAGE_PATH))
+
+
+class AlertmanagerSilences(Part):
+    """Silences as Alertmanager's API lists them at backup time.
+
+    Alertmanager writes its silences file only every 15 minutes and at shutdown, so the file may
+    lack the newest silences (a maintenance window opened just before the backup). After the files
+    are restored and Alertmanager runs, every silence saved here that has not ended and that the
+    restored state lacks is created again, with its matchers, end, author and comment."""
+
+    name = "alertmanager_silences"
+    role = "alertmanager"
+    FILE = "silences.json"
+    restores_files = False
+    READY_TIMEOUT_S = 60
+
+    def version(self, remote: Remote) -> str:
+        return Alertmanager().version(remote)
+
+    def service(self) -> str:
+        return ""
+
+    def restored(self) -> list[Restored]:
+        return []
+
+    def _api(self, topology: Topology, host: str):
+        from homelab.maintenance import Alertmanager as AlertmanagerApi
+
+        return AlertmanagerApi(topology.endpoint("alertmanager", host).url())
+
+    def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
+        from homelab.maintenance import CommandError
+
+        try:
+            silences = self._api(topology, host).silences()
+        except CommandError as exc:
+            raise RemoteError(f"{host}: {exc}") from None
+        kept = [silence for silence in silences if silence["status"]["state"] in ("active", "pending")]
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / self.FILE).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+
+    def restore_through_api(self, topology: Topology, host: str, source: Path) -> None:
+        from homelab.maintenance import CommandError, _parse_time
+
+        api = self._api(topology, host)
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        while True:
+            try:
+                present = api.silences()
+                break
+            except CommandError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        key = lambda silence: (json.dumps(sorted(silence["matchers"], key=json.dumps), sort_keys=True),  # noqa: E731
+                               silence["comment"], _parse_time(silence["endsAt"]))
+        have = {key(silence) for silence in present if silence["status"]["state"] != "expired"}
+        now = datetime.now(timezone.utc)
+        for silence in json.loads((source / self.FILE).read_text()):
+            if key(silence) not in have and _parse_time(silence["endsAt"]) > now:
+                api.create(tuple(silence["matchers"]), _parse_time(silence["endsAt"]), silence["createdBy"],
+                           silence["comment"])
 
 
 class PythonService(Part):
@@ -341,5 +413,6 @@ class Certificates(Part):
         remote.fetch_tree(folder, ["."], local(dest, folder))
 
 
-PARTS: tuple[Part, ...] = (Prometheus(), Alertmanager(), ToyRedis(), AlertRelay(), Grafana(), Certificates())
+PARTS: tuple[Part, ...] = (Prometheus(), Alertmanager(), AlertmanagerSilences(), ToyRedis(), AlertRelay(), Grafana(),
+                           Certificates())
 PART_BY_NAME = {part.name: part for part in PARTS}

@@ -152,8 +152,11 @@ def restore(topology: Topology, folder: Path, node: str | None, log: Log) -> lis
             if part is None:
                 raise BackupError(f"{folder / manifests.MANIFEST}: unknown part {entry.part!r}")
             began = time.monotonic()
-            _restore_one(remote(entry.node), part, folder / entry.node / entry.part,
-                         manifest.files_of(entry.node, entry.part))
+            source = folder / entry.node / entry.part
+            if part.restores_files:
+                _restore_one(remote(entry.node), part, source, manifest.files_of(entry.node, entry.part))
+            else:
+                part.restore_through_api(topology, entry.node, source)
             log(f"{entry.node} {entry.part}: restored in {time.monotonic() - began:.1f}s")
     return chosen
 
