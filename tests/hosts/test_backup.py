@@ -128,6 +128,8 @@ def test_backup_then_restore_onto_recreated_nodes(lab, deployed, tmp_path):
         deploy = run_pyinfra("deploys/all.py", *[arg for host in DESTROYED for arg in ("--limit", host)],
                              "--data", "alert_relay=" + json.dumps({"slack_base_url": slack_url}))
         assert deploy.returncode == 0 and not deploy.failed(), deploy.stderr[-4000:]
+        wait_for(lambda: requests.get(TOPOLOGY.endpoint("prometheus").url("/-/ready"), timeout=5).ok,
+                 SCRAPE_WAIT_S, "the redeployed Prometheus ready")
         assert not prometheus_query(marker, at=written_at), "a fresh Prometheus knows the series already"
 
         for host in DESTROYED:
