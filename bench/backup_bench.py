@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`homelab backup` of the deployed 4-node lab holding 1M toy-redis keys and a day of Prometheus data.
 
-Setup (not timed): toy-redis gets --keys keys (pipelined MSETs); Prometheus gets a day of
+Setup (not timed): this checkout is deployed to the toy-redis and Prometheus nodes; toy-redis gets --keys keys (pipelined MSETs); Prometheus gets a day of
 --series series at its scrape interval, made with `promtool tsdb create-blocks-from openmetrics`
 on this machine and moved into its TSDB (Prometheus loads new blocks at its next reload).
 Then the backup is timed, and as the reference in the same run the raw copy of the same bytes over
@@ -41,6 +41,16 @@ PREFIX = "bench-backup"
 METRIC = "homelab_backup_bench_value"
 BATCH = 10_000
 DAY_S = 86400
+
+
+def deploy(hosts: list[str]) -> None:
+    """This checkout's roles on ``hosts`` (Prometheus needs its admin API on: other checkouts may have
+    deployed without it)."""
+    limits = [arg for host in hosts for arg in ("--limit", host)]
+    result = subprocess.run([str(Path(sys.executable).with_name("pyinfra")), "-y", str(INVENTORY), "deploys/all.py",
+                             *limits], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"deploy of {', '.join(hosts)} failed:\n{(result.stderr + result.stdout)[-3000:]}")
 
 
 def load_keys(topology: Topology, host: str, keys: int) -> float:
@@ -117,6 +127,7 @@ def main() -> int:
     topology = Topology.load(INVENTORY)
     redis_host = topology.hosts_of("toy_redis")[0]
     prometheus_host = topology.hosts_of("prometheus")[0]
+    deploy(sorted({redis_host, prometheus_host}))
     workdir = Path(tempfile.mkdtemp(prefix="backup-bench-"))
     try:
         with run.remotes(topology) as remotes:
