@@ -190,9 +190,17 @@ def _iso(unix_time: float) -> str:
     return datetime.fromtimestamp(unix_time, timezone.utc).isoformat(timespec="seconds")
 
 
-def newest_backup() -> datetime | None:
-    """The newest backup's time; None until backups exist (homelab backup)."""
-    return None
+def newest_backup(topology: Topology) -> datetime | None:
+    """The newest finished backup's time in the cluster's backup folder (None: none yet, or the
+    backup settings are invalid, which `homelab backup` itself reports)."""
+    from homelab.backup import newest_backup_time
+    from homelab.backup.settings import backup_settings
+    from homelab.config import ConfigError
+
+    try:
+        return newest_backup_time(backup_settings(topology).directory)
+    except ConfigError:
+        return None
 
 
 def collect(topology: Topology) -> Status:
@@ -228,7 +236,7 @@ def collect(topology: Topology) -> Status:
     for row in rows:
         budgets = [left for slo, left in status.error_budget_left.items() if slo_jobs.get(slo) == row.service and left is not None]
         row.error_budget_left = min(budgets) if budgets else None
-    backup = newest_backup()
+    backup = newest_backup(topology)
     status.last_backup = backup.isoformat(timespec="seconds") if backup else None
     return status
 

@@ -509,7 +509,8 @@ class FirewallDropsOnServicePort(ThresholdAlert):
 
 # --- backups (homelab.backup.report: the control machine's metrics file on node_exporter) ---------
 
-BACKUP_REPORT = {"instance": "worker-node-14:9100", "job": "node"}
+# A sample series: the rules read no label (the first Prometheus host's node_exporter carries it).
+BACKUP_REPORT = {"instance": "worker-node-14", "job": "node"}
 
 
 class BackupFailed(BinaryAlert):

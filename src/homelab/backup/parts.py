@@ -35,6 +35,7 @@ from homelab.backup.remote import Remote, RemoteError
 from homelab.topology import Topology
 
 # The admin API's snapshot of a day of data takes seconds; a stuck Prometheus fails in this time.
+SNAPSHOT_PATH = "/api/v1/admin/tsdb/snapshot"
 SNAPSHOT_TIMEOUT_S = 120
 # BGREWRITEAOF of 1M keys takes seconds; give up if the rewrite has not finished in this time.
 AOF_REWRITE_TIMEOUT_S = 300
@@ -132,9 +133,10 @@ class Prometheus(Part):
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         from roles.prometheus import SNAPSHOTS_DIR, STORAGE_PATH
 
-        url = topology.endpoint("prometheus", host).url("/api/v1/admin/tsdb/snapshot")
+        prometheus = topology.access("prometheus", host)
+        url = prometheus.url(SNAPSHOT_PATH)
         try:
-            response = requests.post(url, timeout=SNAPSHOT_TIMEOUT_S)
+            response = prometheus.request("POST", SNAPSHOT_PATH, timeout=SNAPSHOT_TIMEOUT_S)
         except requests.RequestException as exc:
             raise RemoteError(f"{host}: cannot reach Prometheus at {url} ({type(exc).__name__})") from None
         if not response.ok:
@@ -202,7 +204,7 @@ class AlertmanagerSilences(Part):
     def _api(self, topology: Topology, host: str):
         from homelab.maintenance import Alertmanager as AlertmanagerApi
 
-        return AlertmanagerApi(topology.endpoint("alertmanager", host).url())
+        return AlertmanagerApi(topology.access("alertmanager", host))
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         from homelab.maintenance import CommandError
@@ -216,7 +218,7 @@ class AlertmanagerSilences(Part):
         (dest / self.FILE).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
 
     def restore_through_api(self, topology: Topology, host: str, source: Path) -> None:
-        from homelab.maintenance import CommandError, _parse_time
+        from homelab.maintenance import CommandError, parse_time
 
         api = self._api(topology, host)
         deadline = time.monotonic() + self.READY_TIMEOUT_S
@@ -229,12 +231,12 @@ class AlertmanagerSilences(Part):
                     raise
                 time.sleep(1)
         key = lambda silence: (json.dumps(sorted(silence["matchers"], key=json.dumps), sort_keys=True),  # noqa: E731
-                               silence["comment"], _parse_time(silence["endsAt"]))
+                               silence["comment"], parse_time(silence["endsAt"]))
         have = {key(silence) for silence in present if silence["status"]["state"] != "expired"}
         now = datetime.now(timezone.utc)
         for silence in json.loads((source / self.FILE).read_text()):
-            if key(silence) not in have and _parse_time(silence["endsAt"]) > now:
-                api.create(tuple(silence["matchers"]), _parse_time(silence["endsAt"]), silence["createdBy"],
+            if key(silence) not in have and parse_time(silence["endsAt"]) > now:
+                api.create(tuple(silence["matchers"]), parse_time(silence["endsAt"]), silence["createdBy"],
                            silence["comment"])
 
 

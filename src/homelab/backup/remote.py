@@ -110,8 +110,12 @@ class Remote:
         subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
 
 
+# Long scripts are clipped in error lines, so an error stays one readable line.
+SCRIPT_SHOWN_CHARS = 100
+
+
 def _short(script: str) -> str:
-    return script if len(script) <= 80 else script[:77] + "..."
+    return script if len(script) <= SCRIPT_SHOWN_CHARS else script[:SCRIPT_SHOWN_CHARS - 1] + "…"
 
 
 def _last_line(stderr: bytes, returncode: int) -> str:
