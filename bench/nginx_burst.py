@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from homelab.lab.inventory import inventory_groups, read_nodes  # noqa: E402
 from homelab.lab.settings import lab_settings  # noqa: E402
 from homelab.lab.ssh import ssh_command  # noqa: E402
+from roles.firewall import TABLE as FIREWALL_TABLE  # noqa: E402
 from roles.tuning.settings import Tuning, load_tuning  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -54,6 +55,7 @@ SOCKET = "/run/homelab-burst/upstream.sock"
 UPSTREAM_UNIT = "homelab-burst-upstream"
 SITE = "/etc/nginx/sites-enabled/homelab-burst.conf"
 PORT = 8099
+FIREWALL_COMMENT = "homelab_burst_bench"
 ERROR_LOG = "/var/log/nginx/error.log"
 EAGAIN = "(11: Resource temporarily unavailable) while connecting to upstream"
 NO_CONNECTIONS = "worker_connections are not enough"
@@ -135,11 +137,27 @@ def prepare(tuning: Tuning, work_ms: float) -> int:
             f"python3 {Path(SOCKET).parent}/unix_upstream.py {SOCKET} {work_ms}")
     on_node(f"for i in $(seq 50); do [ -S {SOCKET} ] && break; sleep 0.1; done; [ -S {SOCKET} ]")
     on_node(f"cat > {SITE} && nginx -t -q && systemctl reload nginx && sleep 2", stdin=site(tuning))
+    open_port()
     # For a listening socket, ss shows its accept queue's size in Send-Q.
     return int(on_node(f"ss -Hxl src {SOCKET}").split()[3])
 
 
+def open_port() -> None:
+    """The burst site is no service of the topology, so the node firewall (roles/firewall) drops its
+    port: let the control machine in while the bench runs."""
+    on_node(f"! nft list table inet {FIREWALL_TABLE} >/dev/null 2>&1 || "
+            f"nft insert rule inet {FIREWALL_TABLE} input tcp dport {PORT} accept comment {FIREWALL_COMMENT}")
+
+
+def close_port() -> None:
+    # `nft -a` ends each rule's line with "# handle N".
+    on_node(f"for handle in $(nft -a list chain inet {FIREWALL_TABLE} input 2>/dev/null "
+            f"| grep {FIREWALL_COMMENT} | awk '{{print $NF}}'); do "
+            f"nft delete rule inet {FIREWALL_TABLE} input handle $handle; done; true", check=False)
+
+
 def cleanup() -> None:
+    close_port()
     on_node(f"rm -f {SITE}; nginx -t -q && systemctl reload nginx; systemctl stop {UPSTREAM_UNIT} 2>/dev/null; "
             f"rm -rf {Path(SOCKET).parent}; true", check=False)
 

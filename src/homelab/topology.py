@@ -154,6 +154,9 @@ FLOWS: tuple[Flow, ...] = (
     Flow(CONTROL, "toy_redis", "redis-cli, lab checks", "resp"),
     Flow(CONTROL, "toy_redis", "lab checks", "metrics"),
     Flow(CONTROL, "alert_relay", "lab checks"),
+    Flow(CONTROL, "node_exporter", "lab checks", "metrics"),
+    Flow(CONTROL, "nginx", "lab checks", "exporter"),
+    Flow(CONTROL, "nginx", "lab checks", "mtail"),
 )
 
 

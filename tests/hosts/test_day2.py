@@ -52,13 +52,18 @@ def redis_node(deployed, testinfra_hosts):
     node.run(f"systemctl start {APP.service}")
 
 
-def serve_a_few_commands() -> None:
+def toy_redis_client():
+    """A redis-py client of the lab's toy-redis (TLS when pki.tls is on), logged in with the vault's password."""
     from homelab.vault import load_vault
     from roles.toy_redis import PASSWORD_SECRET
 
     access = LAB_TOPOLOGY.access("toy_redis", REDIS_NODE, "resp")
     secrets = load_vault(LAB_TOPOLOGY.data(REDIS_NODE, "vault_file"), LAB_TOPOLOGY.data(REDIS_NODE, "vault_password_file"))
-    with access.redis(password=secrets[PASSWORD_SECRET], socket_timeout=5) as client:
+    return access.redis(password=secrets[PASSWORD_SECRET], socket_timeout=30)
+
+
+def serve_a_few_commands() -> None:
+    with toy_redis_client() as client:
         for _ in range(20):
             client.ping()
 

@@ -25,6 +25,7 @@ from tests.roles.test_prometheus import LAB, LAB_ADDRESS, LAB_TOPOLOGY
 
 CONTROL_ADDRESS = "10.77.0.1"
 NODE_PORT = NodeExporterSettings().listen_port
+UNLISTED_PORT = 4999  # a port no role listens on
 REDIS = ToyRedisSettings()
 
 
@@ -65,8 +66,8 @@ def test_the_control_machine_reaches_what_its_commands_query():
     for role in ("prometheus", "alertmanager"):
         endpoint = LAB_TOPOLOGY.endpoint(role)
         assert CONTROL_ADDRESS in accepted_from(lab_ruleset(endpoint.host), endpoint.port)
-    node_exporter = LAB_TOPOLOGY.endpoint("node_exporter", "worker-node-12", "metrics")
-    assert CONTROL_ADDRESS not in accepted_from(lab_ruleset("worker-node-12"), node_exporter.port)
+    blackbox = LAB_TOPOLOGY.endpoint("blackbox")  # it probes any URL it is asked: Prometheus only
+    assert CONTROL_ADDRESS not in accepted_from(lab_ruleset(blackbox.host), blackbox.port)
 
 
 def test_ssh_from_the_control_machine_comes_before_any_other_rule():
@@ -219,7 +220,7 @@ def test_the_ruleset_in_a_namespace_lets_callers_in_drops_strangers_and_limits_f
     run("ip", "netns", "exec", node, "nft", "-f", str(ruleset))
 
     listeners = [subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-c", LISTEN, str(port)])
-                 for port in (NODE_PORT, REDIS.port)]
+                 for port in (NODE_PORT, REDIS.port, UNLISTED_PORT)]
     try:
         def connect(source: str, port: int, count: int = 1) -> list[str]:
             answer = run("ip", "netns", "exec", peer, sys.executable, "-c", CONNECT, source, NODE_ADDRESS,
@@ -234,7 +235,7 @@ def test_the_ruleset_in_a_namespace_lets_callers_in_drops_strangers_and_limits_f
         assert connect(STRANGER, NODE_PORT) == ["timeout"]
         assert connect(CALLER, REDIS.port) == ["timeout"]  # Prometheus scrapes the metrics port, not RESP
         assert connect(CONTROL_PEER, REDIS.port) == ["ok"]
-        assert connect(CONTROL_PEER, NODE_PORT) == ["timeout"]  # not a port the control machine calls
+        assert connect(CONTROL_PEER, UNLISTED_PORT) == ["timeout"]  # no service of the topology
         assert connect(CALLER, NODE_PORT, count=5) == ["ok"] * 3 + ["refused"] * 2
 
         textfile = tmp_path / "textfile"
