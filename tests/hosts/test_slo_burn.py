@@ -91,10 +91,14 @@ def test_the_latency_burn_alert_fires_on_slow_commands_and_stops_under_fast_ones
     slow_keyspace(client)
     for _ in range(slow):
         client.keys(f"{PREFIX}*")
-    firing = wait_until(lambda: [a for a in burn_alerts(prometheus) if a["state"] == "firing"], FIRES_WITHIN_S,
-                        f"{ALERT} to fire", interval=5)
+
+    def fast_burn_firing():
+        firing = [a for a in burn_alerts(prometheus) if a["state"] == "firing"]
+        return firing if "1h" in {a["labels"]["window"] for a in firing} else None
+
+    # The 6h pair (6x) may fire first; the page that matters here is the fast burn's.
+    firing = wait_until(fast_burn_firing, FIRES_WITHIN_S, f"{ALERT} to fire over 1h and 5m", interval=5)
     assert {a["labels"]["slo"] for a in firing} == {OBJECTIVE.name}
-    assert "1h" in {a["labels"]["window"] for a in firing}
 
     remove_test_keys(client)
     # Both pairs stop once their short window (5m, 30m) is below its threshold (14.4%, 6%): fast
