@@ -27,7 +27,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "db", "id", "transport", "parser", "resp3", "_authenticated", "name", "addr", "laddr", "host",
         "created", "last_active", "last_command", "close_after_reply", "closed", "paused",
-        "backlog", "job", "fd", "handshake",
+        "backlog", "job", "job_timing", "fd", "handshake",
     )
 
     def __init__(self, server: "Server", handshake=None):
@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
         self.backlog = None
         # A command working in slices (a generator, see Server.advance).
         self.job = None
+        self.job_timing = None  # (command, argv, start) of the job, timed when it finishes
 
     def connection_made(self, transport) -> None:
         self.transport = transport

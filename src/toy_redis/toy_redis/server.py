@@ -198,18 +198,14 @@ class Server:
                         self.dirty += 1
                         if self.aof is not None:
                             self._log_write(cmd, argv)
-                elapsed = perf_counter() - start
-                cmd.calls += 1
-                cmd.seconds_total += elapsed
-                # Most commands finish inside the first bucket (10 us): skip the search for them.
-                cmd.latency_buckets[0 if elapsed <= FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-                if elapsed > self.slowlog_threshold_s:
-                    self._slow(conn, cmd, argv, elapsed)
-                if reply.__class__ is not bytes:
-                    if reply.__class__ is GeneratorType:
-                        # Works in slices: what it sends now; unless finished, conn.job holds it.
-                        reply = self.advance(conn, reply)[0]
-                    else:
+                if reply.__class__ is GeneratorType:
+                    # Works in slices: what it sends now; unless finished, conn.job holds it. Its
+                    # time runs until its last slice (advance), as its client waits that long.
+                    conn.job_timing = (cmd, argv, start)
+                    reply = self.advance(conn, reply)[0]
+                else:
+                    self._timed(conn, cmd, argv, perf_counter() - start)
+                    if reply.__class__ is not bytes:
                         reply = encode(reply, conn.resp3)
             append(reply)
             if conn.close_after_reply or conn.job is not None:
@@ -229,14 +225,30 @@ class Server:
         try:
             part = next(job)
         except StopIteration as done:
-            conn.job = None
+            self._job_done(conn)
             result = done.value
             return (result if result.__class__ is bytes else encode(result, conn.resp3)), True
         except Exception as exc:
-            conn.job = None
+            self._job_done(conn)
             return self.failure(conn.last_command, exc), True
         conn.job = job
         return part or b"", False
+
+    def _job_done(self, conn) -> None:
+        conn.job = None
+        if conn.job_timing is not None:
+            cmd, argv, start = conn.job_timing
+            conn.job_timing = None
+            self._timed(conn, cmd, argv, perf_counter() - start)
+
+    def _timed(self, conn, cmd, argv, elapsed: float) -> None:
+        """Count a finished command in its stats, latency histogram and (if slow) the slow log."""
+        cmd.calls += 1
+        cmd.seconds_total += elapsed
+        # Most commands finish inside the first bucket (10 us): skip the search for them.
+        cmd.latency_buckets[0 if elapsed <= FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        if elapsed > self.slowlog_threshold_s:
+            self._slow(conn, cmd, argv, elapsed)
 
     def failure(self, name: str, exc: Exception) -> bytes:
         """The error reply for a command that raised; a bug costs one reply, not the connection."""
