@@ -7,7 +7,10 @@ import json
 import pytest
 
 from roles.blackbox import CONFIG_FILE, render_config
+from roles.prometheus import PROBE_JOB
 from tests.conftest import hosts_in, run_pyinfra
+from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S, api
+from tests.loopback import wait_for
 from tests.roles.test_blackbox import lab_settings
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
@@ -27,15 +30,19 @@ def test_exporter_runs_with_the_modules_from_group_data(node):
     assert node.socket(f"tcp://0.0.0.0:{port}").is_listening or node.socket(f"tcp://:::{port}").is_listening
 
 
-def test_every_configured_probe_succeeds_from_the_exporter(node):
-    # The health probes Prometheus asks the exporter for, from the topology.
-    settings = lab_settings()
+def test_every_configured_probe_succeeds_from_the_exporter(node, testinfra_hosts):
+    """Every health probe of the topology, as Prometheus records blackbox's answers: blackbox takes
+    probe requests from Prometheus only (the firewall drops anyone else, since it fetches any URL)."""
     probes = LAB_TOPOLOGY.health_probes()
     assert probes
-    blackbox = LAB_TOPOLOGY.access("blackbox", node.backend.host.name)
-    for probe in probes:
-        metrics = blackbox.get("/probe", params={"module": settings.health_module, "target": probe.url}).text
-        assert "\nprobe_success 1" in metrics, f"{settings.health_module} probe of {probe.instance} failed"
+    prometheus = testinfra_hosts[hosts_in("prometheus")[0]]
+
+    def succeeded() -> dict[str, str] | None:
+        results = api(prometheus, f'query?query=probe_success{{job="{PROBE_JOB}"}}')["result"]
+        found = {result["metric"]["instance"]: result["value"][1] for result in results}
+        return found if all(found.get(probe.instance) == "1" for probe in probes) else None
+
+    wait_for(succeeded, TARGETS_UP_WITHIN_S, "every health probe to succeed", interval=2)
 
 
 def test_a_config_failing_the_exporters_check_is_never_swapped_in(node):
