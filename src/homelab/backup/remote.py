@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from homelab.ssh import ssh_base
 from homelab.topology import Topology
 
 # Long enough for a tar of the largest part to start; a dead node fails in this time, not never.
@@ -34,28 +35,10 @@ class Remote:
 
     def __init__(self, topology: Topology, host: str, control_dir: Path):
         self.host = host
-        data = lambda key: topology.data(host, key)  # noqa: E731
-        options = {
-            "BatchMode": "yes",
-            "ConnectTimeout": CONNECT_TIMEOUT_S,
-            "ServerAliveInterval": ALIVE_INTERVAL_S,
-            "ServerAliveCountMax": ALIVE_COUNT,
-            "ControlMaster": "auto",
-            "ControlPath": str(control_dir / "%C"),
-            "ControlPersist": 60,
-            "LogLevel": "ERROR",
-        }
-        if data("ssh_key"):
-            options.update(IdentityFile=data("ssh_key"), IdentitiesOnly="yes")
-        if data("ssh_known_hosts_file"):
-            options["UserKnownHostsFile"] = data("ssh_known_hosts_file")
-        if data("ssh_strict_host_key_checking"):
-            options["StrictHostKeyChecking"] = data("ssh_strict_host_key_checking")
-        self._base = ["ssh", *(f"-o{key}={value}" for key, value in options.items())]
-        if data("ssh_port"):
-            self._base += ["-p", str(data("ssh_port"))]
-        user = data("ssh_user")
-        self._base.append(f"{user}@{topology.address(host)}" if user else topology.address(host))
+        self._base = ssh_base(topology, host, ConnectTimeout=CONNECT_TIMEOUT_S, ServerAliveInterval=ALIVE_INTERVAL_S,
+                              ServerAliveCountMax=ALIVE_COUNT, ControlMaster="auto",
+                              ControlPath=str(control_dir / "%C"), ControlPersist=60)
+        user = topology.data(host, "ssh_user")
         # Backups read and restores write files only root may: a non-root login goes through sudo.
         self._sudo = "" if user in (None, "root") else "sudo -n "
 
