@@ -29,6 +29,7 @@ from homelab.maintenance import CommandError
 from homelab.pprof import cpu_profile
 from homelab.ssh import ssh_argv
 from homelab.topology import Topology
+from toy_redis.allocations import Site
 
 # The services `homelab profile` knows: topology role -> the role's PythonApp (venv, unit).
 PROFILED_ROLES = ("toy_redis", "alert_relay")
@@ -245,18 +246,6 @@ def cpu(topology: Topology, request: Request, formats: list[str], output_dir: Pa
 # Toy-redis keeps tracing at most this much longer than asked, should the control machine go away.
 MEMORY_GRACE_S = 30
 MEMORY_SITES = 10
-
-
-@dataclass(frozen=True)
-class Site:
-    file: str
-    line: int
-    size: int
-    growth: int
-    count_growth: int
-
-    def __str__(self) -> str:
-        return f"{Path(self.file).name}:{self.line}"
 
 
 def _mib(size: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import PurePath
 
 # Frames kept per allocation: sites are grouped by the allocating line, and each frame costs memory.
 TRACE_FRAMES = 1
@@ -26,6 +27,9 @@ class Site:
     size: int
     growth: int
     count_growth: int
+
+    def __str__(self) -> str:
+        return f"{PurePath(self.file).name}:{self.line}"
 
 
 class AllocationTracing:
