@@ -1,16 +1,24 @@
 """The parts' consistency steps, run for real here: SQLite's online backup while a writer commits,
-and toy-redis's AOF taken after BGREWRITEAOF while clients keep writing."""
+toy-redis's AOF taken after BGREWRITEAOF while clients keep writing, and a Prometheus started on a
+restored snapshot."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import requests
 
-from homelab.backup.parts import SQLITE_COPY, rewrite_aof
+from homelab.backup.parts import SQLITE_COPY, Prometheus, rewrite_aof
 from homelab.backup.remote import RemoteError
+from roles.prometheus import STORAGE_PATH
+from tests.roles.test_prometheus import free_port, needs_prometheus, topology_of
 from tests.toy_redis.conftest import ToyRedis
 
 
@@ -111,3 +119,60 @@ def test_rewrite_aof_refuses_a_server_without_an_aof(tmp_path):
             rewrite_aof(server.client())
     finally:
         server.stop()
+
+
+@contextmanager
+def prometheus_on(data: Path, port: int, scrape_interval: str = "1s"):
+    """A real Prometheus scraping itself, its TSDB in ``data``, listening on loopback ``port``."""
+    config = data.parent / f"prometheus-{port}.yml"
+    config.write_text(f"global: {{scrape_interval: {scrape_interval}}}\n"
+                      f"scrape_configs: [{{job_name: self, static_configs: [{{targets: ['127.0.0.1:{port}']}}]}}]\n")
+    process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
+                                f"--web.listen-address=127.0.0.1:{port}", "--web.enable-admin-api"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if found := check():
+                return found
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.3)
+
+
+@needs_prometheus
+def test_restore_check_waits_for_prometheus_to_load_the_restored_blocks(tmp_path):
+    """The check a restore ends with passes once Prometheus serves the snapshot's data, and fails with
+    one line naming the node and the blocks expected when Prometheus runs without them."""
+    port = free_port()
+    topology = topology_of({"mon": {"ssh_hostname": "127.0.0.1", "prometheus": {"listen_port": port}}},
+                           prometheus=["mon"])
+    with prometheus_on(tmp_path / "original", port) as url:
+        wait_until(lambda: requests.get(f"{url}/api/v1/query", params={"query": "up"}, timeout=2).json()["data"]["result"],
+                   30, "a first scrape")
+        name = requests.post(f"{url}/api/v1/admin/tsdb/snapshot", timeout=30).json()["data"]["name"]
+    # The backup folder's layout: the snapshot's blocks under the TSDB's path on the node.
+    source = tmp_path / "backup"
+    shutil.copytree(tmp_path / "original" / "snapshots" / name, source / STORAGE_PATH.lstrip("/"))
+    assert list((source / STORAGE_PATH.lstrip("/")).glob("*/meta.json")), "the snapshot holds no block"
+
+    part = Prometheus()
+    part.READY_TIMEOUT_S = 20
+    shutil.copytree(source / STORAGE_PATH.lstrip("/"), tmp_path / "restored")
+    with prometheus_on(tmp_path / "restored", port):
+        part.check_restored(topology, "mon", source)
+
+    with prometheus_on(tmp_path / "ignored", port), pytest.raises(RemoteError) as refused:
+        part.check_restored(topology, "mon", source)
+    message = str(refused.value)
+    assert message.startswith("mon: Prometheus after the restore: 0 blocks loaded") and "\n" not in message
+    assert "expected 1 restored blocks" in message

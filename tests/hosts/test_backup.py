@@ -28,6 +28,7 @@ from homelab.lab import api
 from homelab.lab.ssh import ssh_command
 from homelab.vault import load_vault
 from roles.alert_relay import QUEUE_PATH
+from roles.prometheus import STORAGE_PATH
 from roles.toy_redis import DATA_DIR
 from tests.alert_relay.fakes import FakeSlack
 from tests.conftest import LAB_INVENTORY, run_pyinfra
@@ -137,8 +138,12 @@ def test_backup_then_restore_onto_recreated_nodes(lab, deployed, tmp_path):
 
         # The restore checked every file on the nodes against the manifest; the AOF still matches.
         assert on_node(lab, TOY_REDIS, f"sha256sum {aof}").split()[0] == aof_entry["sha256"]
+        # The restore waited until Prometheus loaded the restored blocks (Prometheus.check_restored).
+        blocks = [json.loads(meta.read_text()) for meta in
+                  (folder / PROMETHEUS / "prometheus" / STORAGE_PATH.lstrip("/")).glob("*/meta.json")]
         found = wait_for(lambda: prometheus_query(marker, at=written_at), SCRAPE_WAIT_S,
-                         "the marker series written before the backup, after the restore")
+                         f"the marker series written at {written_at * 1000:.0f} ms, after the restore (restored blocks "
+                         f"{[(block['minTime'], block['maxTime'], block['stats']) for block in blocks]})")
         assert found[0]["value"][1] == "1"
         with ToyRedis().client(TOPOLOGY, TOY_REDIS) as client:
             assert client.get(f"backup-test:{run}:0") == b"value 0"

@@ -15,7 +15,7 @@ checks every file on the node against the manifest with sha256sum before the ser
 - alert_relay: the queue (messages and dead letters in one SQLite file), copied by SQLite's online
   backup API on the node while the relay runs.
 - grafana: its SQLite database the same way, plus the provisioning folder and the dashboards.
-- certificates: the node's certificate folder, when roles.pki declares one (CERT_DIR) and it exists.
+- certificates: the node's TLS folder (roles.pki.TLS_DIR: CA bundle, certificate, key), when it exists.
 """
 
 from __future__ import annotations
@@ -100,9 +100,20 @@ class Part:
     def restore_through_api(self, topology: Topology, host: str, source: Path) -> None:
         raise NotImplementedError
 
+    def check_restored(self, topology: Topology, host: str, source: Path) -> None:
+        """After the service started again: raise RemoteError unless it serves what was restored.
+        Parts whose service shows nothing more than having started need no check."""
+
 
 def dpkg_version(remote: Remote, package: str) -> str:
     return remote.run(f"dpkg-query -W -f='${{Version}}' {shlex.quote(package)}").decode().strip()
+
+
+def _iso_time(epoch_s: float) -> str:
+    try:
+        return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):
+        return "none"  # an empty TSDB reports the largest timestamp there is
 
 
 def local(dest: Path, node_path: str) -> Path:
@@ -114,6 +125,8 @@ def local(dest: Path, node_path: str) -> Path:
 
 class Prometheus(Part):
     name = role = "prometheus"
+    # Loading a day of blocks takes seconds; a Prometheus not serving them after this never will.
+    READY_TIMEOUT_S = 120
 
     def version(self, remote: Remote) -> str:
         from roles.prometheus import PACKAGE
@@ -148,6 +161,38 @@ class Prometheus(Part):
             remote.fetch_tree(snapshot, ["."], local(dest, STORAGE_PATH))
         finally:
             remote.run(f"rm -rf -- {shlex.quote(snapshot)}")
+
+    def check_restored(self, topology: Topology, host: str, source: Path) -> None:
+        """Prometheus answers, with every restored block loaded and the oldest restored sample in reach
+        (its own metrics say so); a restore that Prometheus ignored fails here, not days later."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from roles.prometheus import STORAGE_PATH
+
+        metas = [json.loads(meta.read_text()) for meta in (source / STORAGE_PATH.lstrip("/")).glob("*/meta.json")]
+        if not metas:
+            return
+        oldest_s = min(meta["minTime"] for meta in metas) / 1000
+        prometheus = topology.access("prometheus", host)
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        seen = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = prometheus.get("/metrics", timeout=10)
+            except requests.RequestException as exc:
+                seen = f"no answer ({type(exc).__name__})"
+            else:
+                values = {sample.name: sample.value for family in text_string_to_metric_families(response.text)
+                          for sample in family.samples} if response.ok else {}
+                loaded = values.get("prometheus_tsdb_blocks_loaded", 0)
+                lowest_s = values.get("prometheus_tsdb_lowest_timestamp_seconds", float("inf"))
+                if loaded >= len(metas) and lowest_s <= oldest_s:
+                    return
+                seen = (f"HTTP {response.status_code}" if not response.ok else
+                        f"{loaded:.0f} blocks loaded, oldest sample {_iso_time(lowest_s)}")
+            time.sleep(1)
+        raise RemoteError(f"{host}: Prometheus after the restore: {seen}; expected {len(metas)} restored blocks, "
+                          f"oldest sample {_iso_time(oldest_s)} (journalctl -u {self.service()} on the node)")
 
 
 class Alertmanager(Part):
@@ -383,21 +428,16 @@ class Grafana(Part):
 
 
 class Certificates(Part):
+    """The node's TLS identity (roles.pki), present when the cluster runs with pki.tls on."""
+
     name = "certificates"
     role = "base"  # every host
 
-    def _cert_dir(self) -> str | None:
-        try:
-            return getattr(import_module("roles.pki"), "CERT_DIR", None)
-        except ImportError:
-            return None
-
     def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
-        folder = self._cert_dir()
-        if folder is None:
-            return "no certificate folder declared (roles.pki.CERT_DIR)"
-        if remote.run(f"test -d {shlex.quote(folder)} && echo yes || true").strip() != b"yes":
-            return f"{folder} does not exist on the node"
+        from roles.pki import TLS_DIR
+
+        if remote.run(f"test -d {shlex.quote(TLS_DIR)} && echo yes || true").strip() != b"yes":
+            return f"{TLS_DIR} does not exist on the node (pki.tls is off)"
         return None
 
     def version(self, remote: Remote) -> str:
@@ -407,12 +447,15 @@ class Certificates(Part):
         return ""  # read by the services that use them at their next start
 
     def restored(self) -> list[Restored]:
-        # Owners are the pki role's to set: a deploy after the restore puts them back.
-        return [Restored(self._cert_dir(), None)]
+        from roles.pki import GROUP, KEY_FILE, TLS_DIR
+
+        # The key readable by the services in GROUP again, as roles.pki leaves it (the rest root's).
+        return [Restored(TLS_DIR, "root:root"), Restored(KEY_FILE, f"root:{GROUP}")]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
-        folder = self._cert_dir()
-        remote.fetch_tree(folder, ["."], local(dest, folder))
+        from roles.pki import TLS_DIR
+
+        remote.fetch_tree(TLS_DIR, ["."], local(dest, TLS_DIR))
 
 
 PARTS: tuple[Part, ...] = (Prometheus(), Alertmanager(), AlertmanagerSilences(), ToyRedis(), AlertRelay(), Grafana(),

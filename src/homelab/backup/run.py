@@ -7,7 +7,8 @@ result is reported to Prometheus (homelab.backup.report).
 
 A restore checks the whole manifest first (a one-line error naming the first file that fails
 and no node touched), then, per part: stops the service, replaces its files, checks each one on
-the node against the manifest's sha256, and starts the service.
+the node against the manifest's sha256, starts the service, and waits until the service shows it
+serves the restored data where it can tell (Prometheus: the restored blocks loaded).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def restore(topology: Topology, folder: Path, node: str | None, log: Log) -> lis
             source = folder / entry.node / entry.part
             if part.restores_files:
                 _restore_one(remote(entry.node), part, source, manifest.files_of(entry.node, entry.part))
+                part.check_restored(topology, entry.node, source)
             else:
                 part.restore_through_api(topology, entry.node, source)
             log(f"{entry.node} {entry.part}: restored in {time.monotonic() - began:.1f}s")
