@@ -41,6 +41,10 @@ TABLE = "homelab"  # `inet homelab`: the one table this project owns on a node
 RULESET_FILE = "/etc/homelab/firewall.nft"
 STAGED_FILE = f"{RULESET_FILE}.staged"
 PREVIOUS_FILE = f"{RULESET_FILE}.previous"
+# sha1sum of the confirmed table as nft lists it without counters and set elements (which change
+# as traffic flows), written at confirmation: a rule deleted or added by hand changes the listing.
+LISTING_DIGEST_FILE = f"{RULESET_FILE}.listing.sha1"
+LISTING = f"nft -s -t list table inet {TABLE}"
 APPLY_SCRIPT = "/usr/local/sbin/homelab-firewall"
 METRICS_SCRIPT = "/usr/local/sbin/homelab-firewall-metrics"
 BOOT_UNIT = "homelab-firewall.service"
@@ -49,10 +53,15 @@ METRICS_UNIT = "homelab-firewall-metrics"
 METRICS_FILE_NAME = "homelab_firewall.prom"
 METRIC = "homelab_firewall_dropped_packets_total"
 # The table's comment carries this prefix and the ruleset's checksum, so a deploy sees whether the
-# loaded table (not only the file) is the one it wants: a rollback or a hand edit is redone.
+# loaded table (not only the file) is the one it wants: a rollback or another ruleset is redone; and
+# its listing is compared with the one confirmed (LISTING_DIGEST_FILE): a hand edit is redone too.
 FINGERPRINT = "homelab-ops ruleset sha1"
-LOADED_FINGERPRINT = (f"nft -t list table inet {TABLE} 2>/dev/null"
-                      f" | sed -n 's/^\\tcomment \"{FINGERPRINT} \\([0-9a-f]*\\)\"$/\\1/p' | head -n 1; true")
+LISTING_INTACT, LISTING_ALTERED = "listing-as-confirmed", "listing-changed"
+# Two lines: the loaded table's fingerprint, and whether its listing is the confirmed one.
+LOADED_STATE = (f"listing=$({LISTING} 2>/dev/null); "
+                f"printf '%s\\n' \"$listing\" | sed -n 's/^\\tcomment \"{FINGERPRINT} \\([0-9a-f]*\\)\"$/\\1/p' | head -n 1; "
+                f"if [ \"$(printf '%s\\n' \"$listing\" | sha1sum)\" = \"$(cat {LISTING_DIGEST_FILE} 2>/dev/null)\" ]; "
+                f"then echo {LISTING_INTACT}; else echo {LISTING_ALTERED}; fi")
 DEFAULT_SSH_PORT = 22  # pyinfra's, when host data `ssh_port` does not say
 
 
@@ -217,8 +226,8 @@ def ruleset(content: str, rollback_after: str):
     """
     wanted = fingerprint_of(content)
     if (host.get_fact(Sha1File, path=RULESET_FILE) == sha1(content)
-            and host.get_fact(Command, LOADED_FINGERPRINT) == wanted):
-        host.noop(f"firewall ruleset {wanted[:12]} is loaded")
+            and (host.get_fact(Command, LOADED_STATE) or "").split() == [wanted, LISTING_INTACT]):
+        host.noop(f"firewall ruleset {wanted[:12]} is loaded as confirmed")
         return
     yield from files.put._inner(src=BytesIO(content.encode()), dest=STAGED_FILE, mode="0600")
     yield f"{APPLY_SCRIPT} apply {shlex.quote(STAGED_FILE)} {int(seconds(rollback_after))}"
@@ -255,7 +264,8 @@ def apply() -> None:
     files.directory(name="Directory /etc/homelab", path="/etc/homelab", mode="0755")
     checked_file(name=f"Ruleset swapper {APPLY_SCRIPT}", dest=APPLY_SCRIPT, mode="0755",
                  content=render("firewall/homelab-firewall.sh.j2", table=TABLE, live=RULESET_FILE,
-                                previous=PREVIOUS_FILE, rollback_unit=ROLLBACK_UNIT))
+                                previous=PREVIOUS_FILE, rollback_unit=ROLLBACK_UNIT,
+                                listing=LISTING, listing_digest=LISTING_DIGEST_FILE))
     boot_unit = checked_file(name=f"Load the firewall at boot: {BOOT_UNIT}", dest=f"/etc/systemd/system/{BOOT_UNIT}",
                              content=render("firewall/homelab-firewall.service.j2", live=RULESET_FILE))
 

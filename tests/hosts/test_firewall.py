@@ -15,7 +15,7 @@ import pytest
 
 from homelab.config import settings_from_data
 from homelab.topology import CONTROL
-from roles.firewall import (APPLY_SCRIPT, LOADED_FINGERPRINT, METRIC, METRICS_FILE_NAME, RULESET_FILE, Settings,
+from roles.firewall import (APPLY_SCRIPT, LISTING_INTACT, LOADED_STATE, METRIC, METRICS_FILE_NAME, RULESET_FILE, Settings,
                             Sources, fingerprint_of, render_ruleset)
 from tests.conftest import ALL_HOSTS, lab_address, run_pyinfra
 from tests.hosts.test_prometheus import api, wait_for_targets
@@ -98,8 +98,14 @@ def ssh_answers_anew(host: str) -> bool:
         return False
 
 
+def loaded_state(node) -> tuple[str, str]:
+    """The loaded table's fingerprint, and whether it lists as it did when confirmed."""
+    fingerprint, listing = node.check_output(LOADED_STATE).splitlines()
+    return fingerprint, listing
+
+
 def loaded_fingerprint(node) -> str:
-    return node.check_output(LOADED_FINGERPRINT)
+    return loaded_state(node)[0]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +117,7 @@ def test_every_node_runs_the_ruleset_rendered_from_the_topology(lab, nodes):
     for host in ALL_HOSTS:
         wanted = render_ruleset(LAB_TOPOLOGY, host, settings_of(host), Sources.of([str(lab.gateway)]), 22)
         node = nodes[host]
-        assert loaded_fingerprint(node) == fingerprint_of(wanted), host
+        assert loaded_state(node) == (fingerprint_of(wanted), LISTING_INTACT), host
         assert node.file(RULESET_FILE).content_string == wanted
         assert node.service("homelab-firewall").is_enabled
         assert node.service("homelab-firewall-metrics.timer").is_running

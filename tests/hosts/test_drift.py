@@ -1,0 +1,79 @@
+"""Drift on a deployed node is found and repaired by the next deploy, exactly and nothing more.
+
+On the toy-redis node, by hand: a managed config file edited, a service stopped, a base package
+removed, and one rule deleted from the firewall's loaded table (the ruleset file untouched). The
+rerun of deploys/all.py for that node changes exactly the operations that own those four things
+(and what follows from them: the restart a config change causes, with its silence, the firewall's
+confirmation steps, the deploy stamp), the node is as the deploy wants it again, and a third run
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from roles.base import BASE_PACKAGES
+from roles.firewall import LISTING_INTACT, METRICS_UNIT, TABLE
+from roles.node_exporter import SERVICE as NODE_EXPORTER
+from roles.toy_redis import APP, CONFIG_PATH
+from tests.conftest import hosts_in, run_pyinfra
+from tests.hosts.test_firewall import loaded_state
+
+pytestmark = pytest.mark.lab
+
+[HOST] = hosts_in("toy_redis")
+# A base package nothing else on the node needs, so removing it removes only it.
+REMOVED_PACKAGE = "logrotate"
+DRIFT_LINE = "# edited by hand on the node\n"
+
+
+def input_rules(node) -> list[tuple[str, str]]:
+    """(handle, rule) of the firewall's input chain as loaded."""
+    listing = node.check_output(f"nft -a list chain inet {TABLE} input")
+    return re.findall(r"^\s+(.+?) # handle (\d+)$", listing, re.M)
+
+
+def test_a_rerun_repairs_exactly_what_drifted(deployed, testinfra_hosts):
+    node = testinfra_hosts[HOST]
+    assert REMOVED_PACKAGE in BASE_PACKAGES
+    wanted_config = node.file(CONFIG_PATH).content_string
+    # A service port's accept rule (not SSH's: the test's own way back in).
+    rules = [(rule, handle) for rule, handle in input_rules(node) if "accept" in rule and "dport 22 " not in rule]
+    assert rules, "no accept rule in the firewall's input chain"
+    deleted_rule, handle = rules[0]
+
+    node.run_expect([0], f"printf %s {DRIFT_LINE!r} >> {CONFIG_PATH}")
+    node.run_expect([0], f"systemctl stop {NODE_EXPORTER}")
+    node.run_expect([0], f"DEBIAN_FRONTEND=noninteractive apt-get remove -y -q {REMOVED_PACKAGE}")
+    node.run_expect([0], f"nft delete rule inet {TABLE} input handle {handle}")
+    assert not node.package(REMOVED_PACKAGE).is_installed
+    assert loaded_state(node)[1] != LISTING_INTACT
+
+    rerun = run_pyinfra("deploys/all.py", "--limit", HOST)
+    assert rerun.returncode == 0 and not rerun.failed(), rerun.stderr[-4000:]
+    changed = {name.split(" | ")[-1] for name, hosts in rerun.changed()}  # without the "role | " prefix
+    expected = {
+        # The edited file, and toy-redis restarted to read it, its alerts silenced meanwhile.
+        "toy-redis config", f"Silence {APP.service}'s alerts on {HOST} during its restart",
+        f"Restart {APP.service} for new wheels, unit or config", f"Lift the silence of {APP.service}'s alerts on {HOST}",
+        f"{NODE_EXPORTER} enabled and running",  # the stopped service
+        "Base tools",  # the removed package
+        # The deleted rule: the ruleset loaded again, checked, confirmed, its counters written.
+        f"Firewall ruleset (table inet {TABLE})", "SSH from this machine still opens after the new ruleset",
+        "Confirm the new ruleset (the rollback is called off)", f"Write the drop counters now ({METRICS_UNIT})",
+        "Deploy stamp for homelab status",
+    }
+    assert changed == expected, f"changed but not drifted: {changed - expected}; drifted, not repaired: {expected - changed}"
+
+    assert node.file(CONFIG_PATH).content_string == wanted_config
+    assert node.service(NODE_EXPORTER).is_running
+    assert node.service(APP.service).is_running
+    assert node.package(REMOVED_PACKAGE).is_installed
+    assert deleted_rule in [rule for rule, _ in input_rules(node)]
+    assert loaded_state(node)[1] == LISTING_INTACT
+
+    again = run_pyinfra("deploys/all.py", "--limit", HOST)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == [], f"a run after the repair changed: {again.changed()}"
