@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -93,12 +91,12 @@ def backfill(topology: Topology, remotes: run.Remotes, host: str, series: int, w
     node = remotes(host)
     node.send_tree(blocks, STORAGE_PATH)
     node.run(f"chown -R prometheus:prometheus {STORAGE_PATH}")
-    url = topology.endpoint("prometheus", host).url()
+    prometheus = topology.access("prometheus", host)
     # Prometheus opens blocks that appear in its folder at its next compaction cycle (each minute).
     deadline = time.monotonic() + 180
     query = f"count(count_over_time({METRIC}[1d]))"
     while time.monotonic() < deadline:
-        result = requests.get(f"{url}/api/v1/query", params={"query": query, "time": end}, timeout=30).json()
+        result = prometheus.get("/api/v1/query", params={"query": query, "time": end}, timeout=30).json()
         if result["data"]["result"] and int(result["data"]["result"][0]["value"][1]) == series:
             return count
         time.sleep(3)
@@ -106,9 +104,9 @@ def backfill(topology: Topology, remotes: run.Remotes, host: str, series: int, w
 
 
 def drop_series(topology: Topology, host: str) -> None:
-    url = topology.endpoint("prometheus", host).url()
-    requests.post(f"{url}/api/v1/admin/tsdb/delete_series", params={"match[]": METRIC}, timeout=120)
-    requests.post(f"{url}/api/v1/admin/tsdb/clean_tombstones", timeout=300)
+    prometheus = topology.access("prometheus", host)
+    prometheus.request("POST", "/api/v1/admin/tsdb/delete_series", params={"match[]": METRIC}, timeout=120)
+    prometheus.request("POST", "/api/v1/admin/tsdb/clean_tombstones", timeout=300)
 
 
 def raw_copy(remotes: run.Remotes, redis_host: str, prometheus_host: str, workdir: Path) -> float:
