@@ -42,7 +42,7 @@ def main_bench() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     topology = Topology.load(LAB_INVENTORY)
-    prometheus = topology.endpoint("prometheus").url()
+    prometheus = topology.access("prometheus")
     manager = alertmanager(topology)
 
     def status() -> None:
