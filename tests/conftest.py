@@ -110,6 +110,22 @@ def dry_run_error(host: str, about: str, *data: str) -> str:
     return errors[0]
 
 
+# What a user adds to inventory/group_data/all.py to turn TLS and logins on across the cluster.
+TLS_ON = {"tls": True}
+
+
+@pytest.fixture(scope="session")
+def tls_topology(tmp_path_factory):
+    """The lab's inventory with `pki = TLS_ON` added to group_data/all.py."""
+    from homelab.topology import Topology
+
+    folder = tmp_path_factory.mktemp("inventory")
+    shutil.copytree(LAB_INVENTORY.parent, folder, dirs_exist_ok=True)
+    with open(folder / "group_data" / "all.py", "a") as all_data:
+        all_data.write(f"\npki = {TLS_ON!r}\n")
+    return Topology.load(folder / LAB_INVENTORY.name)
+
+
 @pytest.fixture(scope="session")
 def lab():
     """The lab booted from inventory/lab.py; its LabSettings."""

@@ -28,16 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 VAULT = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
 
 
-@pytest.fixture(scope="module")
-def tls_topology(tmp_path_factory) -> Topology:
-    """The lab's inventory with `pki = {"tls": True}` added to group_data/all.py."""
-    folder = tmp_path_factory.mktemp("inventory")
-    shutil.copytree(REPO / "inventory", folder, dirs_exist_ok=True)
-    with open(folder / "group_data" / "all.py", "a") as all_data:
-        all_data.write('\npki = {"tls": True}\n')
-    return Topology.load(folder / "lab.py")
-
-
 def test_the_web_config_passes_promtool_and_admits_each_caller_with_its_vault_password(tls_topology):
     users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "prometheus")}
     text = render_web_config(users)

@@ -1,0 +1,104 @@
+"""The whole lab deployed with pki.tls on (issue 13): what the rendered-config tests promise, on nodes.
+
+Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py); then every secured
+web listener answers the control machine's login over https with the cluster CA, and refuses a
+request without a login and plain http; Prometheus scrapes every target (over https where secured);
+toy-redis speaks RESP only over TLS; a second run changes nothing. At the end the lab's own settings
+(TLS off) are deployed back, as the other lab tests expect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+import requests
+
+from homelab.access import access
+from homelab.topology import CONTROL, METRICS_PATH, ROLES
+from homelab.vault import load_vault
+from roles.toy_redis import PASSWORD_SECRET
+from tests.conftest import TLS_ON, run_pyinfra
+
+pytestmark = pytest.mark.lab
+
+TLS_DATA = ("--data", "pki=" + json.dumps(TLS_ON))
+TARGETS_UP_WITHIN_S = 120
+
+
+@pytest.fixture(scope="module")
+def tls_lab(deployed):
+    deploy = run_pyinfra("deploys/all.py", *TLS_DATA)
+    try:
+        yield deploy
+    finally:
+        back = run_pyinfra("deploys/all.py")
+        assert back.returncode == 0 and not back.failed(), back.stderr[-4000:]
+
+
+def secured_web_listeners(topology):
+    """(role, listener, host) of every secured web listener the control machine may call (the
+    firewall drops it elsewhere: blackbox takes requests from Prometheus only)."""
+    from_control = {(host, inbound.role, inbound.listener) for host in topology.hosts
+                    for inbound in topology.inbound(host) if CONTROL in inbound.parties}
+    return [(role.name, listener, host) for role in ROLES for listener in role.listeners
+            if listener.secured and listener.protocol == "http" for host in topology.serving(role.name)
+            if (host, role.name, listener.name) in from_control]
+
+
+def test_the_deploy_with_tls_on_succeeds_and_a_second_changes_nothing(tls_lab):
+    assert tls_lab.returncode == 0 and not tls_lab.failed(), tls_lab.stderr[-4000:]
+    again = run_pyinfra("deploys/all.py", *TLS_DATA)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == [], f"a second run with TLS on changed: {again.changed()}"
+
+
+def test_every_secured_listener_wants_https_and_a_login(tls_lab, tls_topology):
+    checked = []
+    for role, listener, host in secured_web_listeners(tls_topology):
+        path = listener.health or METRICS_PATH
+        where = f"{role} {listener.name} on {host}"
+        operator = access(tls_topology, role, host, listener.name)
+        assert operator.url().startswith("https://"), where
+        assert operator.get(path, timeout=10).ok, f"{where}: the operator's login over https was refused"
+        anonymous = requests.get(operator.url(path), verify=operator.verify, timeout=10)
+        assert anonymous.status_code == 401, f"{where}: answered {anonymous.status_code} without a login"
+        plain_url = tls_topology.endpoint(role, host, listener.name).url(path, "http")
+        try:
+            plain = requests.get(plain_url, timeout=10)
+        except requests.ConnectionError:
+            pass  # closed on a plain request: refused
+        else:
+            assert not plain.ok, f"{where}: answered plain http with {plain.status_code}"
+        checked.append(where)
+    assert len(checked) >= len(tls_topology.hosts), checked  # node_exporter on every node at least
+
+
+def test_prometheus_scrapes_every_target_with_tls_on(tls_lab, tls_topology):
+    prometheus = access(tls_topology, "prometheus")
+    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
+    while True:
+        active = prometheus.get("/api/v1/targets", params={"state": "active"}, timeout=10).json()["data"]["activeTargets"]
+        down = {(t["labels"]["job"], t["labels"]["instance"]): t["lastError"] for t in active if t["health"] != "up"}
+        if (active and not down) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert active and not down, f"targets not up {TARGETS_UP_WITHIN_S}s after the deploy with TLS on: {down}"
+    secured = {check.endpoint.instance for check in tls_topology.tls_checks()}
+    scraped_https = {t["labels"]["instance"] for t in active if t["scrapeUrl"].startswith("https://")}
+    assert secured <= scraped_https, f"secured but scraped without TLS: {secured - scraped_https}"
+
+
+def test_toy_redis_speaks_resp_only_over_tls(tls_lab, tls_topology):
+    [host] = tls_topology.hosts_of("toy_redis")[:1]
+    password = load_vault(tls_topology.data(host, "vault_file"),
+                          tls_topology.data(host, "vault_password_file"))[PASSWORD_SECRET]
+    over_tls = access(tls_topology, "toy_redis", host, "resp")
+    with over_tls.redis(password=password, socket_timeout=10) as client:
+        assert client.ping()
+    endpoint = tls_topology.endpoint("toy_redis", host, "resp")
+    with redis.Redis(host=endpoint.address, port=endpoint.port, password=password, socket_timeout=5,
+                     socket_connect_timeout=5) as plain, pytest.raises(redis.RedisError):
+        plain.ping()
