@@ -4,10 +4,11 @@ seconds), and connects again, until the time is up. Used by the hostile-input te
 toy-redis's metrics endpoint, its RESP port and the alert relay.
 
     flood = Flooder(port, {"idle": 100, "guess": 100}, seconds=20)   # returns once each has connected (or 5 s)
+    flood = Flooder(port, {...}, seconds=20, tls=True)              # requests over TLS (any certificate)
     ...                                                                # the legitimate client under test
     flood.result()                       # {"connections": n}; ends the flood if still running
 
-Kinds: ``idle`` sends nothing; ``guess`` sends an HTTP GET with a basic-auth login whose password
+Kinds: ``idle`` sends nothing (over TLS: not even a handshake); ``guess`` sends an HTTP GET with a basic-auth login whose password
 is wrong; ``anonymous`` sends an HTTP GET without a login; ``noauth`` sends a RESP PING without
 AUTH.
 """
@@ -19,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,7 +32,8 @@ HOLD_S = 5.0
 def request(kind: str) -> bytes:
     if kind == "guess":
         login = base64.b64encode(b"prometheus:" + os.urandom(6).hex().encode())
-        return b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + login + b"\r\n\r\n"
+        # Closed after the answer, so the next guess comes at once on a new connection.
+        return b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic " + login + b"\r\n\r\n"
     if kind == "anonymous":
         return b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     if kind == "noauth":
@@ -38,7 +41,10 @@ def request(kind: str) -> bytes:
     return b""
 
 
-def flood(port: int, kind: str, end: float, counts: list[int]) -> None:
+def flood(port: int, kind: str, end: float, counts: list[int], tls: bool) -> None:
+    # A flooder does not check who it floods.
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     while time.monotonic() < end:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=HOLD_S)
@@ -47,6 +53,8 @@ def flood(port: int, kind: str, end: float, counts: list[int]) -> None:
             continue
         try:
             counts.append(1)
+            if tls and kind != "idle":
+                sock = context.wrap_socket(sock)
             sock.sendall(request(kind))
             while sock.recv(65536):
                 pass
@@ -56,11 +64,11 @@ def flood(port: int, kind: str, end: float, counts: list[int]) -> None:
             sock.close()
 
 
-def run(port: int, kinds: dict[str, int], seconds: float) -> None:
+def run(port: int, kinds: dict[str, int], seconds: float, tls: bool) -> None:
     end = time.monotonic() + seconds
     threads = sum(kinds.values())
     counts: list[int] = []
-    workers = [threading.Thread(target=flood, args=(port, kind, end, counts), daemon=True)
+    workers = [threading.Thread(target=flood, args=(port, kind, end, counts, tls), daemon=True)
                for kind, count in kinds.items() for _ in range(count)]
     for worker in workers:
         worker.start()
@@ -76,8 +84,9 @@ def run(port: int, kinds: dict[str, int], seconds: float) -> None:
 
 
 class Flooder:
-    def __init__(self, port: int, kinds: dict[str, int], seconds: float):
-        self.process = subprocess.Popen([sys.executable, __file__, str(port), json.dumps(kinds), str(seconds)],
+    def __init__(self, port: int, kinds: dict[str, int], seconds: float, tls: bool = False):
+        self.process = subprocess.Popen([sys.executable, __file__, str(port), json.dumps(kinds), str(seconds),
+                                         "tls" if tls else "plain"],
                                         stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":
             self.process.kill()
@@ -97,4 +106,4 @@ class Flooder:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]))
+    run(int(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "tls")

@@ -1,12 +1,20 @@
 """The relay's port with `web_config_file` (exporter-toolkit's web config, as roles/pki writes it):
-TLS only, a login for /metrics and /healthz, the webhook's bearer token over TLS. Real processes."""
+TLS only, a login for /metrics and /healthz, the webhook's bearer token over TLS; peers without a
+credential (wrong passwords, idle or unfinished handshakes) cannot keep out those with one, nor
+make the relay hold more than max_connections. Real processes."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
+import os
 import socket
+import ssl
 import subprocess
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,24 +22,31 @@ import requests
 from homelab.pki import ClusterCA, create_ca
 from roles.pki import CERT_FILE, KEY_FILE
 from roles.pki.web import bcrypt_hash, render_web_config
-from tests.alert_relay.conftest import RELAY, Relay, needs_alertmanager, notification
+from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
+from tests.alert_relay.conftest import AM_TOKEN, RELAY, Relay, needs_alertmanager, notification
 from tests.alert_relay.test_alertmanager import alertmanager_for  # noqa: F401 (fixture)
+from tests.flooder import Flooder
 from tests.loopback import wait_for
 
 PASSWORD = "scrape-password-for-tests"
 
 
-@pytest.fixture
-def tls_files(tmp_path):
+def write_tls_files(directory: Path) -> Path:
+    """A CA (ca.crt), the relay's certificate for 127.0.0.1 and web.yml with the login prometheus:PASSWORD."""
     ca = create_ca("relay test CA", timedelta(hours=1))
     pair = ClusterCA(ca).issue("relay", "127.0.0.1", timedelta(hours=1))
-    (tmp_path / "ca.crt").write_bytes(ca.cert)
-    (tmp_path / "node.crt").write_bytes(pair.cert)
-    (tmp_path / "node.key").write_bytes(pair.key)
-    web = tmp_path / "web.yml"
+    (directory / "ca.crt").write_bytes(ca.cert)
+    (directory / "node.crt").write_bytes(pair.cert)
+    (directory / "node.key").write_bytes(pair.key)
+    web = directory / "web.yml"
     web.write_text(render_web_config({"prometheus": bcrypt_hash("prometheus", PASSWORD)})
-                   .replace(CERT_FILE, str(tmp_path / "node.crt")).replace(KEY_FILE, str(tmp_path / "node.key")))
-    return tmp_path
+                   .replace(CERT_FILE, str(directory / "node.crt")).replace(KEY_FILE, str(directory / "node.key")))
+    return directory
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    return write_tls_files(tmp_path)
 
 
 @pytest.fixture
@@ -111,3 +126,132 @@ def test_alertmanager_delivers_over_tls_with_the_cluster_ca_and_its_token(tls_re
     manager.amtool_add("alertname=HostDown", "instance=worker-node-12:9100", "severity=critical")
     post = wait_for(lambda: slack.calls_of("chat.postMessage"), 30, "the firing message")[0].params
     assert post["text"].startswith("[FIRING:1] HostDown (critical)")
+
+
+# The legitimate clients' address in the hostile tests; the flood comes from 127.0.0.1, as from another host.
+CLIENT_ADDRESS = "127.0.0.2"
+# The smallest cap the config allows: the floods below are several times it.
+MAX_CONNECTIONS = RelayTuning.model_fields["max_connections"].metadata[0].ge
+
+
+def hostile_relay(make_relay, tls_files, header_timeout_s: float) -> Relay:
+    return make_relay(web_config_file=str(tls_files / "web.yml"), max_connections=MAX_CONNECTIONS,
+                      header_timeout_s=header_timeout_s)
+
+
+def ask(relay: Relay, tls_files, method: str, path: str, headers: dict[str, str], body: bytes = b"",
+        timeout: float = 60) -> tuple[int, float, bytes]:
+    """(status, seconds, body) of one request on a new connection from CLIENT_ADDRESS, verifying the relay's certificate."""
+    host, port = relay.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(tls_files / "ca.crt"))
+    connection = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context,
+                                             source_address=(CLIENT_ADDRESS, 0))
+    started = time.monotonic()
+    try:
+        connection.request(method, path, body=body or None, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, time.monotonic() - started, answer.read()
+    finally:
+        connection.close()
+
+
+def scrape(relay: Relay, tls_files) -> tuple[int, float, bytes]:
+    login = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    return ask(relay, tls_files, "GET", "/metrics", {"Authorization": f"Basic {login}"})
+
+
+def post_alert(relay: Relay, tls_files, name: str) -> tuple[int, float, bytes]:
+    return ask(relay, tls_files, "POST", "/alertmanager", {"Authorization": f"Bearer {AM_TOKEN}",
+               "Content-Type": "application/json"}, json.dumps(notification(name)).encode())
+
+
+def metric(text: bytes, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.decode().splitlines() if line.startswith(name + " "))
+
+
+def descriptors(relay: Relay) -> int:
+    return len(os.listdir(f"/proc/{relay.process.pid}/fd"))
+
+
+def test_idle_handshakes_count_against_max_connections_and_make_room_for_clients(make_relay, tls_files):
+    """Sockets that never start a TLS handshake, twice as many as the relay may hold (its
+    connections and spare descriptors): it holds at most max_connections of them, and a scrape with its login and an alert with its token are
+    served past them. Before, each was held uncounted until its handshake timed out."""
+    header_timeout_s = 30.0  # longer than the test: only the cap can close them
+    relay = hostile_relay(make_relay, tls_files, header_timeout_s)
+    idle = [socket.create_connection(("127.0.0.1", int(relay.url.rsplit(":", 1)[1])), timeout=10)
+            for _ in range(2 * (MAX_CONNECTIONS + SPARE_FILE_DESCRIPTORS))]
+    try:
+        wait_for(lambda: descriptors(relay) <= MAX_CONNECTIONS + SPARE_FILE_DESCRIPTORS, 10,
+                 f"the relay to hold at most {MAX_CONNECTIONS} connections")
+        for attempt in range(3):
+            status, seconds, text = scrape(relay, tls_files)
+            assert status == 200 and seconds < header_timeout_s, f"scrape {attempt}: {status} in {seconds:.1f} s"
+            assert metric(text, "alert_relay_http_connections") <= MAX_CONNECTIONS
+            status, seconds, text = post_alert(relay, tls_files, f"PastIdleHandshakes{attempt}")
+            assert status == 200, text
+        assert descriptors(relay) <= MAX_CONNECTIONS + SPARE_FILE_DESCRIPTORS
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_flood_of_wrong_passwords_and_handshakes_does_not_keep_out_a_login_or_an_alert(make_relay, tls_files):
+    """Peers from another address guess passwords over TLS (each guess a bcrypt check; they
+    reconnect as soon as answered or pushed out) or hold handshakes idle, eight times max_connections of them.
+    A scrape with the login (its first time checked by bcrypt, then remembered) and alerts with
+    the webhook's token are each answered within header_timeout_s; the relay holds at most
+    max_connections connections and logins waiting for bcrypt. Before, guesses took every
+    connection while they waited in one bcrypt queue (not to be pushed out), and handshakes were
+    not counted: the scrape and the alerts were refused."""
+    header_timeout_s = RelayTuning().header_timeout_s
+    relay = hostile_relay(make_relay, tls_files, header_timeout_s)
+    port = int(relay.url.rsplit(":", 1)[1])
+    flooders = 8 * MAX_CONNECTIONS
+    flood = Flooder(port, {"guess": flooders // 2, "idle": flooders // 2}, seconds=6 * header_timeout_s, tls=True)
+    try:
+        for attempt in range(3):
+            status, seconds, text = scrape(relay, tls_files)
+            assert status == 200 and seconds < header_timeout_s, f"scrape {attempt}: {status} in {seconds:.1f} s"
+            assert metric(text, "alert_relay_http_connections") <= MAX_CONNECTIONS
+            assert metric(text, "alert_relay_login_checks") <= MAX_CONNECTIONS
+            assert descriptors(relay) <= MAX_CONNECTIONS + SPARE_FILE_DESCRIPTORS
+            status, seconds, answer = post_alert(relay, tls_files, f"DuringGuesses{attempt}")
+            assert status == 200 and seconds < header_timeout_s, f"alert {attempt}: {status} in {seconds:.1f} s {answer!r}"
+        # The flood was on: flooders were closed and came back, over and over.
+        assert flood.result()["connections"] > 2 * flooders
+    finally:
+        flood.stop()
+
+
+def test_login_checks_whose_clients_left_are_dropped(make_relay, tls_files):
+    """Wrong passwords sent on many connections, which hang up before their answer: their bcrypt
+    checks are dropped at once (the pending count falls to nothing well before one check per
+    guess could have run), so a flood that does not wait for answers queues nothing."""
+    relay = make_relay(web_config_file=str(tls_files / "web.yml"), header_timeout_s=60.0)
+    status, _, _ = scrape(relay, tls_files)  # the login is remembered: the next scrapes cost no bcrypt
+    assert status == 200
+    port = int(relay.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(tls_files / "ca.crt"))
+    guesses = 150
+    guessers = []
+    for _ in range(guesses):
+        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1")
+        login = base64.b64encode(b"prometheus:" + os.urandom(6).hex().encode())
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + login + b"\r\n\r\n")
+        guessers.append(sock)
+
+    def pending() -> float:
+        status, _, text = scrape(relay, tls_files)
+        assert status == 200
+        return metric(text, "alert_relay_login_checks")
+
+    wait_for(lambda: pending() >= guesses // 2, 20, "the guesses to wait for their checks")
+    for sock in guessers:
+        sock.close()
+    started = time.monotonic()
+    wait_for(lambda: pending() == 0, 30, "the checks to be dropped")
+    # A check takes tens of milliseconds of bcrypt: well over 5 s for those left when they hung up.
+    assert time.monotonic() - started < 5
+    refused = metric(scrape(relay, tls_files)[2], 'alert_relay_rejected_requests_total{reason="unauthorized"}')
+    assert refused < guesses // 2, f"{refused} guesses were checked after their clients left"

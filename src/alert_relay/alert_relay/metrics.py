@@ -28,6 +28,7 @@ HTTP_CONNECTIONS = Gauge("alert_relay_http_connections", "Open HTTP connections"
 HTTP_CONNECTIONS_CLOSED = Counter(
     "alert_relay_http_connections_closed", "Connections the relay closed on a peer, by reason", ["reason"])
 HTTP_CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "send_timeout", "evicted", "over_limit")
+LOGIN_CHECKS = Gauge("alert_relay_login_checks", "Logins of web_config_file waiting for or in their bcrypt check")
 QUEUE_DEPTH = Gauge("alert_relay_queue_depth", "Messages waiting for delivery")
 DEAD_LETTERS = Gauge("alert_relay_dead_letters", "Messages given up on (see the dead_letters table)")
 

@@ -1,9 +1,11 @@
 """The webhook server: Alertmanager and FAX.PLUS in, durable queue out, plus /healthz and /metrics.
 
 Anyone who reaches the port, token or not, must not be able to stall it, so everything a peer can
-make the relay hold is bounded by a RelayTuning setting: connections (`max_connections`; at the
-limit a new connection closes the one that has waited longest for a request), the time to send
-the headers (`header_timeout_s`, a deadline for the whole header, however slowly it trickles),
+make the relay hold is bounded by a RelayTuning setting: connections (`max_connections`, counted
+from the accept, TLS handshakes included; at the limit a new connection pushes out one that has
+not proven a credential, as crowd.Unproven picks, else the one that has waited longest for a
+request), the time to send the headers (`header_timeout_s`, a deadline for the handshake and the
+whole header, however slowly they trickle),
 the body (`body_timeout_s`, `max_body_bytes`), keep-alive (`idle_timeout_s`,
 `keepalive_max_requests`), the header size (`max_header_bytes`) and reading our answer
 (`send_timeout_s`).
@@ -23,11 +25,13 @@ with its reason in the body and one log line; nothing that cannot be encoded as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
+import socket
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +45,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from alert_relay import metrics
 from alert_relay.config import RelayTuning
+from alert_relay.crowd import Unproven
 from alert_relay.routes import SlackRoutes, e164
 from alert_relay.store import Store, describe_error, write_error_cause
 from alert_relay.web import WebConfig
@@ -49,6 +54,10 @@ log = logging.getLogger("alert_relay")
 
 # Threads that parse, validate and queue requests and answer /healthz and /metrics.
 WORKER_THREADS = 4
+# The listen backlog: it absorbs Alertmanager's burst of connections after an outage.
+LISTEN_BACKLOG = 1024
+# After a failed accept (out of descriptors), wait this long before accepting again (as asyncio does).
+ACCEPT_RETRY_S = 1.0
 # JSON nesting: Alertmanager's and FAX.PLUS's payloads are 4 levels deep at most.
 MAX_JSON_DEPTH = 32
 # Digits of a JSON integer: ids and page counts fit in 20.
@@ -353,15 +362,22 @@ class Phase:
 class HttpConnection(asyncio.Protocol):
     """One client connection: h11 parses, this enforces the phase deadlines and answers."""
 
-    def __init__(self, server: RelayServer):
+    def __init__(self, server: RelayServer, sock: socket.socket, client: str):
         self.server = server
         self.tuning = server.tuning
+        self.client = client
+        # Headers (and before them, the TLS handshake) are due header_timeout_s after the accept.
+        self.header_deadline = asyncio.get_running_loop().time() + self.tuning.header_timeout_s
         self.transport: asyncio.Transport | None = None
+        self.socket = sock  # the accepted socket, ours until connect() hands it to the transport
+        self.handshake: asyncio.Task | None = None  # connect(), the TLS handshake in it
+        self.connecting = False
+        self.handler: asyncio.Task | None = None  # answering a request
+        self.checking_login = False
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.tuning.max_header_bytes)
         self.phase = Phase.WAITING
         self.keepalive_wait = False  # waiting between requests, no byte of the next one yet
         self.timer: asyncio.TimerHandle | None = None
-        self.client = ""
         self.method = b""
         self.path = ""
         self.authorization: bytes | None = None
@@ -377,17 +393,44 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.client = peer[0] if peer else ""
         # Pause as soon as anything is left unsent: a peer that does not read is timed out
         # instead of growing our buffer with pipelined answers.
         self.transport.set_write_buffer_limits(high=0)
-        if not self.server.admit(self):
+        if self.closing:  # pushed out as its handshake ended
+            self.transport.abort()
             return
-        self._wait(self.tuning.header_timeout_s)
+        self.phase = Phase.WAITING
+        self.server.waiting(self)
+        self._arm(max(0.0, self.header_deadline - asyncio.get_running_loop().time()), "header_timeout")
+
+    async def connect(self) -> None:
+        """Make the accepted socket this connection's transport, after the TLS handshake if any."""
+        self.connecting = True
+        sock = self.socket
+        loop = asyncio.get_running_loop()
+        web = self.server.web
+        try:
+            await loop.connect_accepted_socket(lambda: self, sock, **(
+                {"ssl": web.ssl, "ssl_handshake_timeout": self.tuning.header_timeout_s} if web else {}))
+        except (OSError, asyncio.TimeoutError):
+            pass  # a failed or late handshake: dropped (ssl.SSLError is an OSError)
+        except asyncio.CancelledError:
+            # Pushed out or stopping: the transport being built owns the descriptor and closes it
+            # once the connection is down, which this makes it at once.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            self.handshake = None
+            if self.transport is None:
+                self.closing = True
+                self.server.forget(self)
 
     def data_received(self, data: bytes) -> None:
         if self.phase == Phase.LINGERING:
+            return
+        if self.phase == Phase.HANDLING:  # read during a login check only to see the peer leave
+            self.h11.receive_data(data)  # kept for after the answer, one read at most
+            self.transport.pause_reading()
             return
         if self.keepalive_wait:
             self.keepalive_wait = False
@@ -410,6 +453,7 @@ class HttpConnection(asyncio.Protocol):
             log.debug("peer disconnected mid-request", extra={"fields": {"phase": self.phase, "client": self.client}})
         self.closing = True
         self._cancel_timer()
+        self._cancel_login_check()
         self.server.forget(self)
 
     def pause_writing(self) -> None:
@@ -484,6 +528,7 @@ class HttpConnection(asyncio.Protocol):
         if refused:
             self._send(refused)
             return
+        self.server.trust(self)
         if b"transfer-encoding" in headers or b"content-length" not in headers:
             self._send(refuse(411, "a Content-Length header is required", "no_length", self.path, self.client, close=True))
             return
@@ -501,16 +546,46 @@ class HttpConnection(asyncio.Protocol):
         self.phase = Phase.HANDLING
         self._cancel_timer()
         self.transport.pause_reading()
-        self.server.spawn(self._handle())
+        self.handler = self.server.spawn(self._handle())
+
+    async def _logged_in(self) -> bool | None:
+        """Whether the request's login matches (bcrypt in its turn, crowd.Unproven meanwhile);
+        None when no answer came within header_timeout_s."""
+        logins = self.server.web.logins
+        if logins.remembered(self.authorization):
+            self.server.trust(self)
+            return True
+        self.checking_login = True
+        self.transport.resume_reading()  # a peer hanging up is seen, and its check cancelled
+        try:
+            allowed = await asyncio.wait_for(logins.allow(self.authorization, self.client), self.tuning.header_timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self.checking_login = False
+            if not self.closing:
+                self.transport.pause_reading()
+        if allowed:
+            self.server.trust(self)
+        return allowed
+
+    def _cancel_login_check(self) -> None:
+        """A connection gone while its login waits for bcrypt: the check is dropped."""
+        if self.checking_login and self.handler is not None:
+            self.handler.cancel()
 
     async def _handle(self) -> None:
         intake = self.server.intake
         try:
-            if self.method == b"GET":
-                if self.server.web and not await self.server.web.logins.allow(self.authorization):
-                    reply = refuse(401, "log in to read /healthz and /metrics", "unauthorized", self.path, self.client)
-                    reply.headers = ((b"www-authenticate", b'Basic realm="alert-relay"'),)
-                elif self.path == "/healthz":
+            allowed = True if self.method != b"GET" or not self.server.web else await self._logged_in()
+            if allowed is None:
+                reply = refuse(503, "too many logins to check: retry", "login_busy", self.path, self.client, close=True)
+                reply.headers = ((b"retry-after", b"1"),)
+            elif not allowed:
+                reply = refuse(401, "log in to read /healthz and /metrics", "unauthorized", self.path, self.client)
+                reply.headers = ((b"www-authenticate", b'Basic realm="alert-relay"'),)
+            elif self.method == b"GET":
+                if self.path == "/healthz":
                     reply = await self.server.in_thread(intake.healthz)
                 elif self.path == "/metrics":
                     reply = Reply(200, await self.server.in_thread(generate_latest), CONTENT_TYPE_LATEST)
@@ -518,6 +593,8 @@ class HttpConnection(asyncio.Protocol):
                     reply = Reply(404, {"error": "not found"})
             else:
                 reply = await self.server.in_thread(intake.post, self.path, bytes(self.body), self.started)
+        except asyncio.CancelledError:
+            return  # the connection is gone (its login check cancelled) or the relay stops
         except Exception as exc:  # a bug must cost one request, not the connection's silence
             log.exception("request handler error", extra={"fields": {"path": shown_path(self.path)}})
             reply = Reply(500, {"error": f"internal error: {type(exc).__name__}"}, close=True)
@@ -604,15 +681,20 @@ class HttpConnection(asyncio.Protocol):
             return
         self.closing = True
         self._cancel_timer()
+        self._cancel_login_check()
         self.server.forget(self)
-        if abort:
+        if self.transport is None:  # in its handshake
+            if not self.connecting:  # connect() has not begun, and never will: the socket is still ours
+                self.socket.close()
+            self.handshake.cancel()
+        elif abort:
             self.transport.abort()
         else:
             self.transport.close()
 
 
 class RelayServer:
-    """The listening socket and its connections: the cap, eviction, in-flight handlers, shutdown."""
+    """The listening socket and its connections: the cap, who makes room, in-flight handlers, shutdown."""
 
     def __init__(self, tuning: RelayTuning, intake: Intake, web: WebConfig | None = None):
         # With ``web`` (web_config_file): TLS only, and a login for GET requests (alert_relay.web).
@@ -620,37 +702,66 @@ class RelayServer:
         self.connections: set[HttpConnection] = set()
         # Connections without a request under way, longest waiting first (dicts keep insertion order).
         self.idle: dict[HttpConnection, None] = {}
+        # Connections that have not shown a right credential yet, by peer address: the first to make room.
+        self.unproven = Unproven()
         self.tasks: set[asyncio.Task] = set()
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="intake")
         self.stopping = False
-        self.listener: asyncio.Server | None = None
+        self.listener: socket.socket | None = None
+        self.accepting: asyncio.Task | None = None
+        if web:
+            metrics.LOGIN_CHECKS.set_function(web.logins.pending)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        # The backlog absorbs Alertmanager's burst of connections after an outage.
-        # A TLS handshake must end within header_timeout_s, like the headers after it.
-        tls = {"ssl": self.web.ssl, "ssl_handshake_timeout": self.tuning.header_timeout_s} if self.web else {}
-        self.listener = await loop.create_server(lambda: HttpConnection(self), host or None, port, backlog=1024,
-                                                 reuse_address=True, **tls)
-        return self.listener.sockets[0].getsockname()[:2]
+        """Listen; each connection counts against max_connections from its accept, before its
+        TLS handshake (asyncio's own server would hold any number of handshakes, uncounted)."""
+        self.listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG,
+                                             family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.listener.setblocking(False)
+        self.accepting = asyncio.get_running_loop().create_task(self._accept())
+        return self.listener.getsockname()[:2]
 
-    def admit(self, connection: HttpConnection) -> bool:
-        """Count a new connection in; at max_connections, close the longest-waiting idle one, or
-        (every connection being in a request) this new one, with a 503."""
-        if len(self.connections) >= self.tuning.max_connections:
-            if self.idle:
-                next(iter(self.idle)).evict()
-            else:
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(self.listener)
+            except OSError:
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if not self.make_room():
                 metrics.HTTP_CONNECTIONS_CLOSED.labels("over_limit").inc()
                 log.warning("connection refused: max_connections reached",
-                            extra={"fields": {"max_connections": self.tuning.max_connections, "client": connection.client}})
-                connection.closing = True
-                connection.transport.write(raw_reply(503, "too many connections"))
-                connection.transport.close()
-                return False
-        self.connections.add(connection)
-        metrics.HTTP_CONNECTIONS.set(len(self.connections))
+                            extra={"fields": {"max_connections": self.tuning.max_connections, "client": peer[0]}})
+                if not self.web:  # over TLS there is no session to answer in
+                    with contextlib.suppress(OSError):
+                        sock.send(raw_reply(503, "too many connections"))
+                sock.close()
+                continue
+            connection = HttpConnection(self, sock, peer[0])
+            self.connections.add(connection)
+            self.unproven.add(connection.client, connection)
+            metrics.HTTP_CONNECTIONS.set(len(self.connections))
+            connection.handshake = self.spawn(connection.connect())
+
+    def make_room(self) -> bool:
+        """Whether a new connection fits under max_connections. At the limit, one that has not
+        proven a credential makes room (crowd.Unproven picks which), else the one that has waited
+        longest for a request; with every connection inside a request, there is no room."""
+        if len(self.connections) < self.tuning.max_connections:
+            return True
+        pushed_out = self.unproven.push_out()
+        if pushed_out is not None:
+            pushed_out[1].evict()
+        elif self.idle:
+            next(iter(self.idle)).evict()
+        else:
+            return False
         return True
+
+    def trust(self, connection: HttpConnection) -> None:
+        """The connection showed a right credential: only its own deadlines end it from now on."""
+        self.unproven.discard(connection.client, connection)
 
     def waiting(self, connection: HttpConnection) -> None:
         self.idle.pop(connection, None)
@@ -661,14 +772,16 @@ class RelayServer:
 
     def forget(self, connection: HttpConnection) -> None:
         self.idle.pop(connection, None)
+        self.unproven.discard(connection.client, connection)
         if connection in self.connections:
             self.connections.discard(connection)
             metrics.HTTP_CONNECTIONS.set(len(self.connections))
 
-    def spawn(self, coroutine) -> None:
+    def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
@@ -679,9 +792,11 @@ class RelayServer:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop listening, close idle connections, let requests under way finish (up to grace_s)."""
         self.stopping = True
+        if self.accepting:
+            self.accepting.cancel()
         if self.listener:
             self.listener.close()
-        for connection in list(self.idle):
+        for connection in list(self.idle) + [c for c in self.connections if c.transport is None or c.checking_login]:
             connection._close()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace_s)

@@ -79,32 +79,56 @@ class Logins:
     """HTTP basic auth against bcrypt hashes, as exporter-toolkit checks `basic_auth_users`: a
     login that matched once is remembered (a scrape costs no bcrypt; at most one entry per user),
     an unknown user costs as much as a wrong password, and hashes are checked one at a time in a
-    thread of their own, so wrong passwords cannot take the threads that queue webhooks."""
+    thread of their own, so wrong passwords cannot take the threads that queue webhooks.
+
+    Checks take turns by peer address: an address has at most one check queued for the thread,
+    its other logins wait for its turn, so a first login waits behind at most one check per
+    other address, not behind every guess a flood sends. A check whose connection is gone is
+    cancelled (``allow`` is awaited by the connection's task): it leaves the turn, and a check
+    not yet started is never run."""
 
     def __init__(self, users: dict[str, bytes]):
         self.users = users
         self.verified: dict[str, bytes] = {}
+        # Peer address -> [its turn, logins waiting for it]; dropped when none wait.
+        self.turns: dict[str, list] = {}
         self.checker = ThreadPoolExecutor(1, thread_name_prefix="logins")
         # Compared against for unknown users, so that they take as long as known ones.
         self.decoy = next(iter(users.values()))
 
-    async def allow(self, authorization: bytes | None) -> bool:
+    def remembered(self, authorization: bytes | None) -> bool:
+        """Whether the header's login matched before (no bcrypt needed)."""
+        credentials = basic_credentials(authorization)
+        return credentials is not None and self.verified.get(credentials[0]) == hashlib.sha256(credentials[1]).digest()
+
+    async def allow(self, authorization: bytes | None, address: str) -> bool:
         credentials = basic_credentials(authorization)
         if credentials is None:
             return False
-        user, password = credentials
-        remembered = hashlib.sha256(password).digest()
-        if self.verified.get(user) == remembered:
+        if self.remembered(authorization):
             return True
+        user, password = credentials
         hashed = self.users.get(user)
-        import bcrypt
+        turn = self.turns.setdefault(address, [asyncio.Lock(), 0])
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                import bcrypt
 
-        matches = await asyncio.get_running_loop().run_in_executor(self.checker, bcrypt.checkpw, password,
-                                                                   hashed or self.decoy)
+                matches = await asyncio.get_running_loop().run_in_executor(
+                    self.checker, bcrypt.checkpw, password, hashed or self.decoy)
+        finally:
+            turn[1] -= 1
+            if not turn[1]:
+                del self.turns[address]
         if matches and hashed is not None:
-            self.verified[user] = remembered
+            self.verified[user] = hashlib.sha256(password).digest()
             return True
         return False
+
+    def pending(self) -> int:
+        """Logins waiting for a check or being checked."""
+        return sum(waiting for _turn, waiting in self.turns.values())
 
     def close(self) -> None:
         self.checker.shutdown(wait=False, cancel_futures=True)
