@@ -436,8 +436,11 @@ class Certificates(Part):
     def skip_reason(self, topology: Topology, host: str, remote: Remote) -> str | None:
         from roles.pki import TLS_DIR
 
+        # Not the folder's presence: one left from when TLS was on is nothing a restore should bring back.
+        if not topology.settings(host, "pki").tls:
+            return "pki.tls is off: the node has no TLS identity to keep"
         if remote.run(f"test -d {shlex.quote(TLS_DIR)} && echo yes || true").strip() != b"yes":
-            return f"{TLS_DIR} does not exist on the node (pki.tls is off)"
+            return f"{TLS_DIR} does not exist on the node (deploy it with pki.tls on first)"
         return None
 
     def version(self, remote: Remote) -> str:
