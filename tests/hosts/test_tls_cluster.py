@@ -3,13 +3,16 @@
 Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py); then every secured
 web listener answers the control machine's login over https with the cluster CA, and refuses a
 request without a login and plain http; Prometheus scrapes every target (over https where secured);
-toy-redis speaks RESP only over TLS; a second run changes nothing. At the end the lab's own settings
+toy-redis speaks RESP only over TLS; a second run changes nothing; no secret of the vault shows in the
+deploy's output, in a command line, in the journal or in a file others may read on any node. At the end the lab's own settings
 (TLS off) are deployed back, as the other lab tests expect.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import time
 
 import pytest
@@ -17,6 +20,7 @@ import redis
 import requests
 
 from homelab.access import access
+from homelab.lab.ssh import ssh_command
 from homelab.topology import CONTROL, METRICS_PATH, ROLES
 from homelab.vault import load_vault
 from roles.toy_redis import PASSWORD_SECRET
@@ -26,6 +30,15 @@ pytestmark = pytest.mark.lab
 
 TLS_DATA = ("--data", "pki=" + json.dumps(TLS_ON))
 TARGETS_UP_WITHIN_S = 120
+# Run on each node with the secrets on standard input (never in a command line): where they show.
+SECRET_SCAN = """
+patterns=$(mktemp) && trap 'rm -f "$patterns"' EXIT && cat > "$patterns"
+find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o -type f -perm -o=r -size -20M -print0 \\
+    | xargs -0r grep -lFf "$patterns" -- 2>/dev/null | sed 's/^/file: /'
+ps -eo args | grep -Ff "$patterns" | sed 's/^/process: /'
+journalctl -q --no-pager -o cat | grep -Ff "$patterns" | sed 's/^/journal: /'
+true
+"""
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +115,20 @@ def test_toy_redis_speaks_resp_only_over_tls(tls_lab, tls_topology):
     with redis.Redis(host=endpoint.address, port=endpoint.port, password=password, socket_timeout=5,
                      socket_connect_timeout=5) as plain, pytest.raises(redis.RedisError):
         plain.ping()
+
+
+def test_no_secret_shows_in_output_command_lines_journal_or_readable_files(tls_lab, tls_topology, lab):
+    [host] = tls_topology.hosts[:1]
+    vault = load_vault(tls_topology.data(host, "vault_file"), tls_topology.data(host, "vault_password_file"))
+    # A multi-line secret (the CA key) is looked for by its longest line.
+    needles = sorted({max(str(value).splitlines(), key=len) for value in vault.values()})
+    deploy_output = tls_lab.stderr + json.dumps(tls_lab.report)
+    assert not [name for name, value in vault.items() if max(str(value).splitlines(), key=len) in deploy_output]
+    for node in tls_topology.hosts:
+        scan = subprocess.run(ssh_command(lab, node, "sh -c " + shlex.quote(SECRET_SCAN)), capture_output=True,
+                              input="\n".join(needles) + "\n", text=True, timeout=300)
+        assert scan.returncode == 0, f"{node}: {scan.stderr}"
+        # Name where, never what: the finding must not print the secret itself.
+        found = [line.split(": ", 1)[0] + ": " + (line.split(": ", 1)[1] if line.startswith("file") else "(hidden)")
+                 for line in scan.stdout.splitlines()]
+        assert not found, f"{node}: secrets of the vault found in {found}"
