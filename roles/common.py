@@ -25,6 +25,7 @@ from pyinfra.api import operation
 from pyinfra.context import ctx_inventory
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import LinuxDistribution
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, python, systemd
 from pyinfra.operations.util import any_changed
 
@@ -133,10 +134,59 @@ RESTART_SILENCE_TIMEOUT_S = 3
 RESTART_LIFT_WAIT_S = 15
 
 
+def _unit(service: str) -> str:
+    return service if "." in service else f"{service}.service"
+
+
+# A restart, and a start through `running`, clear the unit's start-rate count first. A unit that
+# crash-looped meanwhile has used it up (Restart=on-failure, RestartSec=2: about four starts in
+# systemd's default 10 s window of five), and one or two more from the deploy make systemd refuse
+# them ("start request repeated too quickly"; systemctl says "the control process exited with error
+# code", the last run's result) although the code in place now would start. That is how the relay and
+# toy-redis failed after an upgrade to Debian 13: their venvs, made for Python 3.11, crash-looped from
+# the reboot until the deploy installed new ones and started them.
+@operation(is_idempotent=False)
+def restarted(service: str):
+    """Restart ``service``, or start it if it is down, with its start-rate count cleared.
+
+    + service: the systemd unit (".service" is implied)
+    """
+    yield f"systemctl reset-failed {_unit(service)}"
+    yield f"systemctl restart {_unit(service)}"
+
+
+@operation()
+def started(service: str):
+    """``service`` running: started, with its start-rate count cleared, if it is not.
+
+    + service: the systemd unit (".service" is implied)
+    """
+    unit = _unit(service)
+    if host.get_fact(SystemdStatus, services=[unit]).get(unit):
+        host.noop(f"service {unit} is running")
+        return
+    yield f"systemctl reset-failed {unit}"
+    yield f"systemctl start {unit}"
+
+
+def running(service: str, role: str, name: str, restart_when: Callable[[], bool]) -> None:
+    """Enabled; restarted when ``restart_when()`` (as ``restart`` does); else started if it is down.
+
+    The one place a service running our code starts: called after its code, unit and config are in
+    place, so whatever asks for a restart (new wheels, config, certificate), no start runs code the
+    deploy is about to replace, and a service crash-looping on old code starts once, on the new.
+    """
+    # running=None: enabled only (pyinfra would start it here by default, before a restart that may follow).
+    systemd.service(name=f"{service} enabled", service=service, running=None, enabled=True)
+    restart(service, role, name, restart_when)
+    started(name=f"{service} running", service=service)
+
+
 def restart(service: str, role: str, name: str, when: Callable[[], bool],
             listeners: tuple[str, ...] | None = None) -> None:
-    """Restart ``service`` when ``when()`` is true, with the alerts about ``role``'s ``listeners``
-    (default: all) on this host silenced in Alertmanager from just before until just after.
+    """Restart ``service`` (start it if it is down) when ``when()`` is true, with the alerts about
+    ``role``'s ``listeners`` (default: all) on this host silenced in Alertmanager from just before
+    until just after.
 
     A run that does not restart creates no silence (all three operations are skipped). Alertmanager
     unreachable or refusing is one warning line, never a failed deploy.
@@ -146,12 +196,12 @@ def restart(service: str, role: str, name: str, when: Callable[[], bool],
     topology = current_topology()
     matchers = restart_matchers(topology, host.name, role, listeners) if topology.hosts_of("alertmanager") else ()
     if not matchers:  # nothing that could alert on it, or no Alertmanager to tell
-        systemd.service(name=name, service=service, restarted=True, _if=when)
+        restarted(name=name, service=service, _if=when)
         return
     silence: dict[str, str] = {}
     python.call(name=f"Silence {service}'s alerts on {host.name} during its restart", function=_silence,
                 topology=topology, matchers=matchers, service=service, silence=silence, _if=when)
-    systemd.service(name=name, service=service, restarted=True, _if=when)
+    restarted(name=name, service=service, _if=when)
     python.call(name=f"Lift the silence of {service}'s alerts on {host.name}", function=_lift_silence,
                 topology=topology, service=service, silence=silence, _if=when)
 

@@ -33,12 +33,13 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, StrictModel
 from homelab.containers.runtime import DEFAULT_RUNTIME, KEY, Runtime, check_runtime
-from roles.common import render, restart
+from roles.common import render
+from roles.common import running as service_running
 from roles.python_app import PythonApp
 
 DOCKER = "/usr/bin/docker"
@@ -172,5 +173,4 @@ def running(container: Container, role: str, restart_when_changed: list[Operatio
     """Enabled and running; restarted (a fresh container, its alerts silenced meanwhile, as
     roles.common.restart does) when its image, unit or config changed."""
     service = container.app.service
-    systemd.service(name=f"{service} container enabled and running", service=service, running=True, enabled=True)
-    restart(service, role, f"Restart {service} for a new image, unit or config", any_changed(*restart_when_changed))
+    service_running(service, role, f"Restart {service} for a new image, unit or config", any_changed(*restart_when_changed))

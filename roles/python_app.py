@@ -39,7 +39,8 @@ from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError
 from homelab.releases import DebianRelease
-from roles.common import REPO_ROOT, checked_file, node_release, restart
+from roles.common import REPO_ROOT, checked_file, node_release
+from roles.common import running as service_running
 from roles.install import Install, install_packages
 
 WHEEL_CACHE = REPO_ROOT / "build" / "wheels"
@@ -313,10 +314,11 @@ def unit(app: PythonApp, content: str) -> OperationMeta:
 
 
 def running(app: PythonApp, role: str, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
-    """Enabled and running; restarted when its wheels, unit or config changed (neither service reloads)."""
-    systemd.service(name=f"{app.service} enabled and running", service=app.service, running=True, enabled=True)
-    restart(app.service, role, f"Restart {app.service} for new wheels, unit or config",
-            any_changed(installed, *restart_when_changed))
+    """Enabled and running from the venv ``installed`` made current; restarted when its wheels, unit or
+    config changed (neither service reloads). Called last in the role: roles.common.running is the
+    only place it starts, so nothing starts it before its venv fits the node's Python."""
+    service_running(app.service, role, f"Restart {app.service} for new wheels, unit or config",
+                    any_changed(installed, *restart_when_changed))
     # Only now is no process running from the old venvs.
     server.shell(
         name=f"Remove {app.service}'s previous venvs",

@@ -1,7 +1,9 @@
 """Our services' wheels: built once per source state, complete, and installed offline into a venv."""
 
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from homelab.releases import RELEASES
 from roles.python_app import (PythonApp, WheelTarget, build_wheels, install_script, installed_digest_command,
                               unit_check_command)
 from roles.toy_redis import render_unit as render_toy_redis_unit
+from roles import alert_relay, toy_redis
+from tests.roles.test_grafana import plans_on_this_machine
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = Path("/usr/bin/python3")
@@ -289,3 +293,63 @@ def test_a_node_on_an_unsupported_system_is_refused_in_one_line(monkeypatch, dis
     with pytest.raises(python_app.ConfigError) as failure:
         roles.common.node_release()
     assert str(failure.value) == f"inventory data for old-node: runs {shown}; expected Debian 12 (bookworm), 13 (trixie)"
+
+
+# Plans the roles on @local and writes every operation, in the order they run, with its commands.
+# systemd cannot answer here (PID 1 is not systemd): its facts stand in for it with every unit down
+# and disabled, as a new node shows them, or a node whose service crash-loops on a stale venv.
+ORDER_DEPLOY = """
+from importlib import import_module
+import json
+from pyinfra import host, state
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+real_get_fact = host.get_fact
+host.get_fact = lambda fact, *args, **kwargs: ({} if fact in (SystemdEnabled, SystemdStatus)
+                                               else real_get_fact(fact, *args, **kwargs))
+for role in host.data.get("roles").split(","):
+    import_module(f"roles.{role}").apply()
+plan = [{"names": sorted(state.op_meta[op_hash].names),
+         "commands": [str(command) for command in state.ops[host][op_hash].command_generator()]}
+        for op_hash in state.get_op_order()]
+with open(host.data.get("plan_file"), "w") as out:
+    json.dump(plan, out)
+"""
+
+
+def planned_operations(tmp_path: Path, roles: str) -> list[dict]:
+    """What `pyinfra --dry` plans for ``roles`` on @local, in order: each operation's names and commands."""
+    vault = {"vault_file": "secrets/lab.vault.yml", "vault_password_file": "secrets/lab.vault-password"}
+    (tmp_path / "inventory.py").write_text(
+        f"_local = ('@local', {vault!r})\n" + "".join(f"{group} = [_local]\n" for group in roles.split(",")))
+    (tmp_path / "deploy.py").write_text(ORDER_DEPLOY)
+    plan_file = tmp_path / "plan.json"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "-y", "--dry", "--data", f"roles={roles}",
+         "--data", f"plan_file={plan_file}", str(tmp_path / "inventory.py"), str(tmp_path / "deploy.py")],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return json.loads(plan_file.read_text())
+
+
+@plans_on_this_machine
+def test_a_service_starts_only_from_its_current_venv_and_past_systemds_start_limit(tmp_path):
+    """After an upgrade to Debian 13 the relay and toy-redis crash-loop on venvs made for the old
+    Python until the deploy installs new ones: then a start or restart must run the new venv, and
+    must not be refused because the loop used up systemd's start limit (the lab upgrade test failed so)."""
+    plan = planned_operations(tmp_path, "toy_redis,alert_relay")
+    for app in (toy_redis.APP, alert_relay.APP):
+        [wheels] = [at for at, op in enumerate(plan) if any(name.startswith(f"{app.service} | {app.service} wheels")
+                                                            for name in op["names"])]
+        starting = [(at, op) for at, op in enumerate(plan)
+                    if any(re.fullmatch(rf"systemctl (start|restart) {app.service}(\.service)?", command)
+                           for command in op["commands"])]
+        assert starting, f"nothing starts {app.service}"
+        for at, op in starting:
+            assert at > wheels, f"{op['names']} starts {app.service} before its wheels are installed"
+            commands = op["commands"]
+            first_start = next(i for i, command in enumerate(commands) if command.split()[:2] in (
+                ["systemctl", "start"], ["systemctl", "restart"]))
+            assert f"systemctl reset-failed {app.service}.service" in commands[:first_start], \
+                f"{op['names']} does not clear the start limit first: {commands}"
