@@ -13,14 +13,21 @@ from importlib import import_module
 
 from pyinfra import host
 
+from homelab.topology import ROLES
 from roles.common import current_topology
 from roles.node_exporter import stamp_deploy
 
 only = host.data.get("only_roles")
 wanted = set(only.split(",")) if only else None
+mine = set(current_topology().roles_of(host.name))
 
-for role_name in current_topology().roles_of(host.name):
-    if wanted is None or role_name in wanted:
-        import_module(f"roles.{role_name}").apply()
+# pyinfra tells operations apart by the line numbers of their call stack alone, not the files: two
+# roles' operations at the same lines would count as one, ordered differently on different hosts
+# ("Cycle detected in operation ordering DAG": Alertmanager's config and pki's new key did). Every host
+# walks all of ROLES in host.loop, so each operation also carries its role's place there, the same
+# on every host.
+for role in host.loop(ROLES):
+    if role.name in mine and (wanted is None or role.name in wanted):
+        import_module(f"roles.{role.name}").apply()
 
 stamp_deploy()
