@@ -29,7 +29,7 @@ from tests.lab.test_lab_tool import run_lab, ssh_out
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-ENV = {"HOMELAB_LAB_SUBNET": "10.81.0.0/24", "HOMELAB_LAB_BRIDGE": "hlabctr0"}
+ENV = {"HOMELAB_LAB_SUBNET": "10.84.0.0/24", "HOMELAB_LAB_BRIDGE": "hlabctr0"}
 NODE = "container-node"
 ROLES = "base,tuning,node_exporter,toy_redis,alert_relay,prometheus"
 INVENTORY = f"""\

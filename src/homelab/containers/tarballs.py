@@ -16,6 +16,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -70,12 +72,28 @@ def ensure_tarball(name: str, log=print) -> ImageTarball:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():
             log(f"building the {spec.tag} image for nodes running containers")
-            with tempfile.TemporaryDirectory(dir=IMAGE_CACHE, prefix=".building-") as scratch, \
-                    engine.private_engine() as running:
-                images.build(running.client, spec, log=log)
-                saved = images.save(running.client, name, Path(scratch))
-                saved.rename(path)
+            # In a process of its own: inside a deploy, pyinfra's gevent has patched pipes and
+            # sockets, and the docker SDK's streamed import of the base tree fails under it
+            # ("FileObjectClosed: Bad file descriptor").
+            built = subprocess.run([sys.executable, "-m", __name__, name, str(path)], stdin=subprocess.DEVNULL,
+                                   capture_output=True, text=True)
+            if built.returncode != 0 or not path.is_file():
+                raise ConfigError(IMAGE_CACHE, name, f"building the {spec.tag} image failed: "
+                                                     f"{(built.stderr or built.stdout).strip()[-2000:]}")
             for old in IMAGE_CACHE.glob(f"{spec.name}-*.tar"):  # tarballs of older inputs
                 if old != path:
                     old.unlink(missing_ok=True)
     return ImageTarball(spec, path, image_id_of(path))
+
+
+def build_tarball(name: str, path: Path) -> None:
+    """Build ``name``'s image in a private engine and save it to ``path``."""
+    spec = images.spec_named(name)
+    with tempfile.TemporaryDirectory(dir=IMAGE_CACHE, prefix=".building-") as scratch, \
+            engine.private_engine() as running:
+        images.build(running.client, spec, log=print)
+        images.save(running.client, name, Path(scratch)).rename(path)
+
+
+if __name__ == "__main__":
+    build_tarball(sys.argv[1], Path(sys.argv[2]))
