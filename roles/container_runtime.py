@@ -101,6 +101,20 @@ def user_flag(app: PythonApp) -> str:
     return f'--user "$(id -u {app.service}):$(id -g {app.service})"'
 
 
+def nofile_flag(nofile: int) -> str:
+    """`--ulimit nofile` with the tuning file's limit, or the hard limit `docker` runs under when that
+    is lower, worked out by sh on the node.
+
+    runc sets the limit on the container's first process from outside, and may set it above its
+    own hard limit only with CAP_SYS_RESOURCE; otherwise the start fails ("error setting rlimit
+    type 7: operation not permitted"). Lab nodes on this machine cannot have that capability (the
+    machine itself lacks it) and are held at its hard limit of 20000. The package install's unit gets
+    the same treatment from systemd, which sets the closest limit it may (setrlimit_closest).
+    """
+    closest = f'n=$(ulimit -Hn); [ "$n" -le {nofile} ] 2>/dev/null || n={nofile}; echo "$n:$n"'
+    return f'"--ulimit=nofile=$({closest})"'
+
+
 def run_flags(container: Container) -> list[str]:
     """`docker run` flags shared by the service and its config checks: who, limits, host folders."""
     limits = container.limits
@@ -108,7 +122,7 @@ def run_flags(container: Container) -> list[str]:
         "--rm", user_flag(container.app), "--read-only", f"--tmpfs={TMPFS}",
         "--cap-drop=ALL", "--security-opt=no-new-privileges",
         f"--memory={limits.memory_mib}m", f"--memory-swap={limits.memory_mib}m", f"--cpus={limits.cpus:g}",
-        f"--ulimit=nofile={container.nofile}:{container.nofile}",
+        nofile_flag(container.nofile),
     ]
     # --user sets no supplementary groups: each is added by its id on the node.
     groups = [f'--group-add "$(getent group {group} | cut -d: -f3)"' for group in container.groups]
@@ -131,11 +145,22 @@ def check_command(container: Container, arguments: str) -> str:
     return " ".join([DOCKER, "run", "--network=none", *run_flags(container), container.image, arguments])
 
 
-def render_unit(container: Container) -> str:
+def started_command(container: Container) -> str:
+    """sh that waits until the container runs, failing if `docker run` ($MAINPID) ends first."""
+    running = f'{DOCKER} container inspect --format "{{{{.State.Running}}}}" {container.name} 2>/dev/null'
+    return f'until [ "$({running})" = true ]; do kill -0 "$MAINPID" 2>/dev/null || exit 1; sleep 0.2; done'
+
+
+def as_unit_command(script: str) -> str:
     # systemd expands $ itself; $$ passes one to sh.
-    exec_start = "/bin/sh -c " + shlex.quote("exec " + run_command(container)).replace("$", "$$")
+    return "/bin/sh -c " + shlex.quote(script).replace("$", "$$")
+
+
+def render_unit(container: Container) -> str:
     return render("container_runtime/container.service.j2", description=container.description,
-                  name=container.name, image=container.image, docker=DOCKER, exec_start=exec_start)
+                  name=container.name, image=container.image, docker=DOCKER,
+                  exec_start=as_unit_command("exec " + run_command(container)),
+                  exec_start_post=as_unit_command(started_command(container)))
 
 
 def image_id_command(tag: str) -> str:
@@ -171,6 +196,8 @@ def image_ready(app: PythonApp) -> OperationMeta:
 
 def running(container: Container, role: str, restart_when_changed: list[OperationMeta]) -> None:
     """Enabled and running; restarted (a fresh container, its alerts silenced meanwhile, as
-    roles.common.restart does) when its image, unit or config changed."""
+    roles.common.restart does) when its image, unit or config changed. Started once per deploy
+    (roles.common.running): a stop while Docker still creates the container (seconds on a lab
+    node's vfs storage) leaves its name taken, and the next start fails with "Conflict"."""
     service = container.app.service
     service_running(service, role, f"Restart {service} for a new image, unit or config", any_changed(*restart_when_changed))

@@ -9,6 +9,7 @@ systemd-analyze, and its command line is expanded by sh with stand-ins for `dock
 from __future__ import annotations
 
 import json
+import resource
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ from homelab.vault import load_vault
 from roles import alert_relay, container_runtime, toy_redis
 from roles.python_app import PythonApp, unit_check_command
 
-NOFILE = 65536
+# The tuning file's open-file limit as the roles pass it; below this machine's hard limit, so a
+# test can run `docker run` under a hard limit on either side of it (lowering needs no privilege).
+NOFILE = 4096
 needs_systemd_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 
 
@@ -30,9 +33,9 @@ def containers() -> dict:
             "alert-relay": alert_relay.container(alert_relay.Settings(), NOFILE)}
 
 
-def exec_start(unit: str) -> str:
-    [line] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
-    return line.removeprefix("ExecStart=")
+def exec_start(unit: str, key: str = "ExecStart") -> str:
+    [line] = [line for line in unit.splitlines() if line.startswith(f"{key}=")]
+    return line.removeprefix(f"{key}=")
 
 
 @pytest.fixture
@@ -49,11 +52,21 @@ def stand_ins(tmp_path, monkeypatch):
     return docker
 
 
-def argv_as_run(unit: str) -> list[str]:
-    """The arguments `docker run` gets: systemd turns $$ into $ and splits the line, sh expands it."""
+def under_hard_nofile(hard: int | None):
+    """For subprocess's preexec_fn: the child runs with this hard open-file limit (None: as is)."""
+    def lower() -> None:
+        if hard is not None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+    return lower
+
+
+def argv_as_run(unit: str, hard_nofile: int | None = None) -> list[str]:
+    """The arguments `docker run` gets: systemd turns $$ into $ and splits the line, sh expands it
+    (under ``hard_nofile``, the hard limit the unit would run under)."""
     argv = shlex.split(exec_start(unit).replace("$$", "$"))
     assert argv[:2] == ["/bin/sh", "-c"]
-    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result = subprocess.run(argv, capture_output=True, text=True, check=True, preexec_fn=under_hard_nofile(hard_nofile))
     return json.loads(result.stdout)
 
 
@@ -64,7 +77,36 @@ def test_the_container_runs_as_the_hosts_service_user_on_the_host_network(stand_
     assert argv[0] == "run" and argv[-1] == container.image
     assert "--user" in argv and argv[argv.index("--user") + 1] == "4242:4343"
     assert {f"--name={service}", "--network=host", "--read-only", "--rm", "--cap-drop=ALL",
-            f"--ulimit=nofile={NOFILE}:{NOFILE}", "--memory=512m", "--cpus=1"} <= set(argv)
+            "--memory=512m", "--cpus=1"} <= set(argv)
+
+
+@pytest.mark.parametrize("hard, expected", [(NOFILE + 1, NOFILE), (NOFILE, NOFILE), (NOFILE - 1, NOFILE - 1)])
+def test_the_open_file_limit_is_the_tuning_files_or_the_closest_docker_may_set(stand_ins, hard, expected):
+    """runc cannot raise a container's hard limit above its own without CAP_SYS_RESOURCE (the start
+    fails: "error setting rlimit type 7"), so a node held below the tuning file's limit gives its own."""
+    for container in containers().values():
+        for argv in (argv_as_run(container_runtime.render_unit(container), hard),
+                     check_argv(container, hard_nofile=hard)):
+            assert [arg for arg in argv if arg.startswith("--ulimit")] == [f"--ulimit=nofile={expected}:{expected}"]
+
+
+def test_the_unit_is_started_once_the_container_runs_and_fails_if_docker_run_ends(tmp_path, monkeypatch):
+    """ExecStartPost, run as systemd would ($MAINPID is `docker run`), against a `docker` whose
+    container runs from its third inspection on."""
+    docker = tmp_path / "docker"
+    docker.write_text(f"#!/bin/sh\necho >> {tmp_path}/inspections\n"
+                      f'[ "$(wc -l < {tmp_path}/inspections)" -ge 3 ] && echo true || echo false\n')
+    docker.chmod(0o755)
+    monkeypatch.setattr(container_runtime, "DOCKER", str(docker))
+    argv = shlex.split(exec_start(container_runtime.render_unit(containers()["toy-redis"]), "ExecStartPost").replace("$$", "$"))
+    with subprocess.Popen(["sleep", "60"]) as docker_run:
+        waited = subprocess.run(argv, env={"MAINPID": str(docker_run.pid)}, capture_output=True, timeout=30)
+        docker_run.kill()
+    assert waited.returncode == 0 and (tmp_path / "inspections").read_text().count("\n") == 3
+    # `docker run` gone before its container ran: the start fails instead of waiting for ever.
+    (tmp_path / "inspections").write_text("")
+    ended = subprocess.run(argv, env={"MAINPID": str(docker_run.pid)}, capture_output=True, timeout=30)
+    assert ended.returncode == 1
 
 
 def test_config_is_mounted_read_only_and_data_and_logs_writable(stand_ins):
@@ -89,13 +131,18 @@ def test_secrets_reach_the_container_only_as_files(stand_ins):
                for secret in alert_relay.TOKEN_FILES.values())
 
 
+def check_argv(container, staged: str = "config.staged", hard_nofile: int | None = None) -> list[str]:
+    """The arguments `docker run` gets for a config check, as roles.common.checked_file runs it."""
+    check = container_runtime.check_command(container, "--check-config {staged}")
+    result = subprocess.run(["sh", "-c", check.format(staged=shlex.quote(staged))], capture_output=True, text=True,
+                            check=True, preexec_fn=under_hard_nofile(hard_nofile))
+    return json.loads(result.stdout)
+
+
 def test_a_config_check_runs_the_image_without_network_or_name(stand_ins, tmp_path):
     container = containers()["toy-redis"]
-    check = container_runtime.check_command(container, "--check-config {staged}")
     staged = f"{toy_redis.CONFIG_PATH}.staged"
-    result = subprocess.run(["sh", "-c", check.format(staged=shlex.quote(staged))],
-                            capture_output=True, text=True, check=True)
-    argv = json.loads(result.stdout)
+    argv = check_argv(container, staged)
     assert "--network=none" in argv and not any(arg.startswith("--name") for arg in argv)
     # The staged file sits in the mounted config folder, so the image's binary sees it.
     assert argv[-3:] == [container.image, "--check-config", staged]

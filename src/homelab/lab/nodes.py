@@ -6,8 +6,7 @@ its own cgroup before nspawn starts; without that, nodes share one and stopping 
 another's services (measured, see ../shared/notes/lab.md).
 
 A node whose runtime is `container` (homelab.lab.inventory) can run Docker's containers (measured,
-docs/containers.md): nspawn lets it make session keyrings (runc joins one per container) and set
-other processes' limits (runc applies `--ulimit` that way), and a
+docs/containers.md): nspawn lets it make session keyrings (runc joins one per container), and a
 unit in the node makes the cgroup v1 controllers nspawn mounts read-only writable before Docker
 starts. Only those nodes get it: writable controllers are the host's own hierarchies, so a node's
 root could then change any cgroup on this machine. Other nodes keep nspawn's defaults.
@@ -33,9 +32,6 @@ STOP_TIMEOUT_S = 15
 NODE_NOFILE_HARD = 524288
 # runc makes a session keyring for each container; nspawn's seccomp filter refuses these otherwise.
 CONTAINER_SYSCALLS = "add_key keyctl request_key"
-# runc sets a container's limits (`--ulimit`) from outside, with prlimit on a process of another
-# user, which needs this capability; nspawn (252 here) drops it from nodes' bounding set.
-CONTAINER_CAPABILITIES = "CAP_SYS_RESOURCE"
 CGROUP_UNIT = "lab-cgroup-writable.service"
 CGROUP_SCRIPT = "/usr/local/sbin/lab-cgroup-writable"
 # A plain `remount,rw` fails with "mount point is busy"; a bind remount works (measured).
@@ -285,7 +281,7 @@ def host_public_key(settings: LabSettings, node: LabNode) -> str:
 
 
 def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str]:
-    """How the node is booted; a node that runs containers may make keyrings and set limits (runc does)."""
+    """How the node is booted; a node that runs containers may make session keyrings (runc does)."""
     command = [
         "systemd-nspawn", "--register=no", "--keep-unit", "-q", "-M", machine_name(settings, node.name), "-D", str(base),
         f"--overlay={base}{_overlay_upper(settings, node.name).decode()}", "-b", "--console=pipe",
@@ -299,7 +295,7 @@ def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str
         f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
     ]
     if node.runtime == "container":
-        command += [f"--system-call-filter={CONTAINER_SYSCALLS}", f"--capability={CONTAINER_CAPABILITIES}"]
+        command += [f"--system-call-filter={CONTAINER_SYSCALLS}"]
     return command
 
 
