@@ -66,6 +66,11 @@ class Manifest:
         return {path.removeprefix(prefix): entry for path, entry in self.files.items() if path.startswith(prefix)}
 
 
+def iso_time(moment: datetime) -> str:
+    """A moment as the manifest and the backup's messages write it (UTC, to the second)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def folder_name(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(NAME_FORMAT)
 

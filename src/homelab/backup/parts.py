@@ -15,7 +15,8 @@ checks every file on the node against the manifest with sha256sum before the ser
 - alert_relay: the queue (messages and dead letters in one SQLite file), copied by SQLite's online
   backup API on the node while the relay runs.
 - grafana: its SQLite database the same way, plus the provisioning folder and the dashboards.
-- certificates: the node's TLS folder (roles.pki.TLS_DIR: CA bundle, certificate, key), when it exists.
+- certificates: the node's TLS folder (roles.pki.TLS_DIR: CA bundle, certificate, key), when pki.tls
+  is on for the node.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Callable
 
 import requests
 
+from homelab.backup.manifest import iso_time
 from homelab.backup.remote import Remote, RemoteError
 from homelab.topology import Topology
 
@@ -111,7 +113,7 @@ def dpkg_version(remote: Remote, package: str) -> str:
 
 def _iso_time(epoch_s: float) -> str:
     try:
-        return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return iso_time(datetime.fromtimestamp(epoch_s, timezone.utc))
     except (ValueError, OverflowError):
         return "none"  # an empty TSDB reports the largest timestamp there is
 

@@ -88,10 +88,6 @@ class Outcome:
     removed: list[Path]
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def backup(topology: Topology, inventory: str, directory: Path, log: Log) -> Outcome:
     """Take a backup of every node into a new dated folder in ``directory``; raise on any failure."""
     settings = backup_settings(topology)
@@ -105,7 +101,7 @@ def backup(topology: Topology, inventory: str, directory: Path, log: Log) -> Out
         if final.exists():
             raise BackupError(f"{final}: a backup of that second exists already")
         partial = directory / f"{manifests.PARTIAL_PREFIX}{name}"
-        manifest = Manifest(created=_iso(moment), inventory=inventory)
+        manifest = Manifest(created=manifests.iso_time(moment), inventory=inventory)
         jobs = [(part, host) for part in PARTS for host in part.hosts(topology)]
         try:
             with remotes(topology) as remote, ThreadPoolExecutor(PARALLEL_NODES) as pool:
