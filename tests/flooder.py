@@ -6,7 +6,7 @@ toy-redis's metrics endpoint, its RESP port and the alert relay.
     flood = Flooder(port, {"idle": 100, "guess": 100}, seconds=20)   # returns once each has connected (or 5 s)
     flood = Flooder(port, {...}, seconds=20, tls=True)              # requests over TLS (any certificate)
     ...                                                                # the legitimate client under test
-    flood.result()                       # {"connections": n}; ends the flood if still running
+    flood.result(at_least=n)             # {"connections": n}; waits for n (or the flood's end), then ends it
 
 Kinds: ``idle`` sends nothing (over TLS: not even a handshake); ``guess`` sends an HTTP GET with a basic-auth login whose password
 is wrong; ``anonymous`` sends an HTTP GET without a login; ``noauth`` sends a RESP PING without
@@ -27,6 +27,7 @@ import threading
 import time
 
 HOLD_S = 5.0
+PROGRESS_S = 0.1
 
 
 def request(kind: str) -> bytes:
@@ -78,7 +79,9 @@ def run(port: int, kinds: dict[str, int], seconds: float, tls: bool) -> None:
     print("ready", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    stopped.wait(max(0.0, end - time.monotonic()))
+    # The running count, so that the test can wait for the flood to have done enough.
+    while not stopped.wait(min(PROGRESS_S, max(0.0, end - time.monotonic()))) and time.monotonic() < end:
+        print(json.dumps({"connections": len(counts)}), flush=True)
     print(json.dumps({"connections": len(counts)}), flush=True)
     os._exit(0)  # the threads may be waiting for a server to close their connection
 
@@ -92,11 +95,20 @@ class Flooder:
             self.process.kill()
             raise RuntimeError(f"the flooders could not connect to port {port}")
 
-    def result(self, timeout: float = 60) -> dict:
+    def result(self, at_least: int = 0, timeout: float = 60) -> dict:
+        """The flood's count, once it has made `at_least` connections or its time is up (so a
+        test on a slow machine waits for the pressure it asserts rather than failing early)."""
+        last = {"connections": 0}
+        for line in self.process.stdout:
+            last = json.loads(line)
+            if last["connections"] >= at_least:
+                break
         if self.process.poll() is None:
             self.process.terminate()
         out, _ = self.process.communicate(timeout=timeout)
-        return json.loads(out)
+        for line in out.splitlines():
+            last = json.loads(line)
+        return last
 
     def stop(self) -> None:
         """For cleanup after a failure: kills the process if it still runs."""

@@ -219,7 +219,7 @@ def test_a_flood_of_wrong_passwords_and_handshakes_does_not_keep_out_a_login_or_
             status, seconds, answer = post_alert(relay, tls_files, f"DuringGuesses{attempt}")
             assert status == 200 and seconds < header_timeout_s, f"alert {attempt}: {status} in {seconds:.1f} s {answer!r}"
         # The flood was on: flooders were closed and came back, over and over.
-        assert flood.result()["connections"] > 2 * flooders
+        assert flood.result(at_least=2 * flooders + 1)["connections"] > 2 * flooders
     finally:
         flood.stop()
 

@@ -140,7 +140,7 @@ def test_a_flood_without_the_login_does_not_lock_out_a_scrape_with_it(tmp_path):
             waited = time.monotonic() - started
             assert status == 200, f"scrape {attempt + 1} during the flood: {status} after {waited:.1f} s"
         # The flood was on: flooders were closed and came back, over and over.
-        assert flood.result()["connections"] > 2 * flooders
+        assert flood.result(at_least=2 * flooders + 1)["connections"] > 2 * flooders
     finally:
         flood.stop()
         server.stop()
