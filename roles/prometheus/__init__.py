@@ -24,7 +24,7 @@ from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
 from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, TLS_CHECK_JOB
-from homelab.alerts.render import require_current_rules
+from homelab.alerts.render import load_thresholds, require_current_rules
 from homelab.config import ConfigError, FieldError, StrictModel
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.types import ByteSize, Duration, Port, seconds
@@ -143,16 +143,31 @@ def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
                   storage_path=STORAGE_PATH, web_flags=web_flags)
 
 
+def _thresholds_path(thresholds_file: str | Path) -> Path:
+    thresholds = Path(thresholds_file)
+    return thresholds if thresholds.is_absolute() else REPO_ROOT / thresholds
+
+
 def rule_files(thresholds_file: str | Path = THRESHOLDS_FILE) -> dict[str, str]:
     """name -> content of the generated rule files, once they are known to be current.
 
     An invalid thresholds file, or generated rules not re-rendered after it changed, stops the
     run with one line before any host is touched.
     """
-    thresholds = Path(thresholds_file)
-    if not thresholds.is_absolute():
-        thresholds = REPO_ROOT / thresholds
-    return require_current_rules(thresholds, RULES_SOURCE)
+    return require_current_rules(_thresholds_path(thresholds_file), RULES_SOURCE)
+
+
+def check_samples_stay_fresh(settings: Settings, thresholds_file: str | Path = THRESHOLDS_FILE) -> None:
+    """ScrapeTLSOrLoginFailing ignores samples older than its fresh_within (leftovers of targets no
+    longer scraped): a live target's latest sample, up to a scrape interval plus its timeout old,
+    must never be that old, or a real failure would go unreported."""
+    alert = load_thresholds(_thresholds_path(thresholds_file)).alerts.ScrapeTLSOrLoginFailing
+    oldest = seconds(settings.scrape_interval) + seconds(settings.scrape_timeout)
+    if alert.enabled and oldest >= seconds(alert.fresh_within):
+        raise ConfigError("inventory", "prometheus.scrape_interval",
+                          f"expected scrape_interval + scrape_timeout below {alert.name}'s fresh_within "
+                          f"({alert.fresh_within}, {thresholds_file}), got {settings.scrape_interval} + "
+                          f"{settings.scrape_timeout}")
 
 
 @deploy("prometheus")
@@ -160,6 +175,7 @@ def apply() -> None:
     settings = role_settings("prometheus", Settings)
     # Rendered before anything is installed: a bad inventory stops the run with no change.
     config_text = render_config(settings, current_topology())
+    check_samples_stay_fresh(settings, host.data.get("thresholds_file", THRESHOLDS_FILE))
     install_packages("prometheus", [PACKAGE], settings.install)
 
     files.directory(name=f"Rules folder {RULES_DIR}", path=RULES_DIR, mode="0755")

@@ -58,6 +58,10 @@ BAD_INPUTS = {
                      "alerts.ToyRedisDown.severity: expected 'warning' or 'critical' (got 'page')"),
     "negative rate": ("alerts.ToyRedisMemoryGrowing.mib_per_hour", -1,
                       "alerts.ToyRedisMemoryGrowing.mib_per_hour: expected a number above 0 (got -1)"),
+    # Leftovers of a target no longer scraped stay visible for fresh_within: at `for` they would fire.
+    "fresh window not below for": ("alerts.ScrapeTLSOrLoginFailing.fresh_within", "5m",
+                                   "alerts.ScrapeTLSOrLoginFailing.fresh_within: expected at least 30s and below "
+                                   "`for` (5m), got '5m'"),
     "missing alert": ("alerts.HostLoadHigh", ...,
                       "alerts.HostLoadHigh: required key is missing"),
     "repo_url not a web address": ("repo_url", "github.com/me/homelab",

@@ -26,13 +26,15 @@ import roles.promtail
 import roles.toy_redis
 from homelab.config import ConfigError
 from homelab.topology import Topology, load_inventory
-from homelab.types import port_of
+from homelab.alerts.render import THRESHOLDS_FILE, load_thresholds
+from homelab.types import duration_text, port_of, seconds
 from roles.common import role_settings
 from roles.promtail import DEFAULT_LOG_SHIPPER
 from roles.prometheus import (
     CONFIG_CHECK,
     RULES_CHECK,
     Settings,
+    check_samples_stay_fresh,
     render_config,
     SNAPSHOTS_DIR,
     STORAGE_PATH,
@@ -207,6 +209,19 @@ def test_bad_settings_give_one_line_errors_naming_the_key():
     )
     assert settings_error({"retention": "30d"}) == "inventory data for worker-node-14: prometheus.retention: unknown key"
     assert "prometheus.retention_size" in settings_error({"retention_size": "lots"})
+
+
+def test_a_scrape_slower_than_the_tls_alerts_freshness_window_is_refused():
+    """ScrapeTLSOrLoginFailing ignores samples older than its fresh_within: a live target's latest
+    sample (a scrape interval plus its timeout old at worst) must stay younger."""
+    fresh_within = seconds(load_thresholds(THRESHOLDS_FILE).alerts.ScrapeTLSOrLoginFailing.fresh_within)
+    check_samples_stay_fresh(Settings())
+    slow = Settings(scrape_interval=duration_text(fresh_within - 10), scrape_timeout="10s")
+    with pytest.raises(ConfigError) as error:
+        check_samples_stay_fresh(slow)
+    assert str(error.value).startswith("inventory: prometheus.scrape_interval: expected scrape_interval + "
+                                       "scrape_timeout below ScrapeTLSOrLoginFailing's fresh_within")
+    check_samples_stay_fresh(Settings(scrape_interval=duration_text(fresh_within - 11), scrape_timeout="10s"))
 
 
 def test_group_data_settings_reach_the_config_and_the_flags():

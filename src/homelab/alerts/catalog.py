@@ -7,12 +7,13 @@ mtail's nginx program (templates/nginx/responses.mtail.j2), toy-redis and the al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import model_validator
 
 from homelab.config import FieldError
-from homelab.types import Percent, Positive, seconds
+from homelab.types import Duration, Percent, Positive, duration_text, seconds
 from homelab.alerts.base import (
     TEST_INTERVAL_S,
     Alert,
@@ -633,6 +634,18 @@ class ScrapeTLSOrLoginFailing(Alert):
     summary = "$instance refuses TLS or the login: $reason"
 
     severity: Severity
+    # Samples older than this are the last ones of a target Prometheus no longer scrapes: a restart
+    # (e.g. for TLS turned off) writes no stale markers, so the previous run's tls-check series stay
+    # visible for the 5-minute lookback, as long as `for`. roles/prometheus checks that two scrape
+    # intervals fit in it, so a live target's samples always count.
+    fresh_within: Duration
+
+    @model_validator(mode="after")
+    def _leftovers_cannot_last_for(self):
+        if not TEST_INTERVAL_S * 2 <= seconds(self.fresh_within) < seconds(self.for_):
+            raise FieldError("fresh_within", f"expected at least {TEST_INTERVAL_S * 2}s and below `for` "
+                                             f"({self.for_}), got {self.fresh_within!r}")
+        return self
 
     REASONS: ClassVar[dict[str, str]] = {
         "login": "login refused",
@@ -640,14 +653,20 @@ class ScrapeTLSOrLoginFailing(Alert):
         "scrape": "Prometheus's own scrape refused",
     }
 
+    def _fresh(self, selector: str) -> str:
+        """``selector``'s series whose latest sample is younger than fresh_within."""
+        return f"({selector} and timestamp({selector}) > time() - {num(seconds(self.fresh_within))})"
+
     def expr(self) -> str:
         job = f'job="{TLS_CHECK_JOB}"'
+        status = self._fresh(f"probe_http_status_code{{{job}}}")
+        port_open = self._fresh(f'probe_success{{{job}, check="{CHECK_PORT}"}}')
+        login_works = self._fresh(f'probe_success{{{job}, check="{CHECK_LOGIN}"}}')
+        scraped = self._fresh(f'up{{job!="{TLS_CHECK_JOB}"}}')
         branches = [
-            (self.REASONS["login"], f"probe_http_status_code{{{job}}} == {LOGIN_REFUSED_STATUS}"),
-            (self.REASONS["tls"], f'probe_http_status_code{{{job}}} == 0 and on (instance) '
-                                  f'probe_success{{{job}, check="{CHECK_PORT}"}} == 1'),
-            (self.REASONS["scrape"], f'up{{job!="{TLS_CHECK_JOB}"}} == 0 and on (instance) '
-                                     f'probe_success{{{job}, check="{CHECK_LOGIN}"}} == 1'),
+            (self.REASONS["login"], f"{status} == {LOGIN_REFUSED_STATUS}"),
+            (self.REASONS["tls"], f"{status} == 0 and on (instance) {port_open} == 1"),
+            (self.REASONS["scrape"], f"{scraped} == 0 and on (instance) {login_works} == 1"),
         ]
         return " or ".join(f'label_replace({condition}, "reason", "{reason}", "", "")'
                               for reason, condition in branches)
@@ -673,21 +692,36 @@ class ScrapeTLSOrLoginFailing(Alert):
             return {"exp_labels": {**labels, "reason": reason, "severity": level.severity},
                     "exp_annotations": self._annotations(level, runbook_base, fields)}
 
-        def case(name: str, status: int, port_open: int, up: int, alerts: list) -> dict[str, Any]:
+        def case(name: str, status: int, port_open: int, up: int, alerts: list,
+                 values: Callable[[float], str] = lambda value: constant(value, samples)) -> dict[str, Any]:
             checks = [] if pending is None or not alerts else [_check(pending, self.name, [])]
             return {
                 "name": f"{self.name}: {name}",
                 "interval": f"{TEST_INTERVAL_S}s",
                 "input_series": [
-                    series("probe_http_status_code", probe, constant(status, samples)),
-                    series("probe_success", probe, constant(int(200 <= status < 300), samples)),
-                    series("probe_success", port, constant(port_open, samples)),
-                    series("up", scrape, constant(up, samples)),
+                    series("probe_http_status_code", probe, values(status)),
+                    series("probe_success", probe, values(int(200 <= status < 300))),
+                    series("probe_success", port, values(port_open)),
+                    series("up", scrape, values(up)),
                 ],
                 "alert_rule_test": [*checks, _check(firing, self.name, alerts)],
             }
 
+        def leftover(name: str, status: int, up: int) -> dict[str, Any]:
+            """Every series' last sample at 0s, none after and no stale marker, as a restarted
+            Prometheus sees its previous run's targets: not even pending once the samples are older
+            than fresh_within, and silent when `for` has passed (the lookback would still show them)."""
+            test = case(name, status, 1, up, [], values=lambda value: f"{num(value)} _x{samples - 1}")
+            test["alert_rule_test"] = [_check(seconds(self.for_), self.name, [])]
+            test["promql_expr_test"] = [{"expr": self.expr(), "exp_samples": [],
+                                         "eval_time": duration_text(seconds(self.fresh_within) + TEST_INTERVAL_S)}]
+            return test
+
         return [
+            leftover(f"silent on the last samples of a target no longer scraped ({self.REASONS['login']})",
+                     LOGIN_REFUSED_STATUS, 0),
+            leftover(f"silent on the last samples of a target no longer scraped ({self.REASONS['tls']})", 0, 0),
+            leftover(f"silent on the last samples of a target no longer scraped ({self.REASONS['scrape']})", 200, 0),
             case(f"{self.REASONS['login']} after {self.for_}", LOGIN_REFUSED_STATUS, 1, 0,
                  [expected(probe, self.REASONS["login"])]),
             case(f"{self.REASONS['tls']} after {self.for_}", 0, 1, 0, [expected(probe, self.REASONS["tls"])]),
