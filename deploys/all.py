@@ -30,4 +30,8 @@ for role in host.loop(ROLES):
     if role.name in mine and (wanted is None or role.name in wanted):
         import_module(f"roles.{role.name}").apply()
 
+# With TLS turned off, the node's key and certificates go once no service reads them any more.
+if "pki" in mine and (wanted is None or "pki" in wanted):
+    import_module("roles.pki").remove_when_off()
+
 stamp_deploy()

@@ -14,6 +14,7 @@ import yaml
 from pydantic import model_validator
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.operations import files
 
 from homelab.config import FieldError, StrictModel
 from homelab.types import Duration, Port
@@ -133,3 +134,7 @@ def apply() -> None:
         content=render_defaults(settings, web_config("blackbox", SERVICE_USER)),
     )
     keep_running(SERVICE, "blackbox", restart_on=(flags,), reload_on=(config,))
+    if not tls:
+        # Once the modules without TLS are in force: no password lingers unused.
+        files.file(name=f"No web password file {WEB_PASSWORD_FILE} with pki.tls off", path=WEB_PASSWORD_FILE,
+                   present=False)

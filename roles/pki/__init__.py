@@ -11,6 +11,11 @@ With `pki.tls` on (group data, one switch for the cluster), each node gets:
 The certificate is issued again, with a fresh key, when the node has none, when it is not from the
 current CA (after `homelab pki new-ca`), when the node's name or address changed, or when it expires
 within `rotation_margin`. Otherwise a deploy changes nothing here.
+
+With `pki.tls` off, ``remove_when_off`` (run by deploys/all.py after every role, once no service
+uses them any more) removes TLS_DIR (the key, the certificates, the web configs with their password
+hashes), the expiry metrics (else CertificateExpiringSoon would fire for a certificate nothing
+serves) and GROUP.
 """
 
 from __future__ import annotations
@@ -120,3 +125,17 @@ def apply() -> None:
     files.put(name=f"Certificate expiry for node_exporter ({EXPIRY_METRICS})",
               src=BytesIO(expiry_metrics(not_after(cert_pem).timestamp(), margin.total_seconds()).encode()),
               dest=f"{textfiles}/{EXPIRY_METRICS}", user="root", group="root", mode="0644")
+
+
+@deploy("pki: nothing left with TLS off")
+def remove_when_off() -> None:
+    """With pki.tls off: what apply and the web configs put on the node goes, the private key first
+    of all. Run after the services are reconfigured without TLS, which reread these files until then."""
+    if role_settings("pki", Settings).tls:
+        return
+    textfiles = current_topology().settings(host.name, "node_exporter").textfile_directory
+    files.directory(name=f"No TLS folder {TLS_DIR} with pki.tls off (node key, certificates, web configs)",
+                    path=TLS_DIR, present=False)
+    files.file(name=f"No certificate expiry for node_exporter ({EXPIRY_METRICS}) with pki.tls off",
+               path=f"{textfiles}/{EXPIRY_METRICS}", present=False)
+    server.group(name=f"No group {GROUP} with pki.tls off", group=GROUP, present=False)

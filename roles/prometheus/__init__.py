@@ -198,3 +198,7 @@ def apply() -> None:
     flags = checked_file(name=f"Prometheus flags in {DEFAULTS_FILE}", dest=DEFAULTS_FILE,
                          content=render_defaults(settings, web_flags))
     keep_running(SERVICE, "prometheus", restart_on=(flags,), reload_on=(config, *changed_rules))
+    if not current_topology().settings(host.name, "pki").tls:
+        # Once the config without TLS is in force: no password lingers unused.
+        files.file(name=f"No web password file {WEB_PASSWORD_FILE} with pki.tls off", path=WEB_PASSWORD_FILE,
+                   present=False)

@@ -10,22 +10,31 @@ deploy's output, in a command line, in the journal or in a file others may read 
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 import redis
 import requests
 
+import roles.blackbox
+import roles.pki
+import roles.prometheus
 from homelab.access import access
+from homelab.alerts.catalog import TLS_CHECK_JOB, ScrapeTLSOrLoginFailing
+from homelab.alerts.render import load_thresholds
 from homelab.lab.ssh import ssh_command
 from homelab.topology import CONTROL, METRICS_PATH, ROLES
+from homelab.types import seconds
 from homelab.vault import load_vault
 from roles.toy_redis import PASSWORD_SECRET
 from tests.conftest import TLS_ON, run_pyinfra
 from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S
+from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
@@ -41,13 +50,19 @@ true
 """
 
 
+@functools.cache
+def deploy_tls_off():
+    """The lab's own settings (TLS off) deployed back: once, by the last test or the teardown."""
+    return run_pyinfra("deploys/all.py")
+
+
 @pytest.fixture(scope="module")
 def tls_lab(deployed):
     deploy = run_pyinfra("deploys/all.py", *TLS_DATA)
     try:
         yield deploy
     finally:
-        back = run_pyinfra("deploys/all.py")
+        back = deploy_tls_off()
         assert back.returncode == 0 and not back.failed(), back.stderr[-4000:]
 
 
@@ -132,3 +147,44 @@ def test_no_secret_shows_in_output_command_lines_journal_or_readable_files(tls_l
         found = [line.split(": ", 1)[0] + ": " + (line.split(": ", 1)[1] if line.startswith("file") else "(hidden)")
                  for line in scan.stdout.splitlines()]
         assert not found, f"{node}: secrets of the vault found in {found}"
+
+
+def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, lab):
+    """Last: the lab's settings deployed back. No key, certificate, web config, password or expiry
+    metric of the TLS run stays on a node, and a rerun changes nothing. Prometheus, restarted without
+    the tls-check job, still shows that job's last samples (no stale markers across a restart), yet
+    ScrapeTLSOrLoginFailing ignores them once they are older than its fresh_within."""
+    off = deploy_tls_off()
+    assert off.returncode == 0 and not off.failed(), off.stderr[-4000:]
+    for node in LAB_TOPOLOGY.hosts:
+        textfiles = LAB_TOPOLOGY.settings(node, "node_exporter").textfile_directory
+        paths = [roles.pki.TLS_DIR, f"{textfiles}/{roles.pki.EXPIRY_METRICS}",
+                 roles.prometheus.WEB_PASSWORD_FILE, roles.blackbox.WEB_PASSWORD_FILE]
+        script = "".join(f"test -e {shlex.quote(path)} && echo {shlex.quote(path)}; " for path in paths)
+        script += f"getent group {roles.pki.GROUP}; true"
+        left = subprocess.run(ssh_command(lab, node, "sh -c " + shlex.quote(script)), capture_output=True,
+                              text=True, timeout=60)
+        assert left.returncode == 0 and left.stdout == "", f"{node}: TLS off left {left.stdout.split()}"
+
+    alert = load_thresholds().alerts.ScrapeTLSOrLoginFailing
+    for host in LAB_TOPOLOGY.hosts_of("prometheus"):
+        prometheus = LAB_TOPOLOGY.access("prometheus", host)
+
+        def query(expr: str) -> list:
+            answer = prometheus.get("/api/v1/query", params={"query": expr}, timeout=10).json()
+            assert answer["status"] == "success", answer
+            return answer["data"]["result"]
+
+        started = prometheus.get("/api/v1/status/runtimeinfo", timeout=10).json()["data"]["startTime"]
+        evaluation = seconds(LAB_TOPOLOGY.settings(host, "prometheus").evaluation_interval)
+        settled = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() \
+            + seconds(alert.fresh_within) + 2 * evaluation
+        time.sleep(max(0.0, settled - time.time()))
+        leftovers = query(f'probe_http_status_code{{job="{TLS_CHECK_JOB}"}}')
+        assert leftovers, (f"{host}: no {TLS_CHECK_JOB} samples left to test {alert.name} against: Prometheus "
+                           f"was restarted before the deploy's end by more than the 5-minute lookback")
+        assert query(f'ALERTS{{alertname="{ScrapeTLSOrLoginFailing.name}"}}') == [], \
+            f"{host}: {alert.name} pending or firing on the TLS run's leftovers"
+    again = run_pyinfra("deploys/all.py")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == [], f"a second run with TLS off changed: {again.changed()}"
