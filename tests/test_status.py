@@ -164,3 +164,17 @@ def test_status_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["status", "--help"])
     assert "example:\n  homelab status --json" in capsys.readouterr().out
+
+
+def test_with_tls_on_status_has_a_row_for_each_listeners_tls_check(tls_topology):
+    """Blackbox's check of each secured listener (job tls-check) is a row of its node: where a
+    listener refusing TLS or the login shows (its state comes from tls_check_states)."""
+    from homelab.alerts.catalog import TLS_CHECK_JOB
+    from homelab.status import expected_targets
+
+    checks = {(check.endpoint.host, check.endpoint.instance) for check in tls_topology.tls_checks()}
+    assert checks
+    rows = {(node, instance) for node, job, instance, _unit in expected_targets(tls_topology) if job == TLS_CHECK_JOB}
+    assert rows == checks
+    plain = Topology.load(Path(__file__).resolve().parents[1] / "inventory" / "lab.py")
+    assert not [job for _node, job, _instance, _unit in expected_targets(plain) if job == TLS_CHECK_JOB]

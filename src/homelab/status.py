@@ -1,7 +1,9 @@
 """`homelab status`: one table of the cluster's health, read from Prometheus and Alertmanager.
 
 Each row is one thing Prometheus should be scraping (from the topology: every scrape target and
-health probe): whether its last scrape worked, the version it reports (its `*_build_info`), the
+health probe, and with pki.tls on blackbox's TLS check of each secured listener, job `tls-check`,
+whose state says why a listener that accepts connections cannot be used: ScrapeTLSOrLoginFailing's
+reasons): whether its last scrape worked, the version it reports (its `*_build_info`), the
 node's last deploy (the stamp deploys/all.py leaves, roles.node_exporter), the error budget left of
 the service's SLOs, and the alerts firing on it that no silence or inhibition mutes. Then the
 maintenance windows and the newest backup's age.
@@ -32,6 +34,7 @@ from typing import Any, Callable
 import requests
 
 from homelab.access import Access
+from homelab.alerts.catalog import TLS_CHECK_JOB
 from homelab.ssh import SSH_TIMEOUT_S, ssh_argv
 from homelab.alerts.slos import BUDGET_LEFT, CATALOG
 from homelab.maintenance import HTTP_TIMEOUT_S, CommandError, alertmanager, windows
@@ -51,7 +54,9 @@ class Row:
     node: str
     service: str  # the scrape job
     instance: str
-    state: str  # up, down, unknown (Prometheus has no such series yet, or the node did not answer)
+    # up, down, unknown (Prometheus has no such series yet, or the node did not answer); a TLS check's
+    # may also be a reason its listener is unusable ("login refused", "no answer over TLS", "HTTP 500").
+    state: str
     version: str = NO_VALUE
     error_budget_left: float | None = None  # the lowest of the service's SLOs'
     firing: list[str] = field(default_factory=list)
@@ -110,7 +115,38 @@ def expected_targets(topology: Topology) -> list[tuple[str, str, str, str]]:
                        for listener in role.listeners if listener.health}
         targets += [(probe.endpoint.host, PROBE_JOB, probe.instance, _unit(probe.role, listener_of[probe.role, probe.path]))
                     for probe in topology.health_probes()]
+    targets += [(check.endpoint.host, TLS_CHECK_JOB, check.endpoint.instance, _unit(check.role, check.listener))
+                for check in topology.tls_checks()]
     return sorted(targets)
+
+
+# What blackbox's two probes of a secured listener (roles.prometheus.tls_check_targets) read for it.
+TLS_CHECK_QUERY = f'{{job="{TLS_CHECK_JOB}", __name__=~"probe_success|probe_http_status_code"}}'
+
+
+def tls_check_states(samples: list[dict[str, Any]]) -> dict[str, str]:
+    """instance -> the state of its TLS check, from TLS_CHECK_QUERY's answer: up when blackbox gets
+    the metrics over https with its login, else why not, as ScrapeTLSOrLoginFailing words it."""
+    from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, LOGIN_REFUSED_STATUS, ScrapeTLSOrLoginFailing
+
+    values: dict[tuple[str, str, str], float] = {}
+    for sample in samples:
+        labels = sample["metric"]
+        values[labels.get("instance", ""), labels.get("__name__", ""), labels.get("check", "")] = float(sample["value"][1])
+    states = {}
+    for instance in {instance for instance, _, _ in values}:
+        status = values.get((instance, "probe_http_status_code", CHECK_LOGIN))
+        if values.get((instance, "probe_success", CHECK_LOGIN)) == 1:
+            states[instance] = "up"
+        elif status == LOGIN_REFUSED_STATUS:
+            states[instance] = ScrapeTLSOrLoginFailing.REASONS["login"]
+        elif values.get((instance, "probe_success", CHECK_PORT)) == 0:
+            states[instance] = "down"
+        elif status:
+            states[instance] = f"HTTP {status:.0f}"
+        elif status == 0:
+            states[instance] = ScrapeTLSOrLoginFailing.REASONS["tls"]
+    return states
 
 
 def _slo_jobs() -> dict[str, str]:
@@ -121,7 +157,11 @@ def _from_prometheus(topology: Topology, rows: list[Row], status: Status, answer
     up = {(s["metric"].get("job"), s["metric"].get("instance")): s["value"][1] for s in answers["up"]}
     versions = {(s["metric"].get("job"), s["metric"].get("instance")): s["metric"].get("version", NO_VALUE)
                 for s in answers["versions"]}
+    tls_checks = tls_check_states(answers["tls_checks"])
     for row in rows:
+        if row.service == TLS_CHECK_JOB:
+            row.state = tls_checks.get(row.instance, "unknown")
+            continue
         row.state = {"1": "up", "0": "down"}.get(up.get((row.service, row.instance)), "unknown")
         row.version = versions.get((row.service, row.instance), NO_VALUE)
     for sample in answers["deploys"]:
@@ -209,7 +249,8 @@ def collect(topology: Topology) -> Status:
     rows = [Row(node, job, instance, "unknown", unit=unit) for node, job, instance, unit in expected_targets(topology)]
     status = Status(rows, [], {}, [])
     prometheus = topology.access("prometheus")
-    queries = {"up": "up", "versions": '{__name__=~".+_build_info"}', "deploys": DEPLOY_METRIC, "budgets": BUDGET_LEFT}
+    queries = {"up": "up", "versions": '{__name__=~".+_build_info"}', "deploys": DEPLOY_METRIC, "budgets": BUDGET_LEFT,
+               "tls_checks": TLS_CHECK_QUERY}
 
     def attempt(call: Callable[[], Any]) -> Any:
         try:

@@ -125,8 +125,9 @@ needs_exporters = pytest.mark.skipif(
 def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listener_that_is_down(tmp_path):
     """The series ScrapeTLSOrLoginFailing reads, from the real blackbox with our modules probing the
     real node_exporter with our web config: 401 for a wrong password; no status but an open port
-    for a certificate from another CA; neither for a closed port."""
-    from homelab.alerts.catalog import LOGIN_REFUSED_STATUS
+    for a certificate from another CA; neither for a closed port. `homelab status` names each case."""
+    from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, LOGIN_REFUSED_STATUS, TLS_CHECK_JOB, ScrapeTLSOrLoginFailing
+    from homelab.status import tls_check_states
     from tests.loopback import free_port, wait_for
     from tests.local_monitoring import _stop
 
@@ -169,19 +170,34 @@ def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listene
         return process
 
     url = f"https://127.0.0.1:{exporter_port}/metrics"
+
+    def status_state() -> str:
+        """What `homelab status` shows for the listener, from both probes as Prometheus answers them."""
+        probes = {CHECK_LOGIN: probe(blackbox.tls_module(health), url),
+                  CHECK_PORT: probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")}
+        samples = [{"metric": {"__name__": name, "job": TLS_CHECK_JOB, "check": check, "instance": "node:port"},
+                    "value": [0, str(metrics[name])]}
+                   for check, metrics in probes.items() for name in ("probe_success", "probe_http_status_code")
+                   if name in metrics]
+        return tls_check_states(samples)["node:port"]
+
     try:
         serve(ca, password.read_text())
         assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 200
+        assert status_state() == "up"
         _stop(processes.pop())
         serve(ca, "another password")
         assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == LOGIN_REFUSED_STATUS
+        assert status_state() == ScrapeTLSOrLoginFailing.REASONS["login"]
         _stop(processes.pop())
         serve(stranger, password.read_text())
         assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 0
         assert probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")["probe_success"] == 1
+        assert status_state() == ScrapeTLSOrLoginFailing.REASONS["tls"]
         _stop(processes.pop())
         assert probe(blackbox.tls_module(health), url)["probe_http_status_code"] == 0
         assert probe(blackbox.PORT_MODULE, f"127.0.0.1:{exporter_port}")["probe_success"] == 0
+        assert status_state() == "down"
     finally:
         for process in processes:
             _stop(process)
