@@ -90,9 +90,27 @@ def test_scrapes_probes_and_flows_cover_every_declared_port():
 
 
 def test_every_listener_names_a_port_field_of_its_roles_settings():
-    cluster = topology({"h": {name: PINNED for name in ("loki", "promtail", "alloy", "grafana")}})
+    # With TLS and a plain port kept beside it, the host serves every listener there is.
+    kept_plain = {"pki": {"tls": True}, "toy_redis": {"plain_port": 6390}}
+    cluster = topology({"h": {**{name: PINNED for name in ("loki", "promtail", "alloy", "grafana")}, **kept_plain}})
     for role in ROLES:
+        assert cluster.listeners("h", role.name) == list(role.listeners)
         for listener in role.listeners:
             assert 1 <= cluster.port("h", role.name, listener.name) <= 65535, (role.name, listener.name)
         for listener in role.scrape.values():
             role.listener(listener)
+
+
+@pytest.mark.parametrize("tls, plain_port, kept", [(True, 6390, True), (True, None, False), (False, 6390, False)])
+def test_toy_redis_keeps_plain_resp_beside_tls_only_when_its_data_says_so(tls, plain_port, kept):
+    """toy_redis.plain_port keeps plain RESP beside TLS: then its callers are resp's (the firewall
+    opens it to them); without TLS `port` is plain already, and without the setting RESP is TLS only."""
+    data = {"pki": {"tls": tls}, "toy_redis": {} if plain_port is None else {"plain_port": plain_port}}
+    cluster = topology({"redis": data, "app": {}}, toy_redis=["redis"])
+    inbound = {port.listener: port for port in cluster.inbound("redis") if port.role == "toy_redis"}
+    assert ("resp_plain" in inbound) is kept
+    assert [e.port for e in cluster.endpoints("toy_redis", "resp_plain")] == ([plain_port] if kept else [])
+    if kept:
+        assert inbound["resp_plain"].port == plain_port
+        assert inbound["resp_plain"].parties
+        assert (inbound["resp_plain"].callers, inbound["resp_plain"].parties) == (inbound["resp"].callers, inbound["resp"].parties)

@@ -9,7 +9,7 @@ Logs go to /var/log/toy-redis/toy-redis.log, rotated by logrotate, with /var/log
 linking to it: the sandbox may only write inside its own log folder, and logrotate's new file must
 appear inside that folder for the reopened log to be writable.
 
-With pki.tls on, RESP is served over TLS on `port` (no plain listener) with the node's certificate
+With pki.tls on, RESP is served over TLS on `port` (plain only on `plain_port`, if set) with the node's certificate
 from roles/pki, and the metrics over https asking for the logins of the web config roles/pki
 writes; a new certificate or login restarts the server (it reads them at start).
 
@@ -31,6 +31,7 @@ from toy_redis.config import Tuning
 from toy_redis.metrics import METRICS_MAX_CONNECTIONS
 
 from homelab.config import ConfigError, FieldError
+from homelab.types import Port
 from roles import container_runtime, python_app
 from roles.common import checked_file, render, role_settings
 from roles.pki.web import web_config_file
@@ -67,6 +68,10 @@ class Settings(Tuning):
     # With pki.tls on, RESP is served over TLS on `port` (the port clients and the topology know)
     # with the node's certificate from roles/pki, and no plain listener: the role sets it.
     tls_port: int = Field(0, ge=0, le=0, description="set by the role: `port` when pki.tls is on")
+    # With pki.tls on, a port here keeps plain RESP (requirepass still asked) beside TLS for clients
+    # that cannot do TLS; the topology (listener resp_plain) opens it in the firewall to the same
+    # callers. None: RESP only over TLS. Unused with pki.tls off, when `port` is plain.
+    plain_port: Port | None = None
     # Clients log in with requirepass and verify the server with the cluster CA; a client
     # certificate is not asked for unless set (Redis's default is yes).
     tls_auth_clients: Literal["yes", "no", "optional"] = "no"
@@ -91,13 +96,16 @@ class Settings(Tuning):
     def _distinct_ports(self) -> "Settings":
         if self.metrics_port == self.port:
             raise FieldError("metrics_port", f"expected a port other than port ({self.port}), got {self.metrics_port}")
+        if self.plain_port in (self.port, self.metrics_port):
+            raise FieldError("plain_port", f"expected a port other than port ({self.port}) and metrics_port "
+                                           f"({self.metrics_port}), got {self.plain_port}")
         return self
 
 
 def config_values(settings: Settings, web_config_file: str | None = None) -> dict:
     """The server's config file as a mapping: toy-redis's settings, then the paths the role owns.
     With ``web_config_file`` (pki.tls on; roles.pki.web writes it): RESP over TLS on `port` in place
-    of plain RESP, and the metrics over TLS with that file's logins."""
+    of plain RESP (kept on `plain_port` if set), and the metrics over TLS with that file's logins."""
     from roles.pki import CA_FILE, CERT_FILE, KEY_FILE
 
     values = {name: getattr(settings, name) for name in Tuning.model_fields}
@@ -105,7 +113,7 @@ def config_values(settings: Settings, web_config_file: str | None = None) -> dic
     if settings.auth:
         values["requirepass_file"] = REQUIREPASS_PATH
     if web_config_file:
-        values.update(port=0, tls_port=settings.port, tls_cert_file=CERT_FILE, tls_key_file=KEY_FILE,
+        values.update(port=settings.plain_port or 0, tls_port=settings.port, tls_cert_file=CERT_FILE, tls_key_file=KEY_FILE,
                       tls_ca_cert_file=CA_FILE, metrics_users_file=web_config_file)
     return values
 

@@ -28,7 +28,7 @@ def node_id(*parts: str) -> str:
 def ports_text(topology: Topology, host: str, role: str, template: str) -> str:
     spec = ROLE_BY_NAME[role]
     ports = [template.format(name=listener.name, port=topology.port(host, role, listener.name))
-             for listener in spec.listeners]
+             for listener in topology.listeners(host, role)]
     return ", ".join(ports) or spec.note
 
 

@@ -86,9 +86,7 @@ def silences_for(topology: Topology, nodes: list[str]) -> list[Silence]:
 
 def service_instances(topology: Topology, node: str, role: str, listeners: tuple[str, ...] | None = None) -> list[str]:
     """The `instance` labels of ``role``'s ``listeners`` (default: all) on ``node``: its scrapes and probes."""
-    from homelab.topology import ROLE_BY_NAME
-
-    names = listeners if listeners is not None else tuple(listener.name for listener in ROLE_BY_NAME[role].listeners)
+    names = listeners if listeners is not None else tuple(listener.name for listener in topology.listeners(node, role))
     instances = {topology.endpoint(role, node, name).instance for name in names}
     instances |= {probe.instance for probe in topology.health_probes()
                   if probe.role == role and probe.endpoint.host == node and probe.endpoint.instance in instances}

@@ -55,6 +55,9 @@ class Listener:
     # What it speaks: "http" (a web login from homelab.access; blackbox checks it), or "resp"
     # (Redis's protocol; its login is requirepass).
     protocol: str = "http"
+    # A plain listener kept beside secured ones: served only on hosts with pki.tls on whose setting
+    # holds a port (None: not served). With TLS off the secured listeners are the plain ones.
+    beside_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ ROLES: tuple[Role, ...] = (
     Role("grafana", "grafana", "Grafana", note="unix socket"),
     Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready"),), {"loki": _HTTP}),
     Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port", secured=True, protocol="resp"),
-                                                 Listener("metrics", "metrics_port", secured=True)),
+                                                 Listener("metrics", "metrics_port", secured=True),
+                                                 Listener("resp_plain", "plain_port", protocol="resp", beside_tls=True)),
          {"toy-redis": "metrics"}),
     Role("promtail", "log_shipper", "Promtail", (Listener(_HTTP, "listen_port"),), {"promtail": _HTTP},
          chosen_by="log_shipper"),
@@ -141,6 +145,7 @@ FLOWS: tuple[Flow, ...] = (
     Flow("grafana", "loki", "LogQL"),
     Flow("grafana", "alertmanager", "alerts view"),
     Flow("clients", "toy_redis", "commands", "resp"),
+    Flow("clients", "toy_redis", "commands without TLS", "resp_plain"),
     Flow("prometheus", "blackbox", "probe requests"),
     Flow("prometheus", "alertmanager", "firing alerts"),
     Flow("alertmanager", "alert_relay", "webhook"),
@@ -152,6 +157,7 @@ FLOWS: tuple[Flow, ...] = (
     Flow(CONTROL, "alertmanager", "maintenance silences"),
     Flow(CONTROL, "nginx", "Grafana, burst checks"),
     Flow(CONTROL, "toy_redis", "redis-cli, lab checks", "resp"),
+    Flow(CONTROL, "toy_redis", "lab checks", "resp_plain"),
     Flow(CONTROL, "toy_redis", "lab checks", "metrics"),
     Flow(CONTROL, "alert_relay", "lab checks"),
     Flow(CONTROL, "node_exporter", "lab checks", "metrics"),
@@ -340,6 +346,14 @@ class Topology:
             self._settings[key] = settings_from_data(host, role, model, self.data(host, role))
         return self._settings[key]
 
+    def listeners(self, host: str, role: str) -> list[Listener]:
+        """``role``'s listeners ``host`` serves: all but a beside_tls one without TLS or a port."""
+        return [listener for listener in ROLE_BY_NAME[role].listeners if not listener.beside_tls or (
+            self.settings(host, "pki").tls and getattr(self.settings(host, role), listener.setting) is not None)]
+
+    def serves(self, host: str, role: str, listener: str) -> bool:
+        return any(served.name == listener for served in self.listeners(host, role))
+
     def port(self, host: str, role: str, listener: str = _HTTP) -> int:
         value = getattr(self.settings(host, role), ROLE_BY_NAME[role].listener(listener).setting)
         return port_of(value) if isinstance(value, str) else value
@@ -363,7 +377,7 @@ class Topology:
 
     def endpoints(self, role: str, listener: str = _HTTP) -> list[Endpoint]:
         """``role``'s ``listener`` on every host serving it."""
-        return [self.endpoint(role, host, listener) for host in self.serving(role)]
+        return [self.endpoint(role, host, listener) for host in self.serving(role) if self.serves(host, role, listener)]
 
     # --- who scrapes, probes and calls whom -------------------------------------------------
 
@@ -404,7 +418,7 @@ class Topology:
                 (host, flow.source) for host in self.hosts_of(flow.source)]
             targets = [(None, None)] if flow.target in EXTERNAL else [
                 (host, self.port(host, flow.target, flow.listener) if flow.listener else None)
-                for host in self.hosts_of(flow.target)]
+                for host in self.hosts_of(flow.target) if not flow.listener or self.serves(host, flow.target, flow.listener)]
             connections += [Connection(source_host, source, target_host, flow.target, flow.label, port)
                             for source_host, source in sources for target_host, port in targets]
         for prometheus in self.hosts_of("prometheus"):
@@ -425,7 +439,7 @@ class Topology:
         connections = [connection for connection in self.flows() if connection.target_host == host]
         ports = []
         for role in self.roles_of(host):
-            for listener in ROLE_BY_NAME[role].listeners:
+            for listener in self.listeners(host, role):
                 port = self.port(host, role, listener.name)
                 calling = [connection for connection in connections
                            if connection.target == role and connection.port == port]

@@ -254,9 +254,11 @@ def test_the_relays_config_names_the_web_config_only_with_tls(tls_topology, tmp_
     assert check.returncode == 2 and "web_config_file" in check.stderr
 
 
-def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_tls(tls_topology, tmp_path):
+@pytest.mark.parametrize("keep_plain", [False, True], ids=["tls-only", "plain-port-kept"])
+def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_tls(tls_topology, tmp_path, keep_plain):
     """The config roles/toy_redis renders with pki.tls, run by the real server: RESP over TLS on
-    `port` (no plain listener), the metrics over https with the web config's logins."""
+    `port` (no plain listener unless group data keeps `plain_port`, where the password is still
+    asked), the metrics over https with the web config's logins."""
     import redis
 
     from roles import toy_redis
@@ -270,7 +272,8 @@ def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_t
     users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "toy_redis")}
     web = "/etc/homelab/tls/toy_redis.yml"
     files[web] = render_web_config(users).encode()
-    settings = toy_redis.Settings(port=free_port(), metrics_port=free_port(), bind="127.0.0.1", metrics_bind="127.0.0.1")
+    settings = toy_redis.Settings(port=free_port(), metrics_port=free_port(), bind="127.0.0.1", metrics_bind="127.0.0.1",
+                                  plain_port=free_port() if keep_plain else None)
     text = toy_redis.render_config(settings, web)
     for node_path, content in files.items():
         local = tmp_path / node_path.rsplit("/", 1)[1]
@@ -281,7 +284,12 @@ def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_t
     (tmp_path / "toy-redis.yaml").write_text(text)
     server = ToyRedis(tmp_path, config=tmp_path / "toy-redis.yaml").start()
     try:
-        assert (server.port, server.tls_port) == (0, settings.port)
+        assert (server.port, server.tls_port) == (settings.plain_port or 0, settings.port)
+        if keep_plain:
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(host="127.0.0.1", port=settings.plain_port, socket_timeout=5).get("k")
+            assert redis.Redis(host="127.0.0.1", port=settings.plain_port, password=VAULT[toy_redis.PASSWORD_SECRET],
+                               socket_timeout=5).ping()
         secure = redis.Redis(host="127.0.0.1", port=settings.port, password=VAULT[toy_redis.PASSWORD_SECRET],
                              ssl=True, ssl_ca_certs=str(tmp_path / "ca.crt"), socket_timeout=10)
         assert secure.ping()

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homelab.config import ConfigError, model_from_data
+from homelab.types import PORT_MAX, PORT_MIN
 from pydantic import BaseModel, ValidationError
 from toy_redis.config import Config
 from roles.toy_redis import (
@@ -148,6 +149,8 @@ def values_of(name: str, field) -> st.SearchStrategy:
         return st.just(field.annotation())  # the deploy's own settings (container limits), not the server's
     if name in ("bind", "metrics_bind"):
         return st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "10.77.0.12"])
+    if name == "plain_port":
+        return st.none() | st.integers(PORT_MIN, PORT_MAX)
     pattern = next(c.pattern for c in field.metadata if hasattr(c, "pattern"))
     return st.from_regex(pattern, fullmatch=True)
 
