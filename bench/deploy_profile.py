@@ -43,6 +43,7 @@ OPERATIONS: dict[str, list] = defaultdict(lambda: [0, 0.0])
 PHASES: dict[str, float] = {}
 OP_ROLE: dict[str, str] = {}
 IN_FACT: set = set()
+BATCHED = [0]  # facts read inside batches
 
 
 def role_now() -> str:
@@ -128,6 +129,26 @@ def instrument() -> None:
 
     facts._get_fact = get_fact
 
+    # roles.fact_cache reads many facts in one command: one round trip, counted as "(batch of N)".
+    import roles.fact_cache as fact_cache
+
+    original_read_chunk = fact_cache._read_chunk
+
+    def read_chunk(host, chunk):
+        started = time.perf_counter()
+        try:
+            return original_read_chunk(host, chunk)
+        finally:
+            elapsed = time.perf_counter() - started
+            cost = COSTS[(role_now(), "fact")]
+            cost[0] += 1
+            cost[1] += elapsed
+            FACTS["(batch)"][0] += 1
+            FACTS["(batch)"][1] += elapsed
+            BATCHED[0] += len(chunk)
+
+    fact_cache._read_chunk = read_chunk
+
     wrap(common, "render", lambda *a, **k: "render")
     # Roles import render by name: rebind theirs too.
     for role in ROLES:
@@ -211,7 +232,7 @@ def report(wall: float) -> None:
         out.write(f"{role:<16}" + "".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row) + "\n")
     out.write(f"{'total':<16}" + "".join(
         f"{totals[i]:>12.2f}" if isinstance(totals[i], float) else f"{totals[i]:>12}" for i in range(len(header) - 1)) + "\n")
-    out.write("\nfacts by cost (calls, host-seconds):\n")
+    out.write(f"\nfacts by cost (calls, host-seconds; {BATCHED[0]} facts read in batches):\n")
     for name, (count, seconds) in sorted(FACTS.items(), key=lambda item: -item[1][1])[:12]:
         out.write(f"  {seconds:7.2f}s {count:5} {name}\n")
     out.write("\noperations by cost while executing (hosts, host-seconds):\n")

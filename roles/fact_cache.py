@@ -1,0 +1,263 @@
+"""Fact values kept while a node cannot have changed, and read in batches: pyinfra 3 keeps none.
+
+pyinfra 3 runs an operation's fact commands when the operation executes and caches nothing, so a
+no-op rerun asked every node the same things many times (DebPackages for each apt.packages, the
+release for each role) and read each managed file's File and Sha1File in round trips of their own:
+about 66 SSH round trips per node.
+
+Here, per host:
+- a fact's value (same fact, same arguments, same connector arguments such as sudo) is kept until
+  anything that may change the node runs on it: any command, upload or download an operation sends
+  (a fact's own command does not count). A kept value is therefore what the node would answer now;
+- before the first operation executes on a host, the facts its operations will ask for are read in a
+  few batched round trips: each pending operation's commands are generated with facts answered
+  from the kept values, the facts still missing are collected, read in one command, and the round
+  repeats for facts that depend on those. Each fact runs its own command and parser, so values are
+  exactly pyinfra's; a fact that fails, lacks its program or cannot be parsed is left out of the
+  batch and read the ordinary way, where pyinfra reports it.
+
+So a converged node answers in about as many round trips as the deepest chain of dependent facts,
+and a run that changes things pays at most what plain pyinfra pays. Installed by roles.common.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import secrets
+from typing import Any
+
+import gevent
+from pyinfra import logger
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.command import StringCommand
+from pyinfra.api.facts import FactBase, _handle_fact_kwargs, _make_command
+from pyinfra.api.host import Host
+
+# Rounds of the look-ahead: a no-op run needs 3 (e.g. File, then Sha1File, then what follows a match).
+PREFETCH_ROUNDS = 4
+# The batched command goes to `sh -c` as one argument, which Linux caps at 128 KiB.
+BATCH_BYTES = 64 * 1024
+
+
+class _Unknown(BaseException):
+    """A fact the look-ahead has no value for yet (BaseException: no `except Exception` hides it)."""
+
+
+class _HostFacts:
+    def __init__(self) -> None:
+        self.values: dict[tuple, Any] = {}
+        self.fetching = 0  # > 0 while a fact's own command runs: it changes nothing
+        self.prefetched = False
+        self.collecting: dict[tuple, tuple] | None = None  # the look-ahead's wanted facts
+        self._defaults: dict | None = None
+
+    def connector_defaults(self, host: Host) -> dict:
+        """The connector arguments a fact read outside any operation gets (host data, config)."""
+        if self._defaults is None:
+            self._defaults, _keys = pop_global_arguments(host.state, host, {})
+        return self._defaults
+
+
+_ORIGINAL: dict[str, Any] = {}
+_LOOKING_AHEAD: set = set()  # greenlets generating commands only to learn which facts they need
+
+
+def _facts(host: Host) -> _HostFacts:
+    facts = host.__dict__.get("_kept_facts")
+    if facts is None:
+        facts = host.__dict__["_kept_facts"] = _HostFacts()
+    return facts
+
+
+def _request(host: Host, key: tuple, cls, args, kwargs) -> tuple[tuple, FactBase, dict, dict]:
+    """(key, fact, its arguments, connector arguments) as pyinfra would run it."""
+    fact_kwargs, global_kwargs = _handle_fact_kwargs(host.state, host, cls, args, kwargs)
+    fact_kwargs = {name: value for name, value in fact_kwargs.items() if name != "self"}
+    executor = {name: value for name, value in global_kwargs.items() if name in CONNECTOR_ARGUMENT_KEYS}
+    return key, cls(), fact_kwargs, executor
+
+
+def _key(host: Host, cls, args, kwargs) -> tuple:
+    """The fact, its arguments as given and the connector arguments in force (sudo, env, ...).
+
+    Cheaper than pyinfra's own normalisation (which reads type hints on every call); the same fact
+    asked in two spellings is only read twice.
+    """
+    current = host.current_op_global_arguments or {}
+    defaults = _facts(host).connector_defaults(host)
+    connector = [(name, current[name]) for name in CONNECTOR_ARGUMENT_KEYS
+                 if name in current and current[name] != defaults.get(name)]
+    return cls, repr(args), repr(sorted(kwargs.items())), repr(connector)
+
+
+def get_fact(self: Host, name_or_cls, *args, **kwargs):
+    if not (isinstance(name_or_cls, type) and issubclass(name_or_cls, FactBase)) or name_or_cls.shell_executable:
+        return _ORIGINAL["get_fact"](self, name_or_cls, *args, **kwargs)
+    key = _key(self, name_or_cls, args, kwargs)
+    facts = _facts(self)
+    if key not in facts.values:
+        if facts.collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
+            facts.collecting[key] = _request(self, key, name_or_cls, args, kwargs)
+            raise _Unknown
+        if self.state.is_executing and not facts.prefetched:
+            facts.prefetched = True
+            _prefetch(self)
+    if key in facts.values:
+        return _copy(facts.values[key])
+    facts.fetching += 1
+    try:
+        value = _ORIGINAL["get_fact"](self, name_or_cls, *args, **kwargs)
+    finally:
+        facts.fetching -= 1
+    facts.values[key] = _copy(value)
+    return value
+
+
+def _copy(value):
+    """A kept value as the caller may change it (operations do edit fact dicts)."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else copy.deepcopy(value)
+
+
+def _changes_node(name: str):
+    original = _ORIGINAL[name]
+
+    def sent(self: Host, *args, **kwargs):
+        facts = _facts(self)
+        if not facts.fetching:
+            facts.values.clear()
+        return original(self, *args, **kwargs)
+
+    return sent
+
+
+class _QuietLookAhead(logging.Filter):
+    """The look-ahead's generated commands are thrown away: so are its log lines (noops, diffs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return gevent.getcurrent() not in _LOOKING_AHEAD
+
+
+def _prefetch(host: Host) -> None:
+    state = host.state
+    pending = [state.ops[host][op_hash] for op_hash in state.get_op_order()
+               if op_hash in state.ops[host] and not state.ops[host][op_hash].operation_meta.is_complete()]
+    facts = _facts(host)
+    saved = (host.in_op, host.current_op_hash, host.current_op_global_arguments, host.current_op_deploy_data)
+    for _ in range(PREFETCH_ROUNDS):
+        wanted: dict[tuple, tuple] = {}
+        facts.collecting = wanted
+        _LOOKING_AHEAD.add(gevent.getcurrent())
+        waiting = []  # operations that asked for a fact not known yet: generated again next round
+        try:
+            for op_data in pending:
+                try:
+                    for _command in op_data.command_generator():
+                        pass
+                except _Unknown:
+                    waiting.append(op_data)
+                except Exception:  # the real run meets it again and reports it
+                    pass
+        finally:
+            _LOOKING_AHEAD.discard(gevent.getcurrent())
+            facts.collecting = None
+            host.in_op, host.current_op_hash, host.current_op_global_arguments, host.current_op_deploy_data = saved
+        if not wanted or not _read_batch(host, wanted):
+            return
+        pending = waiting
+
+
+def _read_batch(host: Host, wanted: dict[tuple, tuple]) -> bool:
+    """Read ``wanted`` facts in as few commands as fit; False if a batch itself failed."""
+    groups: dict[str, list] = {}
+    for request in wanted.values():
+        groups.setdefault(repr(sorted(request[3].items())), []).append(request)
+    for requests in groups.values():
+        chunk: list = []
+        size = 0
+        for request in requests:
+            command = _fact_command(host, request)
+            if command is None:
+                continue
+            chunk.append((request, command))
+            size += len(command)
+            if size > BATCH_BYTES:
+                if not _read_chunk(host, chunk):
+                    return False
+                chunk, size = [], 0
+        if chunk and not _read_chunk(host, chunk):
+            return False
+    return True
+
+
+def _fact_command(host: Host, request) -> str | None:
+    _key, fact, fact_kwargs, _executor = request
+    if fact.check_preconditions(host.state, host):
+        return None
+    command = _make_command(fact.command, dict(fact_kwargs))
+    requires = _make_command(fact.requires_command, dict(fact_kwargs))
+    if requires:
+        # As pyinfra does: a missing program is told apart from empty output (and read the ordinary way).
+        command = StringCommand("command", "-v", requires, ">/dev/null", "2>&1", "&&", "(", command, ")")
+    if isinstance(command, StringCommand):
+        return command.get_raw_value()
+    return str(command)
+
+
+def _read_chunk(host: Host, chunk: list) -> bool:
+    token = secrets.token_hex(8)
+    script = "".join(f"echo {token}-begin; ( {command}\n); echo {token}-end $?\n" for _request, command in chunk)
+    facts = _facts(host)
+    executor = chunk[0][0][3]
+    facts.fetching += 1
+    try:
+        status, output = host.run_shell_command(StringCommand(script), print_output=host.state.print_fact_output,
+                                                print_input=host.state.print_fact_input, **executor)
+    except Exception:
+        return False
+    finally:
+        facts.fetching -= 1
+    if not status:
+        return False
+    ended = re.compile(rf"^(.*){token}-end (\d+)$")
+    results: list[tuple[list[str], int]] = []
+    lines: list[str] | None = None
+    for line in output.stdout_lines:
+        if line == f"{token}-begin":
+            lines = []
+            continue
+        match = ended.match(line)
+        if match and lines is not None:
+            if match.group(1):  # the fact's last line had no newline
+                lines.append(match.group(1))
+            results.append((lines, int(match.group(2))))
+            lines = None
+        elif lines is not None:
+            lines.append(line)
+    if len(results) != len(chunk):
+        return False
+    if host.state.print_fact_info:
+        logger.info(f"{host.print_prefix}Loaded {len(chunk)} facts in one batch")
+    for ((key, fact, _fact_kwargs, _executor), _command), (lines, code) in zip(chunk, results):
+        if code != 0:
+            continue  # read the ordinary way, where pyinfra reports the failure
+        try:
+            facts.values[key] = fact.process(lines) if lines else fact.default()
+        except Exception:
+            continue
+    return True
+
+
+def install() -> None:
+    """Route pyinfra's Host fact reads and node commands through the kept values (once per process)."""
+    if Host.get_fact is get_fact:
+        return
+    for name in ("get_fact", "run_shell_command", "put_file", "get_file"):
+        _ORIGINAL[name] = getattr(Host, name)
+    Host.get_fact = get_fact
+    for name in ("run_shell_command", "put_file", "get_file"):
+        setattr(Host, name, _changes_node(name))
+    pyinfra_logger = logging.getLogger("pyinfra")
+    if not any(isinstance(existing, _QuietLookAhead) for existing in pyinfra_logger.filters):
+        pyinfra_logger.addFilter(_QuietLookAhead())

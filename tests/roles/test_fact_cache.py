@@ -1,0 +1,69 @@
+"""roles.fact_cache: a converged host answers from batched reads, and drift is still found and repaired.
+
+Deploys a few managed files and a folder to this machine through pyinfra's @local connector (under
+a temporary folder), as deploys/all.py does on nodes: the managed-file checks of a rerun come from
+batched reads, not one round trip per fact, and a rerun after drift (content, mode, a removed file)
+repairs exactly the drifted ones.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tests.conftest import run_pyinfra
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes root-owned files through pyinfra's @local connector")
+
+DEPLOY = """
+from pyinfra import host
+from pyinfra.operations import files
+
+from roles import fact_cache
+from roles.common import checked_file
+
+fact_cache.install()
+base = host.data.get("base")
+files.directory(name="folder", path=f"{base}/conf", mode="0755")
+for number in range(3):
+    checked_file(name=f"config {number}", dest=f"{base}/conf/{number}.conf", content=f"value {number}\\n", mode="0640")
+files.link(name="link", path=f"{base}/current", target=f"{base}/conf")
+"""
+# Facts the operations above read per file; a converged rerun must not read any of them on its own.
+FILE_FACTS = ("files.File", "files.Sha1File", "files.Directory", "files.Link")
+
+
+def deploy(tmp_path):
+    path = tmp_path / "deploy_files.py"
+    path.write_text(DEPLOY)
+    run = run_pyinfra(str(path), "-vvv", "--data", f"base={tmp_path}", inventory="@local", timeout=300)
+    assert run.returncode == 0 and not run.failed(), run.stderr[-3000:]
+    return run
+
+
+def facts_read_alone(run) -> list[str]:
+    """The file facts pyinfra read in a round trip of their own (at -vvv it prints 'Loaded fact ...')."""
+    return [line for line in run.stderr.splitlines() if "Loaded fact" in line and any(f in line for f in FILE_FACTS)]
+
+
+def test_a_converged_rerun_reads_file_facts_in_batches_and_drift_is_repaired(tmp_path):
+    first = deploy(tmp_path)
+    assert {name for name, _hosts in first.changed()} >= {"config 0", "config 1", "config 2", "folder", "link"}
+
+    rerun = deploy(tmp_path)
+    assert rerun.changed() == []
+    assert facts_read_alone(rerun) == []
+
+    conf = tmp_path / "conf"
+    (conf / "0.conf").write_text("edited by hand\n")
+    (conf / "1.conf").chmod(0o666)
+    (conf / "2.conf").unlink()
+    repair = deploy(tmp_path)
+    assert sorted(name for name, _hosts in repair.changed()) == ["config 0", "config 1", "config 2"]
+    for number in range(3):
+        assert (conf / f"{number}.conf").read_text() == f"value {number}\n"
+        assert stat.S_IMODE((conf / f"{number}.conf").stat().st_mode) == 0o640
+
+    assert deploy(tmp_path).changed() == []
