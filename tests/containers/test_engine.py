@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +33,45 @@ def test_a_stopped_engine_leaves_no_daemon_mount_or_folder():
     assert not Path(f"/proc/{pid}").exists()
     assert mounts_below(exec_root) == []
     assert not exec_root.exists() and not data_root.exists()
+
+
+# Starts an engine, says where it lives, and waits to be killed: a test run or bench cut short.
+OWNER = """
+import sys, time
+from homelab.containers import engine
+with engine.private_engine() as running:
+    print(running.docker_host.removeprefix("unix://"), running.data_root, flush=True)
+    time.sleep(600)
+"""
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(engine.unavailable_reason() is not None, reason=str(engine.unavailable_reason()))
+def test_an_engine_stops_when_the_process_that_started_it_is_killed():
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
+    socket_path, data_root = owner.stdout.readline().split()
+    exec_root = Path(socket_path).parent
+    try:
+        assert processes_mentioning(str(exec_root))  # dockerd and its containerd
+        owner.kill()  # no cleanup of its own runs
+        owner.wait()
+        deadline = time.monotonic() + engine.STOP_TIMEOUT_S
+        while processes_mentioning(str(exec_root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_mentioning(str(exec_root)) == []
+    finally:
+        # What only the owner's cleanup removes: the folders (and the netns mount dockerd leaves).
+        engine._remove_exec_root(exec_root)
+        shutil.rmtree(data_root, ignore_errors=True)

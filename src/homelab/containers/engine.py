@@ -10,6 +10,7 @@ side by side (one per test session) and stopping one removes everything it made.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ EXEC_ROOT_PARENT = Path("/run")
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 DOCKERD_FLAGS = ["--iptables=false", "--ip-forward=false", "--bridge=none"]
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -81,12 +83,30 @@ def private_engine(data_root: Path | None = None) -> Iterator[Engine]:
         log_file = data_root / "dockerd.log"
         log = cleanup.enter_context(log_file.open("wb"))
         process = subprocess.Popen(dockerd_command(data_root, exec_root), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=_stop_with(os.getpid()))
         cleanup.callback(_stop, process)
         docker_host = f"unix://{exec_root}/docker.sock"
         client = _wait_until_answering(process, docker_host, log_file)
         cleanup.callback(client.close)
         yield Engine(docker_host=docker_host, client=client, data_root=data_root, log_file=log_file)
+
+
+def _stop_with(owner: int):
+    """A preexec_fn: the kernel sends dockerd SIGTERM when the thread that started it ends.
+
+    dockerd runs in a session of its own (a Ctrl-C meant for pytest must not reach it before
+    the fixture stops it), so nothing else would stop it if its owner were killed: a test run or
+    bench cut short (SIGKILL, a CI timeout) would leave the daemon, its containerd and its
+    containers running on a shared machine. SIGTERM makes dockerd stop its containers and exit.
+    (The kernel watches the starting thread, not the process: start engines from a thread that
+    outlives them, as pytest fixtures and the benches do.)
+    """
+    def before_exec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != owner:  # the owner died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return before_exec
 
 
 def _wait_until_answering(process: subprocess.Popen, docker_host: str, log_file: Path) -> docker.DockerClient:
