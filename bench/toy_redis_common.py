@@ -40,6 +40,12 @@ def answers_ping(port: int, timeout: float = START_TIMEOUT_S, process: subproces
         time.sleep(0.05)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 class Server:
     def __init__(self, name: str, cmd: list[str], port: int, workdir: Path):
         self.name, self.port, self.workdir = name, port, workdir
@@ -55,8 +61,7 @@ class Server:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         stop_process(self.process, 20)
