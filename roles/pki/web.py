@@ -116,8 +116,10 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
                               for user in callers(topology, role)})
     check_web_config(text)
     path = f"{WEB_CONFIG_DIR}/{role}.yml"
+    # Only the group: server.user otherwise makes the user's home exist and owns it to the user, and
+    # our services share the home /nonexistent, so two on one node took it from each other each run.
     server.user(name=f"{service_user} reads the node's TLS key (group {GROUP})", user=service_user,
-                groups=[GROUP], append=True)
+                groups=[GROUP], append=True, ensure_home=False)
     written = private_file(name=f"{role} web config {path} (TLS, logins)", dest=path, content=BytesIO(text.encode()),
                            group=service_user, mode="0640")
     return WrittenWebConfig(path, (written, *certificate_changes()))
