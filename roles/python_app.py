@@ -14,17 +14,23 @@ changes nothing.
 
 Dependencies are resolved when the cache entry is built, i.e. when the service's source changes;
 delete build/wheels/ to pick up newer dependency releases without a source change.
+
+A dependency named after a distribution under src/ (pprof-sampler, which toy-redis and the relay
+share) is built from there like the service's own wheel and is part of its source state; PyPI is
+never asked for it (a package of that name there could otherwise be installed in its place).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from io import BytesIO
 from dataclasses import dataclass
 from functools import cache
@@ -148,12 +154,60 @@ def _source_files(source_dir: Path) -> list[Path]:
 
 
 def source_digest(source_dir: Path, target: WheelTarget) -> str:
-    """Hash of the distribution's source files and the target the wheels are for."""
+    """Hash of the distribution's source files, those of the src/ distributions it depends on, and
+    the target the wheels are for."""
     digest = hashlib.sha256(f"{target}\n".encode())
-    for path in _source_files(source_dir):
-        digest.update(f"{path.relative_to(source_dir)}\n".encode())
-        digest.update(path.read_bytes())
+    for folder in (source_dir, *local_dependencies(source_dir)):
+        digest.update(f"{folder.name}/\n".encode())
+        for path in _source_files(folder):
+            digest.update(f"{path.relative_to(folder)}\n".encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _requirements(source_dir: Path) -> list[str]:
+    try:
+        project = tomllib.loads((source_dir / "pyproject.toml").read_text()).get("project", {})
+    except tomllib.TOMLDecodeError:
+        return []  # pip's build names what is wrong with it
+    return list(project.get("dependencies", []))
+
+
+def _requirement_name(requirement: str) -> str:
+    return _canonical(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1))
+
+
+def _local_distributions() -> dict[str, Path]:
+    """The distributions under src/, by canonical name."""
+    found = {}
+    for pyproject in sorted((REPO_ROOT / "src").glob("*/pyproject.toml")):
+        name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+        if name:
+            found[_canonical(name)] = pyproject.parent
+    return found
+
+
+def local_dependencies(source_dir: Path) -> list[Path]:
+    """The src/ distributions ``source_dir`` requires, directly or through one another."""
+    local, found, pending = _local_distributions(), [], [Path(source_dir)]
+    while pending:
+        for requirement in _requirements(pending.pop()):
+            folder = local.get(_requirement_name(requirement))
+            if folder is not None and folder not in found and folder != Path(source_dir):
+                found.append(folder)
+                pending.append(folder)
+    return found
+
+
+def _third_party_requirements(folders: list[Path]) -> list[str]:
+    """The requirements of ``folders``' distributions that PyPI serves (not the src/ ones)."""
+    local = _local_distributions()
+    return sorted({requirement for folder in folders for requirement in _requirements(folder)
+                   if _requirement_name(requirement) not in local})
 
 
 def _pip(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -177,32 +231,24 @@ def build_wheels(source_dir: Path, target: WheelTarget) -> WheelSet:
     install's metadata in the tree leaks into the wheel.
     """
     source_dir = Path(source_dir)
-    where = source_dir.relative_to(REPO_ROOT) if source_dir.is_relative_to(REPO_ROOT) else source_dir
+    where = _shown(source_dir)
     if not (source_dir / "pyproject.toml").is_file():
         raise ConfigError(where, "", "expected a Python distribution (pyproject.toml) to build wheels from")
     folder = WHEEL_CACHE / f"{source_dir.name}-{target.abi}-{target.machine}-{source_digest(source_dir, target)}"
     if not (folder / BUILT_MARKER).is_file():
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=WHEEL_CACHE, prefix=".building-") as scratch:
-            copy = Path(scratch) / "src"
-            copy.mkdir()
-            for path in _source_files(source_dir):
-                target_path = copy / path.relative_to(source_dir)
-                target_path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target_path)
-            own = Path(scratch) / "own"
-            result = _pip(["wheel", "--no-deps", "--wheel-dir", str(own), str(copy)])
-            if result.returncode != 0:
-                raise ConfigError(where, "", f"building wheels with pip failed: {_last_error(result)}")
-            [own_wheel] = own.glob("*.whl")
-            if not own_wheel.name.endswith("-py3-none-any.whl"):
-                raise ConfigError(where, "", f"expected a pure-Python wheel, got {own_wheel.name}")
+            ours = [source_dir, *local_dependencies(source_dir)]
             out = Path(scratch) / "wheels"
+            out.mkdir()
+            for distribution in ours:
+                _build_own_wheel(distribution, Path(scratch), out)
+            requirements = _third_party_requirements(ours)
             tags = [f"--platform={platform}" for platform in target.platforms()]
             result = _pip(["download", "--only-binary=:all:", f"--python-version={target.python}",
                            "--implementation=cp", f"--abi={target.abi}", "--abi=abi3", "--abi=none",
-                           *tags, "--dest", str(out), str(own_wheel)])
-            if result.returncode != 0:
+                           *tags, "--dest", str(out), *requirements]) if requirements else None
+            if result is not None and result.returncode != 0:
                 raise ConfigError(where, "", f"no wheels for {target}: {_last_error(result)}")
             (out / BUILT_MARKER).write_text(f"for {target}\n")
             shutil.rmtree(folder, ignore_errors=True)
@@ -213,6 +259,28 @@ def build_wheels(source_dir: Path, target: WheelTarget) -> WheelSet:
                 if not (folder / BUILT_MARKER).is_file():
                     raise
     return WheelSet(folder, target, tuple(sorted(folder.glob("*.whl"))))
+
+
+def _shown(source_dir: Path) -> Path:
+    return source_dir.relative_to(REPO_ROOT) if source_dir.is_relative_to(REPO_ROOT) else source_dir
+
+
+def _build_own_wheel(source_dir: Path, scratch: Path, out: Path) -> None:
+    """The pure-Python wheel of one of our distributions, built from a clean copy of its source, into ``out``."""
+    where = _shown(source_dir)
+    copy = scratch / "src" / source_dir.name
+    for path in _source_files(source_dir):
+        target_path = copy / path.relative_to(source_dir)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target_path)
+    own = scratch / "own" / source_dir.name
+    result = _pip(["wheel", "--no-deps", "--wheel-dir", str(own), str(copy)])
+    if result.returncode != 0:
+        raise ConfigError(where, "", f"building wheels with pip failed: {_last_error(result)}")
+    [own_wheel] = own.glob("*.whl")
+    if not own_wheel.name.endswith("-py3-none-any.whl"):
+        raise ConfigError(where, "", f"expected a pure-Python wheel, got {own_wheel.name}")
+    shutil.copy2(own_wheel, out / own_wheel.name)
 
 
 def install_script(app: PythonApp, wheel_set: WheelSet) -> str:

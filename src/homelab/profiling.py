@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape
 
 from homelab.config import ConfigError
 from homelab.maintenance import CommandError
-from homelab.pprof import cpu_profile
+from pprof_sampler.encode import cpu_profile
 from homelab.ssh import ssh_argv
 from homelab.topology import Topology
 from toy_redis.allocations import Site

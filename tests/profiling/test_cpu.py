@@ -90,7 +90,7 @@ def test_bad_arguments_get_one_line_before_anything_runs(argv, expected, capsys,
 
 
 def test_the_pprof_file_parses_and_adds_up_to_the_recording(recorded, tmp_path):
-    from homelab.pprof.profile_pb2 import Profile
+    from pprof_sampler.profile_pb2 import Profile
 
     request = profiling.Request("node", "toy_redis", 3, 100)
     [path] = profiling.write(recorded, request, ["pprof"], tmp_path, started_ns=1_000_000_000)

@@ -58,9 +58,11 @@ def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("release", sorted(RELEASES), ids=lambda version: f"debian{version}")
 @pytest.mark.parametrize("source, distribution, expected", [
-    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop", "bcrypt", "py-spy"}),
+    # pprof-sampler is built from src/pprof_sampler, with its own dependency (protobuf) from PyPI.
+    ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop", "bcrypt", "py-spy",
+                                "pprof-sampler", "protobuf"}),
     ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core", "h11",
-                                    "py-spy"}),
+                                    "py-spy", "pprof-sampler", "protobuf"}),
 ])
 def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_python(source, distribution, expected,
                                                                                      release):

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pprof_sampler import MAX_HZ as MAX_PROFILING_HZ
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -121,6 +122,9 @@ class RelayTuning(StrictModel):
     keepalive_max_requests: int = Field(1000, ge=1, le=1_000_000)
     # A peer that does not read its answer is cut off after this.
     send_timeout_s: float = Field(10.0, gt=0, le=600)
+    # Continuous profiling (pprof_sampler): CPU samples a second, served at /debug/pprof/profile
+    # behind the /metrics login for Grafana Alloy's pyroscope.scrape; 0 = off.
+    profiling_hz: int = Field(0, ge=0, le=MAX_PROFILING_HZ)
 
     @field_validator("listen")
     @classmethod
@@ -152,6 +156,13 @@ class RelayConfig(RelayTuning):
     # exporter-toolkit's web config (certificate, key, bcrypt logins): when set, the relay serves
     # TLS only and GET /healthz and /metrics ask for a login (alert_relay.web).
     web_config_file: str | None = None
+
+    @model_validator(mode="after")
+    def _profiles_behind_a_login(self) -> "RelayConfig":
+        if self.profiling_hz and not self.web_config_file:
+            raise FieldError("profiling_hz", f"expected 0 without web_config_file (CPU profiles are served only "
+                                             f"behind its logins), got {self.profiling_hz}")
+        return self
 
     @property
     def listen_address(self) -> tuple[str, int]:

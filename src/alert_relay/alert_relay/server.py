@@ -40,6 +40,8 @@ from http import HTTPStatus
 from typing import Any, Callable
 
 import h11
+from pprof_sampler import PATH as PROFILE_PATH
+from pprof_sampler import ProfileEndpoint, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
@@ -380,6 +382,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.method = b""
         self.path = ""
+        self.query = ""
         self.authorization: bytes | None = None
         self.body = bytearray()
         self.eof = False
@@ -502,7 +505,7 @@ class HttpConnection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self.server.busy(self)
         self.started = time.perf_counter()
-        self.path = request.target.decode("latin-1").split("?", 1)[0]
+        self.path, _, self.query = request.target.decode("latin-1").partition("?")
         self.method = request.method
         self.body = bytearray()
         headers = dict(request.headers)
@@ -589,6 +592,8 @@ class HttpConnection(asyncio.Protocol):
                     reply = await self.server.in_thread(intake.healthz)
                 elif self.path == "/metrics":
                     reply = Reply(200, await self.server.in_thread(generate_latest), CONTENT_TYPE_LATEST)
+                elif self.path == PROFILE_PATH and self.server.profiles:
+                    reply = Reply(*await self.server.profiles.answer(self.query))
                 else:
                     reply = Reply(404, {"error": "not found"})
             else:
@@ -707,6 +712,8 @@ class RelayServer:
         self.tasks: set[asyncio.Task] = set()
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="intake")
         self.stopping = False
+        # Continuous profiling (profiling_hz; RelayConfig refuses it without web_config_file's logins).
+        self.profiles = ProfileEndpoint(Sampler(tuning.profiling_hz)) if tuning.profiling_hz else None
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
         if web:
@@ -719,6 +726,8 @@ class RelayServer:
                                              family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.listener.setblocking(False)
         self.accepting = asyncio.get_running_loop().create_task(self._accept())
+        if self.profiles:
+            self.profiles.sampler.start()
         return self.listener.getsockname()[:2]
 
     async def _accept(self) -> None:
@@ -805,3 +814,6 @@ class RelayServer:
         self.executor.shutdown(wait=True)
         if self.web:
             self.web.logins.close()
+        if self.profiles:
+            self.profiles.sampler.stop()
+            self.profiles.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pprof_sampler import MAX_HZ as MAX_PROFILING_HZ
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
@@ -88,6 +89,10 @@ class Tuning(BaseModel):
     metrics_bind: str = Field("127.0.0.1", description="address of the Prometheus /metrics endpoint")
     metrics_port: int = Field(8080, ge=0, le=65535, description="port of the /metrics endpoint")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="least level logged")
+    # Continuous profiling (pprof_sampler): served at /debug/pprof/profile on the metrics port, for
+    # Grafana Alloy's pyroscope.scrape; only behind the metrics login (read_metrics_users).
+    profiling_hz: int = Field(0, ge=0, le=MAX_PROFILING_HZ,
+                              description="CPU samples a second for GET /debug/pprof/profile on the metrics port; 0 = off")
     slowlog_log_slower_than_us: int = Field(
         10000, ge=-1, le=2**63 - 1, description="commands slower than this (us) are logged; -1: none",
         json_schema_extra=redis("slowlog-log-slower-than", settable=True))
@@ -215,6 +220,9 @@ def read_metrics_users(config: Config, source: str) -> dict[str, bytes] | None:
     """The metrics endpoint's logins from metrics_users_file (name -> bcrypt hash), or None."""
     path = config.metrics_users_file
     if path is None:
+        if config.profiling_hz:
+            raise ConfigError(source, "profiling_hz", f"expected 0 without metrics_users_file (CPU profiles are "
+                              f"served only behind the metrics login), got {config.profiling_hz}")
         return None
     key = "metrics_users_file"
     try:

@@ -16,7 +16,10 @@ import hashlib
 import socket
 import ssl as ssl_module
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 
+from pprof_sampler import PATH as PROFILE_PATH
+from pprof_sampler import ProfileEndpoint, Sampler
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -220,8 +223,9 @@ class MetricsListener:
     count against METRICS_MAX_CONNECTIONS like everything else a peer can hold (asyncio's own
     server would hold any number of them, each for its handshake timeout)."""
 
-    def __init__(self, registry: CollectorRegistry, sock: socket.socket, ssl, users: dict[str, bytes] | None):
-        self.registry, self.ssl = registry, ssl
+    def __init__(self, registry: CollectorRegistry, sock: socket.socket, ssl, users: dict[str, bytes] | None,
+                 profiles: ProfileEndpoint | None = None):
+        self.registry, self.ssl, self.profiles = registry, ssl, profiles
         self.sockets = [sock]
         self.slots = Slots(METRICS_MAX_CONNECTIONS)
         self.auth = BasicAuth(users) if users else None
@@ -231,6 +235,9 @@ class MetricsListener:
     def close(self) -> None:
         self.accepting.cancel()
         self.sockets[0].close()
+        if self.profiles is not None:
+            self.profiles.sampler.stop()
+            self.profiles.close()
 
     async def accept(self) -> None:
         while True:
@@ -278,10 +285,11 @@ class MetricsListener:
                     sock.shutdown(socket.SHUT_RDWR)
 
     async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, task) -> None:
-        """One request: GET /metrics (or HEAD), with one of the logins when there are any."""
+        """One request: GET /metrics (or HEAD), or the CPU profile when profiling is on, with one of the
+        logins when there are any."""
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
         method, _, rest = request.partition(b" ")
-        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        path, _, query = rest.split(b" ", 1)[0].partition(b"?")
         authorized = self.auth is None or await self.auth.allows(request, address)
         if authorized:
             self.slots.trust(address, task)
@@ -291,6 +299,9 @@ class MetricsListener:
             status, body, ctype = b"405 Method Not Allowed", b"only GET\n", b"text/plain"
         elif path in (b"/metrics", b"/"):
             status, body, ctype = b"200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+        elif path == PROFILE_PATH.encode() and self.profiles is not None:
+            code, body, content_type = await self.profiles.answer(query.decode("latin-1"))
+            status, ctype = b"%d %s" % (code, HTTPStatus(code).phrase.encode()), content_type.encode()
         else:
             status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
         challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
@@ -305,10 +316,13 @@ class MetricsListener:
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
-                        users: dict[str, bytes] | None = None) -> MetricsListener:
+                        users: dict[str, bytes] | None = None, profiling_hz: int = 0) -> MetricsListener:
     """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
-    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given."""
+    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
+    With `profiling_hz`, a Sampler runs at that rate and GET /debug/pprof/profile serves its profiles
+    (config.read_metrics_users refuses profiling without logins)."""
     sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                 backlog=METRICS_LISTEN_BACKLOG)
     sock.setblocking(False)
-    return MetricsListener(registry, sock, ssl, users)
+    profiles = ProfileEndpoint(Sampler(profiling_hz).start()) if profiling_hz else None
+    return MetricsListener(registry, sock, ssl, users, profiles)

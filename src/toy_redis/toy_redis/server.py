@@ -346,7 +346,7 @@ class Server:
             self.tls_listener = await listen_tls(self, config.bind, config.tls_port)
         registry = make_registry(self)
         self.metrics_listener = await serve_metrics(registry, config.metrics_bind, config.metrics_port, ssl=self.tls,
-                                                    users=self.metrics_users)
+                                                    users=self.metrics_users, profiling_hz=config.profiling_hz)
         self.metrics_port = self.metrics_listener.sockets[0].getsockname()[1]
         for signum, handler in ((signal.SIGTERM, self.request_shutdown), (signal.SIGINT, self.request_shutdown),
                                 (signal.SIGHUP, self._reopen_logs)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from homelab.pprof.profile_pb2 import Profile
+from pprof_sampler.profile_pb2 import Profile
 
 
 class Frame(Protocol):
