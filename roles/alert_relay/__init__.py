@@ -152,13 +152,14 @@ def config_check_command(boxed: container_runtime.Container | None = None) -> st
 
 @deploy("alert-relay")
 def apply() -> None:
-    from roles.pki.web import web_config_file
+    from roles.pki.web import check_profiles_behind_a_login, web_config_file
     from roles.secrets import secret_file
 
     settings = role_settings("alert_relay", Settings)
     routes = read_routes(settings)
     nofile = host_tuning().limits.nofile
     check_open_file_limit(settings, nofile)
+    check_profiles_behind_a_login("alert_relay", settings.profiling_hz)
 
     runtime = container_runtime.host_runtime()
     # Both runtimes run as this user: it owns the queue and may read the token files.

@@ -86,6 +86,17 @@ def check_web_config(text: str) -> None:
                                                                  f"{' '.join(result.stderr.split())[-300:]}")
 
 
+def check_profiles_behind_a_login(role: str, profiling_hz: int) -> None:
+    """Our services serve CPU profiles (profiling_hz) only behind the login of their web config,
+    which this host has only with pki.tls on: refuse the setting otherwise, before anything changes
+    (the service's own config check would refuse it on the node)."""
+    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
+    if profiling_hz and not secured(current_topology(), role, host.name, web):
+        raise ConfigError(f"inventory data for {host.name}", f"{role}.profiling_hz",
+                          f"expected 0 with pki.tls off (CPU profiles are served only behind the metrics login, "
+                          f"which comes with pki.tls), got {profiling_hz}")
+
+
 def web_config(role: str, service_user: str) -> list[str]:
     """In ``role``'s apply on this host: its web config when pki.tls is on; the flags to add.
     exporter-toolkit rereads the file and the certificate per request: no restart needed."""

@@ -34,7 +34,7 @@ from homelab.config import ConfigError, FieldError
 from homelab.types import Port
 from roles import container_runtime, python_app
 from roles.common import checked_file, render, role_settings
-from roles.pki.web import web_config_file
+from roles.pki.web import check_profiles_behind_a_login, web_config_file
 from roles.tuning import host_tuning
 
 APP = python_app.PythonApp(source="toy_redis", distribution="toy-redis", service="toy-redis")
@@ -172,6 +172,7 @@ def apply() -> None:
     settings = role_settings("toy_redis", Settings)
     nofile = host_tuning().limits.nofile
     check_maxclients_fit(settings, nofile, f"inventory data for {host.name}")
+    check_profiles_behind_a_login("toy_redis", settings.profiling_hz)
 
     runtime = container_runtime.host_runtime()
     # Both runtimes run as this user: it owns the data and may read the password file.

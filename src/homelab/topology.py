@@ -74,6 +74,9 @@ class Role:
     # Host data key choosing between the roles that share ``group`` (e.g. log_shipper).
     chosen_by: str | None = None
     note: str = ""
+    # The listener serving CPU profiles (pprof_sampler's /debug/pprof/profile) when the role's
+    # `profiling_hz` is on: what Alloy scrapes for Pyroscope (profile_scrapes).
+    profiles: str | None = None
 
     def listener(self, name: str) -> Listener:
         for listener in self.listeners:
@@ -104,13 +107,13 @@ ROLES: tuple[Role, ...] = (
     Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port", secured=True, protocol="resp"),
                                                  Listener("metrics", "metrics_port", secured=True),
                                                  Listener("resp_plain", "plain_port", protocol="resp", beside_tls=True)),
-         {"toy-redis": "metrics"}),
+         {"toy-redis": "metrics"}, profiles="metrics"),
     Role("promtail", "log_shipper", "Promtail", (Listener(_HTTP, "listen_port"),), {"promtail": _HTTP},
          chosen_by="log_shipper"),
     Role("alloy", "log_shipper", "Alloy", (Listener(_HTTP, "listen_port"),), {"alloy": _HTTP},
          chosen_by="log_shipper"),
     Role("alert_relay", "alert_relay", "alert-relay", (Listener(_HTTP, "listen", health="/healthz", secured=True),),
-         {"alert-relay": _HTTP}),
+         {"alert-relay": _HTTP}, profiles=_HTTP),
     Role("alertmanager", "alertmanager", "Alertmanager", (Listener(_HTTP, "listen_port", health="/-/healthy", secured=True),),
          {"alertmanager": _HTTP}),
     Role("blackbox", "blackbox", "blackbox_exporter", (Listener(_HTTP, "listen_port", secured=True),)),
@@ -431,7 +434,21 @@ class Topology:
             connections += [Connection(prober, "blackbox", check.endpoint.host, check.role, "TLS and login check",
                                        check.endpoint.port)
                             for check in self.tls_checks()]
-        return connections
+        return connections + self.profile_scrapes()
+
+    def profile_scrapes(self) -> list[Connection]:
+        """Alloy's scrapes of CPU profiles: from each Alloy host whose settings name a `pyroscope_url`,
+        of every service with `profiling_hz` on (on its Role.profiles listener)."""
+        scrapes = []
+        for alloy in self.hosts_of("alloy"):
+            if self.settings(alloy, "alloy").pyroscope_url is None:
+                continue
+            for role in ROLES:
+                for target in self.hosts_of(role.name) if role.profiles else ():
+                    if self.settings(target, role.name).profiling_hz:
+                        scrapes.append(Connection(alloy, "alloy", target, role.name, "CPU profiles",
+                                                  self.port(target, role.name, role.profiles)))
+        return scrapes
 
     def inbound(self, host: str) -> list[Inbound]:
         """Each port ``host``'s roles listen on, with the hosts and external parties whose
