@@ -7,9 +7,10 @@ redis-benchmark
   highest rate unless --sampler-hz says otherwise); target: at least 0.95x;
 each against a toy-redis with no profiler, measured in the same run, in rotating order, best of 5.
 At the end the sampler's own profile is fetched (it must have seen the benchmark) and py-spy's
-sample counts are printed, so that "with a profiler" cannot be a run no profiler watched. The
-profile also tells the sampler's own share of the server's CPU (its thread is profiled too), a
-figure that a loaded machine blurs less than requests per second.
+sample counts are printed, so that "with a profiler" cannot be a run no profiler watched. Two
+figures that a loaded machine blurs less than requests per second come with them: the server's CPU
+time per request (the least of the rounds, from /proc) and the sampler's own share of the CPU its
+profile holds (its thread is profiled too).
 
 Run from the repo root: .venv/bin/python bench/profile_bench.py [--requests N] [--rate HZ] [--sampler-hz HZ]
 """
@@ -101,20 +102,24 @@ def main() -> None:
                                         "--metrics-users-file", str(users))
     samples: list[int] = []
     best = {variant: dict.fromkeys(TESTS, 0.0) for variant in VARIANTS}
+    cpu_per_request = dict.fromkeys(VARIANTS, float("inf"))
     try:
         for round_number in range(ROUNDS * len(VARIANTS)):
             # Rotating which goes first, so a warming or drifting machine favours none.
             variant = VARIANTS[(round_number + round_number // len(VARIANTS)) % len(VARIANTS)]
             measured = {}
+            server, port = (profiled, profiled_port) if variant == "continuous" else (plain, plain_port)
 
-            def measure(port: int) -> None:
+            def measure() -> None:
+                cpu_before = server.cpu_seconds()
                 measured.update(rps(port, args.requests))
+                cpu_s = server.cpu_seconds() - cpu_before
+                cpu_per_request[variant] = min(cpu_per_request[variant], cpu_s / (args.requests * len(TESTS)))
 
             if variant == "py-spy":
-                samples.append(with_py_spy(py_spy, plain.process.pid, args.rate, workdir / "profile.json",
-                                           lambda: measure(plain_port)))
+                samples.append(with_py_spy(py_spy, plain.process.pid, args.rate, workdir / "profile.json", measure))
             else:
-                measure(profiled_port if variant == "continuous" else plain_port)
+                measure()
             for test, value in measured.items():
                 best[variant][test] = max(best[variant][test], value)
         response = requests.get(f"http://127.0.0.1:{metrics_port(profiled)}{PATH}?seconds={WINDOW_S}",
@@ -136,6 +141,9 @@ def main() -> None:
               f"{args.rate} Hz: {ratio(best['py-spy'][test], off)} (target >= 0.9x); {best['continuous'][test]:.0f} "
               f"with continuous profiling at {args.sampler_hz} Hz: {ratio(best['continuous'][test], off)} "
               f"(target >= 0.95x)")
+    us = {variant: value * 1e6 for variant, value in cpu_per_request.items()}
+    print(f"server CPU per request: {us['off']:.1f} us without a profiler, {us['continuous']:.1f} us with continuous "
+          f"profiling: {ratio(us['off'], us['continuous'])} as much work done per CPU second")
 
 
 if __name__ == "__main__":
