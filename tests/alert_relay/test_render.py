@@ -120,6 +120,18 @@ def test_fax_comment_title_and_file_name_are_literal(sender, to, start, fax_id):
     assert re.fullmatch(r"fax-[A-Za-z0-9_-]*\.pdf", render.fax_file_name(payload))
 
 
+@pytest.mark.parametrize("word", ["@channel", "@HERE", "@everyone"])
+def test_a_clip_right_after_a_mention_word_does_not_make_a_mention(word):
+    """A longer word ("@channelCrew") is no mention, but clipped to its field it becomes one; found
+    by the digest test above (a label value clipped to the digest's code span)."""
+    limit = 80
+    value = "x" * (limit - 1 - len(word)) + word + "Crew"
+    shown = render.esc(value, limit)
+    assert shown.endswith(render.ELLIPSIS)
+    assert_safe(shown)
+    assert_safe(render.code(value, limit))
+
+
 def test_a_group_of_500_alerts_fits_and_says_how_many_more():
     alerts = [{"status": "firing", "labels": {"alertname": "DiskFull", "instance": f"node-{n}:9100", "mount": "/" * 50},
                "annotations": {"summary": f"Disk full on node-{n}", "description": "d" * 900},

@@ -35,7 +35,8 @@ FIELD_LIMIT = 1000          # one label value, summary, description before it is
 LINK_TARGET_LIMIT = 2000    # longer URLs are shown as text
 
 ELLIPSIS = "…"
-_MENTION_WORDS = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+# Whatever follows: a clip may end the word right after "channel" ("@channelX" -> "@channel…").
+_MENTION_WORDS = re.compile(r"@(channel|here|everyone)", re.IGNORECASE)
 _WORD_JOINER = "\u2060"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _UNLINKABLE = re.compile(r"[\x00-\x20\x7f-\x9f\ud800-\udfff]")
