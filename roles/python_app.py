@@ -116,6 +116,14 @@ class PythonApp:
         return f"{self.current}/bin/{name or self.service}"
 
     @property
+    def venv_fits_python(self) -> str:
+        """The unit's ExecCondition: exit 1 when the live venv was made for another Python than the
+        node's. After an upgrade of Debian the old venv cannot import the service; skipping its start
+        (not a failure) spares a crash loop until the deploy installs a venv for the new Python."""
+        return (f"{self.binary('python')} -c \"import os, sys, sysconfig; "
+                f"sys.exit(not os.path.isdir(sysconfig.get_path('purelib')))\"")
+
+    @property
     def unit_path(self) -> str:
         return f"/etc/systemd/system/{self.service}.service"
 
@@ -365,7 +373,8 @@ def unit_check_command(app: PythonApp) -> str:
 
 def unit_values(app: PythonApp, config_path: str, data_dir: str, nofile: int) -> dict[str, str | int]:
     """What each service's unit template fills in: user, binary, config, file limit, state folder."""
-    return {"user": app.service, "binary": app.binary(), "config_path": config_path, "nofile": nofile,
+    return {"user": app.service, "binary": app.binary(), "venv_fits_python": app.venv_fits_python,
+            "config_path": config_path, "nofile": nofile,
             "data_dir": data_dir, "state_dir_name": data_dir.removeprefix("/var/lib/")}
 
 

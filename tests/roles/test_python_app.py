@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -258,14 +259,28 @@ def test_units_are_hardened_and_run_as_the_service_user(render_unit, service, wr
 @needs_systemd_analyze
 @pytest.mark.parametrize("render_unit, service", [(render_toy_redis_unit, "toy-redis"), (render_relay_unit, "alert-relay")])
 def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path, render_unit, service):
-    # The binary exists only on nodes; verify insists that ExecStart's does.
-    unit = render_unit(65536).replace(f"/opt/{service}/current/bin/{service}", "/bin/true")
+    # The venv exists only on nodes; verify insists that ExecStart's and ExecCondition's binaries do.
+    unit = (render_unit(65536).replace(f"/opt/{service}/current/bin/{service}", "/bin/true")
+            .replace(f"/opt/{service}/current/bin/python", sys.executable))
     staged = tmp_path / f"{service}.service.staged"
     staged.write_text(unit)
     check = unit_check_command(PythonApp(source="x", distribution="x", service=service))
     result = subprocess.run(["sh", "-c", check.format(staged=staged)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("render_unit, service", [(render_toy_redis_unit, "toy-redis"), (render_relay_unit, "alert-relay")])
+def test_a_venv_made_for_another_python_skips_the_start_instead_of_crash_looping(tmp_path, render_unit, service):
+    # What Debian 12 -> 13 does to a live venv: its lib/python3.11 stays, the interpreter becomes 3.13.
+    venv = tmp_path / "current"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    condition = shlex.split(unit_directives(render_unit(65536))["ExecCondition"].replace(f"/opt/{service}/current", str(venv)))
+    assert subprocess.run(condition).returncode == 0
+    own = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (venv / "lib" / own).rename(venv / "lib" / "python3.0")
+    # systemd skips the unit on 1-254 and counts it as no failure (systemd.service(5), ExecCondition=).
+    assert subprocess.run(condition).returncode == 1
 
 
 @needs_systemd_analyze
