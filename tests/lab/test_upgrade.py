@@ -134,6 +134,11 @@ def test_a_debian_12_node_upgrades_in_place_with_its_data(upgrade_lab):
 
     assert ssh_out({}, "old-node", ". /etc/os-release && echo $VERSION_ID") == "13"
     assert ssh_out({}, "old-node", "python3 --version").startswith("Python 3.13.")
+    # Between the reboot and the deploy, the venvs made for Python 3.11 skipped their starts
+    # (ExecCondition) instead of crash-looping: no failed start in this boot's journal.
+    for service in ("toy-redis", "alert-relay"):
+        failed = ssh_out({}, "old-node", f"journalctl -b -o cat -u {service} | grep -c 'Failed with result' || true")
+        assert failed == "0", f"{service} failed {failed} times after the reboot"
     # Every key, from the AOF the upgraded toy-redis loaded at start.
     client = redis.Redis(host=toy_redis.address, port=toy_redis.port, password=vault["toy_redis_password"],
                          socket_timeout=10)
