@@ -14,11 +14,12 @@ from importlib import import_module
 from pyinfra import host
 
 from homelab.topology import ROLES
-from roles import fact_cache
+from roles import fact_cache, pyinfra_prepare
 from roles.common import current_topology
 from roles.node_exporter import stamp_deploy
 
 fact_cache.install()  # a converged node answers in a few round trips, not one per fact
+pyinfra_prepare.install()  # planning an operation costs no stack introspection
 
 only = host.data.get("only_roles")
 wanted = set(only.split(",")) if only else None

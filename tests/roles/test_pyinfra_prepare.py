@@ -1,0 +1,67 @@
+"""roles.pyinfra_prepare: operations planned in the same order, with the same hashes, as pyinfra plans them.
+
+pyinfra orders a run's operations by the line numbers of their call stacks (and tells them apart
+by a hash of those); the patch only reads the stack more cheaply. Planned with and without it,
+a deploy with operations in the deploy file, in functions, in a @deploy of another module and in a
+host.loop must print the same order and hashes (pyinfra's --debug line for each operation).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import run_pyinfra
+
+HELPER = """
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+
+def nested(x):
+    server.shell(name=f"nested {x}", commands=["true"])
+
+
+@deploy("helper role")
+def apply():
+    server.shell(name="role first", commands=["true"])
+    for x in (1, 2):  # same lines twice: pyinfra tells them apart by a counter
+        nested(x)
+"""
+
+DEPLOY = """
+from pyinfra import host
+from pyinfra.operations import server
+
+import speed_helper
+from roles import pyinfra_prepare
+
+if host.data.get("patched"):
+    pyinfra_prepare.install()
+
+
+def inner(x):
+    server.shell(name=f"inner {x}", commands=["true"])
+
+
+server.shell(name="first", commands=["true"])
+for x in host.loop([1, 2]):
+    inner(x)
+speed_helper.apply()
+server.shell(name="last", commands=["true"])
+"""
+
+
+def planned(tmp_path, patched: bool) -> list[str]:
+    (tmp_path / "speed_helper.py").write_text(HELPER)
+    (tmp_path / "deploy.py").write_text(DEPLOY)
+    data = ["--data", "patched=1"] if patched else []
+    run = run_pyinfra("--dry", "--debug", str(tmp_path / "deploy.py"), *data, inventory="@local",
+                      env={"PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return re.findall(r"Adding operation, (.*)", run.stderr)
+
+
+def test_operations_are_planned_in_pyinfras_order_with_its_hashes(tmp_path):
+    plain = planned(tmp_path, patched=False)
+    assert len(plain) == 7, plain
+    assert planned(tmp_path, patched=True) == plain
