@@ -28,13 +28,15 @@ from pathlib import Path
 
 import bcrypt
 from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import Sha1File
 from pyinfra.operations import server
 
 from homelab.access import callers, password_secret
 from homelab.config import ConfigError
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.vault import host_secret
-from roles.common import current_topology, render
+from roles.common import current_topology, render, sha1
 from roles.pki import CA_FILE, CERT_FILE, GROUP, KEY_FILE, TLS_DIR
 
 WEB_CONFIG_DIR = TLS_DIR
@@ -64,16 +66,25 @@ def render_web_config(users: dict[str, str]) -> str:
     return render("pki/web-config.yml.j2", cert_file=CERT_FILE, key_file=KEY_FILE, users=users)
 
 
+@lru_cache(maxsize=1)
+def _throwaway_pair():
+    """A certificate and key for promtool to load: made once per run, not per check."""
+    from homelab.pki import ClusterCA, create_ca
+
+    return ClusterCA(create_ca("web config check", timedelta(hours=1))).issue("check", "127.0.0.1", timedelta(hours=1))
+
+
+# A run checks each distinct text once (a role's web config is the same on all its hosts); a
+# failure is not kept, so it is reported on each host that would get it.
+@lru_cache(maxsize=64)
 def check_web_config(text: str) -> None:
     """`promtool check web-config` on the control machine (nodes other than Prometheus's have no
     promtool), with the certificate paths pointed at a throwaway pair: it loads them."""
-    from homelab.pki import ClusterCA, create_ca
-
     promtool = shutil.which("promtool")
     if promtool is None:
         raise ConfigError("promtool", "", "not found on the control machine (apt-get install prometheus; "
                                           "./dev setup does it): it checks web configs before they are sent")
-    pair = ClusterCA(create_ca("web config check", timedelta(hours=1))).issue("check", "127.0.0.1", timedelta(hours=1))
+    pair = _throwaway_pair()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         (folder / "node.crt").write_bytes(pair.cert)
@@ -104,6 +115,24 @@ def web_config(role: str, service_user: str) -> list[str]:
     return [f"--web.config.file={written.path}"] if written else []
 
 
+@operation()
+def checked_web_config(dest: str, content: BytesIO, group: str):
+    """Ensure ``dest`` holds the web config ``content``, 0640 root:``group``; when it must change,
+    promtool checks it first (as roles.common.checked_file does with a node's checker): a config that
+    fails is never sent, and one the node already holds is not checked again.
+
+    + dest: the live path the service reads
+    + content: the rendered web config, in a BytesIO so that no argument or log line shows its hashes
+    + group: the service's group, which reads it
+    """
+    from roles.secrets import private_file
+
+    data = content.getvalue()
+    if host.get_fact(Sha1File, path=dest) != sha1(data):
+        check_web_config(data.decode())
+    yield from private_file._inner(dest=dest, content=BytesIO(data), group=group, mode="0640")
+
+
 @dataclass(frozen=True)
 class WrittenWebConfig:
     path: str
@@ -117,22 +146,19 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     toy-redis) read the same file as exporter-toolkit does."""
     from roles.pki import certificate_changes
 
-    from roles.secrets import private_file
-
     topology = current_topology()
     web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
     if not secured(topology, role, host.name, web):
         return None
     text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
                               for user in callers(topology, role)})
-    check_web_config(text)
     path = f"{WEB_CONFIG_DIR}/{role}.yml"
     # Only the group: server.user otherwise makes the user's home exist and owns it to the user, and
     # our services share the home /nonexistent, so two on one node took it from each other each run.
     server.user(name=f"{service_user} reads the node's TLS key (group {GROUP})", user=service_user,
                 groups=[GROUP], append=True, ensure_home=False)
-    written = private_file(name=f"{role} web config {path} (TLS, logins)", dest=path, content=BytesIO(text.encode()),
-                           group=service_user, mode="0640")
+    written = checked_web_config(name=f"{role} web config {path} (TLS, logins)", dest=path,
+                                 content=BytesIO(text.encode()), group=service_user)
     return WrittenWebConfig(path, (written, *certificate_changes()))
 
 

@@ -3,6 +3,7 @@ secured listeners over https with the cluster CA and their own logins (rendered,
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from datetime import timedelta
@@ -23,6 +24,7 @@ from roles.pki import CA_FILE, CERT_FILE, KEY_FILE, Settings, expiry_metrics
 from roles.pki.web import bcrypt_hash, check_web_config, render_web_config
 from roles.prometheus import WEB_PASSWORD_FILE, render_config
 from roles.prometheus import Settings as PrometheusSettings
+from tests.conftest import run_pyinfra
 
 REPO = Path(__file__).resolve().parents[2]
 VAULT = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
@@ -47,6 +49,49 @@ def test_a_broken_web_config_is_refused_before_it_is_sent():
     with pytest.raises(ConfigError) as error:
         check_web_config(render_web_config({"operator": "not a bcrypt hash"}).replace("TLS12", "TLS99"))
     assert "promtool check web-config failed" in str(error.value)
+
+
+WEB_CONFIG_DEPLOY = """
+from io import BytesIO
+
+from pyinfra import host
+
+from roles.pki.web import checked_web_config
+
+checked_web_config(name="web config", dest=host.data.get("dest"), content=BytesIO(host.data.get("text").encode()),
+                   group="root")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes a root-owned file through pyinfra's @local connector")
+def test_a_web_config_is_checked_when_it_would_change_and_a_failing_one_is_never_sent(tmp_path):
+    """promtool runs (here behind a wrapper that counts) for a text the node does not hold yet, not
+    on a rerun that changes nothing; a text it refuses fails the deploy and leaves the file alone."""
+    real = shutil.which("promtool")
+    calls = tmp_path / "promtool-calls"
+    wrapper = tmp_path / "bin" / "promtool"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    deploy_file = tmp_path / "deploy.py"
+    deploy_file.write_text(WEB_CONFIG_DEPLOY)
+    dest = tmp_path / "web.yml"
+    good = render_web_config({"operator": bcrypt_hash("operator", "some password")})
+
+    def deploy(text: str):
+        return run_pyinfra(str(deploy_file), "--data", f"dest={dest}", "--data", f"text={text}", inventory="@local",
+                           env={"PATH": f"{wrapper.parent}:{os.environ['PATH']}"})
+
+    def checks() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    first = deploy(good)
+    assert first.returncode == 0 and dest.read_text() == good and checks() == 1, first.stderr[-2000:]
+    rerun = deploy(good)
+    assert rerun.returncode == 0 and rerun.changed() == [] and checks() == 1, rerun.stderr[-2000:]
+    refused = deploy(good.replace("TLS12", "TLS99"))
+    assert refused.returncode != 0 and "promtool check web-config failed" in refused.stderr
+    assert dest.read_text() == good and checks() == 2
 
 
 def test_prometheus_scrapes_secured_listeners_over_https_with_its_own_login(tls_topology):
