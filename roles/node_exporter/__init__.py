@@ -11,7 +11,7 @@ import time
 from functools import cache
 from io import BytesIO
 
-from pyinfra.api import deploy
+from pyinfra.api import deploy, operation
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.operations import apt, files
 
@@ -101,5 +101,16 @@ def stamp_deploy() -> None:
     """The last step of a deploy: the stamp, rewritten only when the run changed the node, so a run
     that changes nothing changes nothing (and the stamp tells when the node last changed)."""
     settings = role_settings("node_exporter", Settings)
-    files.put(name="Deploy stamp for homelab status", src=BytesIO(render_deploy_stamp(time.time(), deployed_commit()).encode()),
-              dest=f"{settings.textfile_directory}/{DEPLOY_STAMP_FILE}", mode="0644", _if=_changed_anything)
+    deploy_stamp(name="Deploy stamp for homelab status", dest=f"{settings.textfile_directory}/{DEPLOY_STAMP_FILE}",
+                 _if=_changed_anything)
+
+
+@operation()
+def deploy_stamp(dest: str):
+    """Write the stamp: now, and the commit deployed. Made when it runs, so that a run that changed
+    nothing does not ask git (a second or more on a loaded machine, once per host).
+
+    + dest: the stamp's file in node_exporter's textfile directory
+    """
+    yield from files.put._inner(src=BytesIO(render_deploy_stamp(time.time(), deployed_commit()).encode()), dest=dest,
+                                mode="0644")
