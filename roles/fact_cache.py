@@ -34,6 +34,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import StringCommand
 from pyinfra.api.facts import FactBase, _handle_fact_kwargs, _make_command
 from pyinfra.api.host import Host
+from pyinfra.facts.server import Users
 
 # Rounds of the look-ahead: a no-op run needs 3 (e.g. File, then Sha1File, then what follows a match).
 PREFETCH_ROUNDS = 4
@@ -249,10 +250,34 @@ def _read_chunk(host: Host, chunk: list) -> bool:
     return True
 
 
+# pyinfra's Users fact forks about fifteen processes per account (grep, cut, lastlog, id, subshells):
+# a second of a node's time on a loaded machine, most of a converged node's first batch. This
+# command prints the same lines (a test compares the two) with one pass over passwd, shadow and
+# lastlog's listing, keeping only the two `id` calls per account, which ask the system's groups.
+USERS_COMMAND = r"""
+SEP=`printf '\001'`
+((lastlog || lastlogin) 2> /dev/null) | tr -s ' ' | awk -F: -v sep="$SEP" '
+    FILENAME == "-" { split($0, field, " "); if (!(field[1] in last)) last[field[1]] = $0; next }
+    FILENAME == "/etc/shadow" { if (!($1 in password)) password[$1] = $2; next }
+    $1 != "" { print $0 sep last[$1] sep password[$1] }
+' - /etc/shadow /etc/passwd | while IFS= read -r line; do
+    ENTRY=${line%%"$SEP"*}; rest=${line#*"$SEP"}; LASTLOG=${rest%%"$SEP"*}; PASSWORD=${rest#*"$SEP"}
+    i=${ENTRY%%:*}
+    echo "$ENTRY|`id -gn $i`|`id -Gn $i`|$LASTLOG|$PASSWORD";
+done
+""".strip()
+
+
+def _users_command(_fact) -> str:
+    return USERS_COMMAND
+
+
 def install() -> None:
     """Route pyinfra's Host fact reads and node commands through the kept values (once per process)."""
     if Host.get_fact is get_fact:
         return
+    _ORIGINAL["users_command"] = Users.command
+    Users.command = _users_command
     for name in ("get_fact", "run_shell_command", "put_file", "get_file"):
         _ORIGINAL[name] = getattr(Host, name)
     Host.get_fact = get_fact

@@ -67,3 +67,26 @@ def test_a_converged_rerun_reads_file_facts_in_batches_and_drift_is_repaired(tmp
         assert stat.S_IMODE((conf / f"{number}.conf").stat().st_mode) == 0o640
 
     assert deploy(tmp_path).changed() == []
+
+
+def test_the_users_fact_reads_the_same_accounts_with_fewer_processes():
+    """roles.fact_cache's Users command prints what pyinfra's own prints, line for line, on this
+    Debian machine (its accounts, groups, lastlog and shadow), so server.user sees the same users."""
+    import subprocess
+
+    from pyinfra.facts.server import Users
+
+    from roles import fact_cache
+
+    pyinfra_command = fact_cache._ORIGINAL.get("users_command", Users.command)(Users())
+    assert pyinfra_command != fact_cache.USERS_COMMAND
+
+    def lines(command: str) -> list[str]:
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    theirs = lines(pyinfra_command)
+    assert len(theirs) >= 2 and any(line.startswith("root:") for line in theirs)
+    assert lines(fact_cache.USERS_COMMAND) == theirs
+    assert Users().process(lines(fact_cache.USERS_COMMAND)) == Users().process(theirs)
