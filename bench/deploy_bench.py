@@ -13,15 +13,21 @@ roles) and <= 10 s (whole stack); on 16 nodes at most 2x the 4-node figure.
 all on Debian 12, then all on Debian 13, in the same run: first deploy and the median of
 NOOP_RUNS no-op reruns each, and the 13/12 ratio (target: no-op rerun on 13 no slower than on 12).
 
-`--profile` instead profiles the whole stack's no-op rerun on the 4-node lab (issue 17): it brings
-the lab up (reusing a running one) and deploys once so that it is converged, then times NOOP_RUNS
-plain no-op reruns (median) and runs one more under bench/deploy_profile.py, which prints where
+`--profile` instead profiles the whole stack's no-op rerun on the 4-node lab (issue 17), with
+pki.tls off and then on: it brings the lab up (reusing a running one) and deploys once so that it
+is converged, then times NOOP_RUNS plain no-op reruns (median) and runs one more under
+bench/deploy_profile.py, which prints where
 its seconds go per role (fact round trips, rendering, local commands such as promtool and pip,
 vault reads, the operations' execution) and the costliest facts and operations. It leaves the
-lab up.
+lab up, deployed with TLS off.
 
-Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile]
-It takes the lab down at the start and at the end (except --profile).
+`--against REF` instead times the whole stack's no-op rerun on the 4-node lab for this tree and for
+git REF (checked out in a temporary worktree), with pki.tls off and on, alternating the trees run
+by run (--runs each, median): a change's effect measured under the same load, and each tree's TLS
+on/off ratio (issue 13's target: at most 1.2x). It leaves the lab up and deployed, TLS off.
+
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --against REF]
+It takes the lab down at the start and at the end (except --profile and --against).
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ BASE_ROLES = ",".join(role.name for role in ROLES if role.group is None)
 # Bounded: a hung command fails the bench instead of stalling it.
 COMMAND_TIMEOUT_S = 900
 NOOP_RUNS = 3
+# Group data that turns TLS and logins on for the whole cluster (issue 13), given on the command line.
+TLS_ON = ["--data", 'pki={"tls": true}']
 
 
-def timed(*cmd: str) -> float:
+def timed(*cmd: str, cwd: Path = REPO) -> float:
     start = time.monotonic()
     try:
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                 timeout=COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         sys.exit(f"bench: {' '.join(cmd)} did not finish within {COMMAND_TIMEOUT_S} s")
@@ -118,16 +126,51 @@ def measure(inventory: Path, roles: str, cold: bool) -> dict[str, float]:
 
 def profile_noop() -> None:
     inventory = str(REPO / "inventory" / "lab.py")
-    deploy = [str(BIN / "pyinfra"), "-y", inventory, "deploys/all.py"]
     timed(str(BIN / "lab"), "up", inventory)
-    converge = timed(*deploy)
-    noop = statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "deploy_profile.py"), inventory, "deploys/all.py"],
-                            cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_S)
-    if result.returncode != 0:
-        sys.exit(f"bench: the profiled run failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
-    print(f"whole stack, 4 nodes: converging run {converge:.2f}s, no-op rerun {noop:.2f}s (median of {NOOP_RUNS})")
-    print(result.stdout[result.stdout.index("== where the seconds went =="):])
+    for label, data in (("TLS off", []), ("TLS on", TLS_ON)):
+        deploy = [str(BIN / "pyinfra"), "-y", inventory, "deploys/all.py", *data]
+        converge = timed(*deploy)
+        noop = statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
+        result = subprocess.run([sys.executable, str(REPO / "bench" / "deploy_profile.py"), inventory, "deploys/all.py",
+                                 *data], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=COMMAND_TIMEOUT_S)
+        if result.returncode != 0:
+            sys.exit(f"bench: the profiled run failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
+        print(f"whole stack, 4 nodes, {label}: converging run {converge:.2f}s, no-op rerun {noop:.2f}s "
+              f"(median of {NOOP_RUNS})")
+        print(result.stdout[result.stdout.index("== where the seconds went =="):], flush=True)
+    timed(str(BIN / "pyinfra"), "-y", inventory, "deploys/all.py")  # the lab's own settings back
+
+
+def compare_with(ref: str, runs: int) -> None:
+    """The whole stack's no-op rerun on the 4-node lab, this tree against git ``ref`` checked out
+    beside it, with pki.tls off and on: ``runs`` reruns of each, alternating, so that the machine's
+    load falls on both alike; medians, ratios, and the TLS on/off ratio of each (issue 13)."""
+    base = Path(tempfile.mkdtemp(prefix="homelab-bench-base-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(base), ref], check=True)
+    pyinfra = str(BIN / "pyinfra")
+    trees = {ref: base, "this tree": REPO}
+    medians: dict[tuple[str, str], float] = {}
+    try:
+        timed(str(BIN / "lab"), "up", str(REPO / "inventory" / "lab.py"))
+        for label, data in (("TLS off", []), ("TLS on", TLS_ON)):
+            timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data)  # converge
+            times: dict[str, list[float]] = {name: [] for name in trees}
+            for _ in range(runs):
+                for name, tree in trees.items():
+                    times[name].append(timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data, cwd=tree))
+            for name in trees:
+                medians[(name, label)] = statistics.median(times[name])
+                print(f"{label}, {name}: no-op rerun median {medians[(name, label)]:.2f}s of "
+                      f"{' '.join(f'{t:.2f}' for t in times[name])}", flush=True)
+        timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py")  # the lab's own settings back
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
+    for label in ("TLS off", "TLS on"):
+        print(f"{label}: this tree / {ref} = {medians[('this tree', label)] / medians[(ref, label)]:.2f}x")
+    for name in trees:
+        print(f"{name}: TLS on / off = {medians[(name, 'TLS on')] / medians[(name, 'TLS off')]:.2f}x "
+              f"(issue 13 target <= 1.2x)")
 
 
 def main() -> None:
@@ -138,7 +181,14 @@ def main() -> None:
                         help="only compare the whole stack on Debian 12 and Debian 13 nodes")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the whole stack's no-op rerun on the 4-node lab (left up)")
+    parser.add_argument("--against", metavar="GIT_REF",
+                        help="only compare the whole stack's no-op rerun with this git ref's, TLS off and on, "
+                             "alternating (e.g. main, to measure a change before landing it)")
+    parser.add_argument("--runs", type=int, default=5, help="no-op reruns of each tree per setting for --against")
     args = parser.parse_args()
+    if args.against:
+        compare_with(args.against, args.runs)
+        return
     if args.profile:
         profile_noop()
         return
