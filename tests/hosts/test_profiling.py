@@ -2,8 +2,8 @@
 function tops the CPU profile and the leaking line tops the memory growth, through the command an
 operator runs (SSH and py-spy from the node's venv; the RESP port with the vault's password).
 
-The planted commands (tests/profiling/planted/sitecustomize.py) are put on the node for this module
-only, in /run and a runtime drop-in of the unit, and removed after it (the service restarted on
+The planted commands (tests/profiling/planted/sitecustomize.py, with the costs of
+tests/planted/planted_costs.py it imports) are put on the node for this module only, in /run and a runtime drop-in of the unit, and removed after it (the service restarted on
 its deployed files)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from homelab import profiling
 from homelab.cli import main
 from roles.toy_redis import APP
 from tests.conftest import LAB_INVENTORY, hosts_in
+from tests.planted import COSTS, LEAK_LINE
 from tests.profiling.conftest import PLANTED, Load
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
@@ -32,9 +33,10 @@ def _restart(host) -> None:
 @pytest.fixture(scope="module")
 def planted(deployed, testinfra_hosts):
     host = testinfra_hosts[NODE]
-    source = (PLANTED / "sitecustomize.py").read_text()
     host.run_expect([0], f"mkdir -p {PLANTED_DIR} /run/systemd/system/{APP.service}.service.d")
-    host.run_expect([0], f"cat > {PLANTED_DIR}/sitecustomize.py <<'PLANTED'\n{source}\nPLANTED")
+    # One folder on the node holds both: its PYTHONPATH is that folder alone.
+    for planted_file in (PLANTED / "sitecustomize.py", COSTS):
+        host.run_expect([0], f"cat > {PLANTED_DIR}/{planted_file.name} <<'PLANTED'\n{planted_file.read_text()}\nPLANTED")
     host.run_expect([0], f"printf '[Service]\\nEnvironment=PYTHONPATH={PLANTED_DIR}\\n' > {DROP_IN}")
     _restart(host)
     yield
@@ -51,7 +53,7 @@ def test_the_hot_function_tops_the_cpu_profile(planted, tmp_path, capsys):
         assert main(["profile", NODE, "toy_redis", "--seconds", "5", "-o", str(tmp_path),
                      "--inventory", str(LAB_INVENTORY)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("top: deliberate_hot_spot (sitecustomize.py:")
+    assert out[-1].startswith(f"top: deliberate_hot_spot ({COSTS.name}:")
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".json", ".svg"]
     assert "deliberate_hot_spot" in next(tmp_path.glob("*.svg")).read_text()
 
@@ -61,6 +63,4 @@ def test_the_leaking_line_tops_the_memory_growth(planted, tmp_path, capsys):
         assert main(["profile", NODE, "toy_redis", "--memory", "--seconds", "3", "-o", str(tmp_path),
                      "--inventory", str(LAB_INVENTORY)]) == 0
     summary = capsys.readouterr().out.splitlines()[-1]
-    leak_line = next(number for number, line in enumerate((PLANTED / "sitecustomize.py").read_text().splitlines(), 1)
-                     if "bytes(1024)" in line)
-    assert summary.startswith(f"growth: sitecustomize.py:{leak_line} +")
+    assert summary.startswith(f"growth: {COSTS.name}:{LEAK_LINE} +")

@@ -15,6 +15,7 @@ from pprof_sampler import PATH, WINDOW_S
 
 from tests.alert_relay.conftest import RELAY, faxplus, make_relay, slack  # noqa: F401 (fixtures)
 from tests.alert_relay.test_tls import PASSWORD, tls_files  # noqa: F401 (fixture)
+from tests.planted import pythonpath
 
 from .profiles import cpu_ns_by_leaf, parse
 
@@ -25,7 +26,7 @@ PLANTED = Path(__file__).parent / "planted_relay"
 
 @pytest.fixture
 def profiled_relay(make_relay, tls_files, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("PYTHONPATH", str(PLANTED))
+    monkeypatch.setenv("PYTHONPATH", pythonpath(PLANTED))
     monkeypatch.setenv("PLANTED_HOT_FILE", str(tls_files / "burn"))
     return make_relay(web_config_file=str(tls_files / "web.yml"), profiling_hz=HZ)
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 from pprof_sampler import PATH, WINDOW_S
 
+from tests.planted import pythonpath
 from tests.profiling.conftest import PLANTED, Load
 from tests.toy_redis.conftest import ToyRedis
 from tests.toy_redis.test_metrics_auth import PASSWORD, USER, users_file
@@ -28,7 +29,7 @@ LOAD_S = 3
 @pytest.fixture
 def profiled_toy(tmp_path):
     toy = ToyRedis(tmp_path, "--profiling-hz", str(HZ), "--metrics-users-file", str(users_file(tmp_path)),
-                   env={"PYTHONPATH": str(PLANTED)}).start()
+                   env={"PYTHONPATH": pythonpath(PLANTED)}).start()
     yield toy
     toy.stop()
 

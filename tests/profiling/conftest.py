@@ -1,4 +1,5 @@
-"""A real toy-redis with the planted hot spot and leak (planted/sitecustomize.py), on loopback."""
+"""A real toy-redis with the planted hot spot and leak (planted/sitecustomize.py, the costs in
+tests/planted), on loopback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable
 import pytest
 import redis
 
+from tests.planted import pythonpath
 from tests.toy_redis.conftest import ToyRedis
 
 PLANTED = Path(__file__).parent / "planted"
@@ -16,7 +18,7 @@ PLANTED = Path(__file__).parent / "planted"
 
 @pytest.fixture
 def planted_toy(tmp_path):
-    toy = ToyRedis(tmp_path, env={"PYTHONPATH": str(PLANTED)}).start()
+    toy = ToyRedis(tmp_path, env={"PYTHONPATH": pythonpath(PLANTED)}).start()
     yield toy
     toy.stop()
 

@@ -5,28 +5,23 @@ it answers only clients that logged in."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import redis
 
 from homelab import profiling
 from tests.loopback import wait_for
-from tests.profiling.conftest import PLANTED, Load
+from tests.planted import COSTS, LEAK_LINE
+from tests.profiling.conftest import Load
 from tests.toy_redis.conftest import ToyRedis
-
-PLANTED_FILE = str(PLANTED / "sitecustomize.py")
-
 
 def test_the_leaking_line_tops_the_growth(planted_toy):
     with planted_toy.client() as client, Load(planted_toy.client, "PLANTED.LEAK", "64", pause=0.01):
         sites = profiling.allocations(client, 2)
     top = max(sites, key=lambda site: site.growth)
-    assert top.file == PLANTED_FILE
-    source_line = Path(PLANTED_FILE).read_text().splitlines()[top.line - 1]
-    assert "bytes(1024)" in source_line
+    assert (top.file, top.line) == (str(COSTS), LEAK_LINE)
     assert top.growth > 1024 * 1024 and top.size >= top.growth
-    assert profiling.memory_summary(sites).startswith(f"growth: sitecustomize.py:{top.line} +")
+    assert profiling.memory_summary(sites).startswith(f"growth: {COSTS.name}:{LEAK_LINE} +")
 
 
 def test_tracing_is_off_after_the_report(planted_toy):

@@ -1,30 +1,15 @@
-"""Test-only: imported by Python at start-up when this folder is on PYTHONPATH, it gives toy-redis two
-commands with a known cost, so a profile can be checked against what it must show:
+"""Test-only: imported by Python at start-up when this folder is on PYTHONPATH (with tests/planted
+beside it, see tests.planted.pythonpath), it gives toy-redis two commands with a known cost, so a
+profile can be checked against what it must show:
 
     PLANTED.HOT <ms>     burns CPU in deliberate_hot_spot for that long
     PLANTED.LEAK <kb>    keeps that many KB more in deliberate_leak's list, for good
 
-Never installed on a node by a deploy: the profiling lab test uploads it for its own run only."""
+Never installed on a node by a deploy: the profiling lab test uploads it (and planted_costs.py) for
+its own run only."""
 
-import time
-
+from planted_costs import deliberate_hot_spot, deliberate_leak
 from toy_redis.commands.base import command, to_int
-
-_kept: list[bytes] = []
-
-
-def deliberate_hot_spot(seconds: float) -> int:
-    deadline = time.perf_counter() + seconds
-    spins = 0
-    while time.perf_counter() < deadline:
-        spins += 1
-    return spins
-
-
-def deliberate_leak(kilobytes: int) -> int:
-    for _ in range(kilobytes):
-        _kept.append(bytes(1024))
-    return len(_kept)
 
 
 @command("planted.hot", 2, "", group="server", summary="Test-only: burn CPU for <ms> milliseconds.")
