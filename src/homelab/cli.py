@@ -14,7 +14,7 @@
     homelab profile NODE SERVICE [--seconds 30] [--rate 100] [--native] [--idle] [--memory]
                                                  where toy-redis or the alert relay spends CPU time (py-spy):
                                                  a flame graph SVG and a speedscope file, top functions printed;
-                                                 --memory: toy-redis's top allocating lines (tracemalloc)
+                                                 --memory: the service's top allocating lines (tracemalloc)
     homelab backup [--to DIR]                    copy every service's state from the nodes into a dated folder
     homelab restore BACKUP [--node NODE]         check a backup's manifest, put it back, start the services
     homelab backup-timer [--install]             systemd units running `homelab backup` on a schedule
@@ -253,7 +253,7 @@ def add_profile(areas) -> None:
     profile.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     profile.add_argument("--idle", action="store_true", help="include idle threads' samples (py-spy --idle)")
     profile.add_argument("--memory", action="store_true",
-                         help="toy-redis's allocations instead (tracemalloc, on for --seconds only): the lines "
+                         help="the service's allocations instead (tracemalloc, on for --seconds only): the lines "
                               "that grew most and hold most")
     profile.add_argument("--format", dest="formats", action="append", choices=FORMATS,
                          help="what to write (repeatable; default: svg and speedscope; pprof: a .pb.gz for go tool pprof, Pyroscope)")

@@ -1,5 +1,5 @@
 """`homelab profile NODE SERVICE`: where a running toy-redis or alert relay spends its CPU time, and
-(`--memory`) where toy-redis's memory goes.
+(`--memory`) where its memory goes.
 
 py-spy (installed in the service's venv on the node with its other wheels, roles/python_app.py)
 attaches from outside as root over SSH, so the service's unit keeps its hardening and nothing runs
@@ -7,9 +7,11 @@ inside it. It records one speedscope file (every sample's stack, with file and l
 machine keeps that file for speedscope.app, draws a flame graph SVG from the same samples, and prints
 the functions that were on top of the stack most often.
 
-With `--memory`, the control machine asks toy-redis itself, over its RESP port with the vault's
-password (TLS when the access helper says so): TRACEMALLOC START for the seconds asked, REPORT at the
-end, STOP; the top allocating lines by growth and by size are printed and written as JSON.
+With `--memory`, the control machine asks the service itself for its allocation view
+(pprof_sampler.allocations): toy-redis over its RESP port with the vault's password (TLS when the
+access helper says so): TRACEMALLOC START for the seconds asked, REPORT at the end, STOP; the relay
+with one GET /debug/allocations?seconds=N behind its metrics login, which traces for those seconds
+and stops. The top allocating lines by growth and by size are printed and written as JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from homelab.maintenance import CommandError
 from pprof_sampler.encode import cpu_profile
 from homelab.ssh import ssh_argv
 from homelab.topology import Topology
-from toy_redis.allocations import Site
+from pprof_sampler.allocations import PATH as ALLOCATIONS_PATH
+from pprof_sampler.allocations import Site
 
 # The services `homelab profile` knows: topology role -> the role's PythonApp (venv, unit).
 PROFILED_ROLES = ("toy_redis", "alert_relay")
@@ -289,20 +292,45 @@ def allocations(client, seconds: int, sleep=time.sleep) -> list[Site]:
     return [Site(file.decode(errors="replace"), line, size, growth, count) for file, line, size, growth, count in rows]
 
 
-def memory(topology: Topology, request: Request, output_dir: Path) -> tuple[list[Path], str]:
+def relay_allocations(access, seconds: int) -> list[Site]:
+    """Trace an alert relay's allocations for ``seconds`` through its GET /debug/allocations
+    (``access``: homelab.access.Access of its listener, with the login); the relay stops by itself."""
+    response = access.get(ALLOCATIONS_PATH, params={"seconds": seconds, "sites": MEMORY_SITES},
+                          timeout=seconds + SSH_MARGIN_S)
+    if response.status_code != 200:
+        raise CommandError(f"{access.endpoint.host}: alert-relay answered {response.status_code}: "
+                           f"{response.text.strip()[:200]}")
+    return [Site(**site) for site in response.json()["sites"]]
+
+
+def _toy_redis_sites(topology: Topology, request: Request) -> list[Site]:
     import redis
 
-    check(topology, request)
-    if request.role != "toy_redis":
-        raise ConfigError("SERVICE", "", f"--memory: expected toy_redis (the relay has no allocation view yet), "
-                                         f"got {request.role!r}")
     client = toy_redis_client(topology, request.node)
     try:
-        sites = allocations(client, request.seconds)
+        return allocations(client, request.seconds)
     except redis.RedisError as exc:
         raise CommandError(f"{request.node}: toy-redis: {exc}") from None
     finally:
         client.close()
+
+
+def _relay_sites(topology: Topology, request: Request) -> list[Site]:
+    import requests
+
+    access = topology.access("alert_relay", request.node)
+    if access.auth is None:
+        raise ConfigError("NODE", "", f"--memory: {request.node}'s alert relay serves its allocation view only "
+                                      f"behind its login (pki.tls on for {request.node})")
+    try:
+        return relay_allocations(access, request.seconds)
+    except requests.RequestException as exc:
+        raise CommandError(f"{request.node}: alert-relay: {exc}") from None
+
+
+def memory(topology: Topology, request: Request, output_dir: Path) -> tuple[list[Path], str]:
+    check(topology, request)
+    sites = (_toy_redis_sites if request.role == "toy_redis" else _relay_sites)(topology, request)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"{request.node}-{request.role}-{time.strftime('%Y%m%dT%H%M%S')}.allocations.json"
     path.write_text(json.dumps([site.__dict__ for site in sites], indent=1))

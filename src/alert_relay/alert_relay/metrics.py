@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -29,6 +30,9 @@ HTTP_CONNECTIONS_CLOSED = Counter(
     "alert_relay_http_connections_closed", "Connections the relay closed on a peer, by reason", ["reason"])
 HTTP_CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "send_timeout", "evicted", "over_limit")
 LOGIN_CHECKS = Gauge("alert_relay_login_checks", "Logins of web_config_file waiting for or in their bcrypt check")
+ALLOCATION_TRACING = Gauge("alert_relay_allocation_tracing",
+                           "1 while tracemalloc traces allocations for GET /debug/allocations (off otherwise)")
+ALLOCATION_TRACING.set_function(tracemalloc.is_tracing)
 QUEUE_DEPTH = Gauge("alert_relay_queue_depth", "Messages waiting for delivery")
 DEAD_LETTERS = Gauge("alert_relay_dead_letters", "Messages given up on (see the dead_letters table)")
 

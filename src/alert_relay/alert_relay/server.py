@@ -41,6 +41,8 @@ from typing import Any, Callable
 
 import h11
 from pprof_sampler import PATH as PROFILE_PATH
+from pprof_sampler.allocations import PATH as ALLOCATIONS_PATH
+from pprof_sampler.allocations import AllocationEndpoint
 from pprof_sampler import ProfileEndpoint, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -594,6 +596,8 @@ class HttpConnection(asyncio.Protocol):
                     reply = Reply(200, await self.server.in_thread(generate_latest), CONTENT_TYPE_LATEST)
                 elif self.path == PROFILE_PATH and self.server.profiles:
                     reply = Reply(*await self.server.profiles.answer(self.query))
+                elif self.path == ALLOCATIONS_PATH and self.server.allocations:
+                    reply = Reply(*await self.server.allocations.answer(self.query))
                 else:
                     reply = Reply(404, {"error": "not found"})
             else:
@@ -714,6 +718,8 @@ class RelayServer:
         self.stopping = False
         # Continuous profiling (profiling_hz; RelayConfig refuses it without web_config_file's logins).
         self.profiles = ProfileEndpoint(Sampler(tuning.profiling_hz)) if tuning.profiling_hz else None
+        # The allocation view (`homelab profile --memory`), traced only while a logged-in GET asks.
+        self.allocations: AllocationEndpoint | None = None
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
         if web:
@@ -726,6 +732,8 @@ class RelayServer:
                                              family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.listener.setblocking(False)
         self.accepting = asyncio.get_running_loop().create_task(self._accept())
+        if self.web:
+            self.allocations = AllocationEndpoint()
         if self.profiles:
             self.profiles.sampler.start()
         return self.listener.getsockname()[:2]
@@ -801,6 +809,8 @@ class RelayServer:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop listening, close idle connections, let requests under way finish (up to grace_s)."""
         self.stopping = True
+        if self.allocations:
+            self.allocations.close()
         if self.accepting:
             self.accepting.cancel()
         if self.listener:

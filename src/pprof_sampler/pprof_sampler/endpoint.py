@@ -49,12 +49,17 @@ class ProfileEndpoint:
 
 def requested_seconds(query: str) -> int | None:
     """The query's `seconds` (DEFAULT_SECONDS if absent), or None if it is not 1..WINDOW_S."""
+    return query_number(query, "seconds", DEFAULT_SECONDS, WINDOW_S)
+
+
+def query_number(query: str, name: str, default: int | None, largest: int) -> int | None:
+    """The query's whole number ``name`` (``default`` if absent), or None if it is not 1..largest."""
     try:
         fields = parse_qs(query, max_num_fields=MAX_QUERY_FIELDS)
     except ValueError:
         return None
-    given = fields.get("seconds", [str(DEFAULT_SECONDS)])
-    if len(given) != 1 or not given[0].isascii() or not given[0].isdigit() or len(given[0]) > 4:
+    given = fields.get(name, [] if default is None else [str(default)])
+    if len(given) != 1 or not given[0].isascii() or not given[0].isdigit() or len(given[0]) > len(str(largest)):
         return None
-    seconds = int(given[0])
-    return seconds if 1 <= seconds <= WINDOW_S else None
+    number = int(given[0])
+    return number if 1 <= number <= largest else None

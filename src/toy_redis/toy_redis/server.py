@@ -14,8 +14,9 @@ from collections import deque
 from time import perf_counter
 from types import GeneratorType
 
+from pprof_sampler.allocations import AllocationTracing
+
 from . import __version__, errors, logs
-from .allocations import AllocationTracing
 from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import Config

@@ -7,8 +7,9 @@ import json
 import time
 from pathlib import Path
 
+from pprof_sampler.allocations import MAX_SECONDS, MAX_SITES
+
 from .. import errors, info, runtime_config
-from ..allocations import MAX_SECONDS, MAX_SITES
 from ..protocol import (
     OK,
     ReplyError,
