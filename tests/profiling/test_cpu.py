@@ -80,6 +80,10 @@ def test_an_idle_recording_says_so():
     (["nowhere", "toy_redis"], "NODE: expected a host of the inventory"),
     (["worker-node-12", "toy_redis", "--seconds", "0"], f"--seconds: expected 1..{profiling.MAX_SECONDS}, got 0"),
     (["worker-node-12", "toy_redis", "--rate", "5000"], f"--rate: expected 1..{profiling.MAX_RATE} samples"),
+    # The inventory's pki.tls is off: the relay has no login, so it serves no allocation view.
+    (["worker-node-14", "alert_relay", "--memory"], "NODE: --memory: worker-node-14's alert relay serves its "
+                                                     "allocation view only behind its login (pki.tls on for "
+                                                     "worker-node-14)"),
 ])
 def test_bad_arguments_get_one_line_before_anything_runs(argv, expected, capsys, monkeypatch):
     from homelab.cli import main
