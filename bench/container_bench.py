@@ -6,21 +6,21 @@ run directly, measured in the same run.
 2. Build times in a fresh private dockerd: cold (empty engine: base import and every layer; the
    debootstrap tree and the wheels are cached on the control machine, as after a first build) and
    warm (same inputs again, layer cache).
-3. redis-benchmark SET and GET, 50 clients, against the same toy-redis wheels and config, once in
-   its image with `docker run --network host --read-only` and once run directly the way a node's
-   systemd runtime does (Debian's python3, a venv installed from the same wheels). Alternating,
-   best of 5 each. Target: container >= 0.95x direct. Beside it, the server's own CPU time per
-   request in each runtime (median of the rounds): what the container itself costs, which the
-   machine's load does not move the way it moves rps on a shared 2-core box.
+3. redis-benchmark SET and GET against the same toy-redis wheels and config, once in its image
+   with `docker run --network host --read-only` and once run directly the way a node's systemd
+   runtime does (Debian's python3, a venv installed from the same wheels). Both servers run on one
+   core and redis-benchmark (few clients) on the other (toy_redis_common.pin); each round measures
+   both runtimes back to back, the first one alternating, and the target (container >= 0.95x
+   direct) is judged on the median of the per-round ratios, printed with their spread. Beside it,
+   the server's own CPU time per request in each runtime (median of the rounds): what the container
+   itself costs, which the machine's load does not move the way it moves rps.
 
-Run from the repo root as root: .venv/bin/python bench/container_bench.py [--requests N]
+Run from the repo root as root: .venv/bin/python bench/container_bench.py [--requests N] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import statistics
 import subprocess
@@ -38,7 +38,20 @@ from roles import toy_redis as redis_role
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from toy_redis_common import Server, answers_ping, free_port, process_cpu_seconds, ratio  # noqa: E402
+from toy_redis_common import (  # noqa: E402
+    CLIENT_CPU,
+    PINNED_CLIENTS,
+    SERVER_CPU,
+    Server,
+    answers_ping,
+    free_port,
+    pin,
+    pinned_benchmark,
+    process_cpu_seconds,
+    ratio,
+    ratio_verdict,
+    rotated_rounds,
+)
 
 TARGET = 0.95
 START_TIMEOUT_S = 30
@@ -53,19 +66,8 @@ def timed(action) -> tuple[float, object]:
 def cpu_per_request_us(pid: int, port: int, test: str, requests: int) -> tuple[float, float]:
     """redis-benchmark's rps, and the server's CPU microseconds per request meanwhile."""
     before = process_cpu_seconds(pid)
-    rps = benchmark(port, test, requests)
+    rps = pinned_benchmark(port, test, requests)
     return rps, (process_cpu_seconds(pid) - before) / requests * 1e6
-
-
-def benchmark(port: int, test: str, requests: int) -> float:
-    result = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-t", test.lower(), "-n", str(requests), "-c", "50", "--csv"],
-        capture_output=True, text=True, timeout=600,
-    )
-    if result.returncode != 0:
-        sys.exit(f"bench: redis-benchmark failed: {result.stderr[-2000:]}")
-    rows = list(csv.reader(io.StringIO(result.stdout)))
-    return {row[0]: float(row[1]) for row in rows[1:] if len(row) > 1}[test]
 
 
 def server_files(workdir: Path, uid: int, gid: int) -> tuple[redis_role.Settings, dict[str, Path]]:
@@ -94,9 +96,9 @@ def direct_config(settings: redis_role.Settings, folders: dict[str, Path]) -> Pa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200_000)
-    # The machine is shared and noisy: more alternating rounds make the best of each steadier.
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=50_000)
+    # The machine is shared and noisy: more rounds make the median ratio steadier.
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     spec = images.specs()["toy-redis"]
 
@@ -141,20 +143,23 @@ def main() -> int:
                 sys.exit(f"bench: toy-redis in its container did not answer PING within {START_TIMEOUT_S} s")
             container.reload()
             container_pid = container.attrs["State"]["Pid"]  # the server's process, as the host sees it
-            print(f"redis-benchmark, 50 clients, {args.requests} requests (rps, best of {args.rounds}, alternating;"
-                  f" server CPU µs/request, median)")
-            print(f"  {'test':<6}{'direct':>12}{'container':>12}{'ratio':>8}  target       "
-                  f"{'cpu direct':>10}{'container':>10}{'ratio':>8}")
+            pin(direct.process.pid)
+            pin(container_pid)
+            print(f"redis-benchmark, {PINNED_CLIENTS} clients on core {CLIENT_CPU}, servers on core {SERVER_CPU}, "
+                  f"{args.requests} requests per test, {args.rounds} rounds (rps: median; ratio: median of the "
+                  f"rounds' ratios, lowest-highest; server CPU µs/request: median)")
             for test in ("SET", "GET"):
-                ours, reference = [], []
-                for _ in range(args.rounds):
-                    reference.append(cpu_per_request_us(direct.process.pid, direct_settings.port, test, args.requests))
-                    ours.append(cpu_per_request_us(container_pid, container_settings.port, test, args.requests))
-                best, best_reference = max(rps for rps, _ in ours), max(rps for rps, _ in reference)
-                cpu, cpu_reference = (statistics.median(us for _, us in runs) for runs in (ours, reference))
-                verdict = "ok" if best / best_reference >= TARGET else "MISSED"
-                print(f"  {test:<6}{best_reference:>12,.0f}{best:>12,.0f}{ratio(best, best_reference):>8}"
-                      f"  >= {TARGET}x {verdict:<6}{cpu_reference:>10.1f}{cpu:>10.1f}{ratio(cpu, cpu_reference):>8}")
+                runs = rotated_rounds({
+                    "direct": lambda: cpu_per_request_us(direct.process.pid, direct_settings.port, test, args.requests),
+                    "container": lambda: cpu_per_request_us(container_pid, container_settings.port, test, args.requests),
+                }, args.rounds)
+                rps = {name: [each[0] for each in values] for name, values in runs.items()}
+                cpu = {name: statistics.median(each[1] for each in values) for name, values in runs.items()}
+                print(f"  {test}: direct {statistics.median(rps['direct']):,.0f} rps, container "
+                      f"{statistics.median(rps['container']):,.0f} rps: "
+                      f"{ratio_verdict(rps['container'], rps['direct'], TARGET)}; server CPU direct "
+                      f"{cpu['direct']:.1f} µs, container {cpu['container']:.1f} µs: "
+                      f"{ratio(cpu['container'], cpu['direct'])}")
         finally:
             direct.stop()
             container.remove(force=True)

@@ -5,14 +5,16 @@ redis-benchmark
   pauses the process for each sample); target: at least 0.9x;
 - with continuous profiling on (profiling_hz, the in-process sampler of src/pprof_sampler, at its
   highest rate unless --sampler-hz says otherwise); target: at least 0.95x;
-each against a toy-redis with no profiler, measured in the same run, in rotating order, best of 5.
-At the end the sampler's own profile is fetched (it must have seen the benchmark) and py-spy's
-sample counts are printed, so that "with a profiler" cannot be a run no profiler watched. Two
-figures that a loaded machine blurs less than requests per second come with them: the server's CPU
-time per request (the least of the rounds, from /proc) and the sampler's own share of the CPU its
-profile holds (its thread is profiled too).
+each against a toy-redis with no profiler, measured in the same run. The servers (and py-spy, whose
+CPU a node's service would share too) run on one core and redis-benchmark (few clients) on the other
+(toy_redis_common.pin); each round measures every arm back to back, the first arm rotating, and the
+target is judged on the median of the per-round ratios, printed with their spread. At the end the
+sampler's own profile is fetched (it must have seen the benchmark) and py-spy's sample counts are
+printed, so that "with a profiler" cannot be a run no profiler watched. Two figures that a loaded
+machine blurs less than requests per second come with them: the server's CPU time per request
+(median of the rounds, from /proc) and the sampler's own share of the CPU its profile holds.
 
-Run from the repo root: .venv/bin/python bench/profile_bench.py [--requests N] [--rate HZ] [--sampler-hz HZ]
+Run from the repo root: .venv/bin/python bench/profile_bench.py [--requests N] [--rounds N] [--rate HZ] [--sampler-hz HZ]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import gzip
 import json
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,25 +37,39 @@ from pprof_sampler.profile_pb2 import Profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from toy_redis_common import Server, free_port, ratio, stop_process  # noqa: E402
-from toy_redis_tls import benchmark  # noqa: E402
+from toy_redis_common import (  # noqa: E402
+    CLIENT_CPU,
+    PINNED_CLIENTS,
+    SERVER_CPU,
+    Server,
+    free_port,
+    pin,
+    pinned_benchmark,
+    ratio,
+    ratio_verdict,
+    rotated_rounds,
+    stop_process,
+)
 
-ROUNDS = 5
+ROUNDS = 7
 TESTS = ("set", "get")
 VARIANTS = ("off", "py-spy", "continuous")
+TARGETS = {"py-spy": 0.9, "continuous": 0.95}
 USER, PASSWORD = "bench", "bench-password"
 
 
 def rps(port: int, requests_per_test: int) -> dict[str, float]:
-    return {test: benchmark(port, False, Path(), test, requests_per_test, 1) for test in TESTS}
+    return {test: pinned_benchmark(port, test, requests_per_test) for test in TESTS}
 
 
 def start_toy(workdir: Path, name: str, *flags: str) -> tuple[Server, int]:
     port = free_port()
     folder = workdir / name
     folder.mkdir()
-    return Server("toy-redis", [sys.executable, "-m", "toy_redis", "--port", str(port), "--metrics-port", "0",
-                                "--log-file", str(folder / "toy-redis.log"), *flags], port, folder), port
+    server = Server("toy-redis", [sys.executable, "-m", "toy_redis", "--port", str(port), "--metrics-port", "0",
+                                  "--log-file", str(folder / "toy-redis.log"), *flags], port, folder)
+    pin(server.process.pid)
+    return server, port
 
 
 def metrics_port(server: Server) -> int:
@@ -65,7 +82,7 @@ def metrics_port(server: Server) -> int:
 
 def with_py_spy(py_spy: str, pid: int, rate: int, output: Path, run) -> int:
     """run() while py-spy records process ``pid``; the samples py-spy took."""
-    recorder = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "speedscope",
+    recorder = subprocess.Popen(["taskset", "--cpu-list", str(SERVER_CPU), py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "speedscope",
                                  "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run()
@@ -87,7 +104,8 @@ def cpu_s_by_leaf(profile: Profile) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=50000)
+    parser.add_argument("--requests", type=int, default=30000)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--rate", type=int, default=100, help="py-spy's samples a second")
     parser.add_argument("--sampler-hz", type=int, default=MAX_HZ, help="the in-process sampler's profiling_hz")
     args = parser.parse_args()
@@ -101,27 +119,28 @@ def main() -> None:
     profiled, profiled_port = start_toy(workdir, "continuous", "--profiling-hz", str(args.sampler_hz),
                                         "--metrics-users-file", str(users))
     samples: list[int] = []
-    best = {variant: dict.fromkeys(TESTS, 0.0) for variant in VARIANTS}
-    cpu_per_request = dict.fromkeys(VARIANTS, float("inf"))
-    try:
-        for round_number in range(ROUNDS * len(VARIANTS)):
-            # Rotating which goes first, so a warming or drifting machine favours none.
-            variant = VARIANTS[(round_number + round_number // len(VARIANTS)) % len(VARIANTS)]
+    cpu_per_request: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+
+    def arm(variant: str):
+        server, port = (profiled, profiled_port) if variant == "continuous" else (plain, plain_port)
+
+        def run() -> dict[str, float]:
             measured = {}
-            server, port = (profiled, profiled_port) if variant == "continuous" else (plain, plain_port)
 
             def measure() -> None:
                 cpu_before = server.cpu_seconds()
                 measured.update(rps(port, args.requests))
-                cpu_s = server.cpu_seconds() - cpu_before
-                cpu_per_request[variant] = min(cpu_per_request[variant], cpu_s / (args.requests * len(TESTS)))
+                cpu_per_request[variant].append((server.cpu_seconds() - cpu_before) / (args.requests * len(TESTS)))
 
             if variant == "py-spy":
                 samples.append(with_py_spy(py_spy, plain.process.pid, args.rate, workdir / "profile.json", measure))
             else:
                 measure()
-            for test, value in measured.items():
-                best[variant][test] = max(best[variant][test], value)
+            return measured
+        return run
+
+    try:
+        results = rotated_rounds({variant: arm(variant) for variant in VARIANTS}, args.rounds)
         response = requests.get(f"http://127.0.0.1:{metrics_port(profiled)}{PATH}?seconds={WINDOW_S}",
                                 auth=(USER, PASSWORD), timeout=30)
         response.raise_for_status()
@@ -135,15 +154,19 @@ def main() -> None:
     print(f"py-spy took {', '.join(map(str, samples))} samples in its {len(samples)} recordings; the in-process "
           f"sampler's last {WINDOW_S} s profile holds {sampled_s:.1f} s of CPU, {sampler_s / sampled_s:.1%} of it "
           f"the sampler's own")
+    print(f"redis-benchmark, {PINNED_CLIENTS} clients on core {CLIENT_CPU}, servers on core {SERVER_CPU}, "
+          f"{args.requests} requests per test, {args.rounds} rounds (rps: median; ratio: median of the rounds' "
+          f"ratios, lowest-highest)")
     for test in TESTS:
-        off = best["off"][test]
-        print(f"{test.upper()}: {off:.0f} rps without a profiler; {best['py-spy'][test]:.0f} with py-spy at "
-              f"{args.rate} Hz: {ratio(best['py-spy'][test], off)} (target >= 0.9x); {best['continuous'][test]:.0f} "
-              f"with continuous profiling at {args.sampler_hz} Hz: {ratio(best['continuous'][test], off)} "
-              f"(target >= 0.95x)")
-    us = {variant: value * 1e6 for variant, value in cpu_per_request.items()}
-    print(f"server CPU per request: {us['off']:.1f} us without a profiler, {us['continuous']:.1f} us with continuous "
-          f"profiling: {ratio(us['off'], us['continuous'])} as much work done per CPU second")
+        off = [measured[test] for measured in results["off"]]
+        print(f"{test.upper()}: {statistics.median(off):.0f} rps without a profiler")
+        for variant, label in (("py-spy", f"py-spy at {args.rate} Hz"),
+                               ("continuous", f"continuous profiling at {args.sampler_hz} Hz")):
+            ours = [measured[test] for measured in results[variant]]
+            print(f"  {label}: {statistics.median(ours):.0f} rps, {ratio_verdict(ours, off, TARGETS[variant])}")
+    us = {variant: statistics.median(values) * 1e6 for variant, values in cpu_per_request.items()}
+    print(f"server CPU per request (median): {us['off']:.1f} us without a profiler, {us['continuous']:.1f} us with "
+          f"continuous profiling: {ratio(us['off'], us['continuous'])} as much work done per CPU second")
 
 
 if __name__ == "__main__":

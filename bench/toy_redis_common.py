@@ -4,15 +4,19 @@ frames are handled as the tests handle them (tests/toy_redis/conftest.py)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import hiredis
 
@@ -150,3 +154,58 @@ def load_keys(port: int, count: int, key_size: int = 16, value_size: int = 32, p
 
 def ratio(ours: float, reference: float) -> str:
     return f"{ours / reference:.2f}x" if reference else "n/a"
+
+
+# Two arms compared on a 2-core box (profile_bench, container_bench): the server on one core and
+# redis-benchmark on the other, so neither takes the other's CPU (unpinned, the scheduler moved them
+# about and ratios swung ±30% within a run); few clients, so one core of redis-benchmark keeps the
+# server busy without queueing behind itself. Both arms run pinned the same way.
+SERVER_CPU = 0
+CLIENT_CPU = 1
+PINNED_CLIENTS = 8
+
+
+def pin(pid: int, cpu: int = SERVER_CPU) -> None:
+    """Every thread of process ``pid`` (and those it starts later) onto ``cpu``."""
+    if (os.cpu_count() or 1) <= max(SERVER_CPU, CLIENT_CPU):
+        sys.exit(f"bench: needs cores {SERVER_CPU} and {CLIENT_CPU} (server and load generator apart)")
+    subprocess.run(["taskset", "--all-tasks", "--cpu-list", "--pid", str(cpu), str(pid)], check=True,
+                   capture_output=True)
+
+
+def pinned_benchmark(port: int, test: str, requests: int, clients: int = PINNED_CLIENTS) -> float:
+    """redis-benchmark's requests per second for ``test`` (SET, GET), run on CLIENT_CPU."""
+    result = subprocess.run(
+        ["taskset", "--cpu-list", str(CLIENT_CPU), "redis-benchmark", "-p", str(port), "-t", test.lower(),
+         "-n", str(requests), "-c", str(clients), "--csv"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        sys.exit(f"bench: redis-benchmark failed: {result.stderr[-2000:]}")
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    return {row[0]: float(row[1]) for row in rows[1:] if len(row) > 1}[test.upper()]
+
+
+def rotated_rounds(arms: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
+    """Each round runs every arm once, back to back, the first arm rotating from round to round,
+    so a warming or drifting machine favours none; each arm's results, round by round."""
+    names = list(arms)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        for name in names[round_number % len(names):] + names[:round_number % len(names)]:
+            results[name].append(arms[name]())
+    return results
+
+
+def paired_ratio(ours: list[float], reference: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the per-round ratios ours/reference: each ratio compares two
+    runs a few seconds apart, so the machine's slow drift cancels out of it."""
+    ratios = [mine / theirs for mine, theirs in zip(ours, reference, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def ratio_verdict(ours: list[float], reference: list[float], target: float) -> str:
+    """'0.97x (0.91-1.02 over 7 rounds) >= 0.95x: met' — judged on the median."""
+    median, lowest, highest = paired_ratio(ours, reference)
+    return (f"{median:.2f}x ({lowest:.2f}-{highest:.2f} over {len(ours)} rounds) "
+            f"target >= {target}x: {'met' if median >= target else 'MISSED'}")
