@@ -327,6 +327,8 @@ def test_a_command_working_in_slices_is_timed_until_its_last_slice(r):
         r.mset({f"slice:{i}": "x" for i in range(start, start + 10_000)})
     r.config_set("slowlog-log-slower-than", "1000")
     assert len(r.keys("slice:*")) == 100_000
+    # On a loaded machine any command may pass the 1 ms bar too: look for KEYS's own entry.
+    logged = [entry for entry in r.slowlog_get(128) if entry["command"].startswith(b"KEYS")]
+    assert len(logged) == 1 and logged[0]["duration"] >= 1000, logged
     stats = r.info("commandstats")["cmdstat_keys"]
     assert stats["calls"] == 1 and stats["usec"] >= 1000, stats
-    assert r.slowlog_get(1)[0]["command"].startswith(b"KEYS")
