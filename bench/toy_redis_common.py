@@ -163,7 +163,7 @@ def ratio(ours: float, reference: float) -> str:
 SERVER_CPU = 0
 CLIENT_CPU = 1
 PINNED_CLIENTS = 8
-# Highest over lowest per-round ratio beyond which a run's median judges nothing.
+# Upper over lower quartile of the per-round ratios beyond which a run's median judges nothing.
 MAX_SPREAD = 1.25
 
 
@@ -200,16 +200,18 @@ def rotated_rounds(arms: dict[str, Callable[[], Any]], rounds: int) -> dict[str,
 
 
 def paired_ratio(ours: list[float], reference: list[float]) -> tuple[float, float, float]:
-    """(median, lowest, highest) of the per-round ratios ours/reference: each ratio compares two
-    runs a few seconds apart, so the machine's slow drift cancels out of it."""
+    """(median, lower quartile, upper quartile) of the per-round ratios ours/reference: each ratio
+    compares two runs a few seconds apart, so the machine's slow drift cancels out of it; quartiles
+    rather than extremes, since one round in which other work landed on a core says nothing."""
     ratios = [mine / theirs for mine, theirs in zip(ours, reference, strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    lower, median, upper = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, lower, upper
 
 
 def ratio_verdict(ours: list[float], reference: list[float], target: float) -> str:
-    """'0.97x (0.91-1.02 over 7 rounds) target >= 0.95x: met', judged on the median; when the rounds
-    disagree by more than MAX_SPREAD (other work on the machine moved them), no verdict is given."""
-    median, lowest, highest = paired_ratio(ours, reference)
-    verdict = ("not judgeable here: the rounds disagree by more than " f"{MAX_SPREAD}x" if highest > MAX_SPREAD * lowest
+    """'0.97x (quartiles 0.91-1.02 of 15 rounds) target >= 0.95x: met', judged on the median; when the
+    quartiles lie more than MAX_SPREAD apart (other work on the machine moved the rounds), no verdict."""
+    median, lower, upper = paired_ratio(ours, reference)
+    verdict = (f"not judgeable here: quartiles more than {MAX_SPREAD}x apart" if upper > MAX_SPREAD * lower
                else "met" if median >= target else "MISSED")
-    return f"{median:.2f}x ({lowest:.2f}-{highest:.2f} over {len(ours)} rounds) target >= {target}x: {verdict}"
+    return f"{median:.2f}x (quartiles {lower:.2f}-{upper:.2f} of {len(ours)} rounds) target >= {target}x: {verdict}"
