@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import pytest
 import requests
 
 from tests.flooder import Flooder
-from toy_redis.metrics import METRICS_LISTEN_BACKLOG, REQUEST_TIMEOUT_S
+from toy_redis.metrics import METRICS_LISTEN_BACKLOG, METRICS_MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
 from .certs import Authority
 from .conftest import RawClient, ToyRedis, free_port
@@ -71,6 +72,60 @@ def test_metrics_over_tls_with_a_login(tmp_path):
         assert requests.get(url, verify=ca, auth=(USER, PASSWORD), timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def login_headers(password: str = PASSWORD) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()}
+
+
+def test_a_scraper_with_the_login_keeps_its_connection_between_scrapes(tmp_path):
+    """Keep-alive: the scraper's TLS handshake is paid once, not at every scrape (the server says
+    keep-alive and answers the next request on the same socket); a request asking to close, one
+    announcing a body (which the endpoint does not read) and a refused login close it."""
+    authority = Authority(tmp_path / "pki")
+    cert = authority.issue("server", "node", server=True)
+    server = ToyRedis(tmp_path, "--port", "0", "--tls-port", str(free_port()), "--tls-cert-file", str(cert.cert),
+                      "--tls-key-file", str(cert.key), "--tls-auth-clients", "no",
+                      "--metrics-users-file", str(users_file(tmp_path))).start()
+    context = ssl.create_default_context(cafile=str(authority.pair.cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", server.metrics_port, timeout=10, context=context)
+    try:
+        sockets = []
+        for _ in range(3):
+            connection.request("GET", "/metrics", headers=login_headers())
+            response = connection.getresponse()
+            assert response.status == 200 and b"toy_redis_connected_clients" in response.read()
+            assert response.getheader("Connection") == "keep-alive"
+            sockets.append(connection.sock)
+        assert sockets[0] is sockets[1] is sockets[2] is not None
+        for headers, status in (({**login_headers(), "Connection": "close"}, 200),
+                                ({**login_headers(), "Content-Length": "0"}, 200), (login_headers("wrong"), 401)):
+            connection.request("GET", "/metrics", headers=headers)
+            response = connection.getresponse()
+            assert response.status == status and response.getheader("Connection") == "close", headers
+            response.read()
+            assert connection.sock is None  # http.client drops a connection the server closes
+    finally:
+        connection.close()
+        server.stop()
+
+
+def test_idle_kept_connections_make_room_for_a_new_scrape(toy_with_logins):
+    """Every slot held by a kept-alive connection with the login, idle: a new scraper still gets
+    its metrics (the longest idle is pushed out), and the others stay usable."""
+    port = toy_with_logins.metrics_port
+    kept = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(METRICS_MAX_CONNECTIONS)]
+    try:
+        for connection in kept:
+            connection.request("GET", "/metrics", headers=login_headers())
+            assert connection.getresponse().read() and connection.sock is not None
+        assert scrape(port, REQUEST_TIMEOUT_S) == 200
+        kept[-1].request("GET", "/metrics", headers=login_headers())
+        last = kept[-1].getresponse()
+        assert last.status == 200 and last.read()
+    finally:
+        for connection in kept:
+            connection.close()
 
 
 def test_wrong_passwords_do_not_stall_other_clients(tmp_path):

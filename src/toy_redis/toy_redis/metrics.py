@@ -108,6 +108,11 @@ METRICS_LISTEN_BACKLOG = 100
 # take the reply.
 REQUEST_TIMEOUT_S = 10
 REQUEST_LIMIT = 16384
+# A connection whose request carried a login stays open for its next request this long (HTTP/1.1
+# keep-alive), so a scraper pays the TCP and TLS handshakes once, not at every scrape: longer than
+# Prometheus's default scrape interval (1m), shorter than its client's idle timeout (5m). While it
+# waits, it is the first to go when a new connection finds every slot taken (see Slots).
+KEEPALIVE_IDLE_S = 90
 
 
 UNAUTHORIZED = (b"401 Unauthorized", b"log in to read the metrics\n", b"text/plain")
@@ -117,23 +122,32 @@ class Slots:
     """Who holds the endpoint's METRICS_MAX_CONNECTIONS connections.
 
     A connection is unproven until its request carried a login that matched (or, without logins,
-    until its request is read); then it is trusted and only its own timeouts end it. When a new
-    connection finds every slot taken, an unproven one is pushed out as crowd.Unproven chooses,
-    its task cancelled (so a bcrypt check it queued is dropped); if every slot is trusted, the
-    new one is closed. So peers without a login can push out only one another, and a scraper is
-    never pushed out by a flood from other addresses, however fast it connects."""
+    until its request is read); then it is trusted and only its own timeouts end it, except while
+    it waits idle for its next request (keep-alive). When a new connection finds every slot taken,
+    an unproven one is pushed out as crowd.Unproven chooses, its task cancelled (so a bcrypt check
+    it queued is dropped); failing that, the trusted one idle the longest (its client reconnects
+    when it scrapes next); if every slot is busy and trusted, the new one is closed. So peers
+    without a login can push out only one another and idle connections, and a scraper's request
+    is never cut off by a flood from other addresses, however fast it connects."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.unproven = Unproven()
         self.trusted: set[asyncio.Task] = set()
+        # Trusted connections waiting for their next request, longest waiting first.
+        self.idle: dict[asyncio.Task, None] = {}
 
     def admit(self, address: str, task: asyncio.Task) -> bool:
         if self.unproven.count + len(self.trusted) >= self.capacity:
             pushed_out = self.unproven.push_out()
-            if pushed_out is None:
+            if pushed_out is not None:
+                pushed_out[1].cancel()
+            elif self.idle:
+                idle = next(iter(self.idle))
+                self.release_task(idle)
+                idle.cancel()
+            else:
                 return False
-            pushed_out[1].cancel()
         self.unproven.add(address, task)
         return True
 
@@ -141,9 +155,20 @@ class Slots:
         if self.unproven.discard(address, task):
             self.trusted.add(task)
 
+    def waiting(self, task: asyncio.Task, idle: bool) -> None:
+        """A trusted connection starts (idle) or ends waiting for its next request."""
+        if not idle:
+            self.idle.pop(task, None)
+        elif task in self.trusted:
+            self.idle[task] = None
+
+    def release_task(self, task: asyncio.Task) -> None:
+        self.trusted.discard(task)
+        self.idle.pop(task, None)
+
     def release(self, address: str, task: asyncio.Task) -> None:
         self.unproven.discard(address, task)
-        self.trusted.discard(task)
+        self.release_task(task)
 
 
 class BasicAuth:
@@ -261,8 +286,11 @@ class MetricsListener:
         writer = None
         try:
             reader = asyncio.StreamReader(limit=REQUEST_LIMIT)
-            transport, protocol = await self.loop.connect_accepted_socket(
-                lambda: asyncio.StreamReaderProtocol(reader), sock, ssl=self.ssl,
+            # Ours, not what connect_accepted_socket returns: with uvloop and TLS that is its
+            # SSLProtocol, which a StreamWriter cannot wait on (drain).
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await self.loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl.current() if self.ssl else None,
                 ssl_handshake_timeout=REQUEST_TIMEOUT_S if self.ssl else None)
             writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
             await self.answer(reader, writer, address, task)
@@ -285,11 +313,34 @@ class MetricsListener:
                     sock.shutdown(socket.SHUT_RDWR)
 
     async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, task) -> None:
-        """One request: GET /metrics (or HEAD), or the CPU profile when profiling is on, with one of the
-        logins when there are any."""
+        """The connection's requests, one after another (keep-alive) until one is refused, asks to
+        close, or none comes within KEEPALIVE_IDLE_S: GET /metrics (or HEAD), or the CPU profile when
+        profiling is on, each with one of the logins when there are any."""
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
+        while True:
+            keep_open = await self.answer_one(request, writer, address, task)
+            if not keep_open:
+                writer.close()
+                # Until the client has taken the reply (a client that never reads is cut off).
+                await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
+                return
+            await asyncio.wait_for(writer.drain(), timeout=REQUEST_TIMEOUT_S)
+            self.slots.waiting(task, idle=True)
+            try:
+                # The next request's first byte may take up to KEEPALIVE_IDLE_S; then its headers
+                # have REQUEST_TIMEOUT_S, as a new connection's have.
+                first = await asyncio.wait_for(reader.readexactly(1), timeout=KEEPALIVE_IDLE_S)
+            except asyncio.IncompleteReadError:
+                return  # the client closed it: the usual end
+            finally:
+                self.slots.waiting(task, idle=False)
+            request = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_S)
+
+    async def answer_one(self, request: bytes, writer: asyncio.StreamWriter, address: str, task) -> bool:
+        """Answer one request; whether the connection stays open for another."""
         method, _, rest = request.partition(b" ")
-        path, _, query = rest.split(b" ", 1)[0].partition(b"?")
+        target, _, version = rest.partition(b" ")
+        path, _, query = target.partition(b"?")
         authorized = self.auth is None or await self.auth.allows(request, address)
         if authorized:
             self.slots.trust(address, task)
@@ -304,21 +355,33 @@ class MetricsListener:
             status, ctype = b"%d %s" % (code, HTTPStatus(code).phrase.encode()), content_type.encode()
         else:
             status, body, ctype = b"404 Not Found", b"metrics are at /metrics\n", b"text/plain"
+        # Kept open only after an answered GET or HEAD of an HTTP/1.1 client that did not ask to
+        # close and sent no body (this endpoint reads none: its bytes would be taken for a request).
+        keep_open = (status[:3] in (b"200", b"404") and version.split(b"\r\n", 1)[0] == b"HTTP/1.1"
+                     and not _must_close(request))
         challenge = b"\r\nWWW-Authenticate: Basic realm=\"toy-redis\"" if status == UNAUTHORIZED[0] else b""
         writer.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + challenge
-            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + b"\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n" % (len(body), b"keep-alive" if keep_open else b"close")
             + (body if method != b"HEAD" else b"")
         )
-        writer.close()
-        # Until the client has taken the reply (a client that never reads is cut off).
-        await asyncio.wait_for(writer.wait_closed(), timeout=REQUEST_TIMEOUT_S)
+        return keep_open
+
+
+def _must_close(request: bytes) -> bool:
+    """Whether the request asks to close (Connection: close) or announces a body."""
+    for line in request.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if (name == b"connection" and b"close" in value.lower()) or name in (b"content-length", b"transfer-encoding"):
+            return True
+    return False
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=None,
                         users: dict[str, bytes] | None = None, profiling_hz: int = 0) -> MetricsListener:
-    """Minimal HTTP/1.1 endpoint: GET /metrics, one request per connection, over TLS when `ssl`
-    (an ssl.SSLContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
+    """Minimal HTTP/1.1 endpoint: GET /metrics, keep-alive for clients with the login, over TLS when `ssl`
+    (a tls.ReloadingContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
     With `profiling_hz`, a Sampler runs at that rate and GET /debug/pprof/profile serves its profiles
     (config.read_metrics_users refuses profiling without logins)."""
     sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
