@@ -255,3 +255,23 @@ def test_login_checks_whose_clients_left_are_dropped(make_relay, tls_files):
     assert time.monotonic() - started < 5
     refused = metric(scrape(relay, tls_files)[2], 'alert_relay_rejected_requests_total{reason="unauthorized"}')
     assert refused < guesses // 2, f"{refused} guesses were checked after their clients left"
+
+
+def test_a_scraper_keeps_its_tls_connection_and_each_scrape_is_answered_at_once(tls_relay, tls_files):
+    """Keep-alive over TLS: every request on the one connection is answered (with high=0 write
+    limits asyncio's TLS transport stayed paused after an answer, and every other request on a
+    kept connection waited for the client's timeout)."""
+    context = ssl.create_default_context(cafile=str(tls_files / "ca.crt"))
+    port = int(tls_relay.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    login = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    try:
+        sockets = set()
+        for _ in range(6):
+            connection.request("GET", "/metrics", headers={"Authorization": "Basic " + login})
+            response = connection.getresponse()
+            assert response.status == 200 and b"alert_relay_queue_depth" in response.read()
+            sockets.add(id(connection.sock))
+        assert len(sockets) == 1
+    finally:
+        connection.close()

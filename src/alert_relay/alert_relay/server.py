@@ -399,8 +399,11 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # Pause as soon as anything is left unsent: a peer that does not read is timed out
-        # instead of growing our buffer with pipelined answers.
-        self.transport.set_write_buffer_limits(high=0)
+        # instead of growing our buffer with pipelined answers. high=1, not 0: asyncio's TLS
+        # transport pauses when its buffer holds >= high bytes (sslproto._control_app_writing), so
+        # 0 paused after every answer, even one sent whole, and resumed only on the next socket
+        # event: a kept-alive connection's next request then waited for the client's timeout.
+        self.transport.set_write_buffer_limits(high=1)
         if self.closing:  # pushed out as its handshake ended
             self.transport.abort()
             return
@@ -416,7 +419,7 @@ class HttpConnection(asyncio.Protocol):
         web = self.server.web
         try:
             await loop.connect_accepted_socket(lambda: self, sock, **(
-                {"ssl": web.ssl, "ssl_handshake_timeout": self.tuning.header_timeout_s} if web else {}))
+                {"ssl": web.tls.current(), "ssl_handshake_timeout": self.tuning.header_timeout_s} if web else {}))
         except (OSError, asyncio.TimeoutError):
             pass  # a failed or late handshake: dropped (ssl.SSLError is an OSError)
         except asyncio.CancelledError:
