@@ -39,8 +39,6 @@ CERT_FILE = f"{TLS_DIR}/node.crt"
 KEY_FILE = f"{TLS_DIR}/node.key"
 GROUP = "homelab-tls"
 EXPIRY_METRICS = "homelab_tls.prom"
-# host name -> this run's operations writing its certificate and key (certificate_changes()).
-_ISSUED: dict[str, list] = {}
 
 
 class Settings(StrictModel):
@@ -62,12 +60,6 @@ class Settings(StrictModel):
             raise FieldError("rotation_margin", f"expected shorter than cert_lifetime ({self.cert_lifetime}), "
                                                 f"got {self.rotation_margin}")
         return self
-
-
-def certificate_changes() -> list:
-    """This host's operations (if any) putting a new certificate and key in place this run: a
-    service that reads them only at start (the relay, toy-redis) restarts when one changed."""
-    return _ISSUED.get(host.name, [])
 
 
 def lifetime(duration: str) -> timedelta:
@@ -110,11 +102,12 @@ def apply() -> None:
     reason = ca.renewal_reason(cert_pem, host.name, topology.address(host.name), margin)
     if reason:
         issued = ca.issue(host.name, topology.address(host.name), lifetime(settings.cert_lifetime))
-        _ISSUED[host.name] = [
-            private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
-                         content=BytesIO(issued.key), group=GROUP, mode="0640"),
-            files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
-                      user="root", group="root", mode="0644")]
+        # No service restarts for it: exporter-toolkit rereads both files per handshake, toy-redis
+        # and the relay when they changed (their ReloadingContext), so a rotation misses no scrape.
+        private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
+                     content=BytesIO(issued.key), group=GROUP, mode="0640")
+        files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
+                  user="root", group="root", mode="0644")
         cert_pem = issued.cert
     else:
         # Keep the key's owner and mode right even when the certificate stays.

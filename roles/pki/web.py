@@ -136,7 +136,8 @@ def checked_web_config(dest: str, content: BytesIO, group: str):
 @dataclass(frozen=True)
 class WrittenWebConfig:
     path: str
-    # What a service reading the file and the certificate only at start restarts for.
+    # What a service reading the file's logins only at start restarts for (the certificate it
+    # reloads when its files change: toy-redis's and the relay's ReloadingContext).
     changes: tuple
 
 
@@ -144,8 +145,6 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     """In ``role``'s apply on this host: write its web config when pki.tls is on (``service_user``
     joins GROUP to read the node's key); None with TLS off. Our own services (the relay,
     toy-redis) read the same file as exporter-toolkit does."""
-    from roles.pki import certificate_changes
-
     topology = current_topology()
     web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
     if not secured(topology, role, host.name, web):
@@ -159,7 +158,7 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
                 groups=[GROUP], append=True, ensure_home=False)
     written = checked_web_config(name=f"{role} web config {path} (TLS, logins)", dest=path,
                                  content=BytesIO(text.encode()), group=service_user)
-    return WrittenWebConfig(path, (written, *certificate_changes()))
+    return WrittenWebConfig(path, (written,))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ appear inside that folder for the reopened log to be writable.
 
 With pki.tls on, RESP is served over TLS on `port` (plain only on `plain_port`, if set) with the node's certificate
 from roles/pki, and the metrics over https asking for the logins of the web config roles/pki
-writes; a new certificate or login restarts the server (it reads them at start).
+writes; a new login restarts the server (it reads them at start), a new certificate does not (the
+server loads it for new connections when its files change).
 
 On a host whose data says `runtime = "container"` the server runs from its image instead
 (roles/container_runtime): same unit name, config, password file, data and log folders and ports;
@@ -222,7 +223,7 @@ def apply() -> None:
     files.file(name="toy-redis log file", path=LOG_FILE, user=APP.service, group=LOG_GROUP, mode="0640")
     files.link(name=f"{LOG_LINK} points at the log", path=LOG_LINK, target=LOG_FILE.removeprefix("/var/log/"))
 
-    # toy-redis reads its certificate and logins at start only.
+    # toy-redis reads its logins at start only (its certificate whenever the files change).
     changes = [config, unit, password, *(web.changes if web else ())]
     if runtime == "container":
         container_runtime.running(boxed, "toy_redis", [installed, *changes])

@@ -257,6 +257,42 @@ def test_login_checks_whose_clients_left_are_dropped(make_relay, tls_files):
     assert refused < guesses // 2, f"{refused} guesses were checked after their clients left"
 
 
+def served_serial(url: str) -> int:
+    """The serial of the certificate a new TLS handshake with the relay presents (not verified:
+    the test swaps in certificates of other CAs)."""
+    from cryptography import x509
+
+    port = int(url.rsplit(":", 1)[1])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(tls_relay, tls_files):
+    """As a deploy rotates the node's certificate (roles/pki: the key replaced first, then the
+    certificate): until both match, new handshakes keep the old certificate, then get the new one;
+    the relay neither restarts nor stops answering."""
+    from cryptography import x509
+
+    def serial(pem: bytes) -> int:
+        return x509.load_pem_x509_certificate(pem).serial_number
+
+    old = (tls_files / "node.crt").read_bytes()
+    assert served_serial(tls_relay.url) == serial(old)
+    new = ClusterCA(create_ca("relay test CA", timedelta(hours=1))).issue("relay", "127.0.0.1", timedelta(hours=1))
+    staged = tls_files / "staged"
+    staged.write_bytes(new.key)
+    os.replace(staged, tls_files / "node.key")
+    assert served_serial(tls_relay.url) == serial(old)
+    staged.write_bytes(new.cert)
+    os.replace(staged, tls_files / "node.crt")
+    assert served_serial(tls_relay.url) == serial(new.cert)
+    assert tls_relay.process.poll() is None
+    assert [e["event"] for e in tls_relay.events() if e["event"].startswith("tls_re")] == ["tls_reload_failed",
+                                                                                            "tls_reloaded"]
+
+
 def test_a_scraper_keeps_its_tls_connection_and_each_scrape_is_answered_at_once(tls_relay, tls_files):
     """Keep-alive over TLS: every request on the one connection is answered (with high=0 write
     limits asyncio's TLS transport stayed paused after an answer, and every other request on a

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -225,5 +226,57 @@ def test_container_healthcheck_pings_over_tls_when_the_plain_port_is_off(tmp_pat
     try:
         # Where a client certificate is asked for, the server's own serves (a node's is for both uses).
         assert healthcheck.main(["toy-redis", str(config)]) == 0
+    finally:
+        server.stop()
+
+
+def served_serial(port: int, ca) -> int:
+    """The serial of the certificate a new TLS handshake on ``port`` presents."""
+    from cryptography import x509
+
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def serial_of(pair) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pair.cert.read_bytes()).serial_number
+
+
+def test_a_rotated_certificate_is_served_to_new_connections_without_a_restart(tmp_path):
+    """As a deploy rotates the node's certificate (roles/pki: the key replaced first, then the
+    certificate): until both match, new handshakes keep the old certificate; then RESP and the
+    metrics present the new one, the process and its open connections living on."""
+    authority = Authority(tmp_path / "pki")
+    first = authority.issue("first", "worker-node-12", server=True)
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "node.crt", live / "node.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    server = tls_server(tmp_path, {"ca": authority.pair, "server": type(first)(cert, key)}, "--tls-auth-clients", "no")
+    try:
+        pid = server.process.pid
+        with redis.Redis(port=server.tls_port, ssl=True, ssl_ca_certs=str(authority.pair.cert), password=PASSWORD,
+                         socket_timeout=10) as open_client:
+            assert open_client.ping()
+            assert served_serial(server.tls_port, authority.pair) == serial_of(first)
+            second = authority.issue("second", "worker-node-12", server=True)
+            staged = live / "staged"
+            shutil.copy(second.key, staged)
+            os.replace(staged, key)  # the new key, its certificate not yet in place
+            for port in (server.tls_port, server.metrics_port):
+                assert served_serial(port, authority.pair) == serial_of(first)
+            shutil.copy(second.cert, staged)
+            os.replace(staged, cert)
+            for port in (server.tls_port, server.metrics_port):
+                assert served_serial(port, authority.pair) == serial_of(second)
+            assert open_client.ping()
+        assert server.process.pid == pid and server.process.poll() is None
+        events = [line for line in server.log_file.read_text().splitlines() if '"tls_re' in line]
+        assert len(events) == 2 and '"tls_reload_failed"' in events[0] and '"tls_reloaded"' in events[1], events
     finally:
         server.stop()

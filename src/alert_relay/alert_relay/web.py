@@ -6,7 +6,8 @@ With `web_config_file` set, the relay reads the file Prometheus's own exporters 
     tls_server_config: {cert_file: ..., key_file: ...}
     basic_auth_users: {prometheus: <bcrypt hash>, blackbox: <bcrypt hash>, ...}
 
-It then serves TLS only (TLS 1.2 or later) with that certificate, and GET /metrics and /healthz
+It then serves TLS only (TLS 1.2 or later) with that certificate (reloaded for new connections when
+its files change: ReloadingContext), and GET /metrics and /healthz
 ask for one of those logins (401 with a `WWW-Authenticate: Basic` challenge otherwise). The
 webhooks keep their own credentials: Alertmanager's bearer token and FAX.PLUS's path token, since
 a webhook sender presents one credential and those are already checked before any body is read.
@@ -18,6 +19,8 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
+import os
 import re
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +35,12 @@ KEY = "web_config_file"
 BCRYPT_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
 # exporter-toolkit's keys this reads; any other key is refused rather than silently ignored.
 KNOWN = {"tls_server_config": {"cert_file", "key_file", "min_version"}, "basic_auth_users": None}
+log = logging.getLogger("alert_relay")
 
 
 @dataclass
 class WebConfig:
-    ssl: ssl.SSLContext
+    tls: ReloadingContext
     logins: Logins = field(repr=False)
 
 
@@ -65,6 +69,12 @@ def load_web_config(config_path: str | Path, path: str) -> WebConfig:
     for name, hashed in users.items():
         if not isinstance(name, str) or not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
             raise fail(f"basic_auth_users: {name}: expected a bcrypt hash such as $2y$10$...")
+    context = tls_context(tls, fail)
+    return WebConfig(ReloadingContext(tls, fail, context),
+                     Logins({name: hashed.encode() for name, hashed in users.items()}))
+
+
+def tls_context(tls: dict, fail) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.get("min_version") == "TLS13" else ssl.TLSVersion.TLSv1_2
     try:
@@ -72,7 +82,46 @@ def load_web_config(config_path: str | Path, path: str) -> WebConfig:
     except (OSError, ssl.SSLError) as exc:
         raise fail(f"tls_server_config: cannot load cert_file and key_file "
                    f"({getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc})") from None
-    return WebConfig(context, Logins({name: hashed.encode() for name, hashed in users.items()}))
+    return context
+
+
+class ReloadingContext:
+    """The TLS context of tls_server_config, made anew when its cert_file or key_file changed on
+    disk, as exporter-toolkit rereads them: a deploy rotating the node's certificate (roles/pki)
+    replaces both, and new handshakes then present the new certificate without a restart (which
+    would drop queued webhooks' connections and miss a scrape); open connections keep theirs.
+
+    Each new connection compares the files' stat with the loaded ones' (two stat calls, small beside
+    a handshake). A pair that cannot be loaded (the new key in place, its certificate not yet) leaves
+    the context in use and is logged once; the next change of either file is tried."""
+
+    def __init__(self, tls: dict, fail, context: ssl.SSLContext):
+        self.tls, self.fail, self.context = tls, fail, context
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple:
+        stamps = []
+        for path in (self.tls["cert_file"], self.tls["key_file"]):
+            try:
+                status = os.stat(path)
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
+        return tuple(stamps)
+
+    def current(self) -> ssl.SSLContext:
+        stamp = self._stamp()
+        if stamp != self.stamp:
+            # Stamped before reading: a file replaced meanwhile is read again at the next connection.
+            self.stamp = stamp
+            try:
+                self.context = tls_context(self.tls, self.fail)
+            except ConfigFileError as exc:
+                log.warning("tls_reload_failed", extra={"fields": {"error": str(exc)}})
+            else:
+                log.info("tls_reloaded", extra={"fields": {"cert_file": self.tls["cert_file"]}})
+        return self.context
 
 
 class Logins:

@@ -21,7 +21,7 @@ from .config import (
     read_password,
     validate,
 )
-from .tls import server_context
+from .tls import reloading_context, server_context
 
 EXIT_BAD_CONFIG = 2
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         password = read_password(config, source)
         metrics_users = read_metrics_users(config, source)
         check_listeners(config, source)
-        tls = server_context(config, source)
+        tls = reloading_context(config, source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -25,7 +25,7 @@ from .crowd import Unproven
 from .keyspace import Keyspace
 from .metrics import LATENCY_BUCKETS, make_registry, serve_metrics
 from .protocol import ReplyError, encode, error_line
-from .tls import listen_tls
+from .tls import ReloadingContext, listen_tls
 
 REDIS_VERSION = "7.0.15"
 FIRST_BUCKET = LATENCY_BUCKETS[0]
@@ -59,11 +59,11 @@ TRIM_AFTER_FREED_BYTES = 16 * 1024 * 1024
 
 class Server:
     def __init__(self, config: Config, config_file: str | None = None, requirepass: bytes | None = None,
-                 tls: ssl.SSLContext | None = None, metrics_users: dict[str, bytes] | None = None):
+                 tls: ReloadingContext | None = None, metrics_users: dict[str, bytes] | None = None):
         self.config = config
         # The metrics endpoint's logins (config.read_metrics_users): name -> bcrypt hash.
         self.metrics_users = metrics_users
-        # The TLS listeners' context (tls.server_context), made by the caller so a bad file stops the start.
+        # The TLS listeners' context (tls.reloading_context), made by the caller so a bad file stops the start.
         self.tls = tls
         # Read from config.requirepass_file by the caller; never part of the settings themselves.
         self.requirepass = requirepass
