@@ -10,7 +10,6 @@ deploy's output, in a command line, in the journal or in a file others may read 
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import subprocess
@@ -32,13 +31,13 @@ from homelab.topology import CONTROL, METRICS_PATH, ROLES
 from homelab.types import seconds
 from homelab.vault import load_vault
 from roles.toy_redis import PASSWORD_SECRET
-from tests.conftest import TLS_ON, run_pyinfra
+from tests.conftest import run_pyinfra
+from tests.hosts.conftest import wait_for_targets_up
 from tests.hosts.test_prometheus import TARGETS_UP_WITHIN_S
 from tests.roles.test_prometheus import LAB_TOPOLOGY
 
 pytestmark = pytest.mark.lab
 
-TLS_DATA = ("--data", "pki=" + json.dumps(TLS_ON))
 # Run on each node with the secrets on standard input (never in a command line): where they show.
 SECRET_SCAN = """
 patterns=$(mktemp) && trap 'rm -f "$patterns"' EXIT && cat > "$patterns"
@@ -48,22 +47,6 @@ ps -eo args | grep -Ff "$patterns" | sed 's/^/process: /'
 journalctl -q --no-pager -o cat | grep -Ff "$patterns" | sed 's/^/journal: /'
 true
 """
-
-
-@functools.cache
-def deploy_tls_off():
-    """The lab's own settings (TLS off) deployed back: once, by the last test or the teardown."""
-    return run_pyinfra("deploys/all.py")
-
-
-@pytest.fixture(scope="module")
-def tls_lab(deployed):
-    deploy = run_pyinfra("deploys/all.py", *TLS_DATA)
-    try:
-        yield deploy
-    finally:
-        back = deploy_tls_off()
-        assert back.returncode == 0 and not back.failed(), back.stderr[-4000:]
 
 
 def secured_web_listeners(topology):
@@ -76,9 +59,9 @@ def secured_web_listeners(topology):
             if (host, role.name, listener.name) in from_control]
 
 
-def test_the_deploy_with_tls_on_succeeds_and_a_second_changes_nothing(tls_lab):
+def test_the_deploy_with_tls_on_succeeds_and_a_second_changes_nothing(tls_lab, tls_data):
     assert tls_lab.returncode == 0 and not tls_lab.failed(), tls_lab.stderr[-4000:]
-    again = run_pyinfra("deploys/all.py", *TLS_DATA)
+    again = run_pyinfra("deploys/all.py", *tls_data)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.changed() == [], f"a second run with TLS on changed: {again.changed()}"
 
@@ -105,14 +88,8 @@ def test_every_secured_listener_wants_https_and_a_login(tls_lab, tls_topology):
 
 
 def test_prometheus_scrapes_every_target_with_tls_on(tls_lab, tls_topology):
-    prometheus = access(tls_topology, "prometheus")
-    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
-    while True:
-        active = prometheus.get("/api/v1/targets", params={"state": "active"}, timeout=10).json()["data"]["activeTargets"]
-        down = {(t["labels"]["job"], t["labels"]["instance"]): t["lastError"] for t in active if t["health"] != "up"}
-        if (active and not down) or time.monotonic() > deadline:
-            break
-        time.sleep(5)
+    active = wait_for_targets_up(tls_topology)
+    down = {(t["labels"]["job"], t["labels"]["instance"]): t["lastError"] for t in active if t["health"] != "up"}
     assert active and not down, f"targets not up {TARGETS_UP_WITHIN_S}s after the deploy with TLS on: {down}"
     secured = {check.endpoint.instance for check in tls_topology.tls_checks()}
     scraped_https = {t["labels"]["instance"] for t in active if t["scrapeUrl"].startswith("https://")}
@@ -161,7 +138,7 @@ def test_no_secret_shows_in_output_command_lines_journal_or_readable_files(tls_l
         assert not found, f"{node}: secrets of the vault found in {found}"
 
 
-def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, lab):
+def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, lab, deploy_tls_off):
     """Last: the lab's settings deployed back. No key, certificate, web config, password or expiry
     metric of the TLS run stays on a node, and a rerun changes nothing. Prometheus, restarted without
     the tls-check job, still shows that job's last samples (no stale markers across a restart), yet
