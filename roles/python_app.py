@@ -339,13 +339,27 @@ def wheels_installed(app: PythonApp, wheel_set: WheelSet):
     yield install_script(app, wheel_set)
 
 
+# The service users' home: Debian's name for a home that must not exist.
+NO_HOME = "/nonexistent"
+
+
 def service_account(app: PythonApp) -> None:
-    """The service's own system user and group: no login, no home."""
+    """The service's own system user and group: no login, no home.
+
+    Deploys with pki.tls on before 7a08784 made NO_HOME (pyinfra's server.user ensured the home):
+    where it is still there, empty and the service's, it goes. One holding anything, or someone
+    else's, is left alone for its owner to look at."""
     server.group(name=f"{app.service} group", group=app.service, system=True)
     server.user(
         name=f"{app.service} user", user=app.service, group=app.service, system=True,
-        shell="/usr/sbin/nologin", home="/nonexistent", create_home=False, ensure_home=False,
+        shell="/usr/sbin/nologin", home=NO_HOME, create_home=False, ensure_home=False,
     )
+    # One command: the directory (not a link), its owner, and whether anything is in it.
+    stray = host.get_fact(Command, f"test -d {NO_HOME} -a ! -L {NO_HOME} && stat -c %U {NO_HOME} "
+                                   f"&& ls -A {NO_HOME} | head -c 1; true")
+    if stray and stray.splitlines() == [app.service]:
+        files.directory(name=f"No stray {NO_HOME} (empty, left by a deploy with pki.tls on)", path=NO_HOME,
+                        present=False)
 
 
 def node_target() -> WheelTarget:

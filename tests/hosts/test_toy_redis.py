@@ -9,7 +9,7 @@ import redis
 
 from homelab.config import model_from_data
 from homelab.vault import load_vault
-from roles.python_app import build_wheels
+from roles.python_app import NO_HOME, build_wheels
 from roles.toy_redis import APP, DATA_DIR, LOG_DIR, LOG_FILE, LOG_LINK, REQUIREPASS_PATH, Settings
 from roles.tuning.settings import load_tuning
 from tests.conftest import REPO, hosts_in, run_pyinfra, wheel_target
@@ -111,6 +111,27 @@ def test_second_deploy_changes_nothing(node):
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert rerun.failed() == []
     assert rerun.changed() == [], f"a second run changed: {rerun.changed()}"
+
+
+def test_a_stray_home_left_by_earlier_tls_deploys_goes_when_empty_and_the_services(node):
+    """Deploys with pki.tls on before 7a08784 made NO_HOME, owned to a service user: the deploy
+    removes it once it is empty (and then changes nothing), never while it holds anything."""
+
+    def deploy():
+        run = run_pyinfra("deploys/all.py", "--limit", node.backend.hostname, "--data", "only_roles=toy_redis")
+        assert run.returncode == 0 and run.failed() == [], run.stderr[-4000:]
+        return run
+
+    try:
+        node.check_output(f"mkdir -p {NO_HOME}/left-by-someone && chown -R {APP.service}: {NO_HOME}")
+        deploy()
+        assert node.file(f"{NO_HOME}/left-by-someone").is_directory
+        node.check_output(f"rmdir {NO_HOME}/left-by-someone")
+        deploy()
+        assert not node.file(NO_HOME).exists
+        assert deploy().changed() == []
+    finally:
+        node.run(f"rm -rf {NO_HOME}")
 
 
 def test_a_config_change_restarts_the_server_with_it_and_keeps_the_data(node, client):
