@@ -17,13 +17,15 @@ from typing import Literal
 
 from pydantic import model_validator
 from pyinfra import host
-from pyinfra.facts.deb import DebArch
+from pyinfra.facts.deb import DebArch, DebPackages
 from pyinfra.operations import apt, files
 
 from homelab.config import ConfigError, FieldError, StrictModel
 from roles.common import REPO_ROOT
 
 REMOTE_DEB_DIR = "/var/cache/homelab-ops/debs"
+# apt's package lists are refreshed before installing when older than this.
+APT_LISTS_MAX_AGE_S = 3600
 
 
 class Install(StrictModel):
@@ -59,17 +61,28 @@ def offline_debs(component: str, packages: list[str], install: Install, arch: st
     return found
 
 
+def apt_packages(name: str, packages: list[str]) -> None:
+    """Debian packages installed (``name`` or ``name=version``), without recommends, apt's lists
+    refreshed first only when one of them is to be installed.
+
+    pyinfra's update with cache_time alone runs `apt-get update` on every run once the lists are an
+    hour old, and reports it as a change: a converged node rerun after an hour was never unchanged.
+    """
+    installed = host.get_fact(DebPackages)
+
+    def to_install(spec: str) -> bool:
+        package, _, version = spec.partition("=")
+        return package not in installed or bool(version) and version not in installed[package]
+
+    apt.packages(name=name, packages=packages, update=any(map(to_install, packages)),
+                 cache_time=APT_LISTS_MAX_AGE_S, no_recommends=True)
+
+
 def install_packages(component: str, packages: list[str], install: Install) -> None:
     """Install a component's Debian packages from its chosen source (apt or offline)."""
     if install.source == "apt":
         pinned = [f"{name}={install.version}" for name in packages] if install.version else packages
-        apt.packages(
-            name=f"Install {component} ({', '.join(packages)})",
-            packages=pinned,
-            update=True,
-            cache_time=3600,
-            no_recommends=True,
-        )
+        apt_packages(f"Install {component} ({', '.join(packages)})", pinned)
         return
     arch = host.get_fact(DebArch)
     for deb in offline_debs(component, packages, install, arch):

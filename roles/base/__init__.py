@@ -7,10 +7,10 @@ this role first, so a host that runs no supported Debian release is refused here
 from pydantic import Field
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt
 
 from homelab.config import StrictModel
 from roles.common import node_release, role_settings
+from roles.install import apt_packages
 
 BASE_PACKAGES = ["procps", "iproute2", "curl", "ca-certificates", "logrotate"]
 
@@ -25,10 +25,4 @@ class Settings(StrictModel):
 def apply() -> None:
     settings = role_settings("base", Settings)
     node_release()
-    apt.packages(
-        name="Base tools",
-        packages=BASE_PACKAGES + settings.extra_packages,
-        update=True,
-        cache_time=3600,
-        no_recommends=True,
-    )
+    apt_packages("Base tools", BASE_PACKAGES + settings.extra_packages)

@@ -29,13 +29,14 @@ from pyinfra import host, logger
 from pyinfra.api import deploy, operation
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.operations import files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from homelab.config import ConfigError, StrictModel
 from homelab.topology import CONTROL, Inbound, Topology
 from homelab.types import Duration, seconds
 from roles.common import checked_file, current_topology, render, role_settings, sha1
+from roles.install import apt_packages
 
 TABLE = "homelab"  # `inet homelab`: the one table this project owns on a node
 RULESET_FILE = "/etc/homelab/firewall.nft"
@@ -260,7 +261,7 @@ def apply() -> None:
     labels = counter_labels(service_ports(topology, host.name, settings), ssh_port)
     textfile_directory = topology.settings(host.name, "node_exporter").textfile_directory
 
-    apt.packages(name="Install nftables", packages=["nftables"], update=True, cache_time=3600, no_recommends=True)
+    apt_packages("Install nftables", ["nftables"])
     files.directory(name="Directory /etc/homelab", path="/etc/homelab", mode="0755")
     checked_file(name=f"Ruleset swapper {APPLY_SCRIPT}", dest=APPLY_SCRIPT, mode="0755",
                  content=render("firewall/homelab-firewall.sh.j2", table=TABLE, live=RULESET_FILE,

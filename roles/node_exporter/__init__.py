@@ -13,11 +13,12 @@ from io import BytesIO
 
 from pyinfra.api import deploy, operation
 from pyinfra.context import ctx_host, ctx_state
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
 from homelab.config import StrictModel
 from homelab.types import Port
 from roles.common import REPO_ROOT, checked_file, keep_running, render, role_settings
+from roles.install import apt_packages
 from roles.pki.web import web_config
 
 PACKAGE = "prometheus-node-exporter"
@@ -56,13 +57,7 @@ def render_defaults(settings: Settings, web_flags: list[str] = ()) -> str:
 @deploy("node_exporter")
 def apply() -> None:
     settings = role_settings("node_exporter", Settings)
-    apt.packages(
-        name=f"Install {PACKAGE}",
-        packages=[PACKAGE],
-        update=True,
-        cache_time=3600,
-        no_recommends=True,
-    )
+    apt_packages(f"Install {PACKAGE}", [PACKAGE])
     web_flags = web_config("node_exporter", SERVICE_USER)
     flags = checked_file(
         name=f"node_exporter flags in {DEFAULTS_FILE}",
