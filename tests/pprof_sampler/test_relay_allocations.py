@@ -9,7 +9,7 @@ import threading
 
 import pytest
 import requests
-from pprof_sampler.allocations import MAX_SECONDS, MAX_SITES, PATH
+from pprof_sampler.allocations import DEFAULT_SITES, MAX_SECONDS, MAX_SITES, PATH
 
 from homelab import profiling
 from homelab.access import Access
@@ -78,7 +78,7 @@ def test_the_view_asks_for_the_login_and_bounded_numbers(leaky_relay, tls_files)
                    {"seconds": "1e3"}, {"seconds": [1, 2]}):
         refused = access.get(PATH, params=params)
         assert refused.status_code == 400, params
-        assert refused.text == f"expected seconds=1..{MAX_SECONDS} and optionally sites=1..{MAX_SITES} (default 10)\n"
+        assert refused.text == f"expected seconds=1..{MAX_SECONDS} and optionally sites=1..{MAX_SITES} (default {DEFAULT_SITES})\n"
     assert tracing(access) == 0
 
 

@@ -25,6 +25,8 @@ from pprof_sampler.endpoint import query_number
 TRACE_FRAMES = 1
 MAX_SECONDS = 3600
 MAX_SITES = 100
+# Sites answered when the request names no `sites`.
+DEFAULT_SITES = 10
 PATH = "/debug/allocations"
 CONTENT_TYPE = "application/json"
 
@@ -94,10 +96,10 @@ class AllocationEndpoint:
     async def answer(self, query: str) -> tuple[int, bytes, str]:
         """(HTTP status, body, content type) for a request with ``query`` (the part after `?`)."""
         seconds = query_number(query, "seconds", None, MAX_SECONDS)
-        count = query_number(query, "sites", 10, MAX_SITES)
+        count = query_number(query, "sites", DEFAULT_SITES, MAX_SITES)
         if seconds is None or count is None:
             return 400, (f"expected seconds=1..{MAX_SECONDS} and optionally sites=1..{MAX_SITES} "
-                         f"(default 10)\n").encode(), "text/plain"
+                         f"(default {DEFAULT_SITES})\n").encode(), "text/plain"
         if self.closed:
             return 503, b"the service is stopping\n", "text/plain"
         if self.tracing.running:
