@@ -15,7 +15,7 @@ changes nothing.
 Dependencies are resolved when the cache entry is built, i.e. when the service's source changes;
 delete build/wheels/ to pick up newer dependency releases without a source change.
 
-A dependency named after a distribution under src/ (pprof-sampler, which toy-redis and the relay
+A dependency named after a distribution under src/ (pprof-sampler and service-kit, which toy-redis and the relay
 share) is built from there like the service's own wheel and is part of its source state; PyPI is
 never asked for it (a package of that name there could otherwise be installed in its place).
 """

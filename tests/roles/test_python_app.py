@@ -59,11 +59,12 @@ def assert_complete(wheel_set: python_app.WheelSet, distribution: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("release", sorted(RELEASES), ids=lambda version: f"debian{version}")
 @pytest.mark.parametrize("source, distribution, expected", [
-    # pprof-sampler is built from src/pprof_sampler, with its own dependency (protobuf) from PyPI.
+    # pprof-sampler and service-kit are built from src/, with their own dependencies (protobuf, bcrypt)
+    # from PyPI.
     ("toy_redis", "toy-redis", {"prometheus-client", "pyyaml", "hiredis", "uvloop", "bcrypt", "py-spy",
-                                "pprof-sampler", "protobuf"}),
+                                "pprof-sampler", "protobuf", "service-kit"}),
     ("alert_relay", "alert-relay", {"slack-sdk", "prometheus-client", "pyyaml", "pydantic", "pydantic-core", "h11",
-                                    "py-spy", "pprof-sampler", "protobuf"}),
+                                    "py-spy", "pprof-sampler", "protobuf", "service-kit", "bcrypt"}),
 ])
 def test_wheel_set_holds_the_service_and_all_its_dependencies_for_the_nodes_python(source, distribution, expected,
                                                                                      release):

@@ -3,8 +3,8 @@
 Anyone who reaches the port, token or not, must not be able to stall it, so everything a peer can
 make the relay hold is bounded by a RelayTuning setting: connections (`max_connections`, counted
 from the accept, TLS handshakes included; at the limit a new connection pushes out one that has
-not proven a credential, as crowd.Unproven picks, else the one that has waited longest for a
-request), the time to send the headers (`header_timeout_s`, a deadline for the handshake and the
+not proven a credential, as service_kit.crowd.Unproven picks, else the one that has waited longest
+for a request), the time to send the headers (`header_timeout_s`, a deadline for the handshake and the
 whole header, however slowly they trickle),
 the body (`body_timeout_s`, `max_body_bytes`), keep-alive (`idle_timeout_s`,
 `keepalive_max_requests`), the header size (`max_header_bytes`) and reading our answer
@@ -46,10 +46,10 @@ from pprof_sampler.allocations import AllocationEndpoint
 from pprof_sampler import ProfileEndpoint, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from service_kit.crowd import Unproven
 
 from alert_relay import metrics
 from alert_relay.config import RelayTuning
-from alert_relay.crowd import Unproven
 from alert_relay.routes import SlackRoutes, e164
 from alert_relay.store import Store, describe_error, write_error_cause
 from alert_relay.web import WebConfig
@@ -557,7 +557,7 @@ class HttpConnection(asyncio.Protocol):
         self.handler = self.server.spawn(self._handle())
 
     async def _logged_in(self) -> bool | None:
-        """Whether the request's login matches (bcrypt in its turn, crowd.Unproven meanwhile);
+        """Whether the request's login matches (bcrypt in its turn, service_kit.crowd.Unproven meanwhile);
         None when no answer came within header_timeout_s."""
         logins = self.server.web.logins
         if logins.remembered(self.authorization):
@@ -766,8 +766,8 @@ class RelayServer:
 
     def make_room(self) -> bool:
         """Whether a new connection fits under max_connections. At the limit, one that has not
-        proven a credential makes room (crowd.Unproven picks which), else the one that has waited
-        longest for a request; with every connection inside a request, there is no room."""
+        proven a credential makes room (service_kit.crowd.Unproven picks which), else the one that has
+        waited longest for a request; with every connection inside a request, there is no room."""
         if len(self.connections) < self.tuning.max_connections:
             return True
         pushed_out = self.unproven.push_out()

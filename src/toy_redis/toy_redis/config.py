@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pprof_sampler import MAX_HZ as MAX_PROFILING_HZ
 from pydantic import BaseModel, Field, ValidationError, field_validator
+from service_kit.logins import hashed_logins
 
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 FSYNC_MODES = ("always", "everysec", "no")
@@ -213,9 +213,6 @@ def read_password(config: Config, source: str) -> bytes | None:
     return password
 
 
-BCRYPT_HASH = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
-
-
 def read_metrics_users(config: Config, source: str) -> dict[str, bytes] | None:
     """The metrics endpoint's logins from metrics_users_file (name -> bcrypt hash), or None."""
     path = config.metrics_users_file
@@ -234,10 +231,10 @@ def read_metrics_users(config: Config, source: str) -> dict[str, bytes] | None:
     users = data.get("basic_auth_users") if isinstance(data, dict) else None
     if not isinstance(users, dict) or not users:
         raise ConfigError(source, key, f"expected {path} to hold basic_auth_users: a mapping of user names to bcrypt hashes")
-    for name, hashed in users.items():
-        if not isinstance(name, str) or not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
-            raise ConfigError(source, key, f"{path}: basic_auth_users: {name}: expected a bcrypt hash such as $2y$10$...")
-    return {name: hashed.encode() for name, hashed in users.items()}
+    try:
+        return hashed_logins(users)
+    except ValueError as exc:
+        raise ConfigError(source, key, f"{path}: {exc}") from None
 
 
 def check_listeners(config: Config, source: str) -> None:

@@ -9,13 +9,9 @@ that a scrape reads the counters between commands and the AOF rewrite can fork s
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import binascii
-import hashlib
 import socket
 import ssl as ssl_module
-from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 from pprof_sampler import PATH as PROFILE_PATH
@@ -27,8 +23,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
-from .crowd import Unproven
+from service_kit.crowd import Unproven
+from service_kit.logins import Logins
 
 # 10 us .. 1 s, dense enough around typical latencies to read p50/p90/p95/p99.
 LATENCY_BUCKETS = (
@@ -124,7 +120,7 @@ class Slots:
     A connection is unproven until its request carried a login that matched (or, without logins,
     until its request is read); then it is trusted and only its own timeouts end it, except while
     it waits idle for its next request (keep-alive). When a new connection finds every slot taken,
-    an unproven one is pushed out as crowd.Unproven chooses, its task cancelled (so a bcrypt check
+    an unproven one is pushed out as service_kit.crowd.Unproven chooses, its task cancelled (so a bcrypt check
     it queued is dropped); failing that, the trusted one idle the longest (its client reconnects
     when it scrapes next); if every slot is busy and trusted, the new one is closed. So peers
     without a login can push out only one another and idle connections, and a scraper's request
@@ -171,68 +167,12 @@ class Slots:
         self.release_task(task)
 
 
-class BasicAuth:
-    """HTTP basic auth against bcrypt hashes, as Prometheus's exporter-toolkit checks its
-    `basic_auth_users`: a login that matched once is remembered (so a scrape costs no bcrypt),
-    an unknown user costs the same as a wrong password, and one hash is checked at a time, in a
-    thread of its own, so wrong passwords cannot stall the event loop or take both cores.
-
-    Checks wait in turn by peer address: an address has at most one check queued, so a scraper's
-    first login waits behind at most one check per other address holding a connection (at most
-    METRICS_MAX_CONNECTIONS), not behind every guess a flood sends."""
-
-    def __init__(self, users: dict[str, bytes]):
-        self.users = users
-        self.verified: set[bytes] = set()
-        # Peer address -> [its turn, connections waiting for it]; dropped when none wait.
-        self.turns: dict[str, list] = {}
-        self.checker = ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
-        # Compared against for unknown users, so that they take as long as known ones.
-        self.decoy = next(iter(users.values()))
-
-    async def allows(self, request: bytes, address: str) -> bool:
-        credentials = _authorization(request)
-        if credentials is None:
-            return False
-        user, password = credentials
-        if _fingerprint(user, password) in self.verified:
-            return True
-        hashed = self.users.get(user.decode(errors="replace"))
-        turn = self.turns.setdefault(address, [asyncio.Lock(), 0])
-        turn[1] += 1
-        try:
-            async with turn[0]:
-                import bcrypt
-
-                matches = await asyncio.get_running_loop().run_in_executor(
-                    self.checker, bcrypt.checkpw, password, hashed or self.decoy)
-        finally:
-            turn[1] -= 1
-            if not turn[1]:
-                del self.turns[address]
-        if matches and hashed is not None:
-            self.verified.add(_fingerprint(user, password))  # at most one entry per user: only right passwords
-            return True
-        return False
-
-
-def _fingerprint(user: bytes, password: bytes) -> bytes:
-    return hashlib.sha256(user + b"\0" + password).digest()
-
-
-def _authorization(request: bytes) -> tuple[bytes, bytes] | None:
-    """(user, password) of the request's `Authorization: Basic` header, or None."""
+def _authorization(request: bytes) -> bytes | None:
+    """The value of the request's `Authorization` header, or None."""
     for line in request.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            if scheme.lower() != b"basic":
-                return None
-            try:
-                user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
-            except (binascii.Error, ValueError):
-                return None
-            return (user, password) if colon else None
+            return value
     return None
 
 
@@ -253,7 +193,7 @@ class MetricsListener:
         self.registry, self.ssl, self.profiles = registry, ssl, profiles
         self.sockets = [sock]
         self.slots = Slots(METRICS_MAX_CONNECTIONS)
-        self.auth = BasicAuth(users) if users else None
+        self.logins = Logins(users) if users else None
         self.loop = asyncio.get_running_loop()
         self.accepting = self.loop.create_task(self.accept())
 
@@ -341,7 +281,7 @@ class MetricsListener:
         method, _, rest = request.partition(b" ")
         target, _, version = rest.partition(b" ")
         path, _, query = target.partition(b"?")
-        authorized = self.auth is None or await self.auth.allows(request, address)
+        authorized = self.logins is None or await self.logins.allow(_authorization(request), address)
         if authorized:
             self.slots.trust(address, task)
         if not authorized:

@@ -14,17 +14,18 @@ from time import perf_counter
 from types import GeneratorType
 
 from pprof_sampler.allocations import AllocationTracing
+from service_kit.crowd import Unproven
+from service_kit.tls import ReloadingContext
 
 from . import __version__, errors, logs
 from .aof import FLUSHALL, AppendOnlyFile, encode_del, encode_set
 from .commands import COMMANDS, Command
 from .config import Config
 from .connection import WRITE_HIGH_WATER, Connection, LoaderConnection
-from .crowd import Unproven
 from .keyspace import Keyspace
 from .metrics import LATENCY_BUCKETS, make_registry, serve_metrics
 from .protocol import ReplyError, encode, error_line
-from .tls import ReloadingContext, listen_tls
+from .tls import listen_tls
 
 REDIS_VERSION = "7.0.15"
 FIRST_BUCKET = LATENCY_BUCKETS[0]
@@ -133,7 +134,7 @@ class Server:
 
     def make_room(self) -> bool:
         """Whether a new connection fits under maxclients (TLS handshakes under way count). At
-        the limit, a connection that has not authenticated makes room (crowd.Unproven picks
+        the limit, a connection that has not authenticated makes room (service_kit.crowd.Unproven picks
         which), so strangers cannot lock out clients that have the password; with none to push
         out, there is no room and the newcomer is refused, as by Redis."""
         if len(self.clients) + len(self.handshakes) < self.maxclients:

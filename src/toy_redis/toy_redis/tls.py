@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl
 from typing import TYPE_CHECKING
+
+from service_kit.tls import ReloadingContext
 
 from . import logs
 from .config import Config, ConfigError
@@ -68,49 +69,13 @@ def server_context(config: Config, source: str) -> ssl.SSLContext | None:
     return context
 
 
-class ReloadingContext:
-    """The TLS listeners' context (server_context), made anew when the certificate or key file
-    changed on disk: a deploy rotating the node's certificate (roles/pki) replaces both, and new
-    handshakes on either listener then present the new certificate, without a restart (which would
-    drop every client and miss a scrape); connections already open keep theirs.
-
-    Each new TLS connection compares the files' stat with the loaded ones' (two stat calls, small
-    beside a handshake). A pair that cannot be loaded (the new key in place, its certificate not
-    yet) leaves the context in use and is logged once; the next change of either file is tried."""
-
-    def __init__(self, config: Config, source: str, context: ssl.SSLContext):
-        self.config, self.source, self.context = config, source, context
-        self.stamp = self._stamp()
-
-    def _stamp(self) -> tuple:
-        stamps = []
-        for path in (self.config.tls_cert_file, self.config.tls_key_file):
-            try:
-                status = os.stat(path)
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((status.st_ino, status.st_mtime_ns, status.st_size))
-        return tuple(stamps)
-
-    def current(self) -> ssl.SSLContext:
-        stamp = self._stamp()
-        if stamp != self.stamp:
-            # Stamped before reading: a file replaced meanwhile is read again at the next connection.
-            self.stamp = stamp
-            try:
-                self.context = server_context(self.config, self.source)
-            except ConfigError as exc:
-                logs.warning("tls_reload_failed", error=str(exc))
-            else:
-                logs.info("tls_reloaded", cert_file=self.config.tls_cert_file)
-        return self.context
-
-
 def reloading_context(config: Config, source: str) -> ReloadingContext | None:
-    """server_context (a ConfigError at start stops the start), reloaded as its files change."""
-    context = server_context(config, source)
-    return ReloadingContext(config, source, context) if context is not None else None
+    """server_context (a ConfigError at start stops the start), made anew for new connections when
+    tls_cert_file or tls_key_file changes (a certificate rotated by the deploy), or None when tls_port is 0."""
+    if not config.tls_port:
+        return None
+    return ReloadingContext(config.tls_cert_file, config.tls_key_file, lambda: server_context(config, source),
+                            ConfigError, logs.LOGGER)
 
 
 class Handshake:

@@ -1,10 +1,12 @@
 """Connections that have not proven a credential yet, by peer address, so that a server at its
 connection limit makes room at the expense of the crowd, not of whoever came last.
 
+A connection is unproven from its accept (its TLS handshake included) until it proves a credential:
+toy-redis's AUTH or metrics login, the relay's webhook token or a login of its web_config_file.
 A flood pushes out its own connections: the one to go is the oldest of the address holding the
 most unproven connections (among equals, the oldest). A client that sends its credential as soon
-as it connects (a scraper, a Redis client with AUTH) holds one unproven connection for a moment,
-so connections from other addresses, however many and however fast, cannot push it out.
+as it connects (a scraper, a Redis client with AUTH, Alertmanager) holds one unproven connection
+for a moment, so connections from other addresses, however many and however fast, cannot push it out.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What toy-redis and the alert relay share to guard their ports (see README.md)."""
