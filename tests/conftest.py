@@ -115,15 +115,22 @@ TLS_ON = {"tls": True}
 
 
 @pytest.fixture(scope="session")
-def tls_topology(tmp_path_factory):
-    """The lab's inventory with `pki = TLS_ON` added to group_data/all.py."""
-    from homelab.topology import Topology
-
+def tls_inventory(tmp_path_factory) -> Path:
+    """A copy of the lab's inventory with `pki = TLS_ON` added to group_data/all.py (for the
+    homelab CLI's --inventory)."""
     folder = tmp_path_factory.mktemp("inventory")
     shutil.copytree(LAB_INVENTORY.parent, folder, dirs_exist_ok=True)
     with open(folder / "group_data" / "all.py", "a") as all_data:
         all_data.write(f"\npki = {TLS_ON!r}\n")
-    return Topology.load(folder / LAB_INVENTORY.name)
+    return folder / LAB_INVENTORY.name
+
+
+@pytest.fixture(scope="session")
+def tls_topology(tls_inventory):
+    """The topology of tls_inventory."""
+    from homelab.topology import Topology
+
+    return Topology.load(tls_inventory)
 
 
 @pytest.fixture(scope="session")
