@@ -145,7 +145,7 @@ def instrument() -> None:
             cost[1] += elapsed
             FACTS["(batch)"][0] += 1
             FACTS["(batch)"][1] += elapsed
-            BATCHED[0] += len(chunk)
+            BATCHED[0] += sum(len(read.requests) for read in chunk)
 
     fact_cache._read_chunk = read_chunk
 

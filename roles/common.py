@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.context import ctx_inventory
-from pyinfra.facts.files import Sha1File
+from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, python, systemd
@@ -32,6 +32,7 @@ from pyinfra.operations.util import any_changed
 from homelab.config import ConfigError, settings_from_data
 from homelab.releases import SUPPORTED, DebianRelease, UnsupportedRelease, debian_release
 from homelab.topology import Topology
+from roles import fact_cache
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -114,6 +115,7 @@ def checked_file(
     """
     data = content.encode() if isinstance(content, str) else content
     staged = f"{dest}.staged"
+    fact_cache.want(File, path=staged)  # asked below after the hash: read with it
     if host.get_fact(Sha1File, path=dest) == sha1(data):
         yield from files.file._inner(path=dest, user=user, group=group, mode=mode)
         # A staged copy left by a run whose check failed is stale once the live file is right.

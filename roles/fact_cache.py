@@ -26,6 +26,9 @@ import copy
 import logging
 import re
 import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -34,7 +37,10 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import StringCommand
 from pyinfra.api.facts import FactBase, _handle_fact_kwargs, _make_command
 from pyinfra.api.host import Host
+from pyinfra.context import ctx_host
+from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File, Socket
 from pyinfra.facts.server import Users
+from pyinfra.facts.systemd import SYSTEMD_UNIT_NAME_REGEX, SystemdEnabled, SystemdStatus
 
 # Rounds of the look-ahead: a no-op run needs 3 (e.g. File, then Sha1File, then what follows a match).
 PREFETCH_ROUNDS = 4
@@ -101,6 +107,8 @@ def get_fact(self: Host, name_or_cls, *args, **kwargs):
     if key not in facts.values:
         if facts.collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
             facts.collecting[key] = _request(self, key, name_or_cls, args, kwargs)
+            for companion, companion_kwargs in _companions(name_or_cls, args, kwargs):
+                _collect(self, companion, (), companion_kwargs)
             raise _Unknown
         if self.state.is_executing and not facts.prefetched:
             facts.prefetched = True
@@ -114,6 +122,34 @@ def get_fact(self: Host, name_or_cls, *args, **kwargs):
         facts.fetching -= 1
     facts.values[key] = _copy(value)
     return value
+
+
+def want(cls, **kwargs) -> None:
+    """In an operation: it will also ask for ``cls(**kwargs)``, after facts the look-ahead does not
+    know yet; read with them in one round trip instead of one more."""
+    host = ctx_host.get()
+    if host is not None and _facts(host).collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
+        _collect(host, cls, (), kwargs)
+
+
+def _collect(host: Host, cls, args, kwargs) -> None:
+    key = _key(host, cls, args, kwargs)
+    facts = _facts(host)
+    if key not in facts.values and key not in facts.collecting:
+        facts.collecting[key] = _request(host, key, cls, args, kwargs)
+
+
+def _companions(cls, args, kwargs) -> list[tuple[type, dict]]:
+    """What pyinfra's operations ask next after ``cls``, known as soon as it is asked: a file's
+    metadata after its hash (files.put, files.file), a unit's enabled state after its running
+    state (systemd.service). Read with it, they cost no round of their own (merged commands)."""
+    if args:
+        return []
+    if cls is Sha1File and set(kwargs) == {"path"}:
+        return [(File, kwargs)]
+    if cls is SystemdStatus:
+        return [(SystemdEnabled, kwargs)]
+    return []
 
 
 def _copy(value):
@@ -169,20 +205,27 @@ def _prefetch(host: Host) -> None:
         pending = waiting
 
 
+@dataclass
+class _Read:
+    """One command of a batch answering ``requests``; ``split`` gives each request's output lines
+    from the command's (absent: that fact is read the ordinary way)."""
+
+    requests: list
+    command: str
+    split: Callable[[list[str], int], dict[tuple, list[str]]]
+
+
 def _read_batch(host: Host, wanted: dict[tuple, tuple]) -> bool:
     """Read ``wanted`` facts in as few commands as fit; False if a batch itself failed."""
     groups: dict[str, list] = {}
     for request in wanted.values():
         groups.setdefault(repr(sorted(request[3].items())), []).append(request)
     for requests in groups.values():
-        chunk: list = []
+        chunk: list[_Read] = []
         size = 0
-        for request in requests:
-            command = _fact_command(host, request)
-            if command is None:
-                continue
-            chunk.append((request, command))
-            size += len(command)
+        for read in _reads(host, requests):
+            chunk.append(read)
+            size += len(read.command)
             if size > BATCH_BYTES:
                 if not _read_chunk(host, chunk):
                     return False
@@ -190,6 +233,130 @@ def _read_batch(host: Host, wanted: dict[tuple, tuple]) -> bool:
         if chunk and not _read_chunk(host, chunk):
             return False
     return True
+
+
+def _reads(host: Host, requests: list) -> list[_Read]:
+    """The commands answering ``requests``: the hashes of all files in one sha1sum, the metadata of
+    all paths in one stat, the states of all units in one systemctl (each fact's own command forks
+    its program once per file or unit: most of a converged node's time); any other fact by its own
+    command. A merged command that fails leaves its facts to be read the ordinary way."""
+    hashed, stated, units, single = [], [], [], []
+    for request in requests:
+        _key, fact, fact_kwargs, _executor = request
+        kind = type(fact)
+        if kind is Sha1File and _plain_path(fact_kwargs):
+            hashed.append(request)
+        elif kind in (File, Directory, Link, Socket) and _plain_path(fact_kwargs):
+            stated.append(request)
+        elif kind in (SystemdStatus, SystemdEnabled) and _plain_units(fact_kwargs):
+            units.append(request)
+        else:
+            single.append(request)
+    reads = []
+    if hashed:
+        reads.append(_hashes_read(hashed))
+    if stated:
+        reads.append(_stat_read(stated))
+    if units:
+        reads.append(_units_read(units))
+    for request in single:
+        command = _fact_command(host, request)
+        if command is not None:
+            reads.append(_Read([request], command, lambda lines, code, key=request[0]: {key: lines} if code == 0 else {}))
+    return reads
+
+
+def _plain_path(fact_kwargs: dict) -> bool:
+    """A path sha1sum and stat print as given (no escaping, no ~ to expand), one line each."""
+    path = fact_kwargs.get("path")
+    return (set(fact_kwargs) == {"path"} and isinstance(path, str) and path.startswith("/")
+            and not any(char in path for char in "\\\n\r"))
+
+
+def _plain_units(fact_kwargs: dict) -> bool:
+    services = fact_kwargs.get("services")
+    if isinstance(services, str):
+        services = [services]
+    return (fact_kwargs.get("user_mode") is False and fact_kwargs.get("machine") is None
+            and fact_kwargs.get("user_name") is None and isinstance(services, (list, tuple)) and bool(services)
+            and all(isinstance(unit, str) and re.fullmatch(SYSTEMD_UNIT_NAME_REGEX, unit) for unit in services))
+
+
+def _paths_of(requests: list) -> list[str]:
+    return list(dict.fromkeys(request[2]["path"] for request in requests))
+
+
+def _hashes_read(requests: list) -> _Read:
+    # sha1sum prints "<hash>  <path>" per file it could read, which is what Sha1File parses (its
+    # command prints nothing for a missing file, as here).
+    paths = _paths_of(requests)
+    command = (f"command -v sha1sum >/dev/null 2>&1 && {{ sha1sum -- {' '.join(map(shlex.quote, paths))} "
+               "2>/dev/null; true; }")
+
+    def split(lines: list[str], code: int) -> dict[tuple, list[str]]:
+        if code != 0:
+            return {}
+        found = {line[42:]: line for line in lines if len(line) > 42 and line[40:42] == "  "}
+        for request in requests:
+            request[1].command(**request[2])  # Sha1File.process matches the path its command was made for
+        return {request[0]: [found[request[2]["path"]]] if request[2]["path"] in found else [] for request in requests}
+
+    return _Read(requests, command, split)
+
+
+# pyinfra's own stat format for File and its kinds (Directory, Link, Socket), each line prefixed
+# with the path it is about.
+STAT_FORMAT = shlex.split(LINUX_STAT_COMMAND)[2]
+
+
+def _stat_read(requests: list) -> _Read:
+    paths = _paths_of(requests)
+    marker = f" {secrets.token_hex(6)} "
+    command = (f"command -v stat >/dev/null 2>&1 && {{ stat -c {shlex.quote('%n' + marker + STAT_FORMAT)} -- "
+               f"{' '.join(map(shlex.quote, paths))} 2>/dev/null; true; }}")
+
+    def split(lines: list[str], code: int) -> dict[tuple, list[str]]:
+        if code != 0:
+            return {}
+        found = dict(line.split(marker, 1) for line in lines if marker in line)
+        return {request[0]: [found[request[2]["path"]]] if request[2]["path"] in found else [] for request in requests}
+
+    return _Read(requests, command, split)
+
+
+def _units_of(request) -> list[str]:
+    services = request[2]["services"]
+    return [services] if isinstance(services, str) else list(services)
+
+
+def _units_read(requests: list) -> _Read:
+    # systemctl show prints one block per unit asked, in that order, separated by blank lines;
+    # each fact reads only the Id and its own property from a block.
+    units = list(dict.fromkeys(unit for request in requests for unit in _units_of(request)))
+    properties = " ".join(f"--property {name}" for name in
+                          dict.fromkeys(["Id", SystemdStatus.state_key, SystemdEnabled.state_key]))
+    command = f"command -v systemctl >/dev/null 2>&1 && systemctl show --all {properties} {' '.join(units)}"
+
+    def split(lines: list[str], code: int) -> dict[tuple, list[str]]:
+        blocks: list[list[str]] = [[]]
+        for line in lines:
+            if line.strip():
+                blocks[-1].append(line)
+            elif blocks[-1]:
+                blocks.append([])
+        blocks = [block for block in blocks if block]
+        if code != 0 or len(blocks) != len(units):
+            return {}
+        by_unit = dict(zip(units, blocks))
+        answers = {}
+        for request in requests:
+            answer: list[str] = []
+            for unit in _units_of(request):
+                answer += ([""] if answer else []) + by_unit[unit]
+            answers[request[0]] = answer
+        return answers
+
+    return _Read(requests, command, split)
 
 
 def _fact_command(host: Host, request) -> str | None:
@@ -206,11 +373,11 @@ def _fact_command(host: Host, request) -> str | None:
     return str(command)
 
 
-def _read_chunk(host: Host, chunk: list) -> bool:
+def _read_chunk(host: Host, chunk: list[_Read]) -> bool:
     token = secrets.token_hex(8)
-    script = "".join(f"echo {token}-begin; ( {command}\n); echo {token}-end $?\n" for _request, command in chunk)
+    script = "".join(f"echo {token}-begin; ( {read.command}\n); echo {token}-end $?\n" for read in chunk)
     facts = _facts(host)
-    executor = chunk[0][0][3]
+    executor = chunk[0].requests[0][3]
     facts.fetching += 1
     try:
         status, output = host.run_shell_command(StringCommand(script), print_output=host.state.print_fact_output,
@@ -239,21 +406,27 @@ def _read_chunk(host: Host, chunk: list) -> bool:
     if len(results) != len(chunk):
         return False
     if host.state.print_fact_info:
-        logger.info(f"{host.print_prefix}Loaded {len(chunk)} facts in one batch")
-    for ((key, fact, _fact_kwargs, _executor), _command), (lines, code) in zip(chunk, results):
-        if code != 0:
-            continue  # read the ordinary way, where pyinfra reports the failure
+        logger.info(f"{host.print_prefix}Loaded {sum(len(read.requests) for read in chunk)} facts in one batch")
+    for read, (lines, code) in zip(chunk, results):
         try:
-            facts.values[key] = fact.process(lines) if lines else fact.default()
+            answers = read.split(lines, code)
         except Exception:
             continue
+        for key, fact, _fact_kwargs, _executor in read.requests:
+            if key not in answers:
+                continue  # read the ordinary way, where pyinfra reports the failure
+            try:
+                facts.values[key] = fact.process(answers[key]) if answers[key] else fact.default()
+            except Exception:
+                continue
     return True
 
 
 # pyinfra's Users fact forks about fifteen processes per account (grep, cut, lastlog, id, subshells):
 # a second of a node's time on a loaded machine, most of a converged node's first batch. This
 # command prints the same lines (a test compares the two) with one pass over passwd, shadow and
-# lastlog's listing, keeping only the two `id` calls per account, which ask the system's groups.
+# lastlog's listing, keeping one `id -Gn` per account, which asks the system's groups: its first
+# name is the primary group, which `id -gn` prints.
 USERS_COMMAND = r"""
 SEP=`printf '\001'`
 ((lastlog || lastlogin) 2> /dev/null) | tr -s ' ' | awk -F: -v sep="$SEP" '
@@ -263,7 +436,8 @@ SEP=`printf '\001'`
 ' - /etc/shadow /etc/passwd | while IFS= read -r line; do
     ENTRY=${line%%"$SEP"*}; rest=${line#*"$SEP"}; LASTLOG=${rest%%"$SEP"*}; PASSWORD=${rest#*"$SEP"}
     i=${ENTRY%%:*}
-    echo "$ENTRY|`id -gn $i`|`id -Gn $i`|$LASTLOG|$PASSWORD";
+    GROUPS_OF=`id -Gn $i`
+    echo "$ENTRY|${GROUPS_OF%% *}|$GROUPS_OF|$LASTLOG|$PASSWORD";
 done
 """.strip()
 
