@@ -30,12 +30,13 @@ mine = set(current_topology().roles_of(host.name))
 # ("Cycle detected in operation ordering DAG": Alertmanager's config and pki's new key did). Every host
 # walks all of ROLES in host.loop, so each operation also carries its role's place there, the same
 # on every host.
-for role in host.loop(ROLES):
-    if role.name in mine and (wanted is None or role.name in wanted):
-        import_module(f"roles.{role.name}").apply()
+with fact_cache.planning_reads_batched():  # what planning asks, read in one round trip
+    for role in host.loop(ROLES):
+        if role.name in mine and (wanted is None or role.name in wanted):
+            import_module(f"roles.{role.name}").apply()
 
-# With TLS turned off, the node's key and certificates go once no service reads them any more.
-if "pki" in mine and (wanted is None or "pki" in wanted):
-    import_module("roles.pki").remove_when_off()
+    # With TLS turned off, the node's key and certificates go once no service reads them any more.
+    if "pki" in mine and (wanted is None or "pki" in wanted):
+        import_module("roles.pki").remove_when_off()
 
-stamp_deploy()
+    stamp_deploy()

@@ -23,12 +23,18 @@ and a run that changes things pays at most what plain pyinfra pays. Installed by
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
 import re
 import secrets
 import shlex
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -58,6 +64,7 @@ class _HostFacts:
         self.fetching = 0  # > 0 while a fact's own command runs: it changes nothing
         self.prefetched = False
         self.collecting: dict[tuple, tuple] | None = None  # the look-ahead's wanted facts
+        self.planning: dict[tuple, dict] | None = None  # facts the deploy file asked while planning
         self._defaults: dict | None = None
 
     def connector_defaults(self, host: Host) -> dict:
@@ -104,6 +111,8 @@ def get_fact(self: Host, name_or_cls, *args, **kwargs):
         return _ORIGINAL["get_fact"](self, name_or_cls, *args, **kwargs)
     key = _key(self, name_or_cls, args, kwargs)
     facts = _facts(self)
+    if facts.planning is not None and not self.state.is_executing and not self.in_op:
+        _note_planning_read(facts, key, name_or_cls, args, kwargs)
     if key not in facts.values:
         if facts.collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
             facts.collecting[key] = _request(self, key, name_or_cls, args, kwargs)
@@ -122,6 +131,68 @@ def get_fact(self: Host, name_or_cls, *args, **kwargs):
         facts.fetching -= 1
     facts.values[key] = _copy(value)
     return value
+
+
+def planning_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "homelab-ops" / "planning-facts"
+
+
+def _planning_file(host: Host) -> Path:
+    """Where the facts this host's planning asked last time are listed: per host (name and
+    address), deploy file and role selection."""
+    identity = "\0".join(str(part) for part in (host.name, host.data.get("ssh_hostname"),
+                                                 host.state.current_deploy_filename, host.data.get("only_roles")))
+    return planning_cache_dir() / f"{hashlib.sha1(identity.encode()).hexdigest()}.json"
+
+
+def _note_planning_read(facts: _HostFacts, key: tuple, cls, args, kwargs) -> None:
+    if key in facts.planning or key[3] != "[]":  # a read with connector arguments (sudo...): left alone
+        return
+    entry = {"fact": f"{cls.__module__}:{cls.__qualname__}", "args": list(args), "kwargs": kwargs}
+    try:
+        # Only what reads back as the same request (the key is its repr).
+        if json.loads(json.dumps(entry)) != entry or any(isinstance(a, tuple) for a in (*args, *kwargs.values())):
+            return
+    except (TypeError, ValueError):
+        return
+    facts.planning[key] = entry
+
+
+@contextmanager
+def planning_reads_batched():
+    """Around the deploy file's planning of the current host: the facts its planning asked on the previous
+    run (remembered per host on the control machine: fact names and arguments, never values) are
+    read first, in one batch; each value is the node's answer now, kept until anything changes the
+    node, as every kept fact is. A fact planning asks that is not listed is read as usual, and the
+    list is replaced by what this run asked. Without this, planning read each fact in a round trip
+    of its own, one after another (about 8 per node: release, packages, current sysctls, ...)."""
+    host = ctx_host.get()
+    facts = _facts(host)
+    listing = _planning_file(host)
+    try:
+        remembered = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        remembered = []
+    wanted: dict[tuple, tuple] = {}
+    for entry in remembered if isinstance(remembered, list) else []:
+        try:
+            module, _, name = entry["fact"].partition(":")
+            cls = getattr(import_module(module), name)
+            args, kwargs = tuple(entry["args"]), dict(entry["kwargs"])
+            key = _key(host, cls, args, kwargs)
+            if key not in facts.values:
+                wanted[key] = _request(host, key, cls, args, kwargs)
+        except Exception:  # a fact that no longer exists or takes other arguments: not read ahead
+            continue
+    if wanted:
+        _read_batch(host, wanted)
+    facts.planning = {}
+    yield
+    listing.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = listing.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(list(facts.planning.values())))
+    staged.replace(listing)
+    facts.planning = None
 
 
 def want(cls, **kwargs) -> None:

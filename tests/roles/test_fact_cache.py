@@ -90,3 +90,52 @@ def test_the_users_fact_reads_the_same_accounts_with_fewer_processes():
     assert len(theirs) >= 2 and any(line.startswith("root:") for line in theirs)
     assert lines(fact_cache.USERS_COMMAND) == theirs
     assert Users().process(lines(fact_cache.USERS_COMMAND)) == Users().process(theirs)
+
+
+PLANNING_DEPLOY = """
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import files
+
+from roles import fact_cache
+
+fact_cache.install()
+base = host.data.get("base")
+with fact_cache.planning_reads_batched():
+    lines = host.get_fact(FileContents, path=f"{base}/source") or []
+    files.put(name="copy", src=StringIO("\\n".join(lines) + "\\n"), dest=f"{base}/copy")
+"""
+
+
+def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_values(tmp_path):
+    """The facts a deploy file reads while planning are read first, together, from the second run
+    on (the list is kept per host, the values never): a changed node is seen at once."""
+    deploy_file = tmp_path / "deploy_planning.py"
+    deploy_file.write_text(PLANNING_DEPLOY)
+    cache = tmp_path / "cache"
+
+    def deploy_planning():
+        run = run_pyinfra(str(deploy_file), "-vvv", "--data", f"base={tmp_path}", inventory="@local",
+                          timeout=300, env={"XDG_CACHE_HOME": str(cache)})
+        assert run.returncode == 0 and not run.failed(), run.stderr[-3000:]
+        return run
+
+    def read_alone(run) -> list[str]:
+        return [line for line in run.stderr.splitlines() if "Loaded fact files.FileContents" in line]
+
+    (tmp_path / "source").write_text("first secret-looking text\n")
+    first = deploy_planning()
+    assert read_alone(first) != []
+    assert (tmp_path / "copy").read_text() == "first secret-looking text\n"
+
+    (tmp_path / "source").write_text("second text\n")
+    second = deploy_planning()
+    assert read_alone(second) == []
+    assert "facts in one batch" in second.stderr
+    assert (tmp_path / "copy").read_text() == "second text\n"
+    [listing] = (cache / "homelab-ops" / "planning-facts").iterdir()
+    assert "FileContents" in listing.read_text() and "text" not in listing.read_text()
+
+    assert deploy_planning().changed() == []
