@@ -195,12 +195,12 @@ def planning_reads_batched():
     facts.planning = None
 
 
-def want(cls, **kwargs) -> None:
-    """In an operation: it will also ask for ``cls(**kwargs)``, after facts the look-ahead does not
-    know yet; read with them in one round trip instead of one more."""
+def want(cls, *args, **kwargs) -> None:
+    """In an operation: it will also ask for ``cls(*args, **kwargs)`` (spelled the same), after facts
+    the look-ahead does not know yet; read with them in one round trip instead of one more."""
     host = ctx_host.get()
     if host is not None and _facts(host).collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
-        _collect(host, cls, (), kwargs)
+        _collect(host, cls, args, kwargs)
 
 
 def _collect(host: Host, cls, args, kwargs) -> None:

@@ -35,6 +35,7 @@ from pyinfra.operations.util import any_changed
 from homelab.config import ConfigError, StrictModel
 from homelab.topology import CONTROL, Inbound, Topology
 from homelab.types import Duration, seconds
+from roles import fact_cache
 from roles.common import checked_file, current_topology, render, role_settings, sha1
 from roles.install import apt_packages
 
@@ -226,6 +227,7 @@ def ruleset(content: str, rollback_after: str):
     + rollback_after: how long the node waits for a confirmation before restoring the previous one
     """
     wanted = fingerprint_of(content)
+    fact_cache.want(Command, LOADED_STATE)  # asked after the file's hash: read with it
     if (host.get_fact(Sha1File, path=RULESET_FILE) == sha1(content)
             and (host.get_fact(Command, LOADED_STATE) or "").split() == [wanted, LISTING_INTACT]):
         host.noop(f"firewall ruleset {wanted[:12]} is loaded as confirmed")
