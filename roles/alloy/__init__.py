@@ -30,6 +30,7 @@ from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.types import Port
 from roles.alloy.package import ENVIRONMENT_FILE, PACKAGE, STORAGE_PATH
 from roles.common import checked_file, current_topology, render, restart, role_settings
+from roles.loki import loki_client
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.pki.web import Client, client, password_file
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
@@ -85,9 +86,12 @@ def profile_targets(topology: Topology, host_name: str) -> list[ProfileTarget]:
     return targets
 
 
-def render_config(settings: Settings, host_name: str, loki: str, profiles: list[ProfileTarget] = ()) -> str:
+def render_config(settings: Settings, host_name: str, loki: str, profiles: list[ProfileTarget] = (),
+                  loki_ca_file: str | None = None) -> str:
+    """``loki``: Loki's base URL; ``loki_ca_file``: the CA to verify it with when it is https."""
     return render("alloy/config.alloy.j2", settings=settings, host_name=host_name, storage_path=STORAGE_PATH,
-                  push_url=f"{loki}/loki/api/v1/push", profiles=profiles, profile_path=PROFILE_PATH)
+                  push_url=f"{loki}/loki/api/v1/push", profiles=profiles, profile_path=PROFILE_PATH,
+                  loki_ca_file=loki_ca_file)
 
 
 def render_defaults(settings: Settings) -> str:
@@ -101,7 +105,8 @@ def apply() -> None:
     settings = role_settings("alloy", Settings)
     topology = current_topology()
     profiles = profile_targets(topology, host.name)
-    config_content = render_config(settings, host.name, topology.endpoint("loki").url(), profiles)
+    loki_url, loki_ca_file = loki_client(topology)
+    config_content = render_config(settings, host.name, loki_url, profiles, loki_ca_file)
     if not install_grafana_package(PACKAGE, settings.install):
         return
     if any(target.client.password_file for target in profiles):

@@ -94,12 +94,15 @@ class Settings(StrictModel):
         return self if self.http_port else self.model_copy(update={"http_port": nginx_port})
 
 
-def root_url(settings: Settings, server_name: str) -> str:
-    scheme, port = ("https", settings.https_port) if settings.tls else ("http", settings.http_port)
+def root_url(settings: Settings, server_name: str, node_tls: bool = False) -> str:
+    """Where users reach Grafana: its own certificate's https_port, else nginx's port, over https
+    with the node's certificate when pki.tls is on (``node_tls``)."""
+    scheme, port = (("https", settings.https_port) if settings.tls else
+                    ("https" if node_tls else "http", settings.http_port))
     return f"{scheme}://{server_name}{'' if port == SCHEME_PORTS[scheme] else f':{port}'}/"
 
 
-def render_grafana_ini(settings: Settings, server_name: str) -> str:
+def render_grafana_ini(settings: Settings, server_name: str, node_tls: bool = False) -> str:
     return render(
         "grafana/grafana.ini.j2",
         data_dir=DATA_DIR,
@@ -108,7 +111,7 @@ def render_grafana_ini(settings: Settings, server_name: str) -> str:
         provisioning_dir=PROVISIONING_DIR,
         socket=SOCKET,
         server_name=server_name,
-        root_url=root_url(settings, server_name),
+        root_url=root_url(settings, server_name, node_tls),
         admin_user=settings.admin_user,
         admin_password_ref=f"$__file{{{ADMIN_PASSWORD_FILE}}}",
         tls=settings.tls,
@@ -118,7 +121,8 @@ def render_grafana_ini(settings: Settings, server_name: str) -> str:
 @dataclass(frozen=True)
 class Datasource:
     """How Grafana reaches one datasource: its URL, and with TLS (pki.tls on its host) the cluster
-    CA's certificate (PEM, which Grafana's provisioning takes inline) and Grafana's login."""
+    CA's certificate (PEM, which Grafana's provisioning takes inline) and Grafana's login (None
+    where the listener asks for none)."""
 
     url: str
     ca_pem: str | None = None
@@ -139,13 +143,16 @@ def render_tmpfiles() -> str:
     return render("grafana/tmpfiles.conf.j2", socket_dir=SOCKET_DIR, user=PACKAGE.user, group=PACKAGE.group)
 
 
-def render_site(settings: Settings, server_name: str, keepalive: int) -> str:
+def render_site(settings: Settings, server_name: str, keepalive: int, node_tls: bool = False) -> str:
+    """nginx's server blocks for Grafana; with ``node_tls`` (pki.tls on) nginx's port serves https
+    with the node's certificate (nginx.conf names it), like every site sharing that port."""
     return render(
         "grafana/nginx-site.conf.j2",
         socket=SOCKET,
         server_name=server_name,
         keepalive=keepalive,
         tls=settings.tls,
+        node_tls=node_tls,
         http_port=settings.http_port,
         https_port=settings.https_port,
         tls_certificate=settings.tls_certificate,
@@ -183,8 +190,9 @@ def datasources(topology: Topology, ca_pem: str | None = None) -> dict[str, Data
         if way.scheme == "https" and not ca_pem:
             raise ConfigError(f"inventory data for {endpoint.host}", "vault_file",
                               f"the cluster CA certificate beside the vault is needed: {role} serves TLS (pki.tls)")
-        found[role] = (Datasource(endpoint.url(scheme="https"), ca_pem, WEB_USER) if way.scheme == "https"
-                       else Datasource(endpoint.url()))
+        # Grafana's login only where the listener asks for one (Loki's: TLS only).
+        found[role] = (Datasource(endpoint.url(scheme="https"), ca_pem, WEB_USER if way.username else None)
+                       if way.scheme == "https" else Datasource(endpoint.url()))
     return found
 
 
@@ -223,6 +231,7 @@ def apply() -> None:
     topology = current_topology()
     settings = role_settings("grafana", Settings).on_nginx_port(topology.port(host.name, "nginx"))
     server_name = settings.server_name or host.name
+    node_tls = topology.settings(host.name, "pki").tls
     sources = datasources(topology, cluster_ca_pem())
     wanted_dashboards = dashboards()
     # Read before anything is installed: on a first deploy there is no database yet.
@@ -237,7 +246,7 @@ def apply() -> None:
     group = PACKAGE.group
     password = secret_file(name="Grafana admin password", dest=ADMIN_PASSWORD_FILE,
                            secret="grafana_admin_password", user="root", group=group, mode="0640")
-    config = checked_file(name="grafana.ini", dest=CONFIG_FILE, content=render_grafana_ini(settings, server_name),
+    config = checked_file(name="grafana.ini", dest=CONFIG_FILE, content=render_grafana_ini(settings, server_name, node_tls),
                           group=group, mode="0640")
     provisioned = checked_file(name="Grafana datasources", dest=f"{PROVISIONING_DIR}/datasources/homelab.yaml",
                                content=render_datasources(**sources), group=group, mode="0640")
@@ -270,4 +279,4 @@ def apply() -> None:
     joined = server.user(name=f"{NGINX_USER} may open Grafana's socket", user=NGINX_USER, groups=[SOCKET_GROUP],
                          append=True, create_home=False, ensure_home=False)
     systemd.service(name="Reload nginx for its new group", service="nginx", reloaded=True, _if=joined.did_change)
-    site(SITE_NAME, render_site(settings, server_name, host_tuning().nginx.upstream_keepalive))
+    site(SITE_NAME, render_site(settings, server_name, host_tuning().nginx.upstream_keepalive, node_tls))

@@ -4,6 +4,11 @@ The config is checked with `loki -verify-config` before it replaces the live one
 installs (binary, unit, user, paths) is in roles/loki/package.py, read from Loki's packaging. Retention is
 applied by the compactor, so it must be whole days (the index period is 24h). The log shippers and
 Grafana find Loki through homelab.topology: the first host of the `loki` group, on its listen_port.
+
+With `pki.tls` on, Loki serves that port over TLS with the node's certificate (roles/pki;
+`server.http_tls_config`); the shippers, Grafana and Prometheus verify it with the cluster CA.
+Loki has no login of its own (auth_enabled is about tenants): the firewall admits only its callers
+(homelab.topology.Listener.login is off for it).
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import re
 
 from pydantic import Field, field_validator
+from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files, server, systemd
 
 from homelab.config import StrictModel
 from homelab.types import Port
-from roles.common import checked_file, render, restart, role_settings
+from roles.common import checked_file, current_topology, render, restart, role_settings
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.loki.package import PACKAGE
 
@@ -53,16 +59,35 @@ class Settings(StrictModel):
         return value
 
 
-def render_config(settings: Settings) -> str:
-    return render("loki/config.yml.j2", settings=settings, data_dir=DATA_DIR)
+def render_config(settings: Settings, tls: bool = False) -> str:
+    from roles.pki import CERT_FILE, KEY_FILE
+
+    return render("loki/config.yml.j2", settings=settings, data_dir=DATA_DIR, tls=tls, cert_file=CERT_FILE,
+                  key_file=KEY_FILE)
+
+
+def loki_client(topology) -> tuple[str, str | None]:
+    """How a log shipper reaches the first Loki host: its base URL (https when that host has
+    pki.tls on) and the CA file on the node to verify it with (None over plain HTTP)."""
+    from roles.pki.web import client
+
+    loki = topology.endpoint("loki")
+    way = client(topology, "loki", loki.host, "http", "", "")
+    return loki.url(scheme=way.scheme), way.ca_file
 
 
 @deploy("loki")
 def apply() -> None:
+    from roles.pki import GROUP
+
     settings = role_settings("loki", Settings)
+    tls = current_topology().settings(host.name, "pki").tls
     if not install_grafana_package(PACKAGE, settings.install):
         return
     files.directory(name="Loki data folder", path=DATA_DIR, user=PACKAGE.user, group=PACKAGE.group, mode="0750")
-    config = checked_file(name="Loki config", dest=CONFIG_FILE, content=render_config(settings), check=CHECK)
+    if tls:
+        server.user(name=f"{PACKAGE.user} reads the node's TLS key (group {GROUP})", user=PACKAGE.user, groups=[GROUP],
+                    append=True, create_home=False, ensure_home=False)
+    config = checked_file(name="Loki config", dest=CONFIG_FILE, content=render_config(settings, tls), check=CHECK)
     systemd.service(name="Loki enabled and running", service=SERVICE, running=True, enabled=True)
     restart(SERVICE, "loki", "Restart Loki for its new config", config.did_change)

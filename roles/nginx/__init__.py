@@ -7,12 +7,21 @@ such sockets (e.g. grafana), and www-data is added to them.
 
 Other roles add a site with `site(name, content)`: the staged site is checked with `nginx -t`
 together with the live config and the other sites before it is enabled, then nginx reloads.
+
+With `pki.tls` on (issue 13) every listener of the role serves TLS with the node's certificate
+(roles/pki), named in nginx.conf through variables so that nginx loads it at each handshake and a
+rotated certificate is served without a reload. The sites (ours, Grafana's) serve https without a
+login; mtail, and Debian 12's nginx exporter (0.11, no `--web.config.file`), cannot do TLS or
+logins, so they listen on loopback only (`*_loopback_port`) and nginx fronts them on their public
+ports (site FRONTED_SITE) with auth_basic against bcrypt hashes (FRONTED_LOGINS) of the web
+passwords of the users the topology says call nginx (homelab.access.callers). Debian 13's exporter
+(1.x) serves TLS and its login itself with exporter-toolkit's web config, as node_exporter does.
 """
 
 from __future__ import annotations
 
 import shlex
-from io import StringIO
+from io import BytesIO, StringIO
 
 from pydantic import Field
 from pyinfra import host
@@ -23,7 +32,7 @@ from pyinfra.operations.util import any_changed
 
 from homelab.config import StrictModel
 from homelab.types import SCHEME_PORTS, Port
-from roles.common import checked_file, render, restart, role_settings
+from roles.common import checked_file, current_topology, node_release, render, restart, role_settings
 from roles.install import Install, install_packages
 from roles.tuning import host_tuning, tuning_path
 
@@ -31,6 +40,11 @@ SITES_DIR = "/etc/nginx/sites-enabled"
 ACCESS_LOG = "/var/log/nginx/access.log"
 MTAIL_PROGRAM = "/etc/mtail/nginx-responses.mtail"
 NGINX_USER = "www-data"
+# With pki.tls on: the site fronting what cannot serve TLS itself, and its logins (user:bcrypt).
+FRONTED_SITE = "fronted-exporters"
+FRONTED_LOGINS = "/etc/homelab/tls/nginx.htpasswd"
+# prometheus-nginx-exporter's service user (Debian's unit), which reads its web config.
+EXPORTER_USER = "prometheus"
 
 
 class Upstream(StrictModel):
@@ -47,13 +61,19 @@ class Settings(StrictModel):
     status_port: Port = 8081
     exporter_port: Port = 9113
     mtail_port: Port = 3903
+    # With pki.tls on, where mtail (and an exporter without --web.config.file) listens on loopback
+    # while nginx serves mtail_port (exporter_port) with TLS and a login in front of it.
+    exporter_loopback_port: Port = 19113
+    mtail_loopback_port: Port = 13903
     static_root: str = "/var/www/homelab"
     upstreams: list[Upstream] = []
     # Groups owning unix sockets nginx proxies to; nginx's user joins those that exist.
     socket_groups: list[str] = []
 
 
-def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
+def render_nginx_conf(settings: Settings, tuning, tuning_source: str, tls: bool = False) -> str:
+    from roles.pki import CERT_FILE, KEY_FILE
+
     return render(
         "nginx/nginx.conf.j2",
         nginx=tuning.nginx,
@@ -62,16 +82,38 @@ def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
         access_log=ACCESS_LOG,
         sites_dir=SITES_DIR,
         tuning_source=tuning_source,
+        tls=tls,
+        cert_file=CERT_FILE,
+        key_file=KEY_FILE,
     )
 
 
-def render_default_site(settings: Settings, tuning) -> str:
+def render_default_site(settings: Settings, tuning, tls: bool = False) -> str:
     return render(
         "nginx/default-site.conf.j2",
         nginx=tuning.nginx,
         listen_port=settings.listen_port,
         static_root=settings.static_root,
+        tls=tls,
     )
+
+
+def fronted(settings: Settings, exporter_web_config: bool) -> dict[str, tuple[int, int]]:
+    """With pki.tls on: listener name -> (public port nginx serves with TLS and a login, loopback
+    port of the backend), for each backend that cannot do TLS itself."""
+    fronts = {"mtail": (settings.mtail_port, settings.mtail_loopback_port)}
+    if not exporter_web_config:
+        fronts["exporter"] = (settings.exporter_port, settings.exporter_loopback_port)
+    return dict(sorted(fronts.items()))
+
+
+def render_fronted_site(fronts: dict[str, tuple[int, int]], logins_file: str = FRONTED_LOGINS) -> str:
+    return render("nginx/fronted-site.conf.j2", fronts=fronts, logins_file=logins_file)
+
+
+def render_logins(users: dict[str, str]) -> str:
+    """auth_basic_user_file lines, user:bcrypt hash ($2b$, which nginx checks with libxcrypt's crypt())."""
+    return "".join(f"{user}:{hashed}\n" for user, hashed in sorted(users.items()))
 
 
 def site_check_command(name: str) -> str:
@@ -114,6 +156,7 @@ MTAIL_CHECK = (
 def apply() -> None:
     settings = role_settings("nginx", Settings)
     tuning = host_tuning()
+    tls = current_topology().settings(host.name, "pki").tls
     install_packages("nginx", ["nginx"], settings.install)
     install_packages("nginx", ["prometheus-nginx-exporter", "mtail"], Install())
 
@@ -139,27 +182,70 @@ def apply() -> None:
     # Debian's own default site would claim default_server on HTTP's port beside ours.
     files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
+    if tls:
+        tls_logins(settings)
     main_conf = checked_file(
         name="nginx.conf",
         dest="/etc/nginx/nginx.conf",
-        content=render_nginx_conf(settings, tuning, str(tuning_path().name)),
+        content=render_nginx_conf(settings, tuning, str(tuning_path().name), tls),
         check="nginx -t -q -c {staged}",
     )
     systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)
     systemd.service(name="Reload nginx for nginx.conf", service="nginx", reloaded=True, _if=main_conf.did_change)
-    site("default", render_default_site(settings, tuning))
+    site("default", render_default_site(settings, tuning, tls))
 
-    nginx_exporter(settings)
-    mtail(settings)
+    exporter_web_config = node_release().nginx_exporter_web_config
+    fronts = fronted(settings, exporter_web_config) if tls else {}
+    if not tls:
+        # Before the backends take their public ports back from nginx.
+        gone = files.file(name=f"No site {FRONTED_SITE} with pki.tls off", path=f"{SITES_DIR}/{FRONTED_SITE}.conf",
+                          present=False)
+        systemd.service(name=f"Reload nginx without site {FRONTED_SITE}", service="nginx", reloaded=True,
+                        _if=gone.did_change)
+    nginx_exporter(settings, tls, exporter_web_config)
+    mtail(settings, tls)
+    if fronts:
+        # Once the backends left the public ports for loopback: nginx binds those now.
+        site(FRONTED_SITE, render_fronted_site(fronts))
 
 
-def nginx_exporter(settings: Settings) -> None:
+def tls_logins(settings: Settings) -> None:
+    """With pki.tls on: nginx's workers may read the node's key (loaded at each handshake), and
+    the logins file of the fronted backends, 0640 root:www-data."""
+    from homelab.access import callers, password_secret
+    from homelab.vault import host_secret
+    from roles.pki import GROUP
+    from roles.pki.web import bcrypt_hash
+    from roles.secrets import private_file
+
+    # nginx's workers take their groups at start: the reload after nginx.conf's TLS lines starts
+    # new ones in GROUP.
+    server.user(name=f"{NGINX_USER} reads the node's TLS key (group {GROUP})", user=NGINX_USER, groups=[GROUP],
+                append=True, create_home=False, ensure_home=False)
+    users = {user: bcrypt_hash(user, host_secret(password_secret(user)))
+             for user in callers(current_topology(), "nginx")}
+    private_file(name=f"nginx's logins for fronted backends {FRONTED_LOGINS}", dest=FRONTED_LOGINS,
+                 content=BytesIO(render_logins(users).encode()), group=NGINX_USER, mode="0640")
+
+
+def exporter_listen(settings: Settings, tls: bool, exporter_web_config: bool) -> tuple[str, list[str]]:
+    """The exporter's listen address and extra flags: its public port (with its web config, when
+    pki.tls is on and it takes one), or loopback behind nginx."""
+    if tls and not exporter_web_config:
+        return f"127.0.0.1:{settings.exporter_loopback_port}", []
+    from roles.pki.web import web_config
+
+    return f":{settings.exporter_port}", web_config("nginx", EXPORTER_USER) if tls else []
+
+
+def nginx_exporter(settings: Settings, tls: bool = False, exporter_web_config: bool = False) -> None:
     """prometheus-nginx-exporter, reading the status page on settings.status_port."""
+    listen, web_flags = exporter_listen(settings, tls, exporter_web_config)
     exporter = checked_file(
         name="nginx exporter flags",
         dest="/etc/default/prometheus-nginx-exporter",
         content=render("nginx/nginx-exporter.default.j2", status_port=settings.status_port,
-                       exporter_port=settings.exporter_port),
+                       listen=listen, web_flags=web_flags),
     )
     # The package starts the exporter at install with its stock flags, which point at a status port
     # nobody serves, so it fails into systemd's start limit: clear that before restarting it.
@@ -171,7 +257,7 @@ def nginx_exporter(settings: Settings) -> None:
     systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter", running=True, enabled=True)
 
 
-def mtail(settings: Settings) -> None:
+def mtail(settings: Settings, tls: bool = False) -> None:
     """mtail, counting responses by status from nginx's access log."""
     program = checked_file(
         name="mtail program for nginx responses",
@@ -182,7 +268,9 @@ def mtail(settings: Settings) -> None:
     mtail_flags = checked_file(
         name="mtail flags",
         dest="/etc/default/mtail",
-        content=render("nginx/mtail.default.j2", access_log=ACCESS_LOG, mtail_port=settings.mtail_port),
+        content=render("nginx/mtail.default.j2", access_log=ACCESS_LOG,
+                       address="127.0.0.1" if tls else "0.0.0.0",
+                       port=settings.mtail_loopback_port if tls else settings.mtail_port),
     )
     systemd.service(name="mtail running", service="mtail", running=True, enabled=True)
     restart("mtail", "nginx", "Restart mtail for new program or flags", any_changed(program, mtail_flags),

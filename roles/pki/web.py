@@ -101,7 +101,7 @@ def check_profiles_behind_a_login(role: str, profiling_hz: int) -> None:
     """Our services serve CPU profiles (profiling_hz) only behind the login of their web config,
     which this host has only with pki.tls on: refuse the setting otherwise, before anything changes
     (the service's own config check would refuse it on the node)."""
-    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
+    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http" and l.login)
     if profiling_hz and not secured(current_topology(), role, host.name, web):
         raise ConfigError(f"inventory data for {host.name}", f"{role}.profiling_hz",
                           f"expected 0 with pki.tls off (CPU profiles are served only behind the metrics login, "
@@ -146,7 +146,7 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     joins GROUP to read the node's key); None with TLS off. Our own services (the relay,
     toy-redis) read the same file as exporter-toolkit does."""
     topology = current_topology()
-    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http")
+    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http" and l.login)
     if not secured(topology, role, host.name, web):
         return None
     text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
@@ -175,6 +175,8 @@ def client(topology: Topology, role: str, host_name: str, listener: str, caller:
     """``caller``'s way to ``role``'s ``listener`` on ``host_name``; its password is in ``password_file``."""
     if not secured(topology, role, host_name, listener):
         return Client("http")
+    if not ROLE_BY_NAME[role].listener(listener).login:
+        return Client("https", CA_FILE)
     return Client("https", CA_FILE, caller, password_file)
 
 

@@ -19,6 +19,7 @@ from pyinfra.operations import files, server, systemd
 from homelab.config import ConfigError, StrictModel
 from homelab.types import Port
 from roles.common import checked_file, current_topology, render, restart, role_settings
+from roles.loki import loki_client
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
 from roles.promtail.package import PACKAGE
 from roles.toy_redis import LOG_FILE as TOY_REDIS_LOG_FILE
@@ -68,9 +69,10 @@ def stop_other_shipper(other: str, chosen: str) -> None:
                         running=False, enabled=False)
 
 
-def render_config(settings: Settings, host_name: str, loki: str) -> str:
+def render_config(settings: Settings, host_name: str, loki: str, loki_ca_file: str | None = None) -> str:
+    """``loki``: Loki's base URL; ``loki_ca_file``: the CA to verify it with when it is https."""
     return render("promtail/config.yml.j2", settings=settings, host_name=host_name,
-                  positions_file=POSITIONS_FILE, push_url=f"{loki}/loki/api/v1/push")
+                  positions_file=POSITIONS_FILE, push_url=f"{loki}/loki/api/v1/push", loki_ca_file=loki_ca_file)
 
 
 @deploy("promtail")
@@ -78,7 +80,9 @@ def apply() -> None:
     require_chosen("promtail")
     logger.warning(f"{host.name}: {DEPRECATION}")
     settings = role_settings("promtail", Settings)
-    config_content = render_config(settings, host.name, current_topology().endpoint("loki").url())
+    topology = current_topology()
+    loki_url, loki_ca_file = loki_client(topology)
+    config_content = render_config(settings, host.name, loki_url, loki_ca_file)
     if not install_grafana_package(PACKAGE, settings.install):
         return
     stop_other_shipper("alloy", "promtail")

@@ -128,8 +128,10 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     ca_file = ca_cert_path(vault_file)
     if not ca_file.is_file():
         raise ConfigError(ca_file, "", "the cluster CA certificate is missing (create it: homelab pki init)")
-    if ROLE_BY_NAME[role].listener(listener).protocol != "http":
-        # TLS only: the protocol's own login (toy-redis's requirepass) is the client's to send.
+    spec = ROLE_BY_NAME[role].listener(listener)
+    if spec.protocol != "http" or not spec.login:
+        # TLS only: the protocol's own login (toy-redis's requirepass), or the application's
+        # (Grafana behind nginx), is the client's to send.
         return Access(endpoint, tls=True, ca_file=ca_file)
     secrets = load_vault(vault_file, password_file)
     name = password_secret(user)
@@ -150,5 +152,5 @@ def web_users(topology: Topology) -> list[str]:
     """Every user some secured listener admits: the web passwords the vault must hold."""
     from homelab.topology import ROLES
 
-    return sorted({user for role in ROLES if any(listener.secured for listener in role.listeners)
+    return sorted({user for role in ROLES if any(listener.secured and listener.login for listener in role.listeners)
                    if topology.hosts_of(role.name) for user in callers(topology, role.name)})

@@ -55,6 +55,10 @@ class Listener:
     # What it speaks: "http" (a web login from homelab.access; blackbox checks it), or "resp"
     # (Redis's protocol; its login is requirepass).
     protocol: str = "http"
+    # Whether a secured web listener asks for our login (homelab.access). False: TLS only, for a
+    # site whose application has its own (nginx's sites: Grafana), or a service that has none
+    # (Loki: its firewall admits only its callers).
+    login: bool = True
     # A plain listener kept beside secured ones: served only on hosts with pki.tls on whose setting
     # holds a port (None: not served). With TLS off the secured listeners are the plain ones.
     beside_tls: bool = False
@@ -98,12 +102,14 @@ ROLES: tuple[Role, ...] = (
     Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port", secured=True),), {"node": "metrics"}),
     # After node_exporter, whose textfile directory it writes its drop counters to.
     Role("firewall", None, "firewall"),
+    # nginx serves TLS itself, and fronts its exporter and mtail (roles/nginx) where they cannot.
     Role("nginx", "nginx", "nginx",
-         (Listener(_HTTP, "listen_port", health="/healthz"), Listener("exporter", "exporter_port"),
-          Listener("mtail", "mtail_port")),
+         (Listener(_HTTP, "listen_port", health="/healthz", secured=True, login=False),
+          Listener("exporter", "exporter_port", secured=True), Listener("mtail", "mtail_port", secured=True)),
          {"nginx": "exporter", "mtail": "mtail"}),
     Role("grafana", "grafana", "Grafana", note="unix socket"),
-    Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready"),), {"loki": _HTTP}),
+    Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready", secured=True, login=False),),
+         {"loki": _HTTP}),
     Role("toy_redis", "toy_redis", "toy-redis", (Listener("resp", "port", secured=True, protocol="resp"),
                                                  Listener("metrics", "metrics_port", secured=True),
                                                  Listener("resp_plain", "plain_port", protocol="resp", beside_tls=True)),
@@ -222,9 +228,9 @@ METRICS_PATH = "/metrics"
 
 @dataclass(frozen=True, order=True)
 class TlsCheck:
-    """blackbox's check of one secured listener of a host with pki.tls on: is its port open, and
-    does what Prometheus scrapes answer over https with the cluster CA and blackbox's login
-    (alert ScrapeTLSOrLoginFailing compares the two)."""
+    """blackbox's check of one secured listener serving metrics (scraped, or behind a login) of a
+    host with pki.tls on: is its port open, and does what Prometheus scrapes answer over https with
+    the cluster CA and blackbox's login (alert ScrapeTLSOrLoginFailing compares the two)."""
 
     role: str
     listener: str
@@ -410,6 +416,7 @@ class Topology:
         return sorted(TlsCheck(role.name, listener.name, endpoint)
                       for role in ROLES for listener in role.listeners
                       if listener.secured and listener.protocol == "http"
+                      and (listener.login or listener.name in role.scrape.values())
                       for endpoint in self.endpoints(role.name, listener.name)
                       if self.settings(endpoint.host, "pki").tls)
 

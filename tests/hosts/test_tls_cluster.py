@@ -2,7 +2,8 @@
 
 Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py); then every secured
 web listener answers the control machine's login over https with the cluster CA, and refuses a
-request without a login and plain http; Prometheus scrapes every target (over https where secured);
+request without a login and plain http (nginx's exporter and mtail included, which nginx fronts
+where they cannot do it themselves); nginx's site serves https without a login; Prometheus scrapes every target (over https where secured);
 toy-redis speaks RESP only over TLS; a second run changes nothing; no secret of the vault shows in the
 deploy's output, in a command line, in the journal or in a file others may read on any node. At the end the lab's own settings
 (TLS off) are deployed back, as the other lab tests expect.
@@ -55,7 +56,7 @@ def secured_web_listeners(topology):
     from_control = {(host, inbound.role, inbound.listener) for host in topology.hosts
                     for inbound in topology.inbound(host) if CONTROL in inbound.parties}
     return [(role.name, listener, host) for role in ROLES for listener in role.listeners
-            if listener.secured and listener.protocol == "http" for host in topology.serving(role.name)
+            if listener.secured and listener.protocol == "http" and listener.login for host in topology.serving(role.name)
             if (host, role.name, listener.name) in from_control]
 
 
@@ -85,6 +86,59 @@ def test_every_secured_listener_wants_https_and_a_login(tls_lab, tls_topology):
             assert not plain.ok, f"{where}: answered plain http with {plain.status_code}"
         checked.append(where)
     assert len(checked) >= len(tls_topology.hosts), checked  # node_exporter on every node at least
+
+
+def test_sites_serve_https_with_the_node_certificate_and_no_login(tls_lab, tls_topology):
+    """nginx's site (Grafana's too, behind it): TLS without a login of ours; no plain http."""
+    checked = []
+    for role in ROLES:
+        for listener in role.listeners:
+            if not (listener.secured and listener.protocol == "http" and not listener.login and listener.health):
+                continue
+            for host in tls_topology.serving(role.name):
+                site = access(tls_topology, role.name, host, listener.name)
+                assert site.url().startswith("https://") and site.auth is None
+                assert site.get(listener.health, timeout=10).ok, f"{role.name} on {host}"
+                plain_url = tls_topology.endpoint(role.name, host, listener.name).url(listener.health, "http")
+                try:
+                    plain = requests.get(plain_url, timeout=10)
+                except requests.ConnectionError:
+                    pass
+                else:
+                    assert not plain.ok, f"{role.name} on {host}: answered plain http with {plain.status_code}"
+                checked.append((role.name, host))
+    assert ("nginx", tls_topology.hosts_of("nginx")[0]) in checked
+
+
+def test_mtail_and_the_exporter_listen_on_loopback_behind_nginx_and_strangers_are_dropped(tls_lab, tls_topology, lab):
+    """What cannot do TLS itself (mtail; the exporter without --web.config.file) listens on loopback
+    only, nginx holds its public port; nodes that do not call those ports get no connection."""
+    from homelab.releases import DEFAULT_RELEASE, debian_release
+    from roles.nginx import fronted
+    from tests.hosts.test_firewall import CONNECT_TIMEOUT_S, PROBE
+
+    for host in tls_topology.serving("nginx"):
+        settings = tls_topology.settings(host, "nginx")
+        release = debian_release(tls_topology.data(host, "debian_release", DEFAULT_RELEASE))
+        fronts = fronted(settings, release.nginx_exporter_web_config)
+        assert "mtail" in fronts
+        listening = subprocess.run(ssh_command(lab, host, "ss -Hltnp"), capture_output=True, text=True, timeout=60)
+        assert listening.returncode == 0, listening.stderr
+        for listener, (public_port, loopback_port) in fronts.items():
+            local = [line.split()[3] for line in listening.stdout.splitlines() if line.split()[3].endswith(f":{loopback_port}")]
+            assert local == [f"127.0.0.1:{loopback_port}"], f"{listener} on {host} listens on {local}"
+            public = [line for line in listening.stdout.splitlines() if line.split()[3].endswith(f":{public_port}")]
+            assert public and all('"nginx"' in line for line in public), f"{listener}'s port on {host}: {public}"
+        for inbound in tls_topology.inbound(host):
+            if inbound.role != "nginx" or inbound.listener not in ("exporter", "mtail"):
+                continue
+            target = [tls_topology.address(host), inbound.port]
+            for stranger in sorted(set(tls_topology.hosts) - set(inbound.callers) - {host}):
+                probe = subprocess.run(
+                    ssh_command(lab, stranger, " ".join(shlex.quote(part) for part in (
+                        "python3", "-c", PROBE, json.dumps([target]), str(CONNECT_TIMEOUT_S)))),
+                    capture_output=True, text=True, timeout=60)
+                assert json.loads(probe.stdout) == ["timeout"], (stranger, host, inbound)
 
 
 def test_prometheus_scrapes_every_target_with_tls_on(tls_lab, tls_topology):

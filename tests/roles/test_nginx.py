@@ -3,11 +3,13 @@
 import os
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from roles.nginx import SITES_DIR, Settings, Upstream, render_default_site, render_nginx_conf, site_check_command
+from roles.nginx import (FRONTED_SITE, SITES_DIR, Settings, Upstream, exporter_listen, fronted, render_default_site,
+                         render_fronted_site, render_logins, render_nginx_conf, site_check_command)
 from roles.tuning.settings import load_tuning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +83,165 @@ def test_mtail_program_compiles_and_its_check_refuses_a_broken_one(tmp_path):
     assert "counter nginx_http_responses_total by code_class" in program
     assert check(program) == 0
     assert check(program.replace("/ {", "/ ", 1)) != 0
+
+
+# --- pki.tls on: nginx serves https with the node's certificate and fronts mtail and the exporter --
+
+def test_with_tls_on_only_backends_without_a_web_config_are_fronted_on_their_own_public_ports():
+    from homelab.releases import RELEASES
+
+    settings = Settings()
+    bookworm, trixie = (fronted(settings, RELEASES[v].nginx_exporter_web_config) for v in (12, 13))
+    assert bookworm == {"exporter": (settings.exporter_port, settings.exporter_loopback_port),
+                        "mtail": (settings.mtail_port, settings.mtail_loopback_port)}
+    assert trixie == {"mtail": (settings.mtail_port, settings.mtail_loopback_port)}
+    # Behind nginx, the backend listens on loopback only; with TLS off, it keeps its public port.
+    assert exporter_listen(settings, True, False) == (f"127.0.0.1:{settings.exporter_loopback_port}", [])
+    assert exporter_listen(settings, False, True) == (f":{settings.exporter_port}", [])
+
+
+def test_tls_off_renders_what_it_rendered_before():
+    """The TLS-off path is unchanged: no ssl, no certificate, no map in nginx.conf or the site."""
+    conf = render_nginx_conf(Settings(), TUNING, "tuning.yaml")
+    site = render_default_site(Settings(), TUNING)
+    assert "ssl" not in conf and "homelab_tls" not in conf and " ssl" not in site
+
+
+@pytest.fixture
+def tls_nginx(tls_topology):
+    """A real nginx (Debian's, as on the nodes) with the role's nginx.conf, default site and fronted
+    site rendered with pki.tls on, on free loopback ports, a node pair issued by a throwaway CA,
+    the logins of the users calling nginx, and a backend on the fronted loopback port."""
+    import tempfile
+
+    from homelab.access import callers, password_secret
+    from homelab.pki import ClusterCA, create_ca
+    from roles.pki import CERT_FILE, KEY_FILE
+    from roles.pki.web import bcrypt_hash
+    from tests.local_http import QuietHandler, serving
+    from tests.loopback import free_port, wait_for
+    from tests.roles.test_pki import VAULT
+
+    class Metrics(QuietHandler):
+        def do_GET(self):
+            body = b"backend_up 1\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    # nginx's workers run as www-data: the folder and files must be reachable by it.
+    folder = Path(tempfile.mkdtemp(prefix="nginx-tls-"))
+    folder.chmod(0o755)
+    ca_pair = create_ca("nginx test CA", timedelta(hours=1))
+    ca = ClusterCA(ca_pair)
+    (folder / "ca.crt").write_bytes(ca_pair.cert)
+    pair = ca.issue("master-node", "127.0.0.1", timedelta(hours=1))
+    (folder / "node.key").write_bytes(pair.key)
+    (folder / "node.crt").write_bytes(pair.cert)
+    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "nginx")}
+    (folder / "logins").write_text(render_logins(users))
+    with serving(Metrics) as backend:
+        settings = Settings(listen_port=free_port(), status_port=free_port(), mtail_port=free_port(),
+                            mtail_loopback_port=backend.server_port)
+        sites = folder / "sites"
+        sites.mkdir()
+        (sites / "default.conf").write_text(render_default_site(settings, TUNING, tls=True))
+        fronts = fronted(settings, exporter_web_config=True)
+        (sites / f"{FRONTED_SITE}.conf").write_text(render_fronted_site(fronts, str(folder / "logins")))
+        conf = (render_nginx_conf(settings, TUNING, "tuning.yaml", tls=True)
+                .replace(SITES_DIR, str(sites)).replace(CERT_FILE, str(folder / "node.crt"))
+                .replace(KEY_FILE, str(folder / "node.key")).replace("/run/nginx.pid", str(folder / "nginx.pid"))
+                .replace("/var/log/nginx/", str(folder) + "/"))
+        (folder / "nginx.conf").write_text(conf)
+        checked = subprocess.run(["nginx", "-t", "-c", str(folder / "nginx.conf")], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+        started = subprocess.run(["nginx", "-c", str(folder / "nginx.conf")], capture_output=True, text=True)
+        assert started.returncode == 0, started.stderr
+        try:
+            wait_for(lambda: (folder / "nginx.pid").exists(), 10, "nginx's pid file")
+            yield folder, ca, settings, users
+        finally:
+            subprocess.run(["nginx", "-c", str(folder / "nginx.conf"), "-s", "stop"], capture_output=True)
+            wait_for(lambda: not (folder / "nginx.pid").exists(), 10, "nginx stopped")
+            shutil.rmtree(folder)
+
+
+def served_serial(port: int, ca_file: Path) -> int:
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+@needs_nginx
+def test_with_tls_on_nginx_serves_https_and_fronts_mtail_behind_a_bcrypt_login(tls_nginx, tls_topology):
+    import requests
+
+    from homelab.access import OPERATOR, password_secret
+    from tests.roles.test_pki import VAULT
+
+    folder, ca, settings, users = tls_nginx
+    verify = str(folder / "ca.crt")
+    site = f"https://127.0.0.1:{settings.listen_port}"
+    # The site: https with the node's certificate, no login (the application behind has its own).
+    assert requests.get(f"{site}/healthz", verify=verify, timeout=5).text == "ok\n"
+    # nginx answers plain http on its TLS port with 400, never the page.
+    assert requests.get(f"http://127.0.0.1:{settings.listen_port}/healthz", timeout=5).status_code == 400
+    # mtail's public port: nginx with TLS; no login, a wrong one, or a POST never reach the backend.
+    mtail = f"https://127.0.0.1:{settings.mtail_port}/metrics"
+    assert users and all(hashed.startswith("$2b$") for hashed in users.values())
+    assert requests.get(mtail, verify=verify, timeout=5).status_code == 401
+    assert requests.get(mtail, verify=verify, auth=(OPERATOR, "wrong"), timeout=5).status_code == 401
+    for user in users:  # each caller the topology names, with its vault password
+        answer = requests.get(mtail, verify=verify, auth=(user, VAULT[password_secret(user)]), timeout=5)
+        assert answer.status_code == 200 and answer.text == "backend_up 1\n", user
+    login = (OPERATOR, VAULT[password_secret(OPERATOR)])
+    assert requests.post(mtail, verify=verify, auth=login, data=b"x", timeout=5).status_code == 403
+
+
+@needs_nginx
+def test_a_rotated_node_certificate_is_served_by_nginx_without_a_reload(tls_nginx):
+    folder, ca, settings, _ = tls_nginx
+    before = served_serial(settings.mtail_port, folder / "ca.crt")
+    pair = ca.issue("master-node", "127.0.0.1", timedelta(hours=1))
+    (folder / "node.key").write_bytes(pair.key)
+    (folder / "node.crt").write_bytes(pair.cert)
+    after = served_serial(settings.mtail_port, folder / "ca.crt")
+    assert after != before
+    from cryptography import x509
+
+    assert after == x509.load_pem_x509_certificate(pair.cert).serial_number
+    assert served_serial(settings.listen_port, folder / "ca.crt") == after
+
+
+@needs_nginx
+def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_port(tls_nginx):
+    import requests
+
+    from homelab.config import model_from_data
+    from roles import grafana
+
+    folder, _, settings, _ = tls_nginx
+    own = model_from_data("inventory data for master-node", grafana.Settings,
+                          {"install": {"version": "11.6.0"}}).on_nginx_port(settings.listen_port)
+    (folder / "sites" / "grafana.conf").write_text(grafana.render_site(own, "grafana.test", 4, node_tls=True))
+    for command in (["nginx", "-t", "-q"], ["nginx", "-s", "reload"]):
+        done = subprocess.run([*command, "-c", str(folder / "nginx.conf")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert grafana.root_url(own, "grafana.test", node_tls=True) == f"https://grafana.test:{settings.listen_port}/"
+
+    def grafana_answer() -> int:
+        # Grafana's socket is absent here: nginx's 502 from its upstream shows the request reached
+        # Grafana's server block, over TLS with the node's certificate.
+        return requests.get(f"https://127.0.0.1:{settings.listen_port}/login", headers={"Host": "grafana.test"},
+                            verify=str(folder / "ca.crt"), timeout=5).status_code
+
+    from tests.loopback import wait_for
+
+    wait_for(lambda: grafana_answer() == 502, 10, "Grafana's server block answering over https")

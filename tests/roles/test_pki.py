@@ -100,8 +100,10 @@ def test_prometheus_scrapes_secured_listeners_over_https_with_its_own_login(tls_
               "basic_auth": {"username": "prometheus", "password_file": WEB_PASSWORD_FILE}}
     for job in tls_topology.scrape_jobs():
         [scrape] = [s for s in config["scrape_configs"] if s["job_name"] == job.name]
-        secured = ROLE_BY_NAME[job.role].listener(ROLE_BY_NAME[job.role].scrape[job.name]).secured
-        assert {key: scrape.get(key) for key in client} == (client if secured else dict.fromkeys(client)), job.name
+        listener = ROLE_BY_NAME[job.role].listener(ROLE_BY_NAME[job.role].scrape[job.name])
+        # A secured listener without a login of ours (Loki) gets TLS with the CA and no credentials.
+        wanted = (client if listener.login else {**client, "basic_auth": None}) if listener.secured else dict.fromkeys(client)
+        assert {key: scrape.get(key) for key in client} == wanted, job.name
     [alerting] = config["alerting"]["alertmanagers"]
     assert {key: alerting[key] for key in client} == client
 
@@ -150,7 +152,13 @@ def test_prometheus_has_blackbox_check_every_secured_listener_for_tls_and_its_po
         checked.setdefault(labels["instance"], {})[labels["check"]] = (target["targets"][0], modules[labels["module"]])
     secured = {tls_topology.endpoint(role.name, host, listener.name)
                for role in ROLE_BY_NAME.values() for listener in role.listeners
-               if listener.secured and listener.protocol == "http" for host in tls_topology.serving(role.name)}
+               if listener.secured and listener.protocol == "http"
+               # what serves metrics: behind our login, or scraped (a site without a login is not checked)
+               and (listener.login or listener.name in role.scrape.values())
+               for host in tls_topology.serving(role.name)}
+    assert {endpoint.instance for endpoint in secured} >= {
+        tls_topology.endpoint("nginx", host, listener).instance for host in tls_topology.serving("nginx")
+        for listener in ("exporter", "mtail")}
     assert set(checked) == {endpoint.instance for endpoint in secured}
     for endpoint in secured:
         (login_url, login), (port_target, port) = checked[endpoint.instance][CHECK_LOGIN], checked[endpoint.instance][CHECK_PORT]
@@ -371,7 +379,12 @@ def test_grafanas_datasources_use_https_with_the_ca_and_its_login_where_the_list
     by_uid = {source["uid"]: source for source in yaml.safe_load(text)["datasources"]}
     for role in ("prometheus", "alertmanager", "loki"):
         source, endpoint = by_uid[role], tls_topology.endpoint(role)
-        if ROLE_BY_NAME[role].listener("http").secured:
+        if ROLE_BY_NAME[role].listener("http").secured and not ROLE_BY_NAME[role].listener("http").login:
+            # TLS with the CA, no login of ours (Loki has none).
+            assert source["url"] == endpoint.url(scheme="https") and "basicAuth" not in source
+            assert source["jsonData"]["tlsAuthWithCACert"] is True
+            assert source["secureJsonData"] == {"tlsCACert": ca_pem.strip() + "\n"}
+        elif ROLE_BY_NAME[role].listener("http").secured:
             assert source["url"] == endpoint.url(scheme="https")
             assert (source["basicAuth"], source["basicAuthUser"]) == (True, grafana.WEB_USER)
             assert source["jsonData"]["tlsAuthWithCACert"] is True
@@ -387,3 +400,28 @@ def test_grafanas_datasources_use_https_with_the_ca_and_its_login_where_the_list
     with pytest.raises(ConfigError) as error:
         grafana.datasources(tls_topology, None)
     assert "vault_file" in str(error.value) and "serves TLS" in str(error.value)
+
+
+def test_loki_serves_tls_with_the_node_certificate_and_its_clients_verify_it_with_the_ca(tls_topology):
+    """Loki, Promtail and Alloy cannot be installed here (Grafana Labs' repository is unreachable):
+    their rendered configs follow pki.tls and the topology's Loki endpoint, both ways."""
+    from roles import alloy, loki, promtail
+    from roles.loki import loki_client
+
+    lab = Topology.load(REPO / "inventory" / "lab.py")
+    pinned = {"install": {"version": "3.5.0"}}
+    for topology, tls in ((tls_topology, True), (lab, False)):
+        endpoint = topology.endpoint("loki")
+        url, ca_file = loki_client(topology)
+        assert (url, ca_file) == ((endpoint.url(scheme="https"), CA_FILE) if tls else (endpoint.url(), None))
+        server = yaml.safe_load(loki.render_config(loki.Settings(**pinned), tls))["server"]
+        assert server.get("http_tls_config") == ({"cert_file": CERT_FILE, "key_file": KEY_FILE} if tls else None)
+        assert server["http_listen_port"] == endpoint.port
+        [push] = yaml.safe_load(promtail.render_config(promtail.Settings(**pinned), "worker-node-12", url, ca_file))["clients"]
+        assert push == ({"url": f"{url}/loki/api/v1/push", "tls_config": {"ca_file": CA_FILE}} if tls
+                        else {"url": f"{url}/loki/api/v1/push"})
+        river = alloy.render_config(alloy.Settings(**pinned), "worker-node-12", url, (), ca_file)
+        write = river[river.index('loki.write "default"'):]
+        write = write[:write.index("\n}\n")]
+        assert f'url = "{url}/loki/api/v1/push"' in write
+        assert (f'ca_file = "{CA_FILE}"' in write) is tls and ("tls_config" in write) is tls
