@@ -71,7 +71,7 @@ class Settings(StrictModel):
     socket_groups: list[str] = []
 
 
-def render_nginx_conf(settings: Settings, tuning, tuning_source: str, tls: bool = False) -> str:
+def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
     from roles.pki import CERT_FILE, KEY_FILE
 
     return render(
@@ -82,7 +82,6 @@ def render_nginx_conf(settings: Settings, tuning, tuning_source: str, tls: bool 
         access_log=ACCESS_LOG,
         sites_dir=SITES_DIR,
         tuning_source=tuning_source,
-        tls=tls,
         cert_file=CERT_FILE,
         key_file=KEY_FILE,
     )
@@ -187,7 +186,7 @@ def apply() -> None:
     main_conf = checked_file(
         name="nginx.conf",
         dest="/etc/nginx/nginx.conf",
-        content=render_nginx_conf(settings, tuning, str(tuning_path().name), tls),
+        content=render_nginx_conf(settings, tuning, str(tuning_path().name)),
         check="nginx -t -q -c {staged}",
     )
     systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)

@@ -100,11 +100,11 @@ def test_with_tls_on_only_backends_without_a_web_config_are_fronted_on_their_own
     assert exporter_listen(settings, False, True) == (f":{settings.exporter_port}", [])
 
 
-def test_tls_off_renders_what_it_rendered_before():
-    """The TLS-off path is unchanged: no ssl, no certificate, no map in nginx.conf or the site."""
+def test_tls_off_listens_without_ssl():
+    """With TLS off nothing listens with ssl (nginx.conf's certificate lines stay unused)."""
     conf = render_nginx_conf(Settings(), TUNING, "tuning.yaml")
     site = render_default_site(Settings(), TUNING)
-    assert "ssl" not in conf and "homelab_tls" not in conf and " ssl" not in site
+    assert "listen" not in conf.replace("listen 127.0.0.1:", "") and " ssl" not in site
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def tls_nginx(tls_topology):
         (sites / "default.conf").write_text(render_default_site(settings, TUNING, tls=True))
         fronts = fronted(settings, exporter_web_config=True)
         (sites / f"{FRONTED_SITE}.conf").write_text(render_fronted_site(fronts, str(folder / "logins")))
-        conf = (render_nginx_conf(settings, TUNING, "tuning.yaml", tls=True)
+        conf = (render_nginx_conf(settings, TUNING, "tuning.yaml")
                 .replace(SITES_DIR, str(sites)).replace(CERT_FILE, str(folder / "node.crt"))
                 .replace(KEY_FILE, str(folder / "node.key")).replace("/run/nginx.pid", str(folder / "nginx.pid"))
                 .replace("/var/log/nginx/", str(folder) + "/"))
