@@ -245,3 +245,27 @@ def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_port(tls_nginx
     from tests.loopback import wait_for
 
     wait_for(lambda: grafana_answer() == 502, 10, "Grafana's server block answering over https")
+
+
+@needs_nginx
+@pytest.mark.parametrize("default_tls, grafana_tls, fronted_present", [
+    (False, True, True), (False, True, False), (True, False, False), (False, False, True)])
+def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off(
+        tmp_path, default_tls, grafana_tls, fronted_present):
+    """Turning pki.tls on or off changes the sites one at a time (Grafana's in a later role): every
+    mix must pass the `nginx -t` each change is checked with, or the deploy stops halfway."""
+    from homelab.config import model_from_data
+    from roles import grafana
+
+    settings = Settings(listen_port=18080)
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "default.conf").write_text(render_default_site(settings, TUNING, tls=default_tls))
+    own = model_from_data("inventory data for master-node", grafana.Settings,
+                          {"install": {"version": "11.6.0"}}).on_nginx_port(settings.listen_port)
+    (sites / "grafana.conf").write_text(grafana.render_site(own, "grafana.test", 4, node_tls=grafana_tls))
+    if fronted_present:
+        (sites / f"{FRONTED_SITE}.conf").write_text(render_fronted_site(fronted(settings, False)))
+    (tmp_path / "nginx.conf").write_text(render_nginx_conf(settings, TUNING, "tuning.yaml").replace(SITES_DIR, str(sites)))
+    result = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
