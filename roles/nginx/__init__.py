@@ -34,6 +34,7 @@ from homelab.config import StrictModel
 from homelab.types import SCHEME_PORTS, Port
 from roles.common import checked_file, current_topology, node_release, render, restart, role_settings
 from roles.install import Install, install_packages
+from roles.pki import TLS_DIR
 from roles.tuning import host_tuning, tuning_path
 
 SITES_DIR = "/etc/nginx/sites-enabled"
@@ -42,7 +43,7 @@ MTAIL_PROGRAM = "/etc/mtail/nginx-responses.mtail"
 NGINX_USER = "www-data"
 # With pki.tls on: the site fronting what cannot serve TLS itself, and its logins (user:bcrypt).
 FRONTED_SITE = "fronted-exporters"
-FRONTED_LOGINS = "/etc/homelab/tls/nginx.htpasswd"
+FRONTED_LOGINS = f"{TLS_DIR}/nginx.htpasswd"
 # prometheus-nginx-exporter's service user (Debian's unit), which reads its web config.
 EXPORTER_USER = "prometheus"
 
