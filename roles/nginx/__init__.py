@@ -34,7 +34,7 @@ from homelab.config import StrictModel
 from homelab.types import SCHEME_PORTS, Port
 from roles.common import checked_file, current_topology, node_release, render, restart, role_settings
 from roles.install import Install, install_packages
-from roles.pki import TLS_DIR
+from roles.pki import CERT_FILE, GROUP, KEY_FILE, TLS_DIR
 from roles.tuning import host_tuning, tuning_path
 
 SITES_DIR = "/etc/nginx/sites-enabled"
@@ -73,8 +73,6 @@ class Settings(StrictModel):
 
 
 def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
-    from roles.pki import CERT_FILE, KEY_FILE
-
     return render(
         "nginx/nginx.conf.j2",
         nginx=tuning.nginx,
@@ -214,7 +212,6 @@ def tls_logins(settings: Settings) -> None:
     the logins file of the fronted backends, 0640 root:www-data."""
     from homelab.access import callers, password_secret
     from homelab.vault import host_secret
-    from roles.pki import GROUP
     from roles.pki.web import bcrypt_hash
     from roles.secrets import private_file
 
