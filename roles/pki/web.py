@@ -97,11 +97,16 @@ def check_web_config(text: str) -> None:
                                                                  f"{' '.join(result.stderr.split())[-300:]}")
 
 
+def _web_listener(role: str) -> str:
+    """The name of ``role``'s listener that asks for the web login of its web config."""
+    return next(listener.name for listener in ROLE_BY_NAME[role].listeners if listener.web_login)
+
+
 def check_profiles_behind_a_login(role: str, profiling_hz: int) -> None:
     """Our services serve CPU profiles (profiling_hz) only behind the login of their web config,
     which this host has only with pki.tls on: refuse the setting otherwise, before anything changes
     (the service's own config check would refuse it on the node)."""
-    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http" and l.login)
+    web = _web_listener(role)
     if profiling_hz and not secured(current_topology(), role, host.name, web):
         raise ConfigError(f"inventory data for {host.name}", f"{role}.profiling_hz",
                           f"expected 0 with pki.tls off (CPU profiles are served only behind the metrics login, "
@@ -146,7 +151,7 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     joins GROUP to read the node's key); None with TLS off. Our own services (the relay,
     toy-redis) read the same file as exporter-toolkit does."""
     topology = current_topology()
-    web = next(l.name for l in ROLE_BY_NAME[role].listeners if l.secured and l.protocol == "http" and l.login)
+    web = _web_listener(role)
     if not secured(topology, role, host.name, web):
         return None
     text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))

@@ -129,7 +129,7 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     if not ca_file.is_file():
         raise ConfigError(ca_file, "", "the cluster CA certificate is missing (create it: homelab pki init)")
     spec = ROLE_BY_NAME[role].listener(listener)
-    if spec.protocol != "http" or not spec.login:
+    if not spec.web_login:
         # TLS only: the protocol's own login (toy-redis's requirepass), or the application's
         # (Grafana behind nginx), is the client's to send.
         return Access(endpoint, tls=True, ca_file=ca_file)

@@ -63,6 +63,11 @@ class Listener:
     # holds a port (None: not served). With TLS off the secured listeners are the plain ones.
     beside_tls: bool = False
 
+    @property
+    def web_login(self) -> bool:
+        """Whether, with pki.tls on, it asks for our web login (homelab.access, a web config)."""
+        return self.secured and self.protocol == "http" and self.login
+
 
 @dataclass(frozen=True)
 class Role:
