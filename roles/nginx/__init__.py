@@ -210,17 +210,15 @@ def apply() -> None:
 def tls_logins(settings: Settings) -> None:
     """With pki.tls on: nginx's workers may read the node's key (loaded at each handshake), and
     the logins file of the fronted backends, 0640 root:www-data."""
-    from homelab.access import callers, password_secret
-    from homelab.vault import host_secret
-    from roles.pki.web import bcrypt_hash
+    from homelab.access import callers
+    from roles.pki.web import login_hash
     from roles.secrets import private_file
 
     # nginx's workers take their groups at start: the reload after nginx.conf's TLS lines starts
     # new ones in GROUP.
     server.user(name=f"{NGINX_USER} reads the node's TLS key (group {GROUP})", user=NGINX_USER, groups=[GROUP],
                 append=True, create_home=False, ensure_home=False)
-    users = {user: bcrypt_hash(user, host_secret(password_secret(user)))
-             for user in callers(current_topology(), "nginx")}
+    users = {user: login_hash(user) for user in callers(current_topology(), "nginx")}
     private_file(name=f"nginx's logins for fronted backends {FRONTED_LOGINS}", dest=FRONTED_LOGINS,
                  content=BytesIO(render_logins(users).encode()), group=NGINX_USER, mode="0640")
 

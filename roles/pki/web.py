@@ -34,6 +34,7 @@ from pyinfra.operations import server
 
 from homelab.access import callers, password_secret
 from homelab.config import ConfigError
+from homelab.pki import CA_KEY_SECRET
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.vault import host_secret
 from roles.common import current_topology, render, sha1
@@ -51,14 +52,29 @@ def secured(topology: Topology, role: str, host_name: str, listener: str = "http
     return ROLE_BY_NAME[role].listener(listener).secured and topology.settings(host_name, "pki").tls
 
 
+def salt_key(ca_key: str) -> bytes:
+    """The key of the web config salts, derived (with a label of its own) from the cluster CA's key,
+    which only the control machine holds: without it nobody can work out a salt."""
+    return hmac.new(ca_key.encode(), b"homelab web config bcrypt salts", hashlib.sha256).digest()
+
+
+def bcrypt_salt(user: str, password: str, key: bytes) -> bytes:
+    """bcrypt's salt setting for ``user``'s ``password``: an HMAC of both keyed by ``key`` (salt_key),
+    so the hash is the same on every deploy (a rerun changes nothing), while whoever reads it on a node
+    cannot recompute the salt from a guessed password, and so pays bcrypt's cost for every guess."""
+    digest = hmac.new(key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+    return f"$2b${BCRYPT_COST:02d}$".encode() + base64.b64encode(digest[:16]).rstrip(b"=").translate(_BCRYPT_ALPHABET)
+
+
 @lru_cache(maxsize=64)
-def bcrypt_hash(user: str, password: str) -> str:
-    """``password``'s bcrypt hash, the same on every deploy so that a rerun changes nothing: the
-    salt is derived from the password (an HMAC of the user's name keyed by it), so it tells
-    nothing the hash does not."""
-    digest = hmac.new(password.encode(), f"homelab web config salt for {user}".encode(), hashlib.sha256).digest()
-    salt = base64.b64encode(digest[:16]).rstrip(b"=").translate(_BCRYPT_ALPHABET)
-    return bcrypt.hashpw(password.encode(), f"$2b${BCRYPT_COST:02d}$".encode() + salt).decode()
+def bcrypt_hash(user: str, password: str, key: bytes) -> str:
+    """``password``'s bcrypt hash for ``user``, salted by bcrypt_salt."""
+    return bcrypt.hashpw(password.encode(), bcrypt_salt(user, password, key)).decode()
+
+
+def login_hash(user: str) -> str:
+    """In a role's apply: the bcrypt hash of ``user``'s web password, from this host's vault."""
+    return bcrypt_hash(user, host_secret(password_secret(user)), salt_key(host_secret(CA_KEY_SECRET)))
 
 
 def render_web_config(users: dict[str, str]) -> str:
@@ -154,8 +170,7 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     web = _web_listener(role)
     if not secured(topology, role, host.name, web):
         return None
-    text = render_web_config({user: bcrypt_hash(user, host_secret(password_secret(user)))
-                              for user in callers(topology, role)})
+    text = render_web_config({user: login_hash(user) for user in callers(topology, role)})
     path = f"{WEB_CONFIG_DIR}/{role}.yml"
     # Only the group: server.user otherwise makes the user's home exist and owns it to the user, and
     # our services share the home /nonexistent, so two on one node took it from each other each run.

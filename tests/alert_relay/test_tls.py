@@ -21,7 +21,7 @@ import requests
 
 from homelab.pki import ClusterCA, create_ca
 from roles.pki import CERT_FILE, KEY_FILE
-from roles.pki.web import bcrypt_hash, render_web_config
+from roles.pki.web import bcrypt_hash, render_web_config, salt_key
 from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
 from tests.alert_relay.conftest import AM_TOKEN, RELAY, Relay, needs_alertmanager, notification
 from tests.alert_relay.test_alertmanager import alertmanager_for  # noqa: F401 (fixture)
@@ -39,7 +39,7 @@ def write_tls_files(directory: Path) -> Path:
     (directory / "node.crt").write_bytes(pair.cert)
     (directory / "node.key").write_bytes(pair.key)
     web = directory / "web.yml"
-    web.write_text(render_web_config({"prometheus": bcrypt_hash("prometheus", PASSWORD)})
+    web.write_text(render_web_config({"prometheus": bcrypt_hash("prometheus", PASSWORD, salt_key("a CA key for tests"))})
                    .replace(CERT_FILE, str(directory / "node.crt")).replace(KEY_FILE, str(directory / "node.key")))
     return directory
 

@@ -117,13 +117,12 @@ def tls_nginx(tls_topology):
     the logins of the users calling nginx, and a backend on the fronted loopback port."""
     import tempfile
 
-    from homelab.access import callers, password_secret
+    from homelab.access import callers
     from homelab.pki import ClusterCA, create_ca
     from roles.pki import CERT_FILE, KEY_FILE
-    from roles.pki.web import bcrypt_hash
     from tests.local_http import QuietHandler, serving
     from tests.loopback import free_port, wait_for
-    from tests.roles.test_pki import VAULT
+    from tests.roles.test_pki import lab_login_hash
 
     class Metrics(QuietHandler):
         def do_GET(self):
@@ -142,7 +141,7 @@ def tls_nginx(tls_topology):
     pair = ca.issue("master-node", "127.0.0.1", timedelta(hours=1))
     (folder / "node.key").write_bytes(pair.key)
     (folder / "node.crt").write_bytes(pair.cert)
-    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "nginx")}
+    users = {user: lab_login_hash(user) for user in callers(tls_topology, "nginx")}
     (folder / "logins").write_text(render_logins(users))
     with serving(Metrics) as backend:
         settings = Settings(listen_port=free_port(), status_port=free_port(), mtail_port=free_port(),

@@ -14,24 +14,31 @@ import pytest
 import requests
 import yaml
 
-from homelab.access import callers, password_secret
+from homelab.access import OPERATOR, callers, password_secret
 from homelab.config import ConfigError
-from homelab.pki import ClusterCA, create_ca
+from homelab.pki import CA_KEY_SECRET, ClusterCA, create_ca
 from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.vault import load_vault
 from roles import blackbox
 from roles.pki import CA_FILE, CERT_FILE, KEY_FILE, Settings, expiry_metrics
-from roles.pki.web import bcrypt_hash, check_web_config, render_web_config
+from roles.pki.web import bcrypt_hash, bcrypt_salt, check_web_config, render_web_config, salt_key
 from roles.prometheus import WEB_PASSWORD_FILE, render_config
 from roles.prometheus import Settings as PrometheusSettings
 from tests.conftest import run_pyinfra
 
 REPO = Path(__file__).resolve().parents[2]
 VAULT = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
+# Salts for hashes made up in a test (a deploy keys them with its vault's CA key).
+TEST_SALT_KEY = salt_key("a CA key for tests")
+
+
+def lab_login_hash(user: str) -> str:
+    """The hash a deploy with the lab vault writes for ``user`` (roles.pki.web.login_hash)."""
+    return bcrypt_hash(user, VAULT[password_secret(user)], salt_key(VAULT[CA_KEY_SECRET]))
 
 
 def test_the_web_config_passes_promtool_and_admits_each_caller_with_its_vault_password(tls_topology):
-    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "prometheus")}
+    users = {user: lab_login_hash(user) for user in callers(tls_topology, "prometheus")}
     text = render_web_config(users)
     check_web_config(text)
     config = yaml.safe_load(text)
@@ -42,7 +49,21 @@ def test_the_web_config_passes_promtool_and_admits_each_caller_with_its_vault_pa
         assert not bcrypt.checkpw(b"not-the-password", hashed.encode())
         assert VAULT[password_secret(user)] not in text
     # The same file on every deploy: a rerun changes nothing.
-    assert render_web_config({user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in users}) == text
+    assert render_web_config({user: lab_login_hash(user) for user in users}) == text
+
+
+def test_a_login_hash_is_the_same_on_every_run_and_its_salt_needs_the_ca_key():
+    password = VAULT[password_secret(OPERATOR)]
+    key = salt_key(VAULT[CA_KEY_SECRET])
+    hashed = bcrypt_hash(OPERATOR, password, key)
+    bcrypt_hash.cache_clear()  # as a new deploy run
+    assert bcrypt_hash(OPERATOR, password, key) == hashed
+    # Whoever reads the hash on a node and guesses the password (and knows the user) still cannot
+    # rebuild its salt without the CA key: a guess costs a whole bcrypt, not an HMAC.
+    salt = bcrypt_salt(OPERATOR, password, key)
+    assert hashed.encode().startswith(salt)
+    assert bcrypt_salt(OPERATOR, password, salt_key("another CA key")) != salt
+    assert bcrypt_hash(OPERATOR, password, salt_key("another CA key")) != hashed
 
 
 def test_a_broken_web_config_is_refused_before_it_is_sent():
@@ -76,7 +97,7 @@ def test_a_web_config_is_checked_when_it_would_change_and_a_failing_one_is_never
     deploy_file = tmp_path / "deploy.py"
     deploy_file.write_text(WEB_CONFIG_DEPLOY)
     dest = tmp_path / "web.yml"
-    good = render_web_config({"operator": bcrypt_hash("operator", "some password")})
+    good = render_web_config({"operator": bcrypt_hash("operator", "some password", TEST_SALT_KEY)})
 
     def deploy(text: str):
         return run_pyinfra(str(deploy_file), "--data", f"dest={dest}", "--data", f"text={text}", inventory="@local",
@@ -212,7 +233,7 @@ def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listene
         pair = ClusterCA(issuer).issue("node", "127.0.0.1", timedelta(hours=1))
         (tmp_path / "node.crt").write_bytes(pair.cert)
         (tmp_path / "node.key").write_bytes(pair.key)
-        (tmp_path / "web.yml").write_text(render_web_config({blackbox.WEB_USER: bcrypt_hash(blackbox.WEB_USER, user_password)})
+        (tmp_path / "web.yml").write_text(render_web_config({blackbox.WEB_USER: bcrypt_hash(blackbox.WEB_USER, user_password, TEST_SALT_KEY)})
                                           .replace(CERT_FILE, str(tmp_path / "node.crt")).replace(KEY_FILE, str(tmp_path / "node.key")))
         process = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{exporter_port}",
                                     f"--web.config.file={tmp_path / 'web.yml'}"],
@@ -287,7 +308,7 @@ def test_the_relays_config_names_the_web_config_only_with_tls(tls_topology, tmp_
     pair = ClusterCA(create_ca("check", timedelta(hours=1))).issue("relay", "127.0.0.1", timedelta(hours=1))
     (tmp_path / "node.crt").write_bytes(pair.cert)
     (tmp_path / "node.key").write_bytes(pair.key)
-    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "alert_relay")}
+    users = {user: lab_login_hash(user) for user in callers(tls_topology, "alert_relay")}
     (tmp_path / "web.yml").write_text(render_web_config(users).replace(CERT_FILE, str(tmp_path / "node.crt"))
                                       .replace(KEY_FILE, str(tmp_path / "node.key")))
     for key in ("routes_file",):
@@ -322,7 +343,7 @@ def test_toy_redis_with_the_roles_tls_config_serves_resp_and_metrics_only_over_t
     pair = ClusterCA(ca).issue("toy", "127.0.0.1", timedelta(hours=1))
     files = {CA_FILE: ca.cert, CERT_FILE: pair.cert, KEY_FILE: pair.key,
              toy_redis.REQUIREPASS_PATH: VAULT[toy_redis.PASSWORD_SECRET].encode() + b"\n"}
-    users = {user: bcrypt_hash(user, VAULT[password_secret(user)]) for user in callers(tls_topology, "toy_redis")}
+    users = {user: lab_login_hash(user) for user in callers(tls_topology, "toy_redis")}
     web = "/etc/homelab/tls/toy_redis.yml"
     files[web] = render_web_config(users).encode()
     settings = toy_redis.Settings(port=free_port(), metrics_port=free_port(), bind="127.0.0.1", metrics_bind="127.0.0.1",
