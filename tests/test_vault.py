@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from homelab.config import ConfigError
-from homelab.vault import load_vault
+from homelab.vault import decrypt_vault, load_vault
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_VAULT = REPO / "secrets" / "lab.vault.yml"
@@ -87,6 +87,55 @@ def test_malformed_vault_content_names_the_key(tmp_path, plaintext, expected):
     vault_file, password_file = encrypt(tmp_path, plaintext)
     with pytest.raises(ConfigError, match=expected):
         load_vault(vault_file, password_file)
+
+
+def test_vault_written_with_a_vault_id_reads_as_ansible_wrote_it(tmp_path):
+    """ansible-vault --vault-id writes format 1.2 (the id in the header); load_vault reads it."""
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault_file, password_file = tmp_path / "vault.yml", tmp_path / "password"
+    password_file.write_text("pw\n")
+    vault_file.write_bytes(VaultLib([("prod", VaultSecret(b"pw"))]).encrypt(
+        'slack_bot_token: "xoxb-1"\n' + 'toy_redis_password: "' + "p" * 500 + '"\n', vault_id="prod"))
+    assert vault_file.read_bytes().startswith(b"$ANSIBLE_VAULT;1.2;AES256;prod\n")
+    assert load_vault(vault_file, password_file) == {"slack_bot_token": "xoxb-1", "toy_redis_password": "p" * 500}
+
+
+def test_lab_vault_reads_as_ansible_decrypts_it():
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    password = LAB_PASSWORD.read_bytes().strip()
+    expected = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password))]).decrypt(LAB_VAULT.read_bytes())
+    assert decrypt_vault(LAB_VAULT.read_bytes(), password) == expected
+
+
+def test_damaged_vault_is_refused_in_one_line(tmp_path):
+    """A changed byte of the ciphertext fails its HMAC: refused like a wrong password, nothing decrypted."""
+    vault_file, password_file = encrypt(tmp_path, 'slack_bot_token: "xoxb-sensitive"\n')
+    header, body = vault_file.read_bytes().split(b"\n", 1)
+    last = body.rstrip()[-1:]
+    vault_file.write_bytes(header + b"\n" + body.rstrip()[:-1] + (b"0" if last != b"0" else b"1") + b"\n")
+    with pytest.raises(ConfigError) as err:
+        load_vault(vault_file, password_file)
+    assert "cannot decrypt" in str(err.value) and "\n" not in str(err.value)
+    assert "xoxb-sensitive" not in str(err.value)
+
+
+def test_unknown_vault_cipher_is_refused_in_one_line(tmp_path):
+    vault_file, password_file = encrypt(tmp_path, 'slack_bot_token: "x"\n')
+    vault_file.write_bytes(vault_file.read_bytes().replace(b";AES256", b";AES128", 1))
+    with pytest.raises(ConfigError, match="cannot decrypt"):
+        load_vault(vault_file, password_file)
+
+
+def test_reading_the_vault_leaves_ansible_unimported():
+    """A deploy reads the vault on every run; importing ansible for it cost a third of a second."""
+    code = ("import sys; from homelab.vault import load_vault; "
+            f"load_vault({str(LAB_VAULT)!r}, {str(LAB_PASSWORD)!r}); "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'ansible'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "[]"
 
 
 def test_missing_password_file_is_one_line(tmp_path):
