@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from homelab.config import ConfigError
 from homelab.vault import load_vault, repo_path
 
 if TYPE_CHECKING:
+    import requests
+
     from homelab.topology import Endpoint, Topology
 
 # The user the control machine (operators, the CLI, tests) logs in as.
@@ -78,6 +78,8 @@ class Access:
 
     def session(self) -> requests.Session:
         """A requests session verifying with the cluster CA and logging in (use it as a context manager)."""
+        import requests  # here: every deploy imports this module, few of them make a request
+
         session = requests.Session()
         # Otherwise REQUESTS_CA_BUNDLE (or ~/.netrc) would override the session's CA (and login):
         # requests lets the environment win over session settings (psf/requests#3829).

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import requests
 from pydantic import TypeAdapter, ValidationError
 
 from homelab.config import ConfigError
@@ -124,6 +123,8 @@ class Alertmanager:
         self.timeout_s = timeout_s
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import requests  # here: every deploy imports this module (restart_matchers), few of them call
+
         try:
             response = self.access.request(method, f"/api/v2{path}", timeout=self.timeout_s, **kwargs)
         except requests.RequestException as exc:
@@ -217,6 +218,8 @@ def post_notices(topology: Topology, notices: list[dict[str, Any]]) -> str | Non
         return f"no Slack notice: {exc}"
     except KeyError:
         return f"no Slack notice: {vault_file}: {TOKEN_SECRET}: secret is missing from the vault"
+    import requests
+
     for body in notices:
         try:
             # The webhook's own bearer token, not the operator's login; the cluster CA when it serves TLS.

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import create_model, field_validator
 
 from homelab.alerts import catalog
-from homelab.alerts.base import TEST_INTERVAL_S, Alert
+from homelab.alerts.base import TEST_INTERVAL_S, Alert, generated_yaml
 from homelab.alerts.slos import GENERATED_GROUP as SLOS_GROUP
 from homelab.alerts.slos import Slos, load_slos, slo_files
 from homelab.config import ConfigError, StrictModel, load_yaml_model
@@ -78,7 +77,7 @@ def load_thresholds(path: Path = THRESHOLDS_FILE) -> Thresholds:
 
 
 def _dump(data: object) -> str:
-    return HEADER + yaml.safe_dump(data, sort_keys=False, width=1000, allow_unicode=True)
+    return HEADER + generated_yaml(data)
 
 
 def generated_files(thresholds: Thresholds, slos: Slos) -> dict[str, str]:

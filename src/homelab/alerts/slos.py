@@ -16,10 +16,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-import yaml
 from pydantic import create_model, model_validator
 
-from homelab.alerts.base import num, series
+from homelab.alerts.base import generated_yaml, num, series
 from homelab.config import FieldError, StrictModel, load_yaml_model
 from homelab.types import Duration, Percent, duration_text, seconds
 
@@ -333,7 +332,7 @@ def slo_files(slos: Slos, runbook_base: str, header: str) -> dict[str, str]:
         return {}
 
     def dump(data: object) -> str:
-        return header + yaml.safe_dump(data, sort_keys=False, width=1000, allow_unicode=True)
+        return header + generated_yaml(data)
 
     rules = [rule for slo in enabled for rule in slo.rules(runbook_base)]
     return {
