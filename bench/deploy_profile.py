@@ -41,6 +41,7 @@ COSTS: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
 FACTS: dict[str, list] = defaultdict(lambda: [0, 0.0])
 OPERATIONS: dict[str, list] = defaultdict(lambda: [0, 0.0])
 PHASES: dict[str, float] = {}
+PHASE_CPU: dict[str, float] = {}  # this process's CPU seconds per phase: what load on the machine does not inflate
 OP_ROLE: dict[str, str] = {}
 IN_FACT: set = set()
 BATCHED = [0]  # facts read inside batches
@@ -173,11 +174,12 @@ def instrument() -> None:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 PHASES[label] = PHASES.get(label, 0.0) + time.perf_counter() - started
+                PHASE_CPU[label] = PHASE_CPU.get(label, 0.0) + time.process_time() - cpu
 
         setattr(owner, name, timed)
 
@@ -211,11 +213,14 @@ def instrument() -> None:
     operations._run_host_op = run_host_op
 
 
-def report(wall: float) -> None:
+def report(wall: float, cpu: float, startup_cpu: float) -> None:
     out = sys.stdout
     out.write("\n== where the seconds went ==\n")
     shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in PHASES.items() if name != "prepare (util)")
     out.write(f"wall {wall:.2f}s: {shown}\n")
+    shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in PHASE_CPU.items())
+    out.write(f"CPU of this process {startup_cpu + cpu:.2f}s: start-up (interpreter, imports of pyinfra_cli and "
+              f"of the roles) {startup_cpu:.2f}s, {shown}\n")
     roles = sorted({role for role, _ in COSTS}, key=lambda r: -COSTS[(r, "apply")][1] - COSTS[(r, "execute")][1])
     kinds = sorted({kind for _, kind in COSTS if kind.startswith("command:")})
     header = ["role", "prepare s", "facts", "fact s", "render s", *[k.split(":", 1)[1] + " s" for k in kinds],
@@ -246,13 +251,14 @@ def main() -> int:
     sys.path.insert(0, ".")  # as the pyinfra command does: roles/ and homelab from the repo root
     instrument()
     sys.argv = ["pyinfra", "-y", *sys.argv[1:]]
-    started = time.perf_counter()
+    startup_cpu = time.process_time()
+    started, cpu = time.perf_counter(), time.process_time()
     code = 0
     try:
         cli_main.main()
     except SystemExit as exc:
         code = exc.code or 0
-    report(time.perf_counter() - started)
+    report(time.perf_counter() - started, time.process_time() - cpu, startup_cpu)
     return code
 
 
