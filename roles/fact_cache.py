@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import secrets
 import shlex
@@ -224,8 +225,16 @@ def _companions(cls, args, kwargs) -> list[tuple[type, dict]]:
 
 
 def _copy(value):
-    """A kept value as the caller may change it (operations do edit fact dicts)."""
-    return value if isinstance(value, (str, int, float, bool, type(None))) else copy.deepcopy(value)
+    """A kept value as the caller may change it (operations do edit fact dicts).
+
+    Through pickle, which copies plain data (dicts, lists, strings: what facts hold) three to five
+    times faster than deepcopy: a no-op run copies about a hundred package lists per node."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    try:
+        return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except Exception:  # something pickle cannot take (a lock, a lambda): copied the slow way
+        return copy.deepcopy(value)
 
 
 def _changes_node(name: str):
