@@ -28,8 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
-from toy_redis.config import Tuning
-from toy_redis.metrics import METRICS_MAX_CONNECTIONS
+from toy_redis.config import METRICS_MAX_CONNECTIONS, Tuning
 
 from homelab.config import ConfigError, FieldError
 from homelab.types import Port

@@ -21,7 +21,6 @@ import time
 from collections import Counter, deque
 from typing import NamedTuple
 
-from pprof_sampler.encode import cpu_profile
 
 # The longest profile a caller can ask for (Alloy asks for its scrape interval less one second).
 WINDOW_S = 60
@@ -118,5 +117,9 @@ class Sampler:
 
     def profile(self, seconds: int) -> bytes:
         """The last ``seconds`` as a gzipped pprof CPU profile, as Go's /debug/pprof/profile serves it."""
+        # Imported here: protobuf takes a tenth of a second to load, and every deploy imports this
+        # package for MAX_HZ (the services' settings) without ever encoding a profile.
+        from pprof_sampler.encode import cpu_profile
+
         stacks, covered = self.recent(seconds)
         return gzip.compress(cpu_profile(stacks, self.period_ns, time.time_ns() - covered, covered))

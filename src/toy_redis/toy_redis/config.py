@@ -22,6 +22,11 @@ from pprof_sampler import MAX_HZ as MAX_PROFILING_HZ
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from service_kit.logins import hashed_logins
 
+# A scraper needs one connection at a time. At most this many connections are held on the metrics
+# port (so a flood can not take the descriptors the Redis clients need: the role reserves these);
+# past it, a new connection pushes out one that has not proven a login (toy_redis.metrics.Slots).
+# Here rather than in toy_redis.metrics so that the deploy reads it without loading prometheus_client.
+METRICS_MAX_CONNECTIONS = 8
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 FSYNC_MODES = ("always", "everysec", "no")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -26,6 +26,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from service_kit.crowd import Unproven
 from service_kit.logins import Logins
 
+from toy_redis.config import METRICS_MAX_CONNECTIONS
+
 # 10 us .. 1 s, dense enough around typical latencies to read p50/p90/p95/p99.
 LATENCY_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
@@ -94,10 +96,6 @@ def make_registry(server) -> CollectorRegistry:
     return registry
 
 
-# A scraper needs one connection at a time. At most this many connections are held (so a flood can
-# not take the descriptors the Redis clients need: the role reserves these); past it, a new
-# connection pushes out one that has not proven a login (see Slots).
-METRICS_MAX_CONNECTIONS = 8
 # The listen backlog (asyncio's default, named because the hostile-input test floods past it).
 METRICS_LISTEN_BACKLOG = 100
 # Time a connection has to send its request headers (at most REQUEST_LIMIT bytes), and then to
