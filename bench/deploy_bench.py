@@ -24,7 +24,9 @@ lab up, deployed with TLS off.
 `--against REF` instead times the whole stack's no-op rerun on the 4-node lab for this tree and for
 git REF (checked out in a temporary worktree), with pki.tls off and on, alternating the trees run
 by run (--runs each, median): a change's effect measured under the same load, and each tree's TLS
-on/off ratio (issue 13's target: at most 1.2x). It leaves the lab up and deployed, TLS off.
+on/off ratio (issue 13's target: at most 1.2x). Each run's CPU seconds (the pyinfra process and what it
+runs locally) are printed too: on a shared machine they vary far less than wall time. It leaves the
+lab up and deployed, TLS off.
 
 Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --against REF]
 It takes the lab down at the start and at the end (except --profile and --against).
@@ -33,6 +35,8 @@ It takes the lab down at the start and at the end (except --profile and --agains
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,14 +57,24 @@ NOOP_RUNS = 3
 TLS_ON = ["--data", 'pki={"tls": true}']
 
 
-def timed(*cmd: str, cwd: Path = REPO) -> float:
-    start = time.monotonic()
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(*cmd: str, cwd: Path = REPO, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``cmd``; its CPU seconds appended to ``cpu`` when given (the machine's load
+    stretches wall time, much less the CPU a run needs)."""
+    start, cpu_start = time.monotonic(), children_cpu()
     try:
         result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                 timeout=COMMAND_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         sys.exit(f"bench: {' '.join(cmd)} did not finish within {COMMAND_TIMEOUT_S} s")
     elapsed = time.monotonic() - start
+    if cpu is not None:
+        cpu.append(children_cpu() - cpu_start)
     if result.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
     return elapsed
@@ -150,24 +164,30 @@ def compare_with(ref: str, runs: int) -> None:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(base), ref], check=True)
     pyinfra = str(BIN / "pyinfra")
     trees = {ref: base, "this tree": REPO}
-    medians: dict[tuple[str, str], float] = {}
+    medians: dict[tuple, float] = {}
     try:
         timed(str(BIN / "lab"), "up", str(REPO / "inventory" / "lab.py"))
         for label, data in (("TLS off", []), ("TLS on", TLS_ON)):
             timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data)  # converge
             times: dict[str, list[float]] = {name: [] for name in trees}
+            cpu: dict[str, list[float]] = {name: [] for name in trees}
             for _ in range(runs):
                 for name, tree in trees.items():
-                    times[name].append(timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data, cwd=tree))
+                    times[name].append(timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data, cwd=tree,
+                                             cpu=cpu[name]))
             for name in trees:
                 medians[(name, label)] = statistics.median(times[name])
+                medians[(name, label, "cpu")] = statistics.median(cpu[name])
                 print(f"{label}, {name}: no-op rerun median {medians[(name, label)]:.2f}s of "
-                      f"{' '.join(f'{t:.2f}' for t in times[name])}", flush=True)
+                      f"{' '.join(f'{t:.2f}' for t in times[name])}; its CPU median "
+                      f"{medians[(name, label, 'cpu')]:.2f}s of {' '.join(f'{t:.2f}' for t in cpu[name])}", flush=True)
         timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py")  # the lab's own settings back
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     for label in ("TLS off", "TLS on"):
-        print(f"{label}: this tree / {ref} = {medians[('this tree', label)] / medians[(ref, label)]:.2f}x")
+        print(f"{label}: this tree / {ref} = {medians[('this tree', label)] / medians[(ref, label)]:.2f}x, "
+              f"CPU {medians[('this tree', label, 'cpu')] / medians[(ref, label, 'cpu')]:.2f}x "
+              f"(load average now {os.getloadavg()[0]:.1f})")
     for name in trees:
         print(f"{name}: TLS on / off = {medians[(name, 'TLS on')] / medians[(name, 'TLS off')]:.2f}x "
               f"(issue 13 target <= 1.2x)")
