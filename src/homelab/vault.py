@@ -41,9 +41,11 @@ def _read_password(password_file: Path) -> bytes:
 VAULT_HEADER = b"$ANSIBLE_VAULT;"
 VAULT_FORMATS = (b"1.1", b"1.2")
 VAULT_CIPHER = b"AES256"
-# AES256 format's key derivation: PBKDF2-HMAC-SHA256, this many rounds, 32-byte cipher and HMAC keys
-# and a 16-byte counter block.
+# AES256 format's key derivation: PBKDF2-HMAC-SHA256, this many rounds, giving a cipher key and an
+# HMAC key of KEY_BYTES each and then a counter block of COUNTER_BYTES.
 VAULT_KDF_ROUNDS = 10000
+KEY_BYTES = 32
+COUNTER_BYTES = 16
 
 
 class _NotDecrypted(Exception):
@@ -78,8 +80,9 @@ def decrypt_vault(vaulttext: bytes, password: bytes) -> bytes:
         salt, mac, ciphertext = unhexlify(salt_hex), unhexlify(mac_hex), unhexlify(ciphertext_hex)
     except (HexError, ValueError):
         raise _NotDecrypted("damaged") from None
-    derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=80, salt=salt, iterations=VAULT_KDF_ROUNDS).derive(password)
-    cipher_key, mac_key, counter = derived[:32], derived[32:64], derived[64:]
+    derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=2 * KEY_BYTES + COUNTER_BYTES, salt=salt,
+                         iterations=VAULT_KDF_ROUNDS).derive(password)
+    cipher_key, mac_key, counter = derived[:KEY_BYTES], derived[KEY_BYTES:2 * KEY_BYTES], derived[2 * KEY_BYTES:]
     check = hmac.HMAC(mac_key, hashes.SHA256())
     check.update(ciphertext)
     try:
