@@ -20,6 +20,7 @@ serves) and GROUP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from io import BytesIO
 
@@ -38,6 +39,26 @@ CA_FILE = f"{TLS_DIR}/ca.crt"
 CERT_FILE = f"{TLS_DIR}/node.crt"
 KEY_FILE = f"{TLS_DIR}/node.key"
 GROUP = "homelab-tls"
+
+
+@dataclass(frozen=True)
+class TlsFile:
+    """A file of the node's TLS identity, owned by root and ``group`` with ``mode`` (as apply writes it)."""
+
+    path: str
+    group: str
+    mode: str
+
+    @property
+    def owner(self) -> str:
+        return f"root:{self.group}"
+
+
+CA_BUNDLE = TlsFile(CA_FILE, "root", "0644")
+NODE_CERT = TlsFile(CERT_FILE, "root", "0644")
+NODE_KEY = TlsFile(KEY_FILE, GROUP, "0640")
+# What a backup keeps (homelab.backup.parts.Certificates); the web configs beside them are the roles'.
+IDENTITY = (CA_BUNDLE, NODE_CERT, NODE_KEY)
 EXPIRY_METRICS = "homelab_tls.prom"
 
 
@@ -94,7 +115,7 @@ def apply() -> None:
     server.group(name=f"Group {GROUP} (reads the node's TLS key)", group=GROUP, system=True)
     files.directory(name=f"TLS folder {TLS_DIR}", path=TLS_DIR, user="root", group="root", mode="0755")
     files.put(name=f"Cluster CA bundle {CA_FILE}", src=BytesIO(ca_cert_path(host.data.get("vault_file")).read_bytes()),
-              dest=CA_FILE, user="root", group="root", mode="0644")
+              dest=CA_FILE, user="root", group=CA_BUNDLE.group, mode=CA_BUNDLE.mode)
 
     current = host.get_fact(FileContents, path=CERT_FILE)
     cert_pem = ("\n".join(current) + "\n").encode() if current else None
@@ -105,13 +126,14 @@ def apply() -> None:
         # No service restarts for it: exporter-toolkit rereads both files per handshake, toy-redis
         # and the relay when they changed (their ReloadingContext), so a rotation misses no scrape.
         private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
-                     content=BytesIO(issued.key), group=GROUP, mode="0640")
+                     content=BytesIO(issued.key), group=NODE_KEY.group, mode=NODE_KEY.mode)
         files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
-                  user="root", group="root", mode="0644")
+                  user="root", group=NODE_CERT.group, mode=NODE_CERT.mode)
         cert_pem = issued.cert
     else:
         # Keep the key's owner and mode right even when the certificate stays.
-        files.file(name=f"Node TLS key {KEY_FILE}", path=KEY_FILE, user="root", group=GROUP, mode="0640")
+        files.file(name=f"Node TLS key {KEY_FILE}", path=KEY_FILE, user="root", group=NODE_KEY.group,
+                   mode=NODE_KEY.mode)
     textfiles = topology.settings(host.name, "node_exporter").textfile_directory
     # Before node_exporter's package creates it: node_exporter only reads it.
     files.directory(name=f"node_exporter textfile folder {textfiles}", path=textfiles)

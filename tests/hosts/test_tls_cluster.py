@@ -192,6 +192,24 @@ def test_no_secret_shows_in_output_command_lines_journal_or_readable_files(tls_l
         assert not found, f"{node}: secrets of the vault found in {found}"
 
 
+def test_a_restore_puts_the_tls_identity_back_as_roles_pki_leaves_it(tls_lab, tls_topology, lab, tmp_path):
+    from homelab.backup.parts import Certificates
+    from homelab.backup.run import _restore_one, remotes
+
+    # Only this part, as `homelab restore` puts it back (a whole backup is tests/hosts/test_backup.py's).
+    [node] = tls_topology.hosts_of("loki")[:1]
+    with remotes(tls_topology) as remote:
+        Certificates().backup(tls_topology, node, remote(node), tmp_path)
+        _restore_one(remote(node), Certificates(), tmp_path, {})
+    script = "".join(f"stat -c '%n %U:%G %a' {shlex.quote(tls_file.path)}; " for tls_file in roles.pki.IDENTITY)
+    stats = subprocess.run(ssh_command(lab, node, "sh -c " + shlex.quote(script)), capture_output=True, text=True,
+                           timeout=60)
+    assert stats.stdout.split("\n")[:-1] == [f"{tls_file.path} {tls_file.owner} {int(tls_file.mode, 8):o}"
+                                             for tls_file in roles.pki.IDENTITY], stats.stderr
+    # node_exporter still reads its web config and the key (as a member of the pki group): it serves its login.
+    assert access(tls_topology, "node_exporter", node, "metrics").get(METRICS_PATH, timeout=10).ok
+
+
 def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, lab, deploy_tls_off):
     """Last: the lab's settings deployed back. No key, certificate, web config, password or expiry
     metric of the TLS run stays on a node, and a rerun changes nothing. Prometheus, restarted without

@@ -15,13 +15,14 @@ checks every file on the node against the manifest with sha256sum before the ser
 - alert_relay: the queue (messages and dead letters in one SQLite file), copied by SQLite's online
   backup API on the node while the relay runs.
 - grafana: its SQLite database the same way, plus the provisioning folder and the dashboards.
-- certificates: the node's TLS folder (roles.pki.TLS_DIR: CA bundle, certificate, key), when pki.tls
-  is on for the node.
+- certificates: the node's TLS identity (roles.pki.IDENTITY: CA bundle, certificate, key), when
+  pki.tls is on for the node; restored with the owners and modes roles.pki gives them.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 import time
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Restored:
 
     path: str
     owner: str | None  # user:group; None: as the restore leaves it (root)
+    mode: str | None = None  # None: as it was backed up
     # Also removed before the restore (e.g. SQLite's -wal and -shm beside the database).
     companions: tuple[str, ...] = ()
 
@@ -452,15 +454,18 @@ class Certificates(Part):
         return ""  # read by the services that use them at their next start
 
     def restored(self) -> list[Restored]:
-        from roles.pki import GROUP, KEY_FILE, TLS_DIR
+        from roles.pki import IDENTITY
 
-        # The key readable by the services in GROUP again, as roles.pki leaves it (the rest root's).
-        return [Restored(TLS_DIR, "root:root"), Restored(KEY_FILE, f"root:{GROUP}")]
+        # Owners and modes as roles.pki sets them (the key readable by its group's services). The
+        # folder and the roles' web configs in it stay as the deploy left them: restored as root's
+        # they would lock out the services that read them.
+        return [Restored(tls_file.path, tls_file.owner, tls_file.mode) for tls_file in IDENTITY]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
-        from roles.pki import TLS_DIR
+        from roles.pki import IDENTITY, TLS_DIR
 
-        remote.fetch_tree(TLS_DIR, ["."], local(dest, TLS_DIR))
+        remote.fetch_tree(TLS_DIR, [posixpath.relpath(tls_file.path, TLS_DIR) for tls_file in IDENTITY],
+                          local(dest, TLS_DIR))
 
 
 PARTS: tuple[Part, ...] = (Prometheus(), Alertmanager(), AlertmanagerSilences(), ToyRedis(), AlertRelay(), Grafana(),

@@ -172,8 +172,12 @@ def _restore_one(node: Remote, part: Part, source: Path, files: dict[str, dict])
     node.run("rm -rf -- " + " ".join(map(shlex.quote, doomed)))
     if source.is_dir():
         node.send_tree(source, "/")
-    for target in (target for target in targets if target.owner):
-        node.run(f"if [ -e {shlex.quote(target.path)} ]; then chown -R {target.owner} {shlex.quote(target.path)}; fi")
+    for target in targets:
+        path = shlex.quote(target.path)
+        fixes = [*([f"chown -R {target.owner} {path}"] if target.owner else []),
+                 *([f"chmod {target.mode} {path}"] if target.mode else [])]
+        if fixes:
+            node.run(f"if [ -e {path} ]; then {'; '.join(fixes)}; fi")
     if files:
         checks = "".join(f"{entry['sha256']}  /{path}\n" for path, entry in sorted(files.items()))
         try:
