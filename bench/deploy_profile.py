@@ -9,7 +9,7 @@ Runs `pyinfra -y INVENTORY DEPLOY` (same arguments, same output) and then prints
   operations and read facts), executing (the planned operations' commands);
 - per role, summed over its hosts: time inside the role's apply() while preparing, and of that
   the fact round trips to the node (count, seconds), template rendering, local commands (pip,
-  promtool, git: by program), vault reads; then the role's operations' time while executing and
+  promtool, git: by program), vault reads, bcrypt hashing of web logins; then the role's operations' time while executing and
   how many commands they sent;
 - the facts that cost most, and the operations that cost most while executing.
 
@@ -161,6 +161,10 @@ def instrument() -> None:
         if module is not None and hasattr(module, "render"):
             module.render = common.render
     wrap(vault, "load_vault", lambda *a, **k: "vault")
+    # The web configs' login hashes (roles.pki.web.bcrypt_hash), ~80 ms each.
+    import bcrypt
+
+    wrap(bcrypt, "hashpw", lambda *a, **k: "bcrypt")
 
     def command_kind(*args, **kwargs):
         argv = args[0] if args else kwargs.get("args")
@@ -224,19 +228,21 @@ def report(wall: float, cpu: float, startup_cpu: float) -> None:
     roles = sorted({role for role, _ in COSTS}, key=lambda r: -COSTS[(r, "apply")][1] - COSTS[(r, "execute")][1])
     kinds = sorted({kind for _, kind in COSTS if kind.startswith("command:")})
     header = ["role", "prepare s", "facts", "fact s", "render s", *[k.split(":", 1)[1] + " s" for k in kinds],
-              "vault s", "execute s", "ops", "remote", "remote s"]
+              "vault s", "bcrypt s", "execute s", "ops", "remote", "remote s"]
     out.write("".join(f"{h:>12}" if i else f"{h:<16}" for i, h in enumerate(header)) + "\n")
     totals = Counter()
     for role in roles:
         row = [COSTS[(role, "apply")][1], COSTS[(role, "fact")][0], COSTS[(role, "fact")][1],
                COSTS[(role, "render")][1], *[COSTS[(role, k)][1] for k in kinds], COSTS[(role, "vault")][1],
-               COSTS[(role, "execute")][1], COSTS[(role, "execute")][0], COSTS[(role, "remote")][0],
+               COSTS[(role, "bcrypt")][1], COSTS[(role, "execute")][1], COSTS[(role, "execute")][0], COSTS[(role, "remote")][0],
                COSTS[(role, "remote")][1]]
         for i, value in enumerate(row):
             totals[i] += value
         out.write(f"{role:<16}" + "".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row) + "\n")
     out.write(f"{'total':<16}" + "".join(
         f"{totals[i]:>12.2f}" if isinstance(totals[i], float) else f"{totals[i]:>12}" for i in range(len(header) - 1)) + "\n")
+    hashed = [COSTS[(role, "bcrypt")] for role in roles]
+    out.write(f"bcrypt hashes computed: {sum(c for c, _ in hashed)}, {sum(s for _, s in hashed):.2f}s\n")
     out.write(f"\nfacts by cost (calls, host-seconds; {BATCHED[0]} facts read in batches):\n")
     for name, (count, seconds) in sorted(FACTS.items(), key=lambda item: -item[1][1])[:12]:
         out.write(f"  {seconds:7.2f}s {count:5} {name}\n")

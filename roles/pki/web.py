@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import shutil
 import subprocess
 import tempfile
@@ -66,10 +67,37 @@ def bcrypt_salt(user: str, password: str, key: bytes) -> bytes:
     return f"$2b${BCRYPT_COST:02d}$".encode() + base64.b64encode(digest[:16]).rstrip(b"=").translate(_BCRYPT_ALPHABET)
 
 
+# Hashes made before, on this control machine: bcrypt at BCRYPT_COST costs ~80 ms each, and a
+# no-op rerun would otherwise pay it again for every login. It holds only hashes the nodes hold in
+# their web configs already, looked up by their salt, which only the CA key and the password give
+# (a changed password or a new CA finds nothing and hashes anew).
+HASH_CACHE_ENTRIES = 256
+
+
+def hash_cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "homelab-ops" / "bcrypt-hashes"
+
+
 @lru_cache(maxsize=64)
 def bcrypt_hash(user: str, password: str, key: bytes) -> str:
-    """``password``'s bcrypt hash for ``user``, salted by bcrypt_salt."""
-    return bcrypt.hashpw(password.encode(), bcrypt_salt(user, password, key)).decode()
+    """``password``'s bcrypt hash for ``user``, salted by bcrypt_salt; made once per control machine
+    (hash_cache_file), not once per run."""
+    salt = bcrypt_salt(user, password, key).decode()
+    cache = hash_cache_file()
+    try:
+        known = cache.read_text(errors="replace").split()
+    except OSError:
+        known = []
+    remembered = next((hashed for hashed in known if hashed.startswith(salt) and len(hashed) == 60), None)
+    if remembered:
+        return remembered
+    hashed = bcrypt.hashpw(password.encode(), salt.encode()).decode()
+    cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written whole and renamed into place: a concurrent deploy reads the old list or the new one.
+    with tempfile.NamedTemporaryFile("w", dir=cache.parent, delete=False) as staged:  # mode 0600
+        staged.write("".join(f"{line}\n" for line in [hashed, *known][:HASH_CACHE_ENTRIES]))
+    Path(staged.name).replace(cache)
+    return hashed
 
 
 def login_hash(user: str) -> str:

@@ -21,7 +21,8 @@ from homelab.topology import ROLE_BY_NAME, Topology
 from homelab.vault import load_vault
 from roles import blackbox
 from roles.pki import CA_FILE, CERT_FILE, KEY_FILE, Settings, expiry_metrics
-from roles.pki.web import bcrypt_hash, bcrypt_salt, check_web_config, render_web_config, salt_key
+from roles.pki.web import (bcrypt_hash, bcrypt_salt, check_web_config, hash_cache_file, render_web_config,
+                           salt_key)
 from roles.prometheus import WEB_PASSWORD_FILE, render_config
 from roles.prometheus import Settings as PrometheusSettings
 from tests.conftest import run_pyinfra
@@ -56,14 +57,32 @@ def test_a_login_hash_is_the_same_on_every_run_and_its_salt_needs_the_ca_key():
     password = VAULT[password_secret(OPERATOR)]
     key = salt_key(VAULT[CA_KEY_SECRET])
     hashed = bcrypt_hash(OPERATOR, password, key)
-    bcrypt_hash.cache_clear()  # as a new deploy run
-    assert bcrypt_hash(OPERATOR, password, key) == hashed
+    # Made again (not remembered), the same hash: a rerun changes nothing.
+    assert bcrypt.hashpw(password.encode(), bcrypt_salt(OPERATOR, password, key)).decode() == hashed
     # Whoever reads the hash on a node and guesses the password (and knows the user) still cannot
     # rebuild its salt without the CA key: a guess costs a whole bcrypt, not an HMAC.
     salt = bcrypt_salt(OPERATOR, password, key)
     assert hashed.encode().startswith(salt)
     assert bcrypt_salt(OPERATOR, password, salt_key("another CA key")) != salt
     assert bcrypt_hash(OPERATOR, password, salt_key("another CA key")) != hashed
+
+
+def test_a_login_hash_is_made_once_per_control_machine_and_anew_for_a_new_password_or_ca(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    made = []
+    real_hashpw = bcrypt.hashpw
+    monkeypatch.setattr(bcrypt, "hashpw", lambda *args: made.append(args) or real_hashpw(*args))
+    bcrypt_hash.cache_clear()
+    hashed = bcrypt_hash(OPERATOR, "first password", TEST_SALT_KEY)
+    assert oct(hash_cache_file().stat().st_mode & 0o777) == "0o600"
+    bcrypt_hash.cache_clear()  # the next deploy run
+    assert bcrypt_hash(OPERATOR, "first password", TEST_SALT_KEY) == hashed
+    assert len(made) == 1
+    changed = bcrypt_hash(OPERATOR, "second password", TEST_SALT_KEY)
+    assert bcrypt.checkpw(b"second password", changed.encode()) and not bcrypt.checkpw(b"first password", changed.encode())
+    assert bcrypt_hash(OPERATOR, "first password", salt_key("a new CA key")) not in (hashed, changed)
+    assert len(made) == 3
+    bcrypt_hash.cache_clear()
 
 
 def test_a_broken_web_config_is_refused_before_it_is_sent():
