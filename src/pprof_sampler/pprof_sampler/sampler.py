@@ -7,9 +7,16 @@ workers) leave nothing, so what it keeps is a CPU profile, not a wall-clock one,
 service costs one clock read per thread per tick. Its own thread is profiled too, so its cost shows
 (under Sampler.sample) and the profile adds up to the CPU time the kernel counts for the process.
 
+What a tick costs is walking each busy thread's frames: per frame it reads the code object's id
+and the frame's instruction offset, and the tuple of those numbers finds the stack, built once
+(names, files, lines) the first time it is seen. No code object is hashed on the way (CPython
+hashes one from its constants, nested functions included, on every call) and no line number is
+computed (f_lineno scans the code's line table): those made most of a tick's cost in toy-redis.
+The ids stay valid because the cache holds every code object whose id it keys on.
+
 Memory is bounded by the window: at most WINDOW_S * hz ticks, each holding the busy threads'
-stacks, whose frames and stacks are shared between ticks (the sharing caches are dropped when
-they grow past CACHE_LIMIT, so a service with ever-new code paths cannot grow them without end).
+stacks, which are shared between ticks (the cache is dropped when it grows past CACHE_LIMIT
+stacks, so a service with ever-new code paths cannot grow it without end).
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from types import CodeType
 from typing import NamedTuple
 
 
 # The longest profile a caller can ask for (Alloy asks for its scrape interval less one second).
 WINDOW_S = 60
 MAX_HZ = 100
-CACHE_LIMIT = 50_000
+# Distinct stacks (an instruction apart counts) remembered; a busy service shows hundreds.
+CACHE_LIMIT = 20_000
 
 
 class Frame(NamedTuple):
@@ -43,8 +52,12 @@ class Sampler:
         self.ticks: deque[tuple[int, tuple]] = deque(maxlen=WINDOW_S * hz)
         self.lock = threading.Lock()
         self.cpu_seen: dict[int, int] = {}
-        self.frames: dict[tuple, Frame] = {}
-        self.stacks: dict[tuple, tuple] = {}
+        # (id(code), instruction offset, ...) of a stack, leaf first -> its Frames, root first.
+        self.stacks: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+        # (id(code), instruction offset) -> its Frame, shared by the stacks passing there.
+        self.frames: dict[tuple[int, int], Frame] = {}
+        # Every code object an id in self.stacks stands for, so that no id is reused meanwhile.
+        self.codes: dict[int, CodeType] = {}
         self.started_ns = time.monotonic_ns()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="pprof-sampler", daemon=True)
@@ -72,34 +85,49 @@ class Sampler:
 
     def sample(self) -> None:
         seen, busy = {}, []
+        cpu_seen, stack_of = self.cpu_seen, self._stack
+        clock, clock_of = time.clock_gettime_ns, time.pthread_getcpuclockid
         for ident, frame in sys._current_frames().items():
             try:
-                cpu_ns = time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+                cpu_ns = clock(clock_of(ident))
             except OSError:
                 continue  # the thread ended meanwhile
             seen[ident] = cpu_ns
-            used = cpu_ns - self.cpu_seen.get(ident, cpu_ns)
+            used = cpu_ns - cpu_seen.get(ident, cpu_ns)
             if used > 0:
-                busy.append((self._stack(frame), used))
+                busy.append((stack_of(frame), used))
         self.cpu_seen = seen
         with self.lock:
             self.ticks.append((time.monotonic_ns(), tuple(busy)))
 
     def _stack(self, frame) -> tuple[Frame, ...]:
-        """The stack of ``frame``, root first, as shared Frame tuples."""
-        if len(self.frames) > CACHE_LIMIT or len(self.stacks) > CACHE_LIMIT:
-            self.frames, self.stacks = {}, {}
+        """The stack of ``frame``, root first, as a tuple shared by every tick that saw it."""
+        where = []
+        below = frame
+        while below is not None:
+            where.append(id(below.f_code))
+            where.append(below.f_lasti)
+            below = below.f_back
+        key = tuple(where)
+        stack = self.stacks.get(key)
+        if stack is None:
+            stack = self._new_stack(key, frame)
+        return stack
+
+    def _new_stack(self, key: tuple[int, ...], frame) -> tuple[Frame, ...]:
+        if len(self.stacks) >= CACHE_LIMIT:
+            self.stacks, self.frames, self.codes = {}, {}, {}
         frames = []
-        while frame is not None:
+        for at in range(0, len(key), 2):
             code = frame.f_code
-            key = (code, frame.f_lineno)
-            shared = self.frames.get(key)
+            self.codes[id(code)] = code
+            shared = self.frames.get(key[at:at + 2])
             if shared is None:
-                shared = self.frames[key] = Frame(code.co_qualname, code.co_filename, frame.f_lineno or 0)
+                shared = self.frames[key[at:at + 2]] = Frame(code.co_qualname, code.co_filename, frame.f_lineno or 0)
             frames.append(shared)
             frame = frame.f_back
-        stack = tuple(reversed(frames))
-        return self.stacks.setdefault(stack, stack)
+        stack = self.stacks[key] = tuple(reversed(frames))
+        return stack
 
     def recent(self, seconds: int) -> tuple[Counter, int]:
         """CPU seconds by stack over the last ``seconds`` (at most WINDOW_S), and the nanoseconds covered."""
