@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shlex
 import subprocess
 import time
 import zlib
@@ -157,11 +158,23 @@ class Request:
     idle: bool = False
 
 
+def py_spy_options(request: Request) -> list[str]:
+    """`py-spy record`'s options for ``request`` (besides --pid and --output), also what the bench runs.
+
+    --nonblocking: py-spy reads the stacks without stopping the service for each sample, so the
+    service never waits on it and, on a node with a core to spare, py-spy's own CPU is not taken
+    from the service's core (bench/profile_bench.py; the hot function still tops the profile,
+    tests/hosts/test_profiling.py). py-spy refuses it with --native: unwinding C frames needs the
+    threads stopped."""
+    options = ["--duration", str(request.seconds), "--rate", str(request.rate), "--format", "speedscope"]
+    options += ["--native"] if request.native else ["--nonblocking"]
+    return options + (["--idle"] if request.idle else [])
+
+
 def py_spy_script(app, request: Request) -> str:
     """Shell run as root on the node: find the unit's main process, record, print the speedscope file.
     A missing unit, process or py-spy is one line on stderr and exit status 3."""
     py_spy = app.binary("py-spy")
-    flags = " ".join(flag for flag, wanted in (("--native", request.native), ("--idle", request.idle)) if wanted)
     return "; ".join([
         "set -e",
         f"pid=$(systemctl show --property MainPID --value {app.service})",
@@ -173,8 +186,7 @@ def py_spy_script(app, request: Request) -> str:
         f"with the service wheels)' >&2; exit 3; }}",
         "out=$(mktemp --suffix .json)",
         "trap 'rm -f \"$out\"' EXIT",
-        f"{py_spy} record --pid \"$pid\" --duration {request.seconds} --rate {request.rate} --format speedscope "
-        f"--output \"$out\" {flags} >&2",
+        f"{py_spy} record --pid \"$pid\" --output \"$out\" {shlex.join(py_spy_options(request))} >&2",
         "cat \"$out\"",
     ])
 

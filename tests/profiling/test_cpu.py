@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed 
 
 def py_spy_speedscope(pid: int, seconds: int, output: Path) -> dict:
     """What the node's script runs, against a local process."""
-    subprocess.run([PY_SPY, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100",
-                    "--format", "speedscope", "--output", str(output)], check=True, capture_output=True, timeout=60)
+    options = profiling.py_spy_options(profiling.Request("node", "toy_redis", seconds, 100))
+    subprocess.run([PY_SPY, "record", "--pid", str(pid), "--output", str(output), *options], check=True,
+                   capture_output=True, timeout=60)
     return json.loads(output.read_text())
 
 
