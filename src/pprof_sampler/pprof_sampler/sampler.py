@@ -7,6 +7,14 @@ workers) leave nothing, so what it keeps is a CPU profile, not a wall-clock one,
 service costs one clock read per thread per tick. Its own thread is profiled too, so its cost shows
 (under Sampler.sample) and the profile adds up to the CPU time the kernel counts for the process.
 
+What it cannot see: the sampler reads a stack only while it holds the GIL, so it finds a busy
+thread where that thread let the GIL go, and charges it everything since the last tick. A thread
+running Python for long stretches is caught inside them (it is made to let go every switch
+interval, 5 ms), but an event loop serving many short requests lets go in its C code (uvloop's
+epoll and socket calls) between callbacks: toy-redis under redis-benchmark showed Runner.run 94%
+here where py-spy, reading from outside, showed it 51% and Connection._send 14%. For where short
+requests spend their time, take `homelab profile` (py-spy).
+
 What a tick costs is walking each busy thread's frames: per frame it reads the code object's id
 and the frame's instruction offset, and the tuple of those numbers finds the stack, built once
 (names, files, lines) the first time it is seen. No code object is hashed on the way (CPython
