@@ -1,10 +1,11 @@
-"""Peers without credentials, many at once, in a process of their own: each thread connects from
-127.0.0.1, does what its kind says, waits until the server closes the connection (or a few
+"""Peers without credentials, many at once, in a process of their own: each thread connects to
+127.0.0.1 (or the address given), does what its kind says, waits until the server closes the connection (or a few
 seconds), and connects again, until the time is up. Used by the hostile-input tests of
-toy-redis's metrics endpoint, its RESP port and the alert relay.
+toy-redis's metrics endpoint, its RESP port, the alert relay and nginx's fronted ports.
 
     flood = Flooder(port, {"idle": 100, "guess": 100}, seconds=20)   # returns once each has connected (or 5 s)
     flood = Flooder(port, {...}, seconds=20, tls=True)              # requests over TLS (any certificate)
+    flood = Flooder(port, {...}, seconds=20, address="10.77.0.10")  # another host than 127.0.0.1
     ...                                                                # the legitimate client under test
     flood.result(at_least=n)             # {"connections": n}; waits for n (or the flood's end), then ends it
 
@@ -42,13 +43,13 @@ def request(kind: str) -> bytes:
     return b""
 
 
-def flood(port: int, kind: str, end: float, counts: list[int], tls: bool) -> None:
+def flood(address: str, port: int, kind: str, end: float, counts: list[int], tls: bool) -> None:
     # A flooder does not check who it floods.
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     while time.monotonic() < end:
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=HOLD_S)
+            sock = socket.create_connection((address, port), timeout=HOLD_S)
         except OSError:
             time.sleep(0.01)
             continue
@@ -65,11 +66,11 @@ def flood(port: int, kind: str, end: float, counts: list[int], tls: bool) -> Non
             sock.close()
 
 
-def run(port: int, kinds: dict[str, int], seconds: float, tls: bool) -> None:
+def run(port: int, kinds: dict[str, int], seconds: float, tls: bool, address: str) -> None:
     end = time.monotonic() + seconds
     threads = sum(kinds.values())
     counts: list[int] = []
-    workers = [threading.Thread(target=flood, args=(port, kind, end, counts, tls), daemon=True)
+    workers = [threading.Thread(target=flood, args=(address, port, kind, end, counts, tls), daemon=True)
                for kind, count in kinds.items() for _ in range(count)]
     for worker in workers:
         worker.start()
@@ -87,9 +88,10 @@ def run(port: int, kinds: dict[str, int], seconds: float, tls: bool) -> None:
 
 
 class Flooder:
-    def __init__(self, port: int, kinds: dict[str, int], seconds: float, tls: bool = False):
+    def __init__(self, port: int, kinds: dict[str, int], seconds: float, tls: bool = False,
+                 address: str = "127.0.0.1"):
         self.process = subprocess.Popen([sys.executable, __file__, str(port), json.dumps(kinds), str(seconds),
-                                         "tls" if tls else "plain"],
+                                         "tls" if tls else "plain", address],
                                         stdout=subprocess.PIPE, text=True)
         if self.process.stdout.readline().strip() != "ready":
             self.process.kill()
@@ -118,4 +120,4 @@ class Flooder:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "tls")
+    run(int(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "tls", sys.argv[5])

@@ -77,3 +77,32 @@ def test_a_bad_tls_switch_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(ConfigError) as error:
         topology.access("prometheus")
     assert str(error.value).startswith("inventory data for worker-node-14: pki.tls: ")
+
+
+def test_a_listener_admitting_callers_by_certificate_gets_the_control_machines_own(tls_topology):
+    """What nginx fronts: no password, a client certificate from the cluster CA named
+    CONTROL_CERT_NAME (which nginx admits where the control machine calls), its key private."""
+    import ssl
+    import stat
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from homelab.access import CONTROL_CERT_NAME, certificate_names
+
+    [host] = tls_topology.serving("nginx")[:1]
+    access = tls_topology.access("nginx", host, "mtail")
+    assert access.url().startswith("https://") and access.auth is None and access.client_cert
+    cert_file, key_file = access.client_cert
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    ca = x509.load_pem_x509_certificate(access.ca_file.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == CONTROL_CERT_NAME
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert CONTROL_CERT_NAME in certificate_names(tls_topology, host, "nginx", "mtail")
+    with access.session() as session:
+        assert session.cert == (str(cert_file), str(key_file))
+    assert isinstance(access.ssl_context(), ssl.SSLContext)
+    # One certificate per process, whichever listener asks.
+    assert tls_topology.access("nginx", host, "exporter").client_cert == access.client_cert

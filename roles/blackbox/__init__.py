@@ -90,11 +90,18 @@ def tls_module(name: str) -> str:
     return f"{name}_tls"
 
 
+def cert_module(name: str) -> str:
+    """The module checking listeners that admit callers by certificate (Listener.client_cert):
+    ``name``'s, with the cluster CA and the node's own certificate instead of a login."""
+    return f"{name}_tls_cert"
+
+
 def render_config(settings: Settings, tls: bool = False) -> str:
     """The modules of group data; with ``tls`` (pki.tls), also tls_module(health_module), which
-    sends blackbox's login only to secured (https) listeners, never over plain HTTP, and
-    PORT_MODULE, a TCP connect for the TLS checks."""
-    from roles.pki import CA_FILE
+    sends blackbox's login only to secured (https) listeners, never over plain HTTP,
+    cert_module(health_module), which presents the node's certificate instead, and PORT_MODULE, a
+    TCP connect for the TLS checks."""
+    from roles.pki import CA_FILE, CERT_FILE, KEY_FILE
 
     modules = {name: module.model_dump(exclude_none=True) for name, module in settings.modules.items()}
     if tls:
@@ -102,6 +109,9 @@ def render_config(settings: Settings, tls: bool = False) -> str:
         modules[tls_module(settings.health_module)] = {
             **health, "http": {**health.get("http", {}), "tls_config": {"ca_file": CA_FILE},
                                "basic_auth": {"username": WEB_USER, "password_file": WEB_PASSWORD_FILE}}}
+        modules[cert_module(settings.health_module)] = {
+            **health, "http": {**health.get("http", {}),
+                               "tls_config": {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}}}
         modules[PORT_MODULE] = {"prober": "tcp", **({"timeout": health["timeout"]} if "timeout" in health else {}),
                                 "tcp": {"preferred_ip_protocol": "ip4"}}
     body = yaml.safe_dump({"modules": modules}, sort_keys=False, default_flow_style=False)

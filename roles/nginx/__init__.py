@@ -11,17 +11,19 @@ together with the live config and the other sites before it is enabled, then ngi
 With `pki.tls` on (issue 13) every listener of the role serves TLS with the node's certificate
 (roles/pki), named in nginx.conf through variables so that nginx loads it at each handshake and a
 rotated certificate is served without a reload. The sites (ours, Grafana's) serve https without a
-login; mtail, and Debian 12's nginx exporter (0.11, no `--web.config.file`), cannot do TLS or
-logins, so they listen on loopback only (`*_loopback_port`) and nginx fronts them on their public
-ports (site FRONTED_SITE) with auth_basic against bcrypt hashes (FRONTED_LOGINS) of the web
-passwords of the users the topology says call nginx (homelab.access.callers). Debian 13's exporter
-(1.x) serves TLS and its login itself with exporter-toolkit's web config, as node_exporter does.
+login. mtail cannot do TLS, nor can Debian 12's nginx exporter (0.11): both listen on loopback only
+(`*_loopback_port`) and nginx fronts them on their public ports (site FRONTED_SITE), on every
+release alike. There callers authenticate with their node certificate (Listener.client_cert):
+nginx verifies it against the cluster CA during the handshake and admits only the certificate
+names the topology says call that port (homelab.access.certificate_names), 403 for any other.
+Not a password: nginx would check a bcrypt hash (tens of milliseconds) per request, uncached, in
+its event loop, so anyone reaching the port could stall the whole site by sending wrong ones.
 """
 
 from __future__ import annotations
 
 import shlex
-from io import BytesIO, StringIO
+from io import StringIO
 
 from pydantic import Field
 from pyinfra import host
@@ -32,20 +34,20 @@ from pyinfra.operations.util import any_changed
 
 from homelab.config import StrictModel
 from homelab.types import SCHEME_PORTS, Port
-from roles.common import checked_file, current_topology, node_release, render, restart, role_settings
+from roles.common import checked_file, current_topology, render, restart, role_settings
 from roles.install import Install, install_packages
-from roles.pki import CERT_FILE, GROUP, KEY_FILE, TLS_DIR
+from roles.pki import CA_FILE, CERT_FILE, GROUP, KEY_FILE, TLS_DIR
 from roles.tuning import host_tuning, tuning_path
 
 SITES_DIR = "/etc/nginx/sites-enabled"
 ACCESS_LOG = "/var/log/nginx/access.log"
 MTAIL_PROGRAM = "/etc/mtail/nginx-responses.mtail"
 NGINX_USER = "www-data"
-# With pki.tls on: the site fronting what cannot serve TLS itself, and its logins (user:bcrypt).
+# With pki.tls on: the site fronting what cannot serve TLS itself.
 FRONTED_SITE = "fronted-exporters"
-FRONTED_LOGINS = f"{TLS_DIR}/nginx.htpasswd"
-# prometheus-nginx-exporter's service user (Debian's unit), which reads its web config.
-EXPORTER_USER = "prometheus"
+# What earlier deploys left with pki.tls on: the fronted ports' bcrypt logins, and Debian 13's
+# exporter's own web config (the role's name under roles.pki.web's WEB_CONFIG_DIR).
+STALE_TLS_FILES = (f"{TLS_DIR}/nginx.htpasswd", f"{TLS_DIR}/nginx.yml")
 
 
 class Upstream(StrictModel):
@@ -62,8 +64,8 @@ class Settings(StrictModel):
     status_port: Port = 8081
     exporter_port: Port = 9113
     mtail_port: Port = 3903
-    # With pki.tls on, where mtail (and an exporter without --web.config.file) listens on loopback
-    # while nginx serves mtail_port (exporter_port) with TLS and a login in front of it.
+    # With pki.tls on, where mtail and the exporter listen on loopback while nginx serves
+    # mtail_port and exporter_port in front of them, with TLS and callers' certificates.
     exporter_loopback_port: Port = 19113
     mtail_loopback_port: Port = 13903
     static_root: str = "/var/www/homelab"
@@ -96,22 +98,34 @@ def render_default_site(settings: Settings, tuning, tls: bool = False) -> str:
     )
 
 
-def fronted(settings: Settings, exporter_web_config: bool) -> dict[str, tuple[int, int]]:
-    """With pki.tls on: listener name -> (public port nginx serves with TLS and a login, loopback
-    port of the backend), for each backend that cannot do TLS itself."""
-    fronts = {"mtail": (settings.mtail_port, settings.mtail_loopback_port)}
-    if not exporter_web_config:
-        fronts["exporter"] = (settings.exporter_port, settings.exporter_loopback_port)
-    return dict(sorted(fronts.items()))
+class Front(StrictModel):
+    """One backend nginx fronts with pki.tls on: the public port nginx serves, the backend's
+    loopback port, and the certificate names (CNs) of the callers it admits."""
+
+    public_port: Port
+    loopback_port: Port
+    callers: list[str]
 
 
-def render_fronted_site(fronts: dict[str, tuple[int, int]], logins_file: str = FRONTED_LOGINS) -> str:
-    return render("nginx/fronted-site.conf.j2", fronts=fronts, logins_file=logins_file)
+def fronted(settings: Settings, caller_names: dict[str, list[str]]) -> dict[str, Front]:
+    """With pki.tls on: listener name -> its Front, for each backend that cannot do TLS itself;
+    ``caller_names``: the certificate names each listener admits (homelab.access.certificate_names)."""
+    ports = {"exporter": (settings.exporter_port, settings.exporter_loopback_port),
+             "mtail": (settings.mtail_port, settings.mtail_loopback_port)}
+    return {name: Front(public_port=public, loopback_port=loopback, callers=caller_names[name])
+            for name, (public, loopback) in sorted(ports.items())}
 
 
-def render_logins(users: dict[str, str]) -> str:
-    """auth_basic_user_file lines, user:bcrypt hash ($2b$, which nginx checks with libxcrypt's crypt())."""
-    return "".join(f"{user}:{hashed}\n" for user, hashed in sorted(users.items()))
+def topology_fronts(topology, host_name: str, settings: Settings) -> dict[str, Front]:
+    """fronted() for ``host_name``, with the callers ``topology`` names for each listener."""
+    from homelab.access import certificate_names
+
+    return fronted(settings, {name: certificate_names(topology, host_name, "nginx", name)
+                              for name in ("exporter", "mtail")})
+
+
+def render_fronted_site(fronts: dict[str, Front], ca_file: str = CA_FILE) -> str:
+    return render("nginx/fronted-site.conf.j2", fronts=fronts, ca_file=ca_file)
 
 
 def site_check_command(name: str) -> str:
@@ -181,7 +195,7 @@ def apply() -> None:
     files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
     if tls:
-        tls_logins(settings)
+        tls_key_group()
     main_conf = checked_file(
         name="nginx.conf",
         dest="/etc/nginx/nginx.conf",
@@ -192,55 +206,43 @@ def apply() -> None:
     systemd.service(name="Reload nginx for nginx.conf", service="nginx", reloaded=True, _if=main_conf.did_change)
     site("default", render_default_site(settings, tuning, tls))
 
-    exporter_web_config = node_release().nginx_exporter_web_config
-    fronts = fronted(settings, exporter_web_config) if tls else {}
+    fronts = topology_fronts(current_topology(), host.name, settings) if tls else {}
     if not tls:
         # Before the backends take their public ports back from nginx.
         gone = files.file(name=f"No site {FRONTED_SITE} with pki.tls off", path=f"{SITES_DIR}/{FRONTED_SITE}.conf",
                           present=False)
         systemd.service(name=f"Reload nginx without site {FRONTED_SITE}", service="nginx", reloaded=True,
                         _if=gone.did_change)
-    nginx_exporter(settings, tls, exporter_web_config)
+    nginx_exporter(settings, tls)
     mtail(settings, tls)
     if fronts:
         # Once the backends left the public ports for loopback: nginx binds those now.
         site(FRONTED_SITE, render_fronted_site(fronts))
+    # Once nothing reads them any more.
+    for stale in STALE_TLS_FILES:
+        files.file(name=f"No {stale} (left by an earlier deploy)", path=stale, present=False)
 
 
-def tls_logins(settings: Settings) -> None:
-    """With pki.tls on: nginx's workers may read the node's key (loaded at each handshake), and
-    the logins file of the fronted backends, 0640 root:www-data."""
-    from homelab.access import callers
-    from roles.pki.web import login_hash
-    from roles.secrets import private_file
-
+def tls_key_group() -> None:
+    """With pki.tls on: nginx's workers may read the node's key (loaded at each handshake)."""
     # nginx's workers take their groups at start: the reload after nginx.conf's TLS lines starts
     # new ones in GROUP.
     server.user(name=f"{NGINX_USER} reads the node's TLS key (group {GROUP})", user=NGINX_USER, groups=[GROUP],
                 append=True, create_home=False, ensure_home=False)
-    users = {user: login_hash(user) for user in callers(current_topology(), "nginx")}
-    private_file(name=f"nginx's logins for fronted backends {FRONTED_LOGINS}", dest=FRONTED_LOGINS,
-                 content=BytesIO(render_logins(users).encode()), group=NGINX_USER, mode="0640")
 
 
-def exporter_listen(settings: Settings, tls: bool, exporter_web_config: bool) -> tuple[str, list[str]]:
-    """The exporter's listen address and extra flags: its public port (with its web config, when
-    pki.tls is on and it takes one), or loopback behind nginx."""
-    if tls and not exporter_web_config:
-        return f"127.0.0.1:{settings.exporter_loopback_port}", []
-    from roles.pki.web import web_config
-
-    return f":{settings.exporter_port}", web_config("nginx", EXPORTER_USER) if tls else []
+def exporter_listen(settings: Settings, tls: bool) -> str:
+    """The exporter's listen address: its public port, or with pki.tls on loopback behind nginx."""
+    return f"127.0.0.1:{settings.exporter_loopback_port}" if tls else f":{settings.exporter_port}"
 
 
-def nginx_exporter(settings: Settings, tls: bool = False, exporter_web_config: bool = False) -> None:
+def nginx_exporter(settings: Settings, tls: bool = False) -> None:
     """prometheus-nginx-exporter, reading the status page on settings.status_port."""
-    listen, web_flags = exporter_listen(settings, tls, exporter_web_config)
     exporter = checked_file(
         name="nginx exporter flags",
         dest="/etc/default/prometheus-nginx-exporter",
         content=render("nginx/nginx-exporter.default.j2", status_port=settings.status_port,
-                       listen=listen, web_flags=web_flags),
+                       listen=exporter_listen(settings, tls)),
     )
     # The package starts the exporter at install with its stock flags, which point at a status port
     # nobody serves, so it fails into systemd's start limit: clear that before restarting it.

@@ -9,7 +9,8 @@ certificate applies without a restart.
 
 The other side, ``client(topology, role, listener, caller)``: what a service on a node (Prometheus
 scraping, blackbox probing, Grafana querying) needs to reach a listener: scheme, the CA file on the
-node, its user name and the file holding its password (written by ``password_file``).
+node, its user name and the file holding its password (written by ``password_file``), or the node's
+own certificate and key for a listener admitting callers by certificate (Listener.client_cert).
 """
 
 from __future__ import annotations
@@ -217,12 +218,17 @@ class Client:
     ca_file: str | None = None
     username: str | None = None
     password_file: str | None = None
+    # The node's own certificate and key, presented to a listener admitting callers by certificate.
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 def client(topology: Topology, role: str, host_name: str, listener: str, caller: str, password_file: str) -> Client:
     """``caller``'s way to ``role``'s ``listener`` on ``host_name``; its password is in ``password_file``."""
     if not secured(topology, role, host_name, listener):
         return Client("http")
+    if ROLE_BY_NAME[role].listener(listener).client_cert:
+        return Client("https", CA_FILE, cert_file=CERT_FILE, key_file=KEY_FILE)
     if not ROLE_BY_NAME[role].listener(listener).login:
         return Client("https", CA_FILE)
     return Client("https", CA_FILE, caller, password_file)

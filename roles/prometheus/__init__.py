@@ -126,14 +126,17 @@ def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES
 
 def tls_check_targets(topology: Topology, health_module: str) -> list[tuple[str, dict[str, str]]]:
     """blackbox's two probes of each secured listener (Topology.tls_checks): what Prometheus
-    scrapes, over https with the cluster CA and blackbox's login; and a plain TCP connect, which
-    tells a listener that is down from one refusing TLS (ScrapeTLSOrLoginFailing)."""
-    from roles.blackbox import PORT_MODULE, tls_module
+    scrapes, over https with the cluster CA and blackbox's login (or its node certificate, where
+    the listener admits callers by certificate); and a plain TCP connect, which tells a listener
+    that is down from one refusing TLS (ScrapeTLSOrLoginFailing)."""
+    from roles.blackbox import PORT_MODULE, cert_module, tls_module
 
     targets = []
     for check in topology.tls_checks():
         labels = {"instance": check.endpoint.instance, "service": check.role, "listener": check.listener}
-        targets += [(check.url, {**labels, "check": CHECK_LOGIN, "module": tls_module(health_module)}),
+        by_cert = ROLE_BY_NAME[check.role].listener(check.listener).client_cert
+        module = cert_module(health_module) if by_cert else tls_module(health_module)
+        targets += [(check.url, {**labels, "check": CHECK_LOGIN, "module": module}),
                     (check.endpoint.netloc, {**labels, "check": CHECK_PORT, "module": PORT_MODULE})]
     return targets
 

@@ -12,19 +12,27 @@ one place and nothing else writes ``http://`` or a password by hand:
     with access.session() as session: session.get(access.url("/metrics"))
     access.verify                  # requests' verify=: the cluster CA's file, or True (system CAs)
     access.auth                    # (user, password) from the vault, or None when no login is asked
+    access.client_cert             # requests' cert=: the control machine's certificate and key files
     access.ssl_context()           # for clients that are not requests (redis-py, asyncio, urllib)
 
 A listener serves TLS and asks for a login when the serving host's `pki.tls` is on and the
 listener supports it (``Listener.secured`` in homelab.topology). The CA certificate is public and
 committed next to the cluster's vault (``secrets/<cluster>.ca.crt`` beside
 ``secrets/<cluster>.vault.yml``); its key is in that vault (homelab.pki). The control machine logs
-in as OPERATOR, with the vault's ``web_password_operator``.
+in as OPERATOR, with the vault's ``web_password_operator``. A listener admitting its callers by
+certificate (``Listener.client_cert``: what nginx fronts) gets the control machine's own, CN
+CONTROL_CERT_NAME, issued by the cluster CA for this process only (control_certificate).
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import ssl
+import tempfile
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +48,11 @@ if TYPE_CHECKING:
 OPERATOR = "operator"
 # Every request from the control machine; a healthy service answers in milliseconds.
 HTTP_TIMEOUT_S = 10
+# The control machine's certificate name: not a host name (it has spaces), so no node's own
+# certificate (CN = its inventory name) can pass for it.
+CONTROL_CERT_NAME = "homelab control machine"
+# How long the certificate control_certificate issues is valid: a CLI run or a test session.
+CONTROL_CERT_LIFETIME = timedelta(hours=12)
 
 
 def password_secret(user: str) -> str:
@@ -63,6 +76,8 @@ class Access:
     ca_file: Path | None = None
     # (user, password), or None when the listener asks for no login; never shown in repr.
     auth: tuple[str, str] | None = field(default=None, repr=False)
+    # (certificate file, key file) the control machine presents, for a Listener.client_cert.
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def scheme(self) -> str:
@@ -86,6 +101,7 @@ class Access:
         session.trust_env = False
         session.verify = self.verify
         session.auth = self.auth
+        session.cert = tuple(map(str, self.client_cert)) if self.client_cert else None
         return session
 
     def request(self, method: str, path: str = "", **kwargs: Any) -> requests.Response:
@@ -109,7 +125,10 @@ class Access:
         """A client context trusting only the cluster CA (None without TLS)."""
         if not self.tls:
             return None
-        return ssl.create_default_context(cafile=str(self.ca_file))
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.client_cert:
+            context.load_cert_chain(*map(str, self.client_cert))
+        return context
 
 
 def access(topology: Topology, role: str, host: str | None = None, listener: str = "http",
@@ -131,6 +150,8 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     if not ca_file.is_file():
         raise ConfigError(ca_file, "", "the cluster CA certificate is missing (create it: homelab pki init)")
     spec = ROLE_BY_NAME[role].listener(listener)
+    if spec.client_cert:
+        return Access(endpoint, tls=True, ca_file=ca_file, client_cert=control_certificate(vault_file, password_file))
     if not spec.web_login:
         # TLS only: the protocol's own login (toy-redis's requirepass), or the application's
         # (Grafana behind nginx), is the client's to send.
@@ -140,6 +161,32 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     if name not in secrets:
         raise ConfigError(repo_path(vault_file), name, "secret is missing from the vault (add it with ansible-vault edit)")
     return Access(endpoint, tls=True, ca_file=ca_file, auth=(user, secrets[name]))
+
+
+@lru_cache(maxsize=4)
+def control_certificate(vault_file: str | Path, password_file: str | Path) -> tuple[Path, Path]:
+    """The control machine's client certificate (CN CONTROL_CERT_NAME) from the cluster CA, issued
+    once per process into a private folder (0700, the key 0600) removed at exit."""
+    from homelab.pki import load_ca
+
+    issued = load_ca(vault_file, password_file).issue_client(CONTROL_CERT_NAME, CONTROL_CERT_LIFETIME)
+    folder = Path(tempfile.mkdtemp(prefix="homelab-control-cert-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    cert, key = folder / "control.crt", folder / "control.key"
+    key.touch(mode=0o600)
+    key.write_bytes(issued.key)
+    cert.write_bytes(issued.cert)
+    return cert, key
+
+
+def certificate_names(topology: Topology, host: str, role: str, listener: str) -> list[str]:
+    """The certificate names (CNs) a Listener.client_cert of ``role`` on ``host`` admits: each host
+    the topology says calls it (its node certificate's CN is its inventory name) and, when the
+    control machine calls it, CONTROL_CERT_NAME."""
+    from homelab.topology import CONTROL
+
+    [inbound] = [inbound for inbound in topology.inbound(host) if (inbound.role, inbound.listener) == (role, listener)]
+    return sorted({*inbound.callers, *([CONTROL_CERT_NAME] if CONTROL in inbound.parties else [])})
 
 
 def callers(topology: Topology, role: str) -> list[str]:

@@ -91,21 +91,30 @@ class ClusterCA:
 
     def issue(self, name: str, address: str, lifetime: timedelta, now: datetime | None = None) -> Issued:
         """A server and client certificate for node ``name`` at ``address``, with a fresh key."""
+        return self._issue(name, lifetime, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                           x509.SubjectAlternativeName(subject_alt_names(name, address)), now)
+
+    def issue_client(self, name: str, lifetime: timedelta, now: datetime | None = None) -> Issued:
+        """A client-only certificate (CN ``name``, no SANs: it serves nothing) with a fresh key, for a
+        caller that is no node: the control machine (homelab.access)."""
+        return self._issue(name, lifetime, [ExtendedKeyUsageOID.CLIENT_AUTH], None, now)
+
+    def _issue(self, name: str, lifetime: timedelta, usages: list, sans: x509.SubjectAlternativeName | None,
+               now: datetime | None) -> Issued:
         now = now or datetime.now(timezone.utc)
         key = _new_key()
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(self.cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + lifetime)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.SubjectAlternativeName(subject_alt_names(name, address)), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
-                               critical=False)
-                .sign(self._key, hashes.SHA256()))
-        return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(self.cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + lifetime)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),
+                                  critical=False))
+        if sans is not None:
+            builder = builder.add_extension(sans, critical=False)
+        return Issued(builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
     def renewal_reason(self, cert_pem: bytes | None, name: str, address: str, margin: timedelta,
                        now: datetime | None = None) -> str | None:

@@ -18,14 +18,11 @@ class DebianRelease:
     python: str
     # glibc on that release: the newest manylinux tag its binary wheels may carry.
     glibc: tuple[int, int]
-    # Whether Debian's prometheus-nginx-exporter takes exporter-toolkit's --web.config.file (1.x
-    # does; bookworm's 0.11 has neither a login nor the flag, so nginx fronts it: roles/nginx).
-    nginx_exporter_web_config: bool
 
 
 RELEASES: dict[int, DebianRelease] = {
-    12: DebianRelease(12, "bookworm", "3.11", (2, 36), nginx_exporter_web_config=False),
-    13: DebianRelease(13, "trixie", "3.13", (2, 41), nginx_exporter_web_config=True),
+    12: DebianRelease(12, "bookworm", "3.11", (2, 36)),
+    13: DebianRelease(13, "trixie", "3.13", (2, 41)),
 }
 DEFAULT_RELEASE = 13
 SUPPORTED = ", ".join(f"{r.version} ({r.codename})" for r in RELEASES.values())

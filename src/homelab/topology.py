@@ -59,6 +59,11 @@ class Listener:
     # site whose application has its own (nginx's sites: Grafana), or a service that has none
     # (Loki: its firewall admits only its callers).
     login: bool = True
+    # Whether, with pki.tls on, its callers authenticate with their node certificate (the cluster
+    # CA's, CN = the caller's inventory name; homelab.access.certificate_names) instead of a login:
+    # nginx checks it at the handshake, for the backends it fronts (roles/nginx), where a password
+    # would cost a bcrypt check per request in nginx's event loop.
+    client_cert: bool = False
     # A plain listener kept beside secured ones: served only on hosts with pki.tls on whose setting
     # holds a port (None: not served). With TLS off the secured listeners are the plain ones.
     beside_tls: bool = False
@@ -107,10 +112,12 @@ ROLES: tuple[Role, ...] = (
     Role("node_exporter", None, "node_exporter", (Listener("metrics", "listen_port", secured=True),), {"node": "metrics"}),
     # After node_exporter, whose textfile directory it writes its drop counters to.
     Role("firewall", None, "firewall"),
-    # nginx serves TLS itself, and fronts its exporter and mtail (roles/nginx) where they cannot.
+    # nginx serves TLS itself, and fronts its exporter and mtail (roles/nginx), which admit callers
+    # by their node certificate.
     Role("nginx", "nginx", "nginx",
          (Listener(_HTTP, "listen_port", health="/healthz", secured=True, login=False),
-          Listener("exporter", "exporter_port", secured=True), Listener("mtail", "mtail_port", secured=True)),
+          Listener("exporter", "exporter_port", secured=True, login=False, client_cert=True),
+          Listener("mtail", "mtail_port", secured=True, login=False, client_cert=True)),
          {"nginx": "exporter", "mtail": "mtail"}),
     Role("grafana", "grafana", "Grafana", note="unix socket"),
     Role("loki", "loki", "Loki", (Listener(_HTTP, "listen_port", health="/ready", secured=True, login=False),),

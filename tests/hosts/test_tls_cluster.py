@@ -2,8 +2,8 @@
 
 Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py); then every secured
 web listener answers the control machine's login over https with the cluster CA, and refuses a
-request without a login and plain http (nginx's exporter and mtail included, which nginx fronts
-where they cannot do it themselves); nginx's site serves https without a login; Prometheus scrapes every target (over https where secured);
+request without a login and plain http; nginx's exporter and mtail, which nginx fronts, admit only
+their callers' certificates, and a flood of wrong logins there stalls nothing; nginx's site serves https without a login; Prometheus scrapes every target (over https where secured);
 toy-redis speaks RESP only over TLS; a second run changes nothing; no secret of the vault shows in the
 deploy's output, in a command line, in the journal or in a file others may read on any node. At the end the lab's own settings
 (TLS off) are deployed back, as the other lab tests expect.
@@ -111,23 +111,21 @@ def test_sites_serve_https_with_the_node_certificate_and_no_login(tls_lab, tls_t
 
 
 def test_mtail_and_the_exporter_listen_on_loopback_behind_nginx_and_strangers_are_dropped(tls_lab, tls_topology, lab):
-    """What cannot do TLS itself (mtail; the exporter without --web.config.file) listens on loopback
+    """What cannot do TLS itself (mtail; the exporter, on every release alike) listens on loopback
     only, nginx holds its public port; nodes that do not call those ports get no connection."""
-    from homelab.releases import DEFAULT_RELEASE, debian_release
-    from roles.nginx import fronted
+    from roles.nginx import topology_fronts
     from tests.hosts.test_firewall import CONNECT_TIMEOUT_S, PROBE
 
     for host in tls_topology.serving("nginx"):
-        settings = tls_topology.settings(host, "nginx")
-        release = debian_release(tls_topology.data(host, "debian_release", DEFAULT_RELEASE))
-        fronts = fronted(settings, release.nginx_exporter_web_config)
-        assert "mtail" in fronts
+        fronts = topology_fronts(tls_topology, host, tls_topology.settings(host, "nginx"))
+        assert set(fronts) == {"exporter", "mtail"}
         listening = subprocess.run(ssh_command(lab, host, "ss -Hltnp"), capture_output=True, text=True, timeout=60)
         assert listening.returncode == 0, listening.stderr
-        for listener, (public_port, loopback_port) in fronts.items():
-            local = [line.split()[3] for line in listening.stdout.splitlines() if line.split()[3].endswith(f":{loopback_port}")]
-            assert local == [f"127.0.0.1:{loopback_port}"], f"{listener} on {host} listens on {local}"
-            public = [line for line in listening.stdout.splitlines() if line.split()[3].endswith(f":{public_port}")]
+        for listener, front in fronts.items():
+            local = [line.split()[3] for line in listening.stdout.splitlines()
+                     if line.split()[3].endswith(f":{front.loopback_port}")]
+            assert local == [f"127.0.0.1:{front.loopback_port}"], f"{listener} on {host} listens on {local}"
+            public = [line for line in listening.stdout.splitlines() if line.split()[3].endswith(f":{front.public_port}")]
             assert public and all('"nginx"' in line for line in public), f"{listener}'s port on {host}: {public}"
         for inbound in tls_topology.inbound(host):
             if inbound.role != "nginx" or inbound.listener not in ("exporter", "mtail"):
@@ -139,6 +137,80 @@ def test_mtail_and_the_exporter_listen_on_loopback_behind_nginx_and_strangers_ar
                         "python3", "-c", PROBE, json.dumps([target]), str(CONNECT_TIMEOUT_S)))),
                     capture_output=True, text=True, timeout=60)
                 assert json.loads(probe.stdout) == ["timeout"], (stranger, host, inbound)
+
+
+def client_cert_listeners(topology) -> list[tuple[str, str, str]]:
+    """(role, listener, host) of every listener admitting its callers by certificate."""
+    return [(role.name, listener.name, host) for role in ROLES for listener in role.listeners if listener.client_cert
+            for host in topology.serving(role.name)]
+
+
+def test_what_nginx_fronts_admits_only_the_callers_certificates(tls_lab, tls_topology, tmp_path):
+    """The control machine's certificate gets the metrics; none (a login is no way in), another
+    CA's, or the cluster CA's for a node that does not call the port, never reach the backend."""
+    from datetime import timedelta
+
+    from homelab.access import certificate_names
+    from homelab.pki import ClusterCA, create_ca, load_ca
+
+    listeners = client_cert_listeners(tls_topology)
+    assert {(role, listener) for role, listener, _ in listeners} == {("nginx", "exporter"), ("nginx", "mtail")}
+    for role, listener, host in listeners:
+        operator = access(tls_topology, role, host, listener)
+        where = f"{role} {listener} on {host}"
+        answer = operator.get(METRICS_PATH, timeout=10)
+        assert answer.status_code == 200 and "# TYPE" in answer.text, where
+        vault = (tls_topology.data(host, "vault_file"), tls_topology.data(host, "vault_password_file"))
+        [stranger] = [name for name in tls_topology.hosts
+                      if name not in certificate_names(tls_topology, host, role, listener)][:1]
+        refused = {"no certificate": (None, 400), "a login": (None, 400),
+                   "another CA's": (ClusterCA(create_ca("stranger CA", timedelta(hours=1))).issue(
+                       tls_topology.hosts_of("prometheus")[0], "127.0.0.1", timedelta(hours=1)), 400),
+                   f"{stranger}'s": (load_ca(*vault).issue(stranger, "127.0.0.1", timedelta(hours=1)), 403)}
+        for case, (issued, status) in refused.items():
+            cert = None
+            if issued:
+                (tmp_path / "c.crt").write_bytes(issued.cert)
+                (tmp_path / "c.key").write_bytes(issued.key)
+                cert = (str(tmp_path / "c.crt"), str(tmp_path / "c.key"))
+            login = ("prometheus", "wrong") if case == "a login" else None
+            got = requests.get(operator.url(METRICS_PATH), verify=operator.verify, cert=cert, auth=login, timeout=10)
+            assert got.status_code == status, f"{where}, {case}: {got.status_code}"
+
+
+def test_a_flood_of_wrong_logins_on_a_fronted_port_leaves_the_site_and_the_scrape_answering(tls_lab, tls_topology):
+    """Wrong logins without a certificate, from the control machine for FLOOD_S (the hole bcrypt
+    logins left: each held nginx's event loop ~80 ms): the site and the control machine's scrape
+    answer quickly throughout, and nginx's own request counter shows it answered the flood."""
+    import statistics
+
+    from tests.flooder import Flooder
+    from tests.roles.test_nginx import ANSWER_WITHIN_S, FLOOD_AT_LEAST, FLOOD_S, FLOOD_THREADS
+
+    [host] = tls_topology.serving("nginx")[:1]
+    mtail, exporter = (access(tls_topology, "nginx", host, listener) for listener in ("mtail", "exporter"))
+    site = access(tls_topology, "nginx", host)
+
+    def requests_handled() -> float:
+        # prometheus-nginx-exporter's copy of stub_status's "requests".
+        text = exporter.get(METRICS_PATH, timeout=10).text
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith("nginx_http_requests_total ")))
+
+    before = requests_handled()
+    flood = Flooder(mtail.endpoint.port, {"guess": FLOOD_THREADS}, FLOOD_S, tls=True, address=mtail.endpoint.address)
+    waits = []
+    try:
+        deadline = time.monotonic() + FLOOD_S / 2
+        while time.monotonic() < deadline:
+            for reaching, path in ((site, "/healthz"), (mtail, METRICS_PATH)):
+                started = time.monotonic()
+                assert reaching.get(path, timeout=10).status_code == 200, reaching.url(path)
+                waits.append(time.monotonic() - started)
+        flood.result(at_least=FLOOD_AT_LEAST)
+    finally:
+        flood.stop()
+    assert statistics.median(waits) < ANSWER_WITHIN_S, f"requests waited a median {statistics.median(waits):.2f}s"
+    assert requests_handled() - before >= FLOOD_AT_LEAST
 
 
 def test_prometheus_scrapes_every_target_with_tls_on(tls_lab, tls_topology):

@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from homelab.access import OPERATOR, callers, password_secret
+from homelab.access import OPERATOR, callers, certificate_names, password_secret
 from homelab.config import ConfigError
 from homelab.pki import CA_KEY_SECRET, ClusterCA, create_ca
 from homelab.topology import ROLE_BY_NAME, Topology
@@ -141,9 +141,18 @@ def test_prometheus_scrapes_secured_listeners_over_https_with_its_own_login(tls_
     for job in tls_topology.scrape_jobs():
         [scrape] = [s for s in config["scrape_configs"] if s["job_name"] == job.name]
         listener = ROLE_BY_NAME[job.role].listener(ROLE_BY_NAME[job.role].scrape[job.name])
-        # A secured listener without a login of ours (Loki) gets TLS with the CA and no credentials.
-        wanted = (client if listener.login else {**client, "basic_auth": None}) if listener.secured else dict.fromkeys(client)
+        # A secured listener without a login of ours (Loki) gets TLS with the CA and no credentials;
+        # one admitting its callers by certificate (what nginx fronts), Prometheus's node certificate.
+        if listener.client_cert:
+            wanted = {**client, "basic_auth": None,
+                      "tls_config": {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}}
+        elif listener.secured:
+            wanted = client if listener.login else {**client, "basic_auth": None}
+        else:
+            wanted = dict.fromkeys(client)
         assert {key: scrape.get(key) for key in client} == wanted, job.name
+    assert any(ROLE_BY_NAME[job.role].listener(ROLE_BY_NAME[job.role].scrape[job.name]).client_cert
+               for job in tls_topology.scrape_jobs())
     [alerting] = config["alerting"]["alertmanagers"]
     assert {key: alerting[key] for key in client} == client
 
@@ -200,13 +209,20 @@ def test_prometheus_has_blackbox_check_every_secured_listener_for_tls_and_its_po
         tls_topology.endpoint("nginx", host, listener).instance for host in tls_topology.serving("nginx")
         for listener in ("exporter", "mtail")}
     assert set(checked) == {endpoint.instance for endpoint in secured}
-    for endpoint in secured:
+    for check in tls_topology.tls_checks():
+        endpoint = check.endpoint
         (login_url, login), (port_target, port) = checked[endpoint.instance][CHECK_LOGIN], checked[endpoint.instance][CHECK_PORT]
-        assert login_url == endpoint.url("/metrics", "https") and login["http"]["basic_auth"]["username"] == blackbox.WEB_USER
-        assert port_target == endpoint.netloc and port["prober"] == "tcp"
-    # blackbox is a caller of every secured listener, so their web configs admit its login.
-    for role in {check.role for check in tls_topology.tls_checks()}:
-        assert "blackbox" in callers(tls_topology, role), role
+        assert login_url == endpoint.url("/metrics", "https") and port_target == endpoint.netloc and port["prober"] == "tcp"
+        if ROLE_BY_NAME[check.role].listener(check.listener).client_cert:
+            # What nginx fronts: blackbox's node certificate, which nginx admits; no password sent.
+            assert login["http"]["tls_config"] == {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}
+            assert "basic_auth" not in login["http"]
+            assert set(tls_topology.hosts_of("blackbox")) <= set(
+                certificate_names(tls_topology, endpoint.host, check.role, check.listener)), check
+        else:
+            # Its login, which the listener's web config admits.
+            assert login["http"]["basic_auth"]["username"] == blackbox.WEB_USER
+            assert "blackbox" in callers(tls_topology, check.role), check.role
 
 
 needs_exporters = pytest.mark.skipif(
