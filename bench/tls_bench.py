@@ -23,14 +23,19 @@
 
 Run as root from the repo root, under the lab lock:
     flock /tmp/homelab-lab.lock .venv/bin/python bench/tls_bench.py
+    flock /tmp/homelab-lab.lock .venv/bin/python bench/tls_bench.py --jobs nginx,mtail
 It brings the lab up (reusing a running one) and leaves it deployed with its own settings (TLS off).
+With --jobs, only those scrape jobs are compared: each deploy is limited to the hosts they scrape
+and Prometheus's and blackbox's, and the no-op rerun (a whole-stack figure) is not timed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,15 +74,30 @@ def bench_prometheus_data() -> str:
     return "prometheus=" + json.dumps(fast)
 
 
-def phase(*data: str) -> tuple[float, float, float]:
-    """Converge, then time the no-op reruns and scrape on: (median rerun s, phase start, phase end) in Unix time."""
-    deploy = [str(BIN / "pyinfra"), "-y", str(LAB_INVENTORY), "deploys/all.py", "--data", bench_prometheus_data(), *data]
+def phase(*data: str, limit: list[str] = ()) -> tuple[float | None, float, float]:
+    """Converge, then time the no-op reruns (not with ``limit``, pyinfra's --limit arguments) and
+    scrape on: (median rerun s, phase start, phase end) in Unix time."""
+    deploy = [str(BIN / "pyinfra"), "-y", str(LAB_INVENTORY), "deploys/all.py", "--data", bench_prometheus_data(),
+              *data, *limit]
     timed(*deploy)
     time.sleep(SETTLE_S)
     start = time.time()
-    median = statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
+    median = None if limit else statistics.median(timed(*deploy) for _ in range(NOOP_RUNS))
     time.sleep(SCRAPE_WINDOW_S)
     return median, start, time.time()
+
+
+def limit_to(jobs: list[str]) -> list[str]:
+    """pyinfra's --limit arguments for the hosts ``jobs`` scrape and Prometheus's and blackbox's;
+    an unknown job stops the bench with one line."""
+    topology = Topology.load(LAB_INVENTORY)
+    known = {job.name: job for job in topology.scrape_jobs()}
+    unknown = sorted(set(jobs) - set(known))
+    if unknown:
+        sys.exit(f"bench: --jobs: expected scrape jobs among {', '.join(sorted(known))}, got {', '.join(unknown)}")
+    hosts = {target.host for job in jobs for target in known[job].targets}
+    hosts |= {*topology.hosts_of("prometheus"), *topology.hosts_of("blackbox")}
+    return [argument for host in sorted(hosts) for argument in ("--limit", host)]
 
 
 def p99(prometheus, metric: str, job: str, start: float, end: float) -> tuple[float, int] | None:
@@ -95,16 +115,23 @@ def p99(prometheus, metric: str, job: str, start: float, end: float) -> tuple[fl
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--jobs", type=lambda text: text.split(","), default=None,
+                        help="compare only these scrape jobs, e.g. nginx,mtail (no no-op rerun timing)")
+    jobs = parser.parse_args().jobs
+    limit = limit_to(jobs) if jobs else []
     timed(str(BIN / "lab"), "up", str(LAB_INVENTORY))
     try:
-        plain_noop, plain_start, plain_end = phase()
-        tls_noop, tls_start, tls_end = phase("--data", "pki=" + json.dumps(TLS_ON))
-        print(f"whole stack no-op rerun, median of {NOOP_RUNS}: TLS off {plain_noop:.2f}s, TLS on {tls_noop:.2f}s, "
-              f"ratio {tls_noop / plain_noop:.2f}x (target <= {TARGETS['no-op rerun']}x)", flush=True)
+        plain_noop, plain_start, plain_end = phase(limit=limit)
+        tls_noop, tls_start, tls_end = phase("--data", "pki=" + json.dumps(TLS_ON), limit=limit)
+        if not limit:
+            print(f"whole stack no-op rerun, median of {NOOP_RUNS}: TLS off {plain_noop:.2f}s, TLS on {tls_noop:.2f}s, "
+                  f"ratio {tls_noop / plain_noop:.2f}x (target <= {TARGETS['no-op rerun']}x)", flush=True)
         prometheus = Topology.load(tls_inventory()).access("prometheus")
         active = prometheus.get("/api/v1/targets", params={"state": "active"}, timeout=30).json()["data"]["activeTargets"]
         # The jobs scraped over https with TLS on and over http before (tls-check exists only with TLS).
-        secured_jobs = sorted({t["labels"]["job"] for t in active if t["scrapeUrl"].startswith("https://")})
+        secured_jobs = sorted({t["labels"]["job"] for t in active if t["scrapeUrl"].startswith("https://")
+                               and (jobs is None or t["labels"]["job"] in jobs)})
         scrapes = {}
         for job in secured_jobs:
             # The probes' job: the probe alone, https against http (see the docstring).
@@ -113,7 +140,7 @@ def main() -> None:
             scrapes[label] = (p99(prometheus, metric, job, plain_start, plain_end),
                               p99(prometheus, metric, job, tls_start, tls_end))
     finally:
-        timed(str(BIN / "pyinfra"), "-y", str(LAB_INVENTORY), "deploys/all.py")  # the lab's own settings back
+        timed(str(BIN / "pyinfra"), "-y", str(LAB_INVENTORY), "deploys/all.py", *limit)  # the lab's own settings back
     print(f"{'scrape duration p99':40}{'plain':>10}{'TLS':>10}{'ratio':>8}  samples (plain/TLS, fewest per target)")
     ratios = []
     for label, (plain, tls) in scrapes.items():
