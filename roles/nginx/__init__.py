@@ -9,9 +9,10 @@ Other roles add a site with `site(name, content)`: the staged site is checked wi
 together with the live config and the other sites before it is enabled, then nginx reloads.
 
 With `pki.tls` on (issue 13) every listener of the role serves TLS with the node's certificate
-(roles/pki), named in nginx.conf through variables so that nginx loads it at each handshake and a
-rotated certificate is served without a reload. The sites (ours, Grafana's) serve https without a
-login. mtail cannot do TLS, nor can Debian 12's nginx exporter (0.11): both listen on loopback only
+(roles/pki), which nginx's root master reads at start and reload: the deploy reloads nginx
+(gracefully) when it gives the node a new pair, and nginx's workers never read the key (nor is
+www-data in the key's group). The sites (ours, Grafana's) serve https without a login. mtail
+cannot do TLS, nor can Debian 12's nginx exporter (0.11): both listen on loopback only
 (`*_loopback_port`) and nginx fronts them on their public ports (site FRONTED_SITE), on every
 release alike. There callers authenticate with their node certificate (Listener.client_cert):
 nginx verifies it against the cluster CA during the handshake and admits only the certificate
@@ -28,7 +29,7 @@ from io import StringIO
 from pydantic import Field
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Groups
+from pyinfra.facts.server import Groups, Users
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -36,7 +37,7 @@ from homelab.config import StrictModel
 from homelab.types import SCHEME_PORTS, Port
 from roles.common import checked_file, current_topology, render, restart, role_settings
 from roles.install import Install, install_packages
-from roles.pki import CA_FILE, CERT_FILE, GROUP, KEY_FILE, TLS_DIR
+from roles.pki import CA_FILE, CERT_FILE, GROUP, KEY_FILE, TLS_DIR, certificate_written
 from roles.tuning import host_tuning, tuning_path
 
 SITES_DIR = "/etc/nginx/sites-enabled"
@@ -48,6 +49,8 @@ FRONTED_SITE = "fronted-exporters"
 # What earlier deploys left with pki.tls on: the fronted ports' bcrypt logins, and Debian 13's
 # exporter's own web config (the role's name under roles.pki.web's WEB_CONFIG_DIR).
 STALE_TLS_FILES = (f"{TLS_DIR}/nginx.htpasswd", f"{TLS_DIR}/nginx.yml")
+# With pki.tls on: nginx.conf's ssl_certificate lines, in the folder removed with the node's key.
+CERTIFICATE_INCLUDE = f"{TLS_DIR}/nginx-certificate.conf"
 
 
 class Upstream(StrictModel):
@@ -83,9 +86,13 @@ def render_nginx_conf(settings: Settings, tuning, tuning_source: str) -> str:
         access_log=ACCESS_LOG,
         sites_dir=SITES_DIR,
         tuning_source=tuning_source,
-        cert_file=CERT_FILE,
-        key_file=KEY_FILE,
+        # A pattern, which nginx allows to match no file.
+        certificate_include=CERTIFICATE_INCLUDE.replace(".conf", "*.conf"),
     )
+
+
+def render_certificate_include() -> str:
+    return render("nginx/node-certificate.conf.j2", cert_file=CERT_FILE, key_file=KEY_FILE)
 
 
 def render_default_site(settings: Settings, tuning, tls: bool = False) -> str:
@@ -194,8 +201,10 @@ def apply() -> None:
     # Debian's own default site would claim default_server on HTTP's port beside ours.
     files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
-    if tls:
-        tls_key_group()
+    left = leave_key_group()
+    include = (files.put(name=f"nginx's certificate lines {CERTIFICATE_INCLUDE}",
+                         src=StringIO(render_certificate_include()), dest=CERTIFICATE_INCLUDE,
+                         user="root", group="root", mode="0644"),) if tls else ()
     main_conf = checked_file(
         name="nginx.conf",
         dest="/etc/nginx/nginx.conf",
@@ -203,7 +212,10 @@ def apply() -> None:
         check="nginx -t -q -c {staged}",
     )
     systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)
-    systemd.service(name="Reload nginx for nginx.conf", service="nginx", reloaded=True, _if=main_conf.did_change)
+    # A reload makes the master read nginx.conf and the node's certificate and key again, and
+    # starts workers with the groups the user has now.
+    systemd.service(name="Reload nginx for nginx.conf, the node's certificate or its groups", service="nginx",
+                    reloaded=True, _if=any_changed(main_conf, *include, *left, *certificate_written()))
     site("default", render_default_site(settings, tuning, tls))
 
     fronts = topology_fronts(current_topology(), host.name, settings) if tls else {}
@@ -223,12 +235,13 @@ def apply() -> None:
         files.file(name=f"No {stale} (left by an earlier deploy)", path=stale, present=False)
 
 
-def tls_key_group() -> None:
-    """With pki.tls on: nginx's workers may read the node's key (loaded at each handshake)."""
-    # nginx's workers take their groups at start: the reload after nginx.conf's TLS lines starts
-    # new ones in GROUP.
-    server.user(name=f"{NGINX_USER} reads the node's TLS key (group {GROUP})", user=NGINX_USER, groups=[GROUP],
-                append=True, create_home=False, ensure_home=False)
+def leave_key_group() -> tuple:
+    """nginx's user out of the node key's group, which an earlier deploy added it to when workers
+    loaded the certificate per handshake: only the root master reads the key now."""
+    if GROUP not in host.get_fact(Users).get(NGINX_USER, {}).get("groups", []):
+        return ()
+    return (server.shell(name=f"{NGINX_USER} no longer reads the node's TLS key (group {GROUP})",
+                         commands=[f"gpasswd -d {NGINX_USER} {GROUP}"]),)
 
 
 def exporter_listen(settings: Settings, tls: bool) -> str:

@@ -60,6 +60,9 @@ NODE_KEY = TlsFile(KEY_FILE, GROUP, "0640")
 # What a backup keeps (homelab.backup.parts.Certificates); the web configs beside them are the roles'.
 IDENTITY = (CA_BUNDLE, NODE_CERT, NODE_KEY)
 EXPIRY_METRICS = "homelab_tls.prom"
+# Host name -> the operations of this run that write its certificate and key (apply), for a service
+# that reads them only at start to reload after them (certificate_written).
+_PAIR_WRITES: dict[str, tuple] = {}
 
 
 class Settings(StrictModel):
@@ -108,6 +111,7 @@ def apply() -> None:
     from roles.secrets import private_file
 
     settings = role_settings("pki", Settings)
+    _PAIR_WRITES.pop(host.name, None)
     if not settings.tls:
         return
     topology = current_topology()
@@ -124,11 +128,13 @@ def apply() -> None:
     if reason:
         issued = ca.issue(host.name, topology.address(host.name), lifetime(settings.cert_lifetime))
         # No service restarts for it: exporter-toolkit rereads both files per handshake, toy-redis
-        # and the relay when they changed (their ReloadingContext), so a rotation misses no scrape.
-        private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
-                     content=BytesIO(issued.key), group=NODE_KEY.group, mode=NODE_KEY.mode)
-        files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
-                  user="root", group=NODE_CERT.group, mode=NODE_CERT.mode)
+        # and the relay when they changed (their ReloadingContext), nginx reloads (certificate_written),
+        # so a rotation misses no scrape.
+        key = private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
+                           content=BytesIO(issued.key), group=NODE_KEY.group, mode=NODE_KEY.mode)
+        cert = files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
+                         user="root", group=NODE_CERT.group, mode=NODE_CERT.mode)
+        _PAIR_WRITES[host.name] = (key, cert)
         cert_pem = issued.cert
     else:
         # Keep the key's owner and mode right even when the certificate stays.
@@ -140,6 +146,12 @@ def apply() -> None:
     files.put(name=f"Certificate expiry for node_exporter ({EXPIRY_METRICS})",
               src=BytesIO(expiry_metrics(not_after(cert_pem).timestamp(), margin.total_seconds()).encode()),
               dest=f"{textfiles}/{EXPIRY_METRICS}", user="root", group="root", mode="0644")
+
+
+def certificate_written() -> tuple:
+    """The operations by which this run gives this host a new certificate and key (none when it
+    keeps them): for ``_if=any_changed(...)`` of a reload by a role applied after pki's."""
+    return _PAIR_WRITES.get(host.name, ())
 
 
 @deploy("pki: nothing left with TLS off")

@@ -126,7 +126,6 @@ def tls_nginx(tls_topology):
 
     from homelab.pki import ClusterCA, create_ca
     from roles.nginx import topology_fronts
-    from roles.pki import CERT_FILE, KEY_FILE
     from tests.local_http import QuietHandler, serving
     from tests.loopback import free_port, wait_for
 
@@ -146,6 +145,8 @@ def tls_nginx(tls_topology):
     (folder / "ca.crt").write_bytes(ca_pair.cert)
     [host] = tls_topology.serving("nginx")[:1]
     pair = ca.issue(host, "127.0.0.1", timedelta(hours=1))
+    # Root's only: nginx's master reads it, its workers (www-data) never.
+    (folder / "node.key").touch(mode=0o600)
     (folder / "node.key").write_bytes(pair.key)
     (folder / "node.crt").write_bytes(pair.cert)
     with serving(Metrics) as backend:
@@ -156,9 +157,8 @@ def tls_nginx(tls_topology):
         (sites / "default.conf").write_text(render_default_site(settings, TUNING, tls=True))
         fronts = topology_fronts(tls_topology, host, settings)
         (sites / f"{FRONTED_SITE}.conf").write_text(render_fronted_site(fronts, str(folder / "ca.crt")))
-        conf = (render_nginx_conf(settings, TUNING, "tuning.yaml")
-                .replace(SITES_DIR, str(sites)).replace(CERT_FILE, str(folder / "node.crt"))
-                .replace(KEY_FILE, str(folder / "node.key")).replace("/run/nginx.pid", str(folder / "nginx.pid"))
+        conf = (with_pair(render_nginx_conf(settings, TUNING, "tuning.yaml"), folder)
+                .replace(SITES_DIR, str(sites)).replace("/run/nginx.pid", str(folder / "nginx.pid"))
                 .replace("/var/log/nginx/", str(folder) + "/"))
         (folder / "nginx.conf").write_text(conf)
         checked = subprocess.run(["nginx", "-t", "-c", str(folder / "nginx.conf")], capture_output=True, text=True)
@@ -172,6 +172,17 @@ def tls_nginx(tls_topology):
             subprocess.run(["nginx", "-c", str(folder / "nginx.conf"), "-s", "stop"], capture_output=True)
             wait_for(lambda: not (folder / "nginx.pid").exists(), 10, "nginx stopped")
             shutil.rmtree(folder)
+
+
+def with_pair(conf: str, folder: Path) -> str:
+    """nginx.conf ``conf`` with its certificate lines (roles.nginx.CERTIFICATE_INCLUDE, pki.tls on)
+    in ``folder``, naming the node's certificate and key there instead of roles.pki's paths."""
+    from roles.nginx import CERTIFICATE_INCLUDE, render_certificate_include
+    from roles.pki import CERT_FILE, KEY_FILE
+
+    (folder / "nginx-certificate.conf").write_text(render_certificate_include().replace(
+        CERT_FILE, str(folder / "node.crt")).replace(KEY_FILE, str(folder / "node.key")))
+    return conf.replace(str(Path(CERTIFICATE_INCLUDE).parent), str(folder))
 
 
 def client_pair(folder: Path, name: str, issued) -> tuple[str, str]:
@@ -285,18 +296,25 @@ ANSWER_WITHIN_S = 0.5
 
 
 @needs_nginx
-def test_a_rotated_node_certificate_is_served_by_nginx_without_a_reload(tls_nginx):
+def test_nginx_reads_the_key_as_root_only_and_serves_a_rotated_pair_after_a_reload(tls_nginx):
+    """The key is the root master's alone (0600 here: no worker could read it), and a new pair is
+    served once nginx reloads, what roles/nginx does when the deploy writes one."""
+    from cryptography import x509
+
     folder, ca, settings, _ = tls_nginx
+    assert (folder / "node.key").stat().st_mode & 0o077 == 0
     before = served_serial(settings.mtail_port, folder / "ca.crt")
     pair = ca.issue("master-node", "127.0.0.1", timedelta(hours=1))
     (folder / "node.key").write_bytes(pair.key)
     (folder / "node.crt").write_bytes(pair.cert)
-    after = served_serial(settings.mtail_port, folder / "ca.crt")
-    assert after != before
-    from cryptography import x509
+    assert served_serial(settings.mtail_port, folder / "ca.crt") == before
+    reloaded = subprocess.run(["nginx", "-c", str(folder / "nginx.conf"), "-s", "reload"], capture_output=True, text=True)
+    assert reloaded.returncode == 0, reloaded.stderr
+    new = x509.load_pem_x509_certificate(pair.cert).serial_number
+    from tests.loopback import wait_for
 
-    assert after == x509.load_pem_x509_certificate(pair.cert).serial_number
-    assert served_serial(settings.listen_port, folder / "ca.crt") == after
+    wait_for(lambda: served_serial(settings.mtail_port, folder / "ca.crt") == new, 10, "the new certificate served")
+    assert served_serial(settings.listen_port, folder / "ca.crt") == new
 
 
 @needs_nginx
@@ -332,9 +350,19 @@ def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_port(tls_nginx
 def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off(
         tmp_path, tls_topology, default_tls, grafana_tls, fronted_present):
     """Turning pki.tls on or off changes the sites one at a time (Grafana's in a later role): every
-    mix must pass the `nginx -t` each change is checked with, or the deploy stops halfway."""
+    mix must pass the `nginx -t` each change is checked with, or the deploy stops halfway. The
+    node's certificate, key, CA bundle and nginx's certificate lines exist in every mix: roles/pki
+    writes the pair before nginx's role when pki.tls goes on, and removes its folder after every
+    role when it goes off."""
     from homelab.config import model_from_data
+    from homelab.pki import ClusterCA, create_ca
     from roles import grafana
+
+    ca = create_ca("halfway CA", timedelta(hours=1))
+    pair = ClusterCA(ca).issue("master-node", "127.0.0.1", timedelta(hours=1))
+    (tmp_path / "ca.crt").write_bytes(ca.cert)
+    (tmp_path / "node.crt").write_bytes(pair.cert)
+    (tmp_path / "node.key").write_bytes(pair.key)
 
     settings = Settings(listen_port=18080)
     sites = tmp_path / "sites"
@@ -347,9 +375,8 @@ def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off
         from roles.nginx import topology_fronts
 
         fronts = topology_fronts(tls_topology, tls_topology.serving("nginx")[0], settings)
-        # The CA bundle exists with pki.tls on only, as the node's certificate does.
-        (tmp_path / "ca.crt").write_bytes((REPO / "secrets" / "lab.ca.crt").read_bytes())
         (sites / f"{FRONTED_SITE}.conf").write_text(render_fronted_site(fronts, str(tmp_path / "ca.crt")))
-    (tmp_path / "nginx.conf").write_text(render_nginx_conf(settings, TUNING, "tuning.yaml").replace(SITES_DIR, str(sites)))
+    conf = with_pair(render_nginx_conf(settings, TUNING, "tuning.yaml"), tmp_path).replace(SITES_DIR, str(sites))
+    (tmp_path / "nginx.conf").write_text(conf)
     result = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
