@@ -60,6 +60,8 @@ NODE_KEY = TlsFile(KEY_FILE, GROUP, "0640")
 # What a backup keeps (homelab.backup.parts.Certificates); the web configs beside them are the roles'.
 IDENTITY = (CA_BUNDLE, NODE_CERT, NODE_KEY)
 EXPIRY_METRICS = "homelab_tls.prom"
+# A new certificate and key are written beside the live ones with this suffix first.
+STAGED = ".new"
 # Host name -> the operations of this run that write its certificate and key (apply), for a service
 # that reads them only at start to reload after them (certificate_written).
 _PAIR_WRITES: dict[str, tuple] = {}
@@ -129,12 +131,18 @@ def apply() -> None:
         issued = ca.issue(host.name, topology.address(host.name), lifetime(settings.cert_lifetime))
         # No service restarts for it: exporter-toolkit rereads both files per handshake, toy-redis
         # and the relay when they changed (their ReloadingContext), nginx reloads (certificate_written),
-        # so a rotation misses no scrape.
-        key = private_file(name=f"Node TLS key {KEY_FILE} (new certificate: {reason})", dest=KEY_FILE,
-                           content=BytesIO(issued.key), group=NODE_KEY.group, mode=NODE_KEY.mode)
-        cert = files.put(name=f"Node certificate {CERT_FILE} ({reason})", src=BytesIO(issued.cert), dest=CERT_FILE,
-                         user="root", group=NODE_CERT.group, mode=NODE_CERT.mode)
-        _PAIR_WRITES[host.name] = (key, cert)
+        # so a rotation misses no scrape. Both files are staged, then renamed into place in one
+        # command: a client presenting the pair (Prometheus, blackbox: Listener.client_cert) rereads
+        # it when either changes, and between two operations would find a new key beside the old
+        # certificate and fail its scrape.
+        staged_key = private_file(name=f"Node TLS key {KEY_FILE}{STAGED} (new certificate: {reason})",
+                                  dest=KEY_FILE + STAGED, content=BytesIO(issued.key), group=NODE_KEY.group,
+                                  mode=NODE_KEY.mode)
+        staged_cert = files.put(name=f"Node certificate {CERT_FILE}{STAGED} ({reason})", src=BytesIO(issued.cert),
+                                dest=CERT_FILE + STAGED, user="root", group=NODE_CERT.group, mode=NODE_CERT.mode)
+        moved = server.shell(name=f"Node certificate {CERT_FILE} and key in place ({reason})",
+                             commands=[f"mv -f {KEY_FILE}{STAGED} {KEY_FILE} && mv -f {CERT_FILE}{STAGED} {CERT_FILE}"])
+        _PAIR_WRITES[host.name] = (staged_key, staged_cert, moved)
         cert_pem = issued.cert
     else:
         # Keep the key's owner and mode right even when the certificate stays.
