@@ -8,7 +8,8 @@ minute issues each node a new certificate, which every secured listener then ser
 may not call (blackbox's, Prometheus's only) from blackbox's TLS check of it in Prometheus. Across
 that deploy Prometheus scraped every secured target at every scrape interval, with success: the
 services picked up the new certificate without a restart (exporter-toolkit rereads its files per
-handshake; toy-redis and the relay reload theirs for new handshakes). The lab's own settings
+handshake; toy-redis and the relay reload theirs for new handshakes; nginx reloads gracefully),
+and Prometheus and blackbox presented their own new pair to nginx's fronted ports. The lab's own settings
 (TLS off) are deployed back at the end (tls_lab).
 """
 
