@@ -201,21 +201,7 @@ def apply() -> None:
     # Debian's own default site would claim default_server on HTTP's port beside ours.
     files.link(name="Remove Debian's default site", path=f"{SITES_DIR}/default", present=False)
 
-    left = leave_key_group()
-    include = (files.put(name=f"nginx's certificate lines {CERTIFICATE_INCLUDE}",
-                         src=StringIO(render_certificate_include()), dest=CERTIFICATE_INCLUDE,
-                         user="root", group="root", mode="0644"),) if tls else ()
-    main_conf = checked_file(
-        name="nginx.conf",
-        dest="/etc/nginx/nginx.conf",
-        content=render_nginx_conf(settings, tuning, str(tuning_path().name)),
-        check="nginx -t -q -c {staged}",
-    )
-    systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)
-    # A reload makes the master read nginx.conf and the node's certificate and key again, and
-    # starts workers with the groups the user has now.
-    systemd.service(name="Reload nginx for nginx.conf, the node's certificate or its groups", service="nginx",
-                    reloaded=True, _if=any_changed(main_conf, *include, *left, *certificate_written()))
+    nginx_conf(settings, tuning, tls)
     site("default", render_default_site(settings, tuning, tls))
 
     fronts = topology_fronts(current_topology(), host.name, settings) if tls else {}
@@ -233,6 +219,25 @@ def apply() -> None:
     # Once nothing reads them any more.
     for stale in STALE_TLS_FILES:
         files.file(name=f"No {stale} (left by an earlier deploy)", path=stale, present=False)
+
+
+def nginx_conf(settings: Settings, tuning, tls: bool) -> None:
+    """nginx.conf and, with pki.tls on, its certificate lines; nginx running, reloaded for them."""
+    left = leave_key_group()
+    include = (files.put(name=f"nginx's certificate lines {CERTIFICATE_INCLUDE}",
+                         src=StringIO(render_certificate_include()), dest=CERTIFICATE_INCLUDE,
+                         user="root", group="root", mode="0644"),) if tls else ()
+    main_conf = checked_file(
+        name="nginx.conf",
+        dest="/etc/nginx/nginx.conf",
+        content=render_nginx_conf(settings, tuning, str(tuning_path().name)),
+        check="nginx -t -q -c {staged}",
+    )
+    systemd.service(name="nginx enabled and running", service="nginx", running=True, enabled=True)
+    # A reload makes the master read nginx.conf and the node's certificate and key again, and
+    # starts workers with the groups the user has now.
+    systemd.service(name="Reload nginx for nginx.conf, the node's certificate or its groups", service="nginx",
+                    reloaded=True, _if=any_changed(main_conf, *include, *left, *certificate_written()))
 
 
 def leave_key_group() -> tuple:
