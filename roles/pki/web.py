@@ -68,10 +68,10 @@ def bcrypt_salt(user: str, password: str, key: bytes) -> bytes:
     return f"$2b${BCRYPT_COST:02d}$".encode() + base64.b64encode(digest[:16]).rstrip(b"=").translate(_BCRYPT_ALPHABET)
 
 
-# Hashes made before, on this control machine: bcrypt at BCRYPT_COST costs ~80 ms each, and a
-# no-op rerun would otherwise pay it again for every login. It holds only hashes the nodes hold in
-# their web configs already, looked up by their salt, which only the CA key and the password give
-# (a changed password or a new CA finds nothing and hashes anew).
+# Hashes made before, on this control machine: bcrypt at BCRYPT_COST costs most of a tenth of a
+# second each, and a no-op rerun would otherwise pay it again for every login. It holds only
+# hashes the nodes hold in their web configs already, looked up by their salt, which only the CA
+# key and the password give (a changed password or a new CA finds nothing and hashes anew).
 HASH_CACHE_ENTRIES = 256
 
 
