@@ -19,6 +19,7 @@ import requests
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import start_http_server
 
+from homelab.alerts.catalog import CERTIFICATE_REFUSED_STATUSES
 from homelab.alerts.render import SLOS_FILE, THRESHOLDS_FILE, generated_files, load_slos, load_thresholds
 from homelab.cli import main
 from homelab.topology import Topology
@@ -178,3 +179,19 @@ def test_with_tls_on_status_has_a_row_for_each_listeners_tls_check(tls_topology)
     assert rows == checks
     plain = Topology.load(Path(__file__).resolve().parents[1] / "inventory" / "lab.py")
     assert not [job for _node, job, _instance, _unit in expected_targets(plain) if job == TLS_CHECK_JOB]
+
+
+@pytest.mark.parametrize("status_code", CERTIFICATE_REFUSED_STATUSES)
+def test_a_refused_client_certificate_is_named_not_shown_as_a_bare_status(status_code):
+    """nginx's fronted ports refuse a certificate with a status of their own; status names the reason
+    as ScrapeTLSOrLoginFailing does, rather than "HTTP 403"."""
+    from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, TLS_CHECK_JOB, ScrapeTLSOrLoginFailing
+    from homelab.status import tls_check_states
+
+    def sample(name: str, check: str, value: float) -> dict:
+        labels = {"__name__": name, "job": TLS_CHECK_JOB, "check": check, "instance": "node:port"}
+        return {"metric": labels, "value": [0, str(value)]}
+
+    samples = [sample("probe_success", CHECK_LOGIN, 0), sample("probe_http_status_code", CHECK_LOGIN, status_code),
+               sample("probe_success", CHECK_PORT, 1)]
+    assert tls_check_states(samples) == {"node:port": ScrapeTLSOrLoginFailing.REASONS["certificate"]}

@@ -132,7 +132,9 @@ def topology_fronts(topology, host_name: str, settings: Settings) -> dict[str, F
 
 
 def render_fronted_site(fronts: dict[str, Front], ca_file: str = CA_FILE) -> str:
-    return render("nginx/fronted-site.conf.j2", fronts=fronts, ca_file=ca_file)
+    from homelab.alerts.catalog import NOT_A_CALLER_STATUS
+
+    return render("nginx/fronted-site.conf.j2", fronts=fronts, ca_file=ca_file, not_a_caller_status=NOT_A_CALLER_STATUS)
 
 
 def site_check_command(name: str) -> str:

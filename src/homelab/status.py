@@ -127,7 +127,8 @@ TLS_CHECK_QUERY = f'{{job="{TLS_CHECK_JOB}", __name__=~"probe_success|probe_http
 def tls_check_states(samples: list[dict[str, Any]]) -> dict[str, str]:
     """instance -> the state of its TLS check, from TLS_CHECK_QUERY's answer: up when blackbox gets
     the metrics over https with its login, else why not, as ScrapeTLSOrLoginFailing words it."""
-    from homelab.alerts.catalog import CHECK_LOGIN, CHECK_PORT, LOGIN_REFUSED_STATUS, ScrapeTLSOrLoginFailing
+    from homelab.alerts.catalog import (CERTIFICATE_REFUSED_STATUSES, CHECK_LOGIN, CHECK_PORT, LOGIN_REFUSED_STATUS,
+                                        ScrapeTLSOrLoginFailing)
 
     values: dict[tuple[str, str, str], float] = {}
     for sample in samples:
@@ -140,6 +141,8 @@ def tls_check_states(samples: list[dict[str, Any]]) -> dict[str, str]:
             states[instance] = "up"
         elif status == LOGIN_REFUSED_STATUS:
             states[instance] = ScrapeTLSOrLoginFailing.REASONS["login"]
+        elif status in CERTIFICATE_REFUSED_STATUSES:
+            states[instance] = ScrapeTLSOrLoginFailing.REASONS["certificate"]
         elif values.get((instance, "probe_success", CHECK_PORT)) == 0:
             states[instance] = "down"
         elif status:

@@ -25,7 +25,8 @@ import roles.blackbox
 import roles.pki
 import roles.prometheus
 from homelab.access import access
-from homelab.alerts.catalog import TLS_CHECK_JOB, ScrapeTLSOrLoginFailing
+from homelab.alerts.catalog import (NOT_A_CALLER_STATUS, TLS_CHECK_JOB, UNVERIFIED_CERTIFICATE_STATUS,
+                                    ScrapeTLSOrLoginFailing)
 from homelab.alerts.render import load_thresholds
 from homelab.lab.ssh import ssh_command
 from homelab.topology import CONTROL, METRICS_PATH, ROLES
@@ -163,10 +164,11 @@ def test_what_nginx_fronts_admits_only_the_callers_certificates(tls_lab, tls_top
         vault = (tls_topology.data(host, "vault_file"), tls_topology.data(host, "vault_password_file"))
         [stranger] = [name for name in tls_topology.hosts
                       if name not in certificate_names(tls_topology, host, role, listener)][:1]
-        refused = {"no certificate": (None, 400), "a login": (None, 400),
+        unverified = UNVERIFIED_CERTIFICATE_STATUS
+        refused = {"no certificate": (None, unverified), "a login": (None, unverified),
                    "another CA's": (ClusterCA(create_ca("stranger CA", timedelta(hours=1))).issue(
-                       tls_topology.hosts_of("prometheus")[0], "127.0.0.1", timedelta(hours=1)), 400),
-                   f"{stranger}'s": (load_ca(*vault).issue(stranger, "127.0.0.1", timedelta(hours=1)), 403)}
+                       tls_topology.hosts_of("prometheus")[0], "127.0.0.1", timedelta(hours=1)), unverified),
+                   f"{stranger}'s": (load_ca(*vault).issue(stranger, "127.0.0.1", timedelta(hours=1)), NOT_A_CALLER_STATUS)}
         for case, (issued, status) in refused.items():
             cert = None
             if issued:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from homelab.alerts.catalog import NOT_A_CALLER_STATUS, UNVERIFIED_CERTIFICATE_STATUS
 from roles.nginx import (FRONTED_SITE, SITES_DIR, Settings, Upstream, exporter_listen, render_default_site,
                          render_fronted_site, render_nginx_conf, site_check_command)
 from roles.tuning.settings import load_tuning
@@ -226,13 +227,15 @@ def test_with_tls_on_nginx_fronts_mtail_for_the_callers_certificates_only(tls_ng
     callers = fronts["mtail"].callers
     [caller] = [name for name in callers if name != CONTROL_CERT_NAME][:1]
     [stranger] = [name for name in tls_topology.hosts if name not in callers][:1]
-    # No certificate (a login is no way in either), or one of another CA with a caller's name: 400.
-    assert status() == 400
-    assert status(auth=("prometheus", "anything")) == 400
+    # No certificate (a login is no way in either), or one of another CA with a caller's name.
+    assert status() == UNVERIFIED_CERTIFICATE_STATUS
+    assert status(auth=("prometheus", "anything")) == UNVERIFIED_CERTIFICATE_STATUS
     other_ca = ClusterCA(create_ca("another CA", timedelta(hours=1)))
-    assert status(client_pair(tmp_path, "forged", other_ca.issue(caller, "127.0.0.1", timedelta(hours=1)))) == 400
-    # The cluster CA's certificate of a node the topology does not name as a caller: 403.
-    assert status(client_pair(tmp_path, "stranger", ca.issue(stranger, "127.0.0.1", timedelta(hours=1)))) == 403
+    forged = client_pair(tmp_path, "forged", other_ca.issue(caller, "127.0.0.1", timedelta(hours=1)))
+    assert status(forged) == UNVERIFIED_CERTIFICATE_STATUS
+    # The cluster CA's certificate of a node the topology does not name as a caller.
+    not_a_caller = client_pair(tmp_path, "stranger", ca.issue(stranger, "127.0.0.1", timedelta(hours=1)))
+    assert status(not_a_caller) == NOT_A_CALLER_STATUS
     # Each caller's node certificate, and the control machine's: the backend's answer.
     for name in callers:
         issued = ca.issue_client(name, timedelta(hours=1)) if name == CONTROL_CERT_NAME else \

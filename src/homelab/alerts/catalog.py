@@ -620,6 +620,13 @@ class CertificateExpiringSoon(Alert):
 
 # The answer of a secured listener (exporter-toolkit, toy-redis, the relay) to a missing or wrong login.
 LOGIN_REFUSED_STATUS = 401
+# nginx's answers on the ports it fronts (Listener.client_cert) to a refused client certificate:
+# nginx's own for none sent or one that does not verify against the cluster CA (ssl_verify_client,
+# https://nginx.org/en/docs/http/ngx_http_ssl_module.html#errors), and roles/nginx's for a
+# certificate whose name is not one of the port's callers.
+UNVERIFIED_CERTIFICATE_STATUS = 400
+NOT_A_CALLER_STATUS = 403
+CERTIFICATE_REFUSED_STATUSES = (UNVERIFIED_CERTIFICATE_STATUS, NOT_A_CALLER_STATUS)
 
 
 class ScrapeTLSOrLoginFailing(Alert):
@@ -649,6 +656,7 @@ class ScrapeTLSOrLoginFailing(Alert):
 
     REASONS: ClassVar[dict[str, str]] = {
         "login": "login refused",
+        "certificate": "client certificate refused",
         "tls": "no answer over TLS",
         "scrape": "Prometheus's own scrape refused",
     }
@@ -665,6 +673,7 @@ class ScrapeTLSOrLoginFailing(Alert):
         scraped = self._fresh(f'up{{job!="{TLS_CHECK_JOB}"}}')
         branches = [
             (self.REASONS["login"], f"{status} == {LOGIN_REFUSED_STATUS}"),
+            (self.REASONS["certificate"], " or ".join(f"{status} == {code}" for code in CERTIFICATE_REFUSED_STATUSES)),
             (self.REASONS["tls"], f"{status} == 0 and on (instance) {port_open} == 1"),
             (self.REASONS["scrape"], f"{scraped} == 0 and on (instance) {login_works} == 1"),
         ]
@@ -724,6 +733,8 @@ class ScrapeTLSOrLoginFailing(Alert):
             leftover(f"silent on the last samples of a target no longer scraped ({self.REASONS['scrape']})", 200, 0),
             case(f"{self.REASONS['login']} after {self.for_}", LOGIN_REFUSED_STATUS, 1, 0,
                  [expected(probe, self.REASONS["login"])]),
+            *(case(f"{self.REASONS['certificate']} (HTTP {code}) after {self.for_}", code, 1, 0,
+                   [expected(probe, self.REASONS["certificate"])]) for code in CERTIFICATE_REFUSED_STATUSES),
             case(f"{self.REASONS['tls']} after {self.for_}", 0, 1, 0, [expected(probe, self.REASONS["tls"])]),
             case(f"{self.REASONS['scrape']} after {self.for_}", 200, 1, 0, [expected(scrape, self.REASONS["scrape"])]),
             case("silent when the listener is down (InstanceDown's)", 0, 0, 0, []),
