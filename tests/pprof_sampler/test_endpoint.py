@@ -68,12 +68,26 @@ def spin_in_a_thread(seconds: float) -> threading.Thread:
     return thread
 
 
+def wait_until_blocked(thread: threading.Thread, within_s: float = 10) -> None:
+    """Until ``thread`` uses no CPU for a while: a thread still on its way into a wait when the
+    sampler starts is rightly charged for that CPU, at the wait's line."""
+    clock = time.pthread_getcpuclockid(thread.ident)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        before = time.clock_gettime_ns(clock)
+        time.sleep(0.05)
+        if time.clock_gettime_ns(clock) == before:
+            return
+    raise AssertionError(f"{thread.name} kept using CPU for {within_s}s")
+
+
 def test_the_sampler_keeps_at_most_its_window_and_skips_idle_threads():
     sampler = Sampler(100)
     assert sampler.ticks.maxlen == WINDOW_S * 100
     idle = threading.Event()
     sleeper = threading.Thread(target=idle.wait, args=(10,))
     sleeper.start()
+    wait_until_blocked(sleeper)
     sampler.start()
     try:
         spin_in_a_thread(0.5).join()
