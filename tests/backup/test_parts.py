@@ -4,6 +4,7 @@ restored snapshot."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from homelab.backup.parts import SQLITE_COPY, Prometheus, rewrite_aof
+from homelab.backup.parts import PARTS, SQLITE_COPY, Prometheus, rewrite_aof
 from homelab.backup.remote import RemoteError
 from roles.prometheus import STORAGE_PATH
 from tests.roles.test_prometheus import free_port, needs_prometheus, topology_of
@@ -176,3 +177,41 @@ def test_restore_check_waits_for_prometheus_to_load_the_restored_blocks(tmp_path
     message = str(refused.value)
     assert message.startswith("mon: Prometheus after the restore: 0 blocks loaded") and "\n" not in message
     assert "expected 1 restored blocks" in message
+
+
+class ShellRecorder:
+    """A Remote that keeps the scripts a restore would run on the node."""
+
+    host = "node"
+
+    def __init__(self):
+        self.scripts: list[str] = []
+
+    def run(self, script: str, input: bytes | None = None, timeout: float = 0) -> bytes:
+        self.scripts.append(script)
+        return b""
+
+    def send_tree(self, source: Path, folder: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("part", [part for part in PARTS if part.restores_files], ids=lambda part: part.name)
+def test_each_restore_script_is_valid_shell_that_owns_and_removes_what_the_part_names(part, tmp_path):
+    """What `homelab restore` runs for each part parses as sh (a tuple once slipped into a chmod and
+    the script failed, leaving the relay's queue root's), removes every companion (SQLite's -wal),
+    and gives every target its owner and mode."""
+    from homelab.backup.run import _restore_one
+
+    node = ShellRecorder()
+    _restore_one(node, part, tmp_path / "backed-up", {})
+    for script in node.scripts:
+        parsed = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{script}: {parsed.stderr}"
+    removal = next(script for script in node.scripts if script.startswith("rm -rf -- "))
+    for target in part.restored():
+        assert all(shlex.quote(path) in removal.split() for path in (target.path, *target.companions))
+        fixes = [script for script in node.scripts if f"[ -e {shlex.quote(target.path)} ]" in script]
+        if target.owner:
+            assert any(f"chown -R {target.owner} " in script for script in fixes), target
+        if target.mode:
+            assert any(f"chmod {target.mode} " in script for script in fixes), target

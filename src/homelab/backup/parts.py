@@ -25,7 +25,7 @@ import json
 import posixpath
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timezone
 from importlib import import_module
 from pathlib import Path
@@ -67,7 +67,9 @@ class Restored:
 
     path: str
     owner: str | None  # user:group; None: as the restore leaves it (root)
-    mode: str | None = None  # None: as it was backed up
+    # Named only: a positional tuple of companions once landed in `mode` and broke the restore's chmod.
+    _: KW_ONLY
+    mode: str | None = None  # octal, e.g. "0640"; None: as it was backed up
     # Also removed before the restore (e.g. SQLite's -wal and -shm beside the database).
     companions: tuple[str, ...] = ()
 
@@ -383,7 +385,7 @@ class AlertRelay(PythonService):
         from roles.alert_relay import QUEUE_PATH
 
         app = self._app()
-        return [Restored(QUEUE_PATH, f"{app.service}:{app.service}", (f"{QUEUE_PATH}-wal", f"{QUEUE_PATH}-shm"))]
+        return [Restored(QUEUE_PATH, f"{app.service}:{app.service}", companions=(f"{QUEUE_PATH}-wal", f"{QUEUE_PATH}-shm"))]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         from roles.alert_relay import QUEUE_PATH
@@ -419,7 +421,7 @@ class Grafana(Part):
 
         own = f"{PACKAGE.user}:{PACKAGE.group}"
         config = f"root:{PACKAGE.group}"
-        return [Restored(DATABASE, own, (f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")),
+        return [Restored(DATABASE, own, companions=(f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")),
                 Restored(PROVISIONING_DIR, config), Restored(DASHBOARDS_DIR, config)]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
@@ -459,7 +461,7 @@ class Certificates(Part):
         # Owners and modes as roles.pki sets them (the key readable by its group's services). The
         # folder and the roles' web configs in it stay as the deploy left them: restored as root's
         # they would lock out the services that read them.
-        return [Restored(tls_file.path, tls_file.owner, tls_file.mode) for tls_file in IDENTITY]
+        return [Restored(tls_file.path, tls_file.owner, mode=tls_file.mode) for tls_file in IDENTITY]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         from roles.pki import IDENTITY, TLS_DIR
