@@ -279,17 +279,11 @@ def memory_summary(sites: list[Site], count: int = SUMMARY_FUNCTIONS) -> str:
 
 def toy_redis_client(topology: Topology, node: str):
     """A redis-py client of toy-redis on ``node``, logged in with the vault's password."""
-    import redis
-
     from homelab.vault import load_vault
     from roles.toy_redis import PASSWORD_SECRET
 
-    access = topology.access("toy_redis", node, "resp")
     secrets = load_vault(topology.data(node, "vault_file"), topology.data(node, "vault_password_file"))
-    context = access.ssl_context()
-    extra = {"ssl": True, "ssl_ca_certs": str(access.ca_file)} if context else {}
-    return redis.Redis(host=access.endpoint.address, port=access.endpoint.port, password=secrets.get(PASSWORD_SECRET),
-                       socket_timeout=10, **extra)
+    return topology.access("toy_redis", node, "resp").redis(password=secrets.get(PASSWORD_SECRET), socket_timeout=10)
 
 
 def allocations(client, seconds: int, sleep=time.sleep) -> list[Site]:

@@ -284,6 +284,22 @@ def test_a_restore_puts_the_tls_identity_back_as_roles_pki_leaves_it(tls_lab, tl
     assert access(tls_topology, "node_exporter", node, "metrics").get(METRICS_PATH, timeout=10).ok
 
 
+def test_toy_redis_backs_up_over_tls(tls_lab, tls_topology, tmp_path):
+    """`homelab backup`'s toy-redis part asks for the AOF rewrite over the RESP port, which speaks
+    only TLS with pki.tls on; the copy holds what was written before it."""
+    from homelab.backup.parts import ToyRedis, local
+    from homelab.backup.run import remotes
+
+    [node] = tls_topology.hosts_of("toy_redis")
+    part = ToyRedis()
+    assert part.skip_reason(tls_topology, node, None) is None, "the lab's toy-redis keeps an AOF"
+    with part.client(tls_topology, node) as client:
+        client.set("backed-up-over-tls", "yes")
+    with remotes(tls_topology) as remote:
+        part.backup(tls_topology, node, remote(node), tmp_path)
+    assert b"backed-up-over-tls" in local(tmp_path, part._aof_path()).read_bytes()
+
+
 def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, lab, deploy_tls_off):
     """Last: the lab's settings deployed back. No key, certificate, web config, password or expiry
     metric of the TLS run stays on a node, and a rerun changes nothing. Prometheus, restarted without

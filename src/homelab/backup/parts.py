@@ -326,9 +326,7 @@ class ToyRedis(PythonService):
         return None
 
     def client(self, topology: Topology, host: str):
-        import redis
-
-        endpoint = topology.endpoint("toy_redis", host, "resp")
+        # Through the access helper: with pki.tls on the RESP port speaks TLS only.
         password = None
         if topology.settings(host, self.role).auth:
             from homelab.vault import load_vault
@@ -336,8 +334,8 @@ class ToyRedis(PythonService):
 
             password = load_vault(topology.data(host, "vault_file"),
                                   topology.data(host, "vault_password_file"))[PASSWORD_SECRET]
-        return redis.Redis(host=endpoint.address, port=endpoint.port, password=password,
-                           socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        return topology.access("toy_redis", host, "resp").redis(
+            password=password, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         import redis
