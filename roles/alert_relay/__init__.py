@@ -25,9 +25,12 @@ from typing import Literal
 
 import yaml
 from pydantic import field_validator
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import files
 
+from alert_relay import store
 from alert_relay.config import SPARE_FILE_DESCRIPTORS, RelayTuning
 
 from homelab.config import ConfigError
@@ -42,6 +45,11 @@ CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
 ROUTES_PATH = f"{CONFIG_DIR}/routes.yaml"
 DATA_DIR = "/var/lib/alert-relay"
 QUEUE_PATH = f"{DATA_DIR}/queue.sqlite3"
+# The queue and SQLite's companions beside it, the relay's user's alone: the relay refuses to start
+# on a queue it cannot write. The backup's part restores them with these (homelab.backup.parts).
+QUEUE_FILES = (QUEUE_PATH, f"{QUEUE_PATH}-wal", f"{QUEUE_PATH}-shm")
+QUEUE_OWNER = f"{APP.service}:{APP.service}"
+QUEUE_MODE = f"{store.QUEUE_MODE:04o}"
 # Root-owned, readable by the service's group only: the relay refuses token files others can read.
 TOKEN_MODE = "0640"
 # config key -> vault secret written to CONFIG_DIR/<secret>
@@ -137,6 +145,17 @@ def check_open_file_limit(settings: Settings, nofile: int) -> None:
                           f"file, less {SPARE_FILE_DESCRIPTORS} for the queue and Slack), got {settings.max_connections}")
 
 
+def queue_repaired() -> None:
+    """The queue files that exist back to QUEUE_OWNER and QUEUE_MODE (a restore cut short left them
+    root's once, and the relay crash-looped through every later deploy). None is created: the relay
+    makes its queue itself. A relay that failed on them starts again at the role's end (running)."""
+    user, group = QUEUE_OWNER.split(":")
+    for path in QUEUE_FILES:
+        if host.get_fact(File, path=path):  # None: absent; False: something else than a file
+            files.file(name=f"{path}: owner and mode", path=path, user=user, group=group, mode=QUEUE_MODE,
+                       touch=False)
+
+
 def routes_check_command(boxed: container_runtime.Container | None = None) -> str:
     if boxed:
         return container_runtime.check_command(boxed, "--check-routes {staged}")
@@ -172,6 +191,7 @@ def apply() -> None:
     files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
     # systemd would create it at start, but the config check before that wants the queue's folder.
     files.directory(name=f"{DATA_DIR} folder", path=DATA_DIR, user=APP.service, group=APP.service, mode="0750")
+    queue_repaired()
     tokens = [
         secret_file(name=f"alert-relay token {secret}", dest=token_path(secret), secret=secret,
                     user="root", group=APP.service, mode=TOKEN_MODE)

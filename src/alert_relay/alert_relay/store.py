@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS health (
 # is answered 503, well within the sender's own timeout, so that it retries rather than hangs.
 BUSY_TIMEOUT_S = 2.0
 
+# The queue's mode (SQLite gives its -wal and -shm the same); roles.alert_relay deploys it.
+QUEUE_MODE = 0o600
+
 # Dedup keys older than this are forgotten; Alertmanager and FAX.PLUS retry within hours.
 SEEN_RETENTION_S = 14 * 86400
 
@@ -203,11 +206,11 @@ class Store:
         try:
             # 0600 before SQLite creates it (SQLite would use 0644); its -wal and -shm copy the mode.
             # A queue an older relay created 0644 is tightened.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, QUEUE_MODE)
             try:
                 info = os.fstat(fd)
                 if info.st_mode & 0o077 and info.st_uid == os.geteuid():
-                    os.fchmod(fd, 0o600)
+                    os.fchmod(fd, QUEUE_MODE)
             finally:
                 os.close(fd)
             with self._write_lock:
