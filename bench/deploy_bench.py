@@ -21,6 +21,12 @@ its seconds go per role (fact round trips, rendering, local commands such as pro
 vault reads, the operations' execution) and the costliest facts and operations. It leaves the
 lab up, deployed with TLS off.
 
+`--noop` instead judges issue 17's targets in one run: on the 4-node lab brought up fresh, the
+whole stack's first deploy, the median of NOOP_RUNS no-op reruns, and of NOOP_RUNS reruns limited to
+toy-redis's host (`--limit`); then the same lab grown by GROWN_BY nodes that get only the roles
+every host gets (as a cluster grows by plain workers, all scraped by Prometheus), converged, and the
+median of its no-op reruns against the 4-node figure. It takes the lab down at the end.
+
 `--against REF` instead times the whole stack's no-op rerun on the 4-node lab for this tree and for
 git REF (checked out in a temporary worktree), with pki.tls off and on, alternating the trees run
 by run (--runs each, median): a change's effect measured under the same load, and each tree's TLS
@@ -28,7 +34,7 @@ on/off ratio (issue 13's target: at most 1.2x). Each run's CPU seconds (the pyin
 runs locally) are printed too: on a shared machine they vary far less than wall time. It leaves the
 lab up and deployed, TLS off.
 
-Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --against REF]
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --noop | --against REF]
 It takes the lab down at the start and at the end (except --profile and --against).
 """
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from homelab.topology import ROLES
+from homelab.topology import ROLES, Topology
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,6 +62,15 @@ COMMAND_TIMEOUT_S = 900
 NOOP_RUNS = 3
 # Group data that turns TLS and logins on for the whole cluster (issue 13), given on the command line.
 TLS_ON = ["--data", 'pki={"tls": true}']
+# Issue 17's targets for the whole stack: the no-op rerun on 4 nodes, on 4 + GROWN_BY nodes against
+# that, and limited to one node.
+NOOP_TARGET_S = 4.0
+GROWN_NOOP_RATIO = 1.5
+LIMITED_NOOP_TARGET_S = 1.5
+GROWN_BY = 12
+# Issue 17's first deploy of 4 fresh nodes: "no slower than today", measured at stop 8 (issue 4),
+# before pki, TLS, the firewall, the relay's wheels and Alloy joined the stack.
+FIRST_DEPLOY_TARGET_S = 71.6
 
 
 def children_cpu() -> float:
@@ -121,6 +137,56 @@ def compare_releases() -> None:
         print(f"{'Debian ' + str(release):24}{figures['first deploy']:>15.2f}s{figures['no-op rerun']:>15.2f}s")
     for name in ("first deploy", "no-op rerun"):
         print(f"13/12 ratio, {name}: {results[13][name] / results[12][name]:.2f}x")
+
+
+def grown_lab(extra: int) -> Path:
+    """inventory/lab.py with its group data, plus ``extra`` nodes in a group of no role."""
+    folder = Path(tempfile.mkdtemp(prefix="homelab-bench-"))
+    shutil.copytree(REPO / "inventory", folder, dirs_exist_ok=True)
+    with open(folder / "lab.py", "a") as lab_inventory:
+        # Lab indexes from 20 up: clear of the reference nodes' (homelab's _LAB_INDEX, 10-14).
+        lab_inventory.write("\nfrom homelab.lab.settings import lab_host as _bench_host\n"
+                            f"bench_workers = [_bench_host(f'bench-node-{{i:02d}}', 20 + i) for i in range(1, {extra + 1})]\n")
+    return folder / "lab.py"
+
+
+def noop_targets() -> None:
+    lab, pyinfra = str(BIN / "lab"), str(BIN / "pyinfra")
+    four, grown = REPO / "inventory" / "lab.py", grown_lab(GROWN_BY)
+    limited_host = Topology.load(four).hosts_of("toy_redis")[0]
+    cpu: list[float] = []
+
+    def deploy(inventory: Path, *limit: str) -> float:
+        return timed(pyinfra, "-y", str(inventory), "deploys/all.py", *limit, cpu=cpu)
+
+    def median_noop(inventory: Path, *limit: str) -> tuple[float, float]:
+        """Median wall and median CPU seconds of NOOP_RUNS reruns."""
+        cpu.clear()
+        wall = statistics.median(deploy(inventory, *limit) for _ in range(NOOP_RUNS))
+        return wall, statistics.median(cpu)
+
+    timed(lab, "down")
+    timed(lab, "up", str(four))
+    first = deploy(four)
+    noop, noop_cpu = median_noop(four)
+    limited, limited_cpu = median_noop(four, "--limit", limited_host)
+    timed(lab, "up", str(grown))  # boots the extra nodes beside the 4 deployed ones
+    grow = deploy(grown)
+    grown_noop, grown_cpu = median_noop(grown)
+    timed(lab, "down")
+    shutil.rmtree(grown.parent)
+    print(f"whole stack, medians of {NOOP_RUNS} no-op reruns (load average now {os.getloadavg()[0]:.1f}):")
+    print(f"  4 nodes: {noop:.2f}s (CPU {noop_cpu:.2f}s), target <= {NOOP_TARGET_S}s: {verdict(noop <= NOOP_TARGET_S)}")
+    print(f"  --limit {limited_host}: {limited:.2f}s (CPU {limited_cpu:.2f}s), target <= {LIMITED_NOOP_TARGET_S}s: "
+          f"{verdict(limited <= LIMITED_NOOP_TARGET_S)}")
+    print(f"  {4 + GROWN_BY} nodes: {grown_noop:.2f}s (CPU {grown_cpu:.2f}s), {grown_noop / noop:.2f}x the 4 nodes', "
+          f"target <= {GROWN_NOOP_RATIO}x: {verdict(grown_noop / noop <= GROWN_NOOP_RATIO)}")
+    print(f"first deploy of 4 fresh nodes: {first:.1f}s, target <= {FIRST_DEPLOY_TARGET_S}s (a smaller stack's): "
+          f"{verdict(first <= FIRST_DEPLOY_TARGET_S)}; converging the {GROWN_BY} added nodes: {grow:.1f}s")
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def measure(inventory: Path, roles: str, cold: bool) -> dict[str, float]:
@@ -201,6 +267,8 @@ def main() -> None:
                         help="only compare the whole stack on Debian 12 and Debian 13 nodes")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the whole stack's no-op rerun on the 4-node lab (left up)")
+    parser.add_argument("--noop", action="store_true",
+                        help="only judge issue 17's no-op targets: 4 nodes, --limit one node, 16 nodes, first deploy")
     parser.add_argument("--against", metavar="GIT_REF",
                         help="only compare the whole stack's no-op rerun with this git ref's, TLS off and on, "
                              "alternating (e.g. main, to measure a change before landing it)")
@@ -208,6 +276,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.against:
         compare_with(args.against, args.runs)
+        return
+    if args.noop:
+        noop_targets()
         return
     if args.profile:
         profile_noop()
