@@ -380,10 +380,10 @@ class AlertRelay(PythonService):
     name = role = "alert_relay"
 
     def restored(self) -> list[Restored]:
-        from roles.alert_relay import QUEUE_PATH
+        from roles.alert_relay import QUEUE_FILES, QUEUE_MODE, QUEUE_OWNER
 
-        app = self._app()
-        return [Restored(QUEUE_PATH, f"{app.service}:{app.service}", companions=(f"{QUEUE_PATH}-wal", f"{QUEUE_PATH}-shm"))]
+        queue, *companions = QUEUE_FILES
+        return [Restored(queue, QUEUE_OWNER, mode=QUEUE_MODE, companions=tuple(companions))]
 
     def backup(self, topology: Topology, host: str, remote: Remote, dest: Path) -> None:
         from roles.alert_relay import QUEUE_PATH
