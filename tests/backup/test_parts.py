@@ -4,20 +4,28 @@ restored snapshot."""
 
 from __future__ import annotations
 
+import grp
+import hashlib
+import os
+import pwd
 import shlex
 import shutil
 import sqlite3
 import subprocess
+import stat
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
-from homelab.backup.parts import PARTS, SQLITE_COPY, Prometheus, rewrite_aof
-from homelab.backup.remote import RemoteError
+from homelab.backup.manifest import BackupError
+from homelab.backup.parts import PARTS, SQLITE_COPY, AlertRelay, Prometheus, Restored, local, rewrite_aof
+from homelab.backup.remote import Remote, RemoteError
+from roles.alert_relay import APP, QUEUE_MODE, QUEUE_PATH
 from roles.prometheus import STORAGE_PATH
 from tests.roles.test_prometheus import free_port, needs_prometheus, topology_of
 from tests.toy_redis.conftest import ToyRedis
@@ -189,10 +197,10 @@ class ShellRecorder:
 
     def run(self, script: str, input: bytes | None = None, timeout: float = 0) -> bytes:
         self.scripts.append(script)
-        return b""
+        return b"/tmp/tmp.checks\n"
 
-    def send_tree(self, source: Path, folder: str) -> None:
-        pass
+    def run_with_tree(self, source: Path | None, script: str, what: str | None = None) -> None:
+        self.scripts.append(script)
 
 
 @pytest.mark.parametrize("part", [part for part in PARTS if part.restores_files], ids=lambda part: part.name)
@@ -203,15 +211,127 @@ def test_each_restore_script_is_valid_shell_that_owns_and_removes_what_the_part_
     from homelab.backup.run import _restore_one
 
     node = ShellRecorder()
-    _restore_one(node, part, tmp_path / "backed-up", {})
+    _restore_one(node, part, tmp_path / "backed-up", {"some/file": {"sha256": "0" * 64}})
     for script in node.scripts:
         parsed = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
         assert parsed.returncode == 0, f"{script}: {parsed.stderr}"
-    removal = next(script for script in node.scripts if script.startswith("rm -rf -- "))
+    restore = node.scripts[-1]
+    removal = next(line for line in restore.splitlines() if line.startswith("rm -rf -- "))
+    assert "sha256sum --quiet --strict -c /tmp/tmp.checks" in restore
     for target in part.restored():
         assert all(shlex.quote(path) in removal.split() for path in (target.path, *target.companions))
-        fixes = [script for script in node.scripts if f"[ -e {shlex.quote(target.path)} ]" in script]
+        fixes = [line for line in restore.splitlines() if f"[ -e {shlex.quote(target.path)} ]" in line]
         if target.owner:
-            assert any(f"chown -R {target.owner} " in script for script in fixes), target
+            assert any(f"chown -R {target.owner} " in line for line in fixes), target
         if target.mode:
-            assert any(f"chmod {target.mode} " in script for script in fixes), target
+            assert any(f"chmod {target.mode} " in line for line in fixes), target
+
+
+class LocalNode(Remote):
+    """A Remote whose node is this machine: the restore's real commands, run here by sh."""
+
+    host = "local"
+    _sudo = ""
+
+    def __init__(self):
+        pass
+
+    def command(self, script: str) -> list[str]:
+        return ["sh", "-c", script]
+
+
+class RelayOwnedByUs(AlertRelay):
+    """The relay's part, its queue given to the user running the tests (the relay's does not exist here)."""
+
+    def restored(self) -> list[Restored]:
+        me = f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+        return [replace(target, owner=me) for target in super().restored()]
+
+
+@pytest.fixture
+def systemctl(tmp_path, monkeypatch):
+    """systemd cannot run here: a systemctl that logs its arguments (and fails `start` if told to)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "systemctl.log"
+    script = folder / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
+                      f'[ "$1" = start ] && [ -e {tmp_path}/start-fails ] && {{ echo "Job failed" >&2; exit 1; }}\nexit 0\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    # mktemp's files (the script's error log, the checks list) land here, to show they are removed.
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    return lambda: log.read_text().splitlines() if log.exists() else []
+
+
+def relay_backup(tmp_path, queue: bytes) -> tuple[Path, Path, dict[str, dict]]:
+    """A backup of the relay's part, a root holding an older queue, and the manifest's files."""
+    backup, root = tmp_path / "backup", tmp_path / "root"
+    local(backup, QUEUE_PATH).write_bytes(queue)
+    local(root, QUEUE_PATH).write_bytes(b"older queue")
+    (root / QUEUE_PATH.lstrip("/")).chmod(0o644)
+    local(root, f"{QUEUE_PATH}-wal").write_bytes(b"older wal")
+    return backup, root, {QUEUE_PATH.lstrip("/"): {"sha256": hashlib.sha256(queue).hexdigest()}}
+
+
+def test_a_restore_puts_the_queue_back_with_its_mode_and_starts_the_relay(systemctl, tmp_path):
+    from homelab.backup.run import _restore_one
+
+    backup, root, files = relay_backup(tmp_path, b"queue as backed up")
+    _restore_one(LocalNode(), RelayOwnedByUs(), backup, files, root=str(root))
+    queue = root / QUEUE_PATH.lstrip("/")
+    assert queue.read_bytes() == b"queue as backed up"
+    assert f"{stat.S_IMODE(queue.stat().st_mode):04o}" == QUEUE_MODE
+    assert not (root / f"{QUEUE_PATH}-wal".lstrip("/")).exists()
+    service = f"{APP.service}.service"
+    assert systemctl() == [f"cat {service}", f"stop {service}", f"start {service}"]
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+@pytest.mark.parametrize("start_fails", [False, True], ids=["started-again", "start-fails-too"])
+def test_a_restore_that_fails_part_way_starts_the_relay_again_and_says_where_it_failed(systemctl, tmp_path,
+                                                                                       start_fails):
+    """Forced: the backup's queue differs from the manifest. The relay, stopped for the restore, is
+    started again (its queue its user's), and the error is one line naming the step and the cause."""
+    from homelab.backup.run import _restore_one
+
+    backup, root, files = relay_backup(tmp_path, b"queue as backed up")
+    local(backup, QUEUE_PATH).write_bytes(b"queue damaged since")
+    if start_fails:
+        (tmp_path / "start-fails").touch()
+    with pytest.raises(BackupError) as failed:
+        _restore_one(LocalNode(), RelayOwnedByUs(), backup, files, root=str(root))
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"local: restore of {AlertRelay.name}: failed while checking the files against the "
+                              "manifest (sha256sum: WARNING: 1 computed checksum did NOT match); ")
+    service = f"{APP.service}.service"
+    if start_fails:
+        assert message.endswith(f"{APP.service} did not start again (journalctl -u {APP.service})")
+    else:
+        assert message.endswith(f"{APP.service} started again")
+    assert systemctl() == [f"cat {service}", f"stop {service}", f"start {service}"]
+    queue = root / QUEUE_PATH.lstrip("/")
+    assert f"{stat.S_IMODE(queue.stat().st_mode):04o}" == QUEUE_MODE
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+def test_a_restore_killed_part_way_starts_the_relay_again(systemctl, tmp_path):
+    """The script ended by a signal (its ssh connection lost) mid-way also starts the relay again."""
+    from homelab.backup.run import restore_script
+
+    backup, root, files = relay_backup(tmp_path, b"queue as backed up")
+    # The unpacking step waits on its standard input, which stays open: the script is stopped there.
+    script = restore_script(RelayOwnedByUs(), None, str(root))
+    process = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while systemctl()[-1:] != [f"stop {APP.service}.service"] or (root / QUEUE_PATH.lstrip("/")).exists():
+        assert time.monotonic() < deadline, "the restore script did not reach its unpacking step"
+        time.sleep(0.05)
+    process.terminate()
+    _, errors = process.communicate(timeout=10)  # sh runs its trap once tar, now without input, ends
+    assert process.returncode == 143
+    assert errors.startswith("failed while unpacking the backup (tar: ") and errors.count("\n") == 1
+    assert errors.endswith(f"; {APP.service} started again\n")
+    assert systemctl()[-1] == f"start {APP.service}.service"

@@ -165,3 +165,28 @@ def test_backup_then_restore_onto_recreated_nodes(lab, deployed, tmp_path):
         # Back to the relay's own settings, as every other lab test expects.
         restored = run_pyinfra("deploys/all.py", "--limit", RELAY)
         assert restored.returncode == 0, restored.stderr[-4000:]
+
+
+def test_a_restore_that_fails_part_way_leaves_the_relay_running(lab, deployed, testinfra_hosts, tmp_path):
+    """Forced: the relay's backed-up queue differs from its manifest entry. The restore stops the
+    relay, puts the queue back, fails at the check with one line, and starts the relay again, its
+    queue its user's (a restore cut short once left it stopped and the queue root's)."""
+    from homelab.backup.manifest import BackupError
+    from homelab.backup.parts import AlertRelay
+    from homelab.backup.run import _restore_one, remotes
+    from roles.alert_relay import APP, QUEUE_MODE, QUEUE_OWNER
+
+    node = testinfra_hosts[RELAY]
+    with remotes(TOPOLOGY) as remote:
+        AlertRelay().backup(TOPOLOGY, RELAY, remote(RELAY), tmp_path)
+        with pytest.raises(BackupError) as failed:
+            _restore_one(remote(RELAY), AlertRelay(), tmp_path, {QUEUE_PATH.lstrip("/"): {"sha256": "0" * 64}})
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"{RELAY}: restore of alert_relay: failed while checking the files against the manifest (")
+    assert message.endswith(f"; {APP.service} started again")
+    assert node.service(APP.service).is_running
+    found = node.file(QUEUE_PATH)
+    assert f"{found.user}:{found.group}" == QUEUE_OWNER and found.mode == int(QUEUE_MODE, 8)
+    # Running on the queue it was given back, not just started: /healthz writes to it.
+    wait_for(lambda: TOPOLOGY.access("alert_relay", RELAY).get("/healthz", timeout=5).ok, 30, "the relay healthy")

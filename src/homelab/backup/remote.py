@@ -69,15 +69,19 @@ class Remote:
         """Copy ``names`` (files or folders relative to the node's ``folder``) into local ``dest``."""
         dest.mkdir(parents=True, exist_ok=True)
         script = f"tar -C {shlex.quote(folder)} -cf - -- {' '.join(map(shlex.quote, names))}"
-        self._pipe(self.command(script), ["tar", "-C", str(dest), "--no-same-owner", "-xf", "-"], script)
+        self._pipe(self.command(script), ["tar", "-C", str(dest), "--no-same-owner", "-xf", "-"], _short(script))
 
     def send_tree(self, source: Path, folder: str) -> None:
         """Copy everything in local ``source`` into the node's ``folder`` (which must exist)."""
-        # Folders that exist keep their owner and mode (the archive's "./" would otherwise retag /).
-        script = f"tar -C {shlex.quote(folder)} --no-same-owner --no-overwrite-dir -xf -"
-        self._pipe(["tar", "-C", str(source), "-cf", "-", "."], self.command(script), script)
+        self.run_with_tree(source, unpack_command(folder))
 
-    def _pipe(self, reader: list[str], writer: list[str], script: str) -> None:
+    def run_with_tree(self, source: Path | None, script: str, what: str | None = None) -> None:
+        """Run ``script`` on the node with a tar of local ``source`` (an empty one for None) on its
+        standard input; a failure is named ``what`` (default: the script) and its last error line."""
+        reader = ["tar", "-C", str(source), "-cf", "-", "."] if source else ["tar", "-cf", "-", "-T", "/dev/null"]
+        self._pipe(reader, self.command(script), what or _short(script))
+
+    def _pipe(self, reader: list[str], writer: list[str], what: str) -> None:
         with tempfile.TemporaryFile() as read_errors, tempfile.TemporaryFile() as write_errors:
             first = subprocess.Popen(reader, stdout=subprocess.PIPE, stderr=read_errors)
             second = subprocess.Popen(writer, stdin=first.stdout, stderr=write_errors)
@@ -87,10 +91,16 @@ class Remote:
             for process, errors in ((first, read_errors), (second, write_errors)):
                 if process.returncode != 0:
                     errors.seek(0)
-                    raise RemoteError(f"{self.host}: {_short(script)}: {_last_line(errors.read(), process.returncode)}")
+                    raise RemoteError(f"{self.host}: {what}: {_last_line(errors.read(), process.returncode)}")
 
     def close(self) -> None:
         subprocess.run([*self._base[:-1], "-O", "exit", self._base[-1]], capture_output=True, timeout=10)
+
+
+def unpack_command(folder: str) -> str:
+    """Unpack a tar from standard input into the node's ``folder``, as root owns files restored there."""
+    # Folders that exist keep their owner and mode (the archive's "./" would otherwise retag /).
+    return f"tar -C {shlex.quote(folder)} --no-same-owner --no-overwrite-dir -xf -"
 
 
 # Long scripts are clipped in error lines, so an error stays one readable line.

@@ -6,14 +6,16 @@ retention. One backup runs at a time per directory (a lock file in it). Whatever
 result is reported to Prometheus (homelab.backup.report).
 
 A restore checks the whole manifest first (a one-line error naming the first file that fails
-and no node touched), then, per part: stops the service, replaces its files, checks each one on
-the node against the manifest's sha256, starts the service, and waits until the service shows it
-serves the restored data where it can tell (Prometheus: the restored blocks loaded).
+and no node touched), then, per part, in one script on the node (restore_script): stops the
+service, replaces its files, checks each one against the manifest's sha256, starts the service
+(also when a step fails); then waits until the service shows it serves the restored data where it
+can tell (Prometheus: the restored blocks loaded).
 """
 
 from __future__ import annotations
 
 import fcntl
+import posixpath
 import shlex
 import shutil
 import tempfile
@@ -29,7 +31,7 @@ from typing import Callable
 from homelab.backup import manifest as manifests
 from homelab.backup.manifest import BackupError, Manifest, Part as PartEntry, Skipped
 from homelab.backup.parts import PART_BY_NAME, PARTS, Part
-from homelab.backup.remote import Remote, RemoteError
+from homelab.backup.remote import Remote, RemoteError, unpack_command
 from homelab.backup.settings import backup_settings
 from homelab.topology import Topology
 
@@ -159,30 +161,82 @@ def restore(topology: Topology, folder: Path, node: str | None, log: Log) -> lis
     return chosen
 
 
-def _restore_one(node: Remote, part: Part, source: Path, files: dict[str, dict]) -> None:
+def _restore_one(node: Remote, part: Part, source: Path, files: dict[str, dict], root: str = "/") -> None:
+    """Put ``part``'s files from ``source`` back on the node (under ``root``) in one script, which
+    starts the part's service again whatever step fails (restore_script)."""
     service = part.service()
     if service:
         try:
             node.run(f"systemctl cat {shlex.quote(service)}.service >/dev/null")
         except RemoteError:
             raise BackupError(f"{node.host}: {service} is not installed: deploy the node first, then restore") from None
-        node.run(f"systemctl stop {shlex.quote(service)}.service")
-    targets = part.restored()
-    doomed = [path for target in targets for path in (target.path, *target.companions)]
-    node.run("rm -rf -- " + " ".join(map(shlex.quote, doomed)))
-    if source.is_dir():
-        node.send_tree(source, "/")
-    for target in targets:
-        path = shlex.quote(target.path)
-        fixes = [*([f"chown -R {target.owner} {path}"] if target.owner else []),
-                 *([f"chmod {target.mode} {path}"] if target.mode else [])]
-        if fixes:
-            node.run(f"if [ -e {path} ]; then {'; '.join(fixes)}; fi")
+    checks_file = None
     if files:
-        checks = "".join(f"{entry['sha256']}  /{path}\n" for path, entry in sorted(files.items()))
-        try:
-            node.run("sha256sum --quiet --strict -c -", input=checks.encode())
-        except RemoteError as exc:
-            raise BackupError(f"{node.host}: restored {part.name} files differ from the manifest: {exc}") from None
+        # A file on the node, not in the script: a TSDB's list could outgrow a command line.
+        checks = "".join(f"{entry['sha256']}  {posixpath.join(root, path)}\n" for path, entry in sorted(files.items()))
+        checks_file = node.run("umask 077 && checks=$(mktemp) && cat > \"$checks\" && echo \"$checks\"",
+                               input=checks.encode()).decode().strip()
+    try:
+        node.run_with_tree(source if source.is_dir() else None, restore_script(part, checks_file, root),
+                           f"restore of {part.name}")
+    except RemoteError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def restore_script(part: Part, checks_file: str | None, root: str = "/") -> str:
+    """The shell script that restores ``part`` on a node from a tar on its standard input: stop the
+    service, remove what is replaced, unpack, give the targets their owners and modes, check each
+    file against ``checks_file`` (sha256sum's list, removed afterwards), start the service.
+
+    A step that fails (or the script killed) starts the service again all the same, once what was
+    unpacked has its owners (a restore cut short once left the relay stopped and its queue root's).
+    Its one line on standard error names the step, the step's last error line, and whether the
+    service runs again."""
+    service = part.service()
+    unit = shlex.quote(f"{service}.service") if service else ""
+    targets = part.restored()
+    under = lambda path: shlex.quote(posixpath.join(root, path.lstrip("/")))  # noqa: E731
+    doomed = [under(path) for target in targets for path in (target.path, *target.companions)]
+    fixes = [f"    if [ -e {under(target.path)} ]; then "
+             + "; ".join([*([f"chown -R {target.owner} {under(target.path)}"] if target.owner else []),
+                          *([f"chmod {target.mode} {under(target.path)}"] if target.mode else [])]) + "; fi"
+             for target in targets if target.owner or target.mode]
+    start_again = (f"if systemctl start {unit}; then again='{service} started again'; "
+                   f"else again='{service} did not start again (journalctl -u {service})'; fi"
+                   if service else "again='no service to start'")
+    lines = [
+        "set -e",
+        # The steps' errors go to a file, so the one line on standard error can name the last of them.
+        "errors=$(mktemp)",
+        "exec 3>&2 2>\"$errors\"",
+        "step='beginning'",
+        "fix_owners() {", *fixes, "    :", "}",
+        "finish() {",
+        "    status=$?",
+        "    trap - EXIT HUP INT TERM",
+        "    set +e",
+        *([f"    rm -f -- {shlex.quote(checks_file)}"] if checks_file else []),
+        "    if [ \"$status\" -ne 0 ]; then",
+        "        cause=$(grep . \"$errors\" | tail -n 1)",
+        "        fix_owners",
+        f"        {start_again}",
+        "        echo \"failed while $step (${cause:-exit status $status}); $again\" >&3",
+        "    fi",
+        "    rm -f -- \"$errors\"",
+        "    exit \"$status\"",
+        "}",
+        "trap finish EXIT",
+        # A signal (the ssh connection lost) ends the script through the same path.
+        "trap 'exit 129' HUP", "trap 'exit 130' INT", "trap 'exit 143' TERM",
+    ]
     if service:
-        node.run(f"systemctl start {shlex.quote(service)}.service")
+        lines += [f"step='stopping {service}'", f"systemctl stop {unit}"]
+    lines += ["step='removing the files it replaces'", "rm -rf -- " + " ".join(doomed),
+              "step='unpacking the backup'", unpack_command(root),
+              "step='giving the files their owners and modes'", "fix_owners"]
+    if checks_file:
+        lines += ["step='checking the files against the manifest'",
+                  f"sha256sum --quiet --strict -c {shlex.quote(checks_file)}"]
+    if service:
+        lines += [f"step='starting {service}'", f"systemctl start {unit}"]
+    return "\n".join(lines) + "\n"
