@@ -8,6 +8,7 @@ toy-redis's metrics endpoint, its RESP port, the alert relay and nginx's fronted
     flood = Flooder(port, {...}, seconds=20, address="10.77.0.10")  # another host than 127.0.0.1
     ...                                                                # the legitimate client under test
     flood.result(at_least=n)             # {"connections": n}; waits for n (or the flood's end), then ends it
+    median_wait(flood, probes, seconds, at_least=n)  # the legitimate requests' median wait meanwhile
 
 Kinds: ``idle`` sends nothing (over TLS: not even a handshake); ``guess`` sends an HTTP GET with a basic-auth login whose password
 is wrong; ``anonymous`` sends an HTTP GET without a login; ``noauth`` sends a RESP PING without
@@ -22,10 +23,12 @@ import os
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 HOLD_S = 5.0
 PROGRESS_S = 0.1
@@ -117,6 +120,24 @@ class Flooder:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def median_wait(flood: Flooder, probes: dict[str, Callable[[], int]], seconds: float, at_least: int) -> float:
+    """While ``flood`` runs: each probe (a legitimate request, named, returning its HTTP status) in
+    turn for ``seconds``, each asserted to answer 200; then the flood's ``at_least`` connections
+    (Flooder.result). The probes' median time to answer. The flood is ended whatever happens."""
+    waits = []
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for name, probe in probes.items():
+                started = time.monotonic()
+                assert probe() == 200, name
+                waits.append(time.monotonic() - started)
+        flood.result(at_least=at_least)
+    finally:
+        flood.stop()
+    return statistics.median(waits)
 
 
 if __name__ == "__main__":
