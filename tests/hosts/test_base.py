@@ -69,3 +69,20 @@ def test_second_deploy_changes_nothing(deployed):
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert rerun.failed() == []
     assert rerun.changed() == [], f"a second run changed: {rerun.changed()}"
+
+
+# resolv.conf(5): "timeout:n ... The default is 5 seconds."
+RESOLVER_TIMEOUT_S = 5
+LOOKUPS = 6
+
+
+@pytest.mark.parametrize("node", ALL_HOSTS, indirect=True)
+def test_a_name_outside_the_lab_fails_at_once(node):
+    """Lab nodes resolve only what /etc/hosts names: a lookup of anything else (a vendor's
+    repository, probed on every deploy) fails at once instead of waiting out a resolver timeout."""
+    lookups = node.run(f"s=$(date +%s%N); for i in $(seq {LOOKUPS}); do getent hosts apt.grafana.com; done; "
+                       "e=$(date +%s%N); echo $(( (e - s) / 1000000 ))")
+    *resolved, elapsed_ms = lookups.stdout.split()
+    assert not resolved, f"apt.grafana.com resolved in the lab: {resolved}"
+    assert int(elapsed_ms) < RESOLVER_TIMEOUT_S * 1000, f"{LOOKUPS} lookups took {elapsed_ms} ms"
+    assert node.check_output("getent hosts worker-node-11").split()[1] == "worker-node-11"

@@ -30,6 +30,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "homelab-lab"
 STOP_TIMEOUT_S = 15
 NODE_NOFILE_HARD = 524288
+# A node's /etc/resolv.conf: names it needs are in its /etc/hosts.
+NO_NAME_SERVER = "# Lab nodes have no name server: the names they need are in /etc/hosts (homelab lab tool).\n"
 # runc makes a session keyring for each container; nspawn's seccomp filter refuses these otherwise.
 CONTAINER_SYSCALLS = "add_key keyctl request_key"
 CGROUP_UNIT = "lab-cgroup-writable.service"
@@ -241,6 +243,11 @@ def prepare(settings: LabSettings, node: LabNode, all_nodes: list[LabNode], clie
     # Nodes have no DNS: the mirror's name is pinned to an address the lab's firewall lets through.
     hosts += [f"{addresses[0]} {name}" for name, addresses in mirrors.items()]
     write("etc/hosts", "\n".join(hosts) + "\n")
+    # ...and no name server either (nspawn's --resolv-conf=off keeps this file): a lookup outside
+    # /etc/hosts goes to the node's own loopback and fails at once. Sent to the machine's resolver
+    # through the lab's firewall, every other one waited out glibc's 5 s timeout (the reject answers
+    # one of its two parallel queries), and every run probing Grafana's unreachable repository paid it.
+    write("etc/resolv.conf", NO_NAME_SERVER)
     if not (upper / "etc/machine-id").exists():
         write("etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
     dbus_id = upper / "var/lib/dbus/machine-id"
@@ -290,6 +297,7 @@ def nspawn_command(settings: LabSettings, node: LabNode, base: Path) -> list[str
         # /usr/share/zoneinfo/Etc/UTC, and dpkg cannot replace a mount point when tzdata is upgraded
         # ("unable to make backup link ... Invalid cross-device link"); a real node keeps its own.
         "--timezone=off",
+        "--resolv-conf=off",
         # As systemd gives PID 1 on a real machine; otherwise nodes inherit this shell's hard limit
         # and no tuning inside a node could raise a service's open-file limit past it.
         f"--rlimit=RLIMIT_NOFILE={NODE_NOFILE_HARD}",
