@@ -1,16 +1,20 @@
 """The sampler names each frame of a stack with the function and line it is at, also when its
-cache of stacks was dropped in between (a service whose code paths keep changing)."""
+cache of stacks was dropped in between (a service whose code paths keep changing); it charges a main
+thread's CPU to where it went, also when the thread lets the GIL go between short stretches of
+Python (as an event loop does); it takes SIGPROF only when nothing else holds it, and gives it back."""
 
 from __future__ import annotations
 
+import hashlib
+import signal
 import threading
 import time
 
 import pytest
-from pprof_sampler import Sampler
+from pprof_sampler import MAX_HZ, WINDOW_S, Sampler, SigprofTaken
 from pprof_sampler import sampler as sampler_module
 
-from .profiles import parse
+from .profiles import cpu_ns_by_leaf, parse
 
 SPIN_S = 0.3
 
@@ -65,3 +69,92 @@ def test_each_frame_is_named_with_its_function_and_line(monkeypatch, cache_limit
     assert {stack[1] for stack in stacks if stack[0][0] == "spins"} >= {("calls_spins", CALL_LINE)}
     # Spinning is what the process did: it holds most of the CPU the profile counts.
     assert anywhere >= 0.5 * sum(stacks.values())
+
+
+# The main thread's workload: two functions taking turns, each for STRETCH_S of CPU at a time, shorter
+# than the GIL's switch interval (5 ms) as an event loop's callbacks are.
+STRETCH_S = 0.0005
+WORKLOAD_S = 3
+# A's share of the CPU may be this far from the truth. Each sample charges the CPU since the one before
+# to one of the two functions (hz x WORKLOAD_S samples of p = 0.5: standard deviation 0.03).
+SHARE_TOLERANCE = 0.1
+
+
+def in_python(until_cpu_ns):
+    """A: CPU in Python bytecode, which holds the GIL."""
+    while time.thread_time_ns() < until_cpu_ns:
+        pass
+
+
+def in_c(data):
+    """B: CPU in C code that lets the GIL go (hashlib does for more than 2 KiB), as an event loop's
+    socket calls and a compression library do."""
+    hashlib.sha256(data).digest()
+
+
+def test_a_main_thread_alternating_python_and_gil_free_c_is_charged_by_where_its_cpu_went():
+    data = bytes(4096)
+    # As many bytes as take about STRETCH_S of CPU to hash here.
+    began = time.thread_time_ns()
+    for _ in range(100):
+        in_c(data)
+    data = bytes(int(4096 * STRETCH_S * 1e9 * 100 / max(1, time.thread_time_ns() - began)))
+    cpu_ns = {"in_python": 0, "in_c": 0}
+    sampler = Sampler(MAX_HZ).start()
+    try:
+        until = time.monotonic() + WORKLOAD_S
+        while time.monotonic() < until:
+            began = time.thread_time_ns()
+            in_python(began + STRETCH_S * 1e9)
+            middle = time.thread_time_ns()
+            in_c(data)
+            cpu_ns["in_python"] += middle - began
+            cpu_ns["in_c"] += time.thread_time_ns() - middle
+    finally:
+        sampler.stop()
+    by_leaf = cpu_ns_by_leaf(parse(sampler.profile(WINDOW_S)))
+    true_share = cpu_ns["in_python"] / sum(cpu_ns.values())
+    seen_share = by_leaf["in_python"] / (by_leaf["in_python"] + by_leaf["in_c"])
+    assert abs(seen_share - true_share) <= SHARE_TOLERANCE, (
+        f"in_python: {seen_share:.0%} of the profile's CPU, {true_share:.0%} in truth; by leaf {dict(by_leaf)}")
+    # The two account for the main thread's CPU (besides the loop around them and the handler).
+    assert by_leaf["in_python"] + by_leaf["in_c"] >= 0.8 * sum(cpu_ns.values())
+
+
+def refuse_profiling(signum, frame):
+    pass
+
+
+@pytest.mark.parametrize("found", [signal.SIG_DFL, signal.SIG_IGN])
+def test_stopping_gives_sigprof_back_as_it_was_found(found):
+    previous = signal.signal(signal.SIGPROF, found)
+    try:
+        sampler = Sampler(MAX_HZ).start()
+        assert signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0)
+        spins(time.monotonic() + SPIN_S)
+        sampler.stop()
+        assert signal.getsignal(signal.SIGPROF) == found and signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+        assert not sampler.thread.is_alive()
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+
+
+def test_a_process_whose_sigprof_is_taken_is_refused_in_one_line_and_keeps_it():
+    threads = threading.active_count()
+    previous = signal.signal(signal.SIGPROF, refuse_profiling)
+    try:
+        with pytest.raises(SigprofTaken) as refused:
+            Sampler(MAX_HZ).start()
+        assert str(refused.value) == ("SIGPROF is in use (a SIGPROF handler (refuse_profiling)), and the CPU sampler "
+                                      "needs it: switch off the other profiler or this sampler")
+        assert signal.getsignal(signal.SIGPROF) is refuse_profiling
+        # A timer alone (the handler of a profiler written in C shows as none at all to Python).
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
+        signal.setitimer(signal.ITIMER_PROF, 1)
+        with pytest.raises(SigprofTaken, match=r"^SIGPROF is in use \(an ITIMER_PROF timer\)"):
+            Sampler(MAX_HZ).start()
+        assert signal.getitimer(signal.ITIMER_PROF)[0] > 0
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+    assert threading.active_count() == threads  # no sampler thread was left running

@@ -14,6 +14,7 @@ import pytest
 import requests
 from pprof_sampler import PATH, WINDOW_S
 
+from tests.loopback import free_port
 from tests.planted import pythonpath
 from tests.profiling.conftest import PLANTED, Load
 from tests.toy_redis.conftest import ToyRedis
@@ -97,3 +98,19 @@ def test_profiling_without_a_metrics_login_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"command line: profiling_hz: expected 0 without metrics_users_file (CPU profiles are "
                              f"served only behind the metrics login), got {HZ}\n")
+
+
+def test_a_server_whose_sigprof_is_taken_is_refused_in_one_line(tmp_path):
+    # A process that profiles itself with SIGPROF already (its handler set before toy-redis starts).
+    program = ("import signal, sys\n"
+               "def own_profiler(signum, frame): pass\n"
+               "signal.signal(signal.SIGPROF, own_profiler)\n"
+               "from toy_redis.__main__ import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", program, "--port", str(free_port()), "--metrics-port", "0", "--profiling-hz",
+                             str(HZ), "--metrics-users-file", str(users_file(tmp_path))],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1:] == ["command line: profiling_hz: SIGPROF is in use (a SIGPROF handler "
+                                               "(own_profiler)), and the CPU sampler needs it: switch off the other "
+                                               "profiler or this sampler"]

@@ -26,6 +26,7 @@ from alert_relay.slack import Slack
 from alert_relay.store import QueueError, Store, check_queue, describe_error
 from alert_relay.web import WebConfig, load_web_config
 from alert_relay.worker import Worker
+from pprof_sampler import SigprofTaken
 
 log = logging.getLogger("alert_relay")
 
@@ -92,9 +93,13 @@ def run(config_path: str, loaded: Loaded) -> int:
         alertmanager_token=loaded.tokens["alertmanager_token_file"], fax_token=loaded.tokens["fax_webhook_token_file"],
     )
     worker.start()
-    asyncio.run(serve(RelayServer(config, intake, loaded.web), config, store))
-    worker.stop()
-    worker.join(timeout=20)  # an in-flight Slack call finishes (or times out) before exit
+    try:
+        asyncio.run(serve(RelayServer(config, intake, loaded.web), config, store))
+    except SigprofTaken as exc:
+        raise ConfigFileError(config_path, "profiling_hz", str(exc)) from None
+    finally:
+        worker.stop()
+        worker.join(timeout=20)  # an in-flight Slack call finishes (or times out) before exit
     log.info("stopped", extra={"fields": {"queued": store.queue_depth()}})
     return 0
 

@@ -731,14 +731,14 @@ class RelayServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; each connection counts against max_connections from its accept, before its
         TLS handshake (asyncio's own server would hold any number of handshakes, uncounted)."""
+        if self.profiles:  # first: a process whose SIGPROF is taken (SigprofTaken) opens nothing
+            self.profiles.sampler.start()
         self.listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG,
                                              family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.listener.setblocking(False)
         self.accepting = asyncio.get_running_loop().create_task(self._accept())
         if self.web:
             self.allocations = AllocationEndpoint()
-        if self.profiles:
-            self.profiles.sampler.start()
         return self.listener.getsockname()[:2]
 
     async def _accept(self) -> None:

@@ -4,6 +4,6 @@ Grafana Alloy's pyroscope.scrape reads. A distribution of its own under src/ so 
 the alert relay (separate distributions) share one copy; roles/python_app ships it as a local wheel."""
 
 from pprof_sampler.endpoint import PATH, ProfileEndpoint
-from pprof_sampler.sampler import MAX_HZ, WINDOW_S, Sampler
+from pprof_sampler.sampler import MAX_HZ, WINDOW_S, Sampler, SigprofTaken
 
-__all__ = ["MAX_HZ", "PATH", "ProfileEndpoint", "Sampler", "WINDOW_S"]
+__all__ = ["MAX_HZ", "PATH", "ProfileEndpoint", "Sampler", "SigprofTaken", "WINDOW_S"]

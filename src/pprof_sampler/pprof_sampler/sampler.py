@@ -1,35 +1,55 @@
 """A low-rate CPU sampler running inside the service, keeping the last WINDOW_S seconds.
 
-A timer thread reads every other thread's stack (sys._current_frames) and CPU clock
-(pthread_getcpuclockid) `hz` times a second, and charges the CPU time a thread used since the last
-tick to the stack it is in now. Threads that used no CPU (an event loop waiting in epoll, idle
-workers) leave nothing, so what it keeps is a CPU profile, not a wall-clock one, and an idle
-service costs one clock read per thread per tick. Its own thread is profiled too, so its cost shows
-(under Sampler.sample) and the profile adds up to the CPU time the kernel counts for the process.
+The main thread, where the services run their event loop, is sampled from a SIGPROF handler: an
+ITIMER_PROF timer sends SIGPROF each time the process has used a period of CPU (idle time sends
+nothing), and Python runs the handler in the main thread at its next bytecode boundary with the
+frame it interrupted; the handler charges the main thread's CPU time since the last sample (its
+thread CPU clock) to that frame's stack. So the event loop is seen where its CPU goes: in the
+request handlers, and under Runner.run for the time its C code (uvloop's or asyncio's) runs between
+callbacks, as py-spy sees it. That C time reaches Python first at the next callback's entry: a
+stack whose leaf was interrupted at its first instruction is charged to its caller (a callback
+called from the loop's C code then counts for the frame that runs the loop, Runner.run).
 
-What it cannot see: the sampler reads a stack only while it holds the GIL, so it finds a busy
-thread where that thread let the GIL go, and charges it everything since the last tick. A thread
-running Python for long stretches is caught inside them (it is made to let go every switch
-interval, 5 ms), but an event loop serving many short requests lets go in its C code (uvloop's
-epoll and socket calls) between callbacks: toy-redis under redis-benchmark showed Runner.run 94%
-here where py-spy, reading from outside, showed it 51% and Connection._send 14%. For where short
-requests spend their time, take `homelab profile` (py-spy).
+Every other thread is read by a timer thread `hz` times a second (sys._current_frames and the
+thread's own CPU clock, pthread_getcpuclockid), which charges the CPU time a thread used since the
+last tick to the stack it is in now. That thread holds the GIL when it reads, so it finds a busy
+thread where the thread let the GIL go (at least every switch interval, 5 ms, for long Python
+stretches): this was the sampler's only method once, and it charged toy-redis's event loop under
+redis-benchmark 94-99% to Runner.run where py-spy showed it 51%, because the loop lets the GIL go in
+its C code between callbacks. The services' other threads (profile builds, the relay's Slack
+worker and intake pool) run long or rare stretches, which it sees well. Threads that used no CPU
+leave nothing, so what the sampler keeps is a CPU profile, and the profile adds up to the CPU
+time the kernel counts for the process: the timer thread profiles itself (under Sampler.sample),
+and the handler charges its own CPU to itself (Sampler._on_sigprof).
 
-What a tick costs is walking each busy thread's frames: per frame it reads the code object's id
-and the frame's instruction offset, and the tuple of those numbers finds the stack, built once
-(names, files, lines) the first time it is seen. No code object is hashed on the way (CPython
-hashes one from its constants, nested functions included, on every call) and no line number is
-computed (f_lineno scans the code's line table): those made most of a tick's cost in toy-redis.
-The ids stay valid because the cache holds every code object whose id it keys on.
+SIGPROF is the sampler's while it runs: start() refuses (SigprofTaken, one line) when the process
+already has a SIGPROF handler or an ITIMER_PROF timer rather than override a profiler the service
+set up, and stop() restores the handler it found. The handler is installed with SA_RESTART
+(siginterrupt False), so that system calls the signal interrupts in any thread are restarted by
+the kernel where they can be, besides Python retrying its own (PEP 475); the signal is sent to
+whichever thread was using the CPU. Both start() and stop() run in the main thread (Python sets
+signal handlers only there).
 
-Memory is bounded by the window: at most WINDOW_S * hz ticks, each holding the busy threads'
-stacks, which are shared between ticks (the cache is dropped when it grows past CACHE_LIMIT
-stacks, so a service with ever-new code paths cannot grow it without end).
+What a sample costs is walking the frames: per frame it reads the code object's id and the frame's
+instruction offset, and the tuple of those numbers finds the stack, built once (names, files,
+lines) the first time it is seen. No code object is hashed on the way (CPython hashes one from its
+constants, nested functions included, on every call) and no line number is computed (f_lineno
+scans the code's line table): those made most of a tick's cost in toy-redis. The ids stay valid
+because the cache holds every code object whose id it keys on.
+
+Memory is bounded by the window: at most WINDOW_S * hz ticks for the other threads and as many
+samples of the main thread per core (ITIMER_PROF fires hz times per CPU second), each holding
+stacks shared between them; the handler and the timer thread have a cache each (the handler can
+run between any two instructions of the timer thread), dropped when it grows past CACHE_LIMIT
+stacks, so a service with ever-new code paths cannot grow one without end.
 """
 
 from __future__ import annotations
 
+import dis
 import gzip
+import os
+import signal
 import sys
 import threading
 import time
@@ -41,9 +61,17 @@ from typing import NamedTuple
 # The longest profile a caller can ask for (Alloy asks for its scrape interval less one second).
 WINDOW_S = 60
 MAX_HZ = 100
-# Distinct stacks (an instruction apart counts) remembered; a busy service shows hundreds. A full
-# cache of 22-frame stacks holds ~8 MiB when they share most frames, ~27 MiB when they share none.
+# Distinct stacks (an instruction apart counts) remembered per cache; a busy service shows hundreds.
+# A full cache of 22-frame stacks holds ~8 MiB when they share most frames, ~27 MiB when they share none.
 CACHE_LIMIT = 5_000
+# How long stop() waits for a SIGPROF already sent to be delivered before it restores the handler
+# it found (the default one ends the process).
+PENDING_WAIT_S = 1.0
+_RESUME = dis.opmap["RESUME"]
+
+
+class SigprofTaken(Exception):
+    """The process already uses SIGPROF (a handler or an ITIMER_PROF timer): the sampler needs it."""
 
 
 class Frame(NamedTuple):
@@ -52,35 +80,140 @@ class Frame(NamedTuple):
     line: int
 
 
-class Sampler:
-    def __init__(self, hz: int):
-        if not 1 <= hz <= MAX_HZ:
-            raise ValueError(f"expected 1..{MAX_HZ} samples per second, got {hz}")
-        self.hz = hz
-        self.period_ns = 1_000_000_000 // hz
-        self.ticks: deque[tuple[int, tuple]] = deque(maxlen=WINDOW_S * hz)
-        self.lock = threading.Lock()
-        self.cpu_seen: dict[int, int] = {}
+class Stacks:
+    """Stacks by (id(code), instruction offset) of each frame, built once; one per sampling thread."""
+
+    def __init__(self, charge_entry_to_caller: bool):
+        self.charge_entry_to_caller = charge_entry_to_caller
         # (id(code), instruction offset, ...) of a stack, leaf first -> its Frames, root first.
         self.stacks: dict[tuple[int, ...], tuple[Frame, ...]] = {}
         # (id(code), instruction offset) -> its Frame, shared by the stacks passing there.
         self.frames: dict[tuple[int, int], Frame] = {}
         # Every code object an id in self.stacks stands for, so that no id is reused meanwhile.
         self.codes: dict[int, CodeType] = {}
+
+    def of(self, frame) -> tuple[Frame, ...]:
+        """The stack of ``frame``, root first, as a tuple shared by every sample that saw it."""
+        where = []
+        below = frame
+        while below is not None:
+            where.append(id(below.f_code))
+            where.append(below.f_lasti)
+            below = below.f_back
+        key = tuple(where)
+        stack = self.stacks.get(key)
+        if stack is None:
+            stack = self._new(key, frame)
+        return stack
+
+    def _new(self, key: tuple[int, ...], frame) -> tuple[Frame, ...]:
+        if len(self.stacks) >= CACHE_LIMIT:
+            self.stacks, self.frames, self.codes = {}, {}, {}
+        frames = []
+        leaf = frame
+        for at in range(0, len(key), 2):
+            code = frame.f_code
+            self.codes[id(code)] = code
+            shared = self.frames.get(key[at:at + 2])
+            if shared is None:
+                shared = self.frames[key[at:at + 2]] = Frame(code.co_qualname, code.co_filename, frame.f_lineno or 0)
+            frames.append(shared)
+            frame = frame.f_back
+        if self.charge_entry_to_caller and len(frames) > 1 and leaf.f_lasti <= entry_offset(leaf.f_code):
+            frames.pop(0)  # the CPU went to the caller (or C code it called) before this frame began
+        stack = self.stacks[key] = tuple(reversed(frames))
+        return stack
+
+
+def entry_offset(code: CodeType) -> int:
+    """The offset of a function's RESUME, where a call enters it (after any cell and generator set-up)."""
+    raw = code.co_code
+    for at in range(0, len(raw), 2):
+        if raw[at] == _RESUME:
+            return at
+    return -1
+
+
+def sigprof_user() -> str | None:
+    """What holds SIGPROF in this process (its handler or an ITIMER_PROF timer), or None."""
+    handler = signal.getsignal(signal.SIGPROF)
+    if handler not in (signal.SIG_DFL, signal.SIG_IGN):
+        return f"a SIGPROF handler ({'set outside Python' if handler is None else getattr(handler, '__qualname__', handler)})"
+    if signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0):
+        return "an ITIMER_PROF timer"
+    return None
+
+
+class Sampler:
+    def __init__(self, hz: int):
+        if not 1 <= hz <= MAX_HZ:
+            raise ValueError(f"expected 1..{MAX_HZ} samples per second, got {hz}")
+        self.hz = hz
+        self.period_ns = 1_000_000_000 // hz
+        # (when, ((stack, CPU ns), ...)) of the other threads, by the timer thread.
+        self.ticks: deque[tuple[int, tuple]] = deque(maxlen=WINDOW_S * hz)
+        # The same for the main thread, by the SIGPROF handler (a deque's append needs no lock), which
+        # runs hz times per CPU second of the process: up to one per core more often than the ticks.
+        self.main_ticks: deque[tuple[int, tuple]] = deque(maxlen=WINDOW_S * hz * len(os.sched_getaffinity(0)))
+        self.lock = threading.Lock()
+        self.cpu_seen: dict[int, int] = {}
+        self.thread_stacks = Stacks(charge_entry_to_caller=False)
+        self.main_stacks = Stacks(charge_entry_to_caller=True)
+        self.main_ident = threading.main_thread().ident
+        self.main_cpu_ns = 0
+        self.in_handler = False
+        self.found_handler = None
+        self.armed = False
         self.started_ns = time.monotonic_ns()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="pprof-sampler", daemon=True)
 
     def start(self) -> "Sampler":
+        """Samples from now on; SigprofTaken if the process already uses SIGPROF (nothing changes then)."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("the Sampler starts in the main thread: it samples that thread from a SIGPROF handler")
+        user = sigprof_user()
+        if user is not None:
+            raise SigprofTaken(f"SIGPROF is in use ({user}), and the CPU sampler needs it: "
+                               f"switch off the other profiler or this sampler")
         self.started_ns = time.monotonic_ns()
+        self.main_cpu_ns = time.thread_time_ns()
+        self.found_handler = signal.signal(signal.SIGPROF, self._on_sigprof)
+        signal.siginterrupt(signal.SIGPROF, False)
+        period_s = self.period_ns / 1e9
+        signal.setitimer(signal.ITIMER_PROF, period_s, period_s)
+        self.armed = True
         self.thread.start()
         return self
 
     def stop(self) -> None:
-        """Ends the thread within a period."""
+        """Ends sampling, within a period, and gives SIGPROF back as start() found it."""
         self.stopping = True
+        if self.armed:
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            # A SIGPROF sent before the timer stopped reaches our handler, not the one found.
+            waited = time.monotonic() + PENDING_WAIT_S
+            while signal.SIGPROF in signal.sigpending() and time.monotonic() < waited:
+                time.sleep(0.001)
+            signal.signal(signal.SIGPROF, self.found_handler)
+            self.armed = False
         if self.thread.is_alive():
             self.thread.join()
+
+    def _on_sigprof(self, signum, frame) -> None:
+        if self.in_handler or frame is None:
+            return  # a signal during the handler: its CPU is counted at the next one
+        self.in_handler = True
+        try:
+            began = time.thread_time_ns()
+            stack = self.main_stacks.of(frame)
+            ended = time.thread_time_ns()
+            # The CPU since the last sample where the main thread is, and the handler's own cost.
+            self.main_ticks.append((time.monotonic_ns(), ((stack, began - self.main_cpu_ns),
+                                                          (HANDLER_STACK, ended - began))))
+            self.main_cpu_ns = ended
+        finally:
+            self.in_handler = False
 
     def _run(self) -> None:
         period_s = self.period_ns / 1e9
@@ -93,10 +226,13 @@ class Sampler:
             self.sample()
 
     def sample(self) -> None:
+        """One tick of the timer thread: every thread but the main one (the handler's)."""
         seen, busy = {}, []
-        cpu_seen, stack_of = self.cpu_seen, self._stack
+        cpu_seen, stack_of, main = self.cpu_seen, self.thread_stacks.of, self.main_ident
         clock, clock_of = time.clock_gettime_ns, time.pthread_getcpuclockid
         for ident, frame in sys._current_frames().items():
+            if ident == main:
+                continue
             try:
                 cpu_ns = clock(clock_of(ident))
             except OSError:
@@ -109,35 +245,6 @@ class Sampler:
         with self.lock:
             self.ticks.append((time.monotonic_ns(), tuple(busy)))
 
-    def _stack(self, frame) -> tuple[Frame, ...]:
-        """The stack of ``frame``, root first, as a tuple shared by every tick that saw it."""
-        where = []
-        below = frame
-        while below is not None:
-            where.append(id(below.f_code))
-            where.append(below.f_lasti)
-            below = below.f_back
-        key = tuple(where)
-        stack = self.stacks.get(key)
-        if stack is None:
-            stack = self._new_stack(key, frame)
-        return stack
-
-    def _new_stack(self, key: tuple[int, ...], frame) -> tuple[Frame, ...]:
-        if len(self.stacks) >= CACHE_LIMIT:
-            self.stacks, self.frames, self.codes = {}, {}, {}
-        frames = []
-        for at in range(0, len(key), 2):
-            code = frame.f_code
-            self.codes[id(code)] = code
-            shared = self.frames.get(key[at:at + 2])
-            if shared is None:
-                shared = self.frames[key[at:at + 2]] = Frame(code.co_qualname, code.co_filename, frame.f_lineno or 0)
-            frames.append(shared)
-            frame = frame.f_back
-        stack = self.stacks[key] = tuple(reversed(frames))
-        return stack
-
     def recent(self, seconds: int) -> tuple[Counter, int]:
         """CPU seconds by stack over the last ``seconds`` (at most WINDOW_S), and the nanoseconds covered."""
         now = time.monotonic_ns()
@@ -145,6 +252,7 @@ class Sampler:
         since = now - covered
         with self.lock:
             ticks = list(self.ticks)
+        ticks += list(self.main_ticks)  # one C call: the handler cannot run in the middle of it
         stacks: Counter = Counter()
         for at, busy in ticks:
             if at > since:
@@ -160,3 +268,7 @@ class Sampler:
 
         stacks, covered = self.recent(seconds)
         return gzip.compress(cpu_profile(stacks, self.period_ns, time.time_ns() - covered, covered))
+
+
+# Where the SIGPROF handler's own CPU time is charged: a stack of its own, at the profile's root.
+HANDLER_STACK = (Frame(Sampler._on_sigprof.__qualname__, __file__, Sampler._on_sigprof.__code__.co_firstlineno),)

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: Config, config_file: str | None, password: bytes | None, tls=None, metrics_users=None) -> int:
+    from pprof_sampler import SigprofTaken
+
     from .aof import AofDamaged
     from .server import Server
 
@@ -155,6 +157,10 @@ def run(config: Config, config_file: str | None, password: bytes | None, tls=Non
         logs.error("start_failed", error=str(exc))
         print(f"toy-redis: cannot start: {exc}", file=sys.stderr)
         return 1
+    except SigprofTaken as exc:
+        logs.error("start_failed", error=str(exc))
+        print(f"{config_file or 'command line'}: profiling_hz: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     return 0
 
 

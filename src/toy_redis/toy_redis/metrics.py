@@ -322,8 +322,9 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
     (a tls.ReloadingContext) is given, asking for one of `users`' logins (name: bcrypt hash) when given.
     With `profiling_hz`, a Sampler runs at that rate and GET /debug/pprof/profile serves its profiles
     (config.read_metrics_users refuses profiling without logins)."""
+    # First: a process whose SIGPROF is taken (SigprofTaken) is refused before anything is opened.
+    profiles = ProfileEndpoint(Sampler(profiling_hz).start()) if profiling_hz else None
     sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                 backlog=METRICS_LISTEN_BACKLOG)
     sock.setblocking(False)
-    profiles = ProfileEndpoint(Sampler(profiling_hz).start()) if profiling_hz else None
     return MetricsListener(registry, sock, ssl, users, profiles)
