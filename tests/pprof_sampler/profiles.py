@@ -31,3 +31,14 @@ def process_cpu_s(pid: int) -> float:
         fields = stat.read().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of proc(5); fields[0] here is field 3.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ns_by_stack(profile: Profile) -> Counter:
+    """CPU nanoseconds by sampled stack, as a tuple of function names, leaf first."""
+    strings = profile.string_table
+    functions = {function.id: strings[function.name] for function in profile.function}
+    locations = {location.id: functions[location.line[0].function_id] for location in profile.location}
+    by_stack: Counter = Counter()
+    for sample in profile.sample:
+        by_stack[tuple(locations[location] for location in sample.location_id)] += sample.value[1]
+    return by_stack

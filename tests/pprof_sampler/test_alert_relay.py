@@ -1,10 +1,12 @@
 """Continuous profiling in a real alert relay (profiling_hz): GET /debug/pprof/profile behind the
 login of web_config_file serves a pprof CPU profile that parses and shows the planted hot function
-on top; without a login it is refused, and without web_config_file the setting is refused."""
+on top; without a login it is refused, and without web_config_file the setting is refused, as is a
+process whose SIGPROF is taken."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,3 +70,20 @@ def test_profiling_without_web_config_file_is_refused_in_one_line(make_relay, tm
     assert result.returncode == 2
     assert result.stderr == (f"alert-relay: {relay.config_path}: profiling_hz: expected 0 without web_config_file (CPU profiles "
                              f"are served only behind its logins), got {HZ}\n")
+
+
+def test_a_relay_whose_sigprof_is_taken_is_refused_in_one_line(make_relay, tls_files):  # noqa: F811
+    relay = make_relay(web_config_file=str(tls_files / "web.yml"), profiling_hz=HZ)
+    relay.stop()
+    # The same relay, in a process that profiles itself with SIGPROF already.
+    program = ("import signal, sys\n"
+               "def own_profiler(signum, frame): pass\n"
+               "signal.signal(signal.SIGPROF, own_profiler)\n"
+               "from alert_relay.__main__ import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", program, "--config", str(relay.config_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1:] == [
+        f"alert-relay: {relay.config_path}: profiling_hz: SIGPROF is in use (a SIGPROF handler (own_profiler)), and "
+        f"the CPU sampler needs it: switch off the other profiler or this sampler"]
