@@ -28,10 +28,10 @@ def listener_ports() -> dict[str, dict[str, int | str]]:
         if not role.listeners:
             continue
         fields = import_module(f"roles.{role.name}").Settings.model_fields
-        for listener in role.listeners:
+        for setting in {name for listener in role.listeners for name in (listener.setting, listener.tls_setting) if name}:
             port = free_port()
-            data.setdefault(role.name, {})[listener.setting] = (
-                f"127.0.0.1:{port}" if isinstance(fields[listener.setting].default, str) else port)
+            data.setdefault(role.name, {})[setting] = (
+                f"127.0.0.1:{port}" if isinstance(fields[setting].default, str) else port)
     return data
 
 

@@ -1,8 +1,9 @@
 """Grafana on a unix socket behind nginx, with datasources and dashboards provisioned from the repo.
 
 Grafana listens on /run/grafana/grafana.sock only (tmpfiles.d recreates the folder at boot); the
-nginx on the same node serves it on nginx's HTTP port, or on https_port with a redirect from HTTP
-when certificate files are set in group data. Datasources (Prometheus, Loki, Alertmanager) point at
+nginx on the same node serves it on nginx's ports: over https on https_port with the node's
+certificate when pki.tls is on, or with Grafana's own when certificate files are set in group
+data, and then http_port answers only a redirect there; else plain HTTP on http_port. Datasources (Prometheus, Loki, Alertmanager) point at
 the first host of each role, found by homelab.topology; where that listener is secured (pki.tls),
 over https with the cluster CA inline and the login `grafana`, whose password Grafana expands from
 $HOMELAB_WEB_PASSWORD, set by a unit drop-in's 0600 EnvironmentFile (provisioning files take
@@ -38,7 +39,8 @@ from homelab.types import SCHEME_PORTS, Port
 from roles.common import REPO_ROOT, TEMPLATES_DIR, checked_file, current_topology, render, restart, role_settings
 from roles.grafana.package import CLI, DATA_DIR, DATABASE, LOG_DIR, PACKAGE, PLUGINS_DIR, PROVISIONING_DIR
 from roles.grafana_repo import GrafanaInstall, install_grafana_package
-from roles.nginx import NGINX_USER, site
+from roles.nginx import NGINX_USER, https_redirect, site
+from roles.nginx import Settings as NginxSettings
 from roles.secrets import secret_file
 from roles.tuning import host_tuning
 
@@ -71,10 +73,11 @@ class Settings(StrictModel):
     # The name users type in the browser; nginx serves Grafana for it. Default: the host's name.
     server_name: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
     admin_user: str = Field("admin", pattern=r"^[A-Za-z0-9_.@-]+$")
-    # None: the port nginx listens on for HTTP on this host (nginx.listen_port).
+    # None: nginx's on this host (nginx.listen_port, nginx.https_port).
     http_port: Port | None = None
-    https_port: Port = SCHEME_PORTS["https"]
-    # Paths on the node; both set = TLS on https_port, with http_port redirecting to it.
+    https_port: Port | None = None
+    # Paths on the node; both set = TLS on https_port with this certificate instead of the node's
+    # (pki.tls), with http_port redirecting to it.
     tls_certificate: str | None = Field(None, pattern=r"^/\S+$")
     tls_certificate_key: str | None = Field(None, pattern=r"^/\S+$")
 
@@ -89,16 +92,21 @@ class Settings(StrictModel):
     def tls(self) -> bool:
         return bool(self.tls_certificate)
 
-    def on_nginx_port(self, nginx_port: int) -> "Settings":
-        """These settings with http_port resolved: nginx's own port unless group data sets one."""
-        return self if self.http_port else self.model_copy(update={"http_port": nginx_port})
+    def on_nginx(self, nginx: NginxSettings) -> "Settings":
+        """These settings with the ports resolved: nginx's own unless group data sets them."""
+        return self.model_copy(update={"http_port": self.http_port or nginx.listen_port,
+                                       "https_port": self.https_port or nginx.https_port})
+
+
+def serves_tls(settings: Settings, node_tls: bool) -> bool:
+    """Whether Grafana's site is https (on https_port): with its own certificate, or the node's
+    when pki.tls is on (``node_tls``)."""
+    return settings.tls or node_tls
 
 
 def root_url(settings: Settings, server_name: str, node_tls: bool = False) -> str:
-    """Where users reach Grafana: its own certificate's https_port, else nginx's port, over https
-    with the node's certificate when pki.tls is on (``node_tls``)."""
-    scheme, port = (("https", settings.https_port) if settings.tls else
-                    ("https" if node_tls else "http", settings.http_port))
+    """Where users reach Grafana: https_port when its site serves TLS, else http_port."""
+    scheme, port = ("https", settings.https_port) if serves_tls(settings, node_tls) else ("http", settings.http_port)
     return f"{scheme}://{server_name}{'' if port == SCHEME_PORTS[scheme] else f':{port}'}/"
 
 
@@ -114,7 +122,7 @@ def render_grafana_ini(settings: Settings, server_name: str, node_tls: bool = Fa
         root_url=root_url(settings, server_name, node_tls),
         admin_user=settings.admin_user,
         admin_password_ref=f"$__file{{{ADMIN_PASSWORD_FILE}}}",
-        tls=settings.tls,
+        tls=serves_tls(settings, node_tls),
     )
 
 
@@ -144,17 +152,17 @@ def render_tmpfiles() -> str:
 
 
 def render_site(settings: Settings, server_name: str, keepalive: int, node_tls: bool = False) -> str:
-    """nginx's server blocks for Grafana; with ``node_tls`` (pki.tls on) nginx's port serves https
-    with the node's certificate (nginx.conf names it), like every site sharing that port."""
+    """nginx's server blocks for Grafana; with TLS (serves_tls) https_port serves it, with its own
+    certificate or else the node's (nginx.conf names it), and http_port redirects there."""
     return render(
         "grafana/nginx-site.conf.j2",
         socket=SOCKET,
         server_name=server_name,
         keepalive=keepalive,
-        tls=settings.tls,
-        node_tls=node_tls,
+        tls=serves_tls(settings, node_tls),
         http_port=settings.http_port,
         https_port=settings.https_port,
+        redirect=https_redirect(settings.https_port),
         tls_certificate=settings.tls_certificate,
         tls_certificate_key=settings.tls_certificate_key,
     )
@@ -229,7 +237,7 @@ def web_password(sources: dict[str, Datasource]):
 @deploy("grafana")
 def apply() -> None:
     topology = current_topology()
-    settings = role_settings("grafana", Settings).on_nginx_port(topology.port(host.name, "nginx"))
+    settings = role_settings("grafana", Settings).on_nginx(topology.settings(host.name, "nginx"))
     server_name = settings.server_name or host.name
     node_tls = topology.settings(host.name, "pki").tls
     sources = datasources(topology, cluster_ca_pem())

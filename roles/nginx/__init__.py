@@ -64,6 +64,8 @@ class Settings(StrictModel):
 
     install: Install = Install()
     listen_port: Port = SCHEME_PORTS["http"]
+    # With pki.tls on the site (Grafana's too) is served here, and listen_port only redirects to it.
+    https_port: Port = SCHEME_PORTS["https"]
     status_port: Port = 8081
     exporter_port: Port = 9113
     mtail_port: Port = 3903
@@ -95,11 +97,22 @@ def render_certificate_include() -> str:
     return render("nginx/node-certificate.conf.j2", cert_file=CERT_FILE, key_file=KEY_FILE)
 
 
+def https_redirect(https_port: int) -> str:
+    """nginx's `return` of a 301 to the same host and path over https on ``https_port`` (no port
+    in the URL when it is HTTPS's own)."""
+    port = "" if https_port == SCHEME_PORTS["https"] else f":{https_port}"
+    return f"return 301 https://$host{port}$request_uri;"
+
+
 def render_default_site(settings: Settings, tuning, tls: bool = False) -> str:
+    """The static site and the health page: on listen_port, or with pki.tls on (``tls``) on
+    https_port, listen_port then answering every request with a redirect there."""
     return render(
         "nginx/default-site.conf.j2",
         nginx=tuning.nginx,
         listen_port=settings.listen_port,
+        site_port=settings.https_port if tls else settings.listen_port,
+        redirect=https_redirect(settings.https_port),
         static_root=settings.static_root,
         tls=tls,
     )

@@ -67,6 +67,9 @@ class Listener:
     # A plain listener kept beside secured ones: served only on hosts with pki.tls on whose setting
     # holds a port (None: not served). With TLS off the secured listeners are the plain ones.
     beside_tls: bool = False
+    # The Settings field holding its port on hosts with pki.tls on, where that differs from
+    # ``setting`` (nginx's site moves to HTTPS's port; its HTTP port then only redirects).
+    tls_setting: str | None = None
 
     @property
     def web_login(self) -> bool:
@@ -113,9 +116,11 @@ ROLES: tuple[Role, ...] = (
     # After node_exporter, whose textfile directory it writes its drop counters to.
     Role("firewall", None, "firewall"),
     # nginx serves TLS itself, and fronts its exporter and mtail (roles/nginx), which admit callers
-    # by their node certificate.
+    # by their node certificate. With pki.tls on its site (Grafana's too) is on https_port and
+    # listen_port answers only a redirect there.
     Role("nginx", "nginx", "nginx",
-         (Listener(_HTTP, "listen_port", health="/healthz", secured=True, login=False),
+         (Listener(_HTTP, "listen_port", health="/healthz", secured=True, login=False, tls_setting="https_port"),
+          Listener("redirect", "listen_port", beside_tls=True),
           Listener("exporter", "exporter_port", secured=True, login=False, client_cert=True),
           Listener("mtail", "mtail_port", secured=True, login=False, client_cert=True)),
          {"nginx": "exporter", "mtail": "mtail"}),
@@ -161,6 +166,7 @@ class Flow:
 # health_probes() derive from ROLES.
 FLOWS: tuple[Flow, ...] = (
     Flow("users", "nginx", "HTTP"),
+    Flow("users", "nginx", "redirect to HTTPS", "redirect"),
     Flow("nginx", "grafana", "proxy over unix socket", None),
     Flow("grafana", "prometheus", "PromQL"),
     Flow("grafana", "loki", "LogQL"),
@@ -184,6 +190,7 @@ FLOWS: tuple[Flow, ...] = (
     Flow(CONTROL, "node_exporter", "lab checks", "metrics"),
     Flow(CONTROL, "nginx", "lab checks", "exporter"),
     Flow(CONTROL, "nginx", "lab checks", "mtail"),
+    Flow(CONTROL, "nginx", "lab checks", "redirect"),
 )
 
 
@@ -376,7 +383,9 @@ class Topology:
         return any(served.name == listener for served in self.listeners(host, role))
 
     def port(self, host: str, role: str, listener: str = _HTTP) -> int:
-        value = getattr(self.settings(host, role), ROLE_BY_NAME[role].listener(listener).setting)
+        spec = ROLE_BY_NAME[role].listener(listener)
+        setting = spec.tls_setting if spec.tls_setting and self.settings(host, "pki").tls else spec.setting
+        value = getattr(self.settings(host, role), setting)
         return port_of(value) if isinstance(value, str) else value
 
     def endpoint(self, role: str, host: str | None = None, listener: str = _HTTP) -> Endpoint:

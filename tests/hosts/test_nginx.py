@@ -38,7 +38,8 @@ def test_nginx_serves_static_files_and_health(node):
 
 def test_listen_backlog_and_file_limit_follow_the_tuning_file(node):
     # For a listening socket, ss shows the accept backlog in Send-Q.
-    listen = node.check_output("ss -Hltn 'sport = :80'").splitlines()[0].split()
+    port = LAB_TOPOLOGY.port(node.backend.host.name, "nginx")
+    listen = node.check_output(f"ss -Hltn 'sport = :{port}'").splitlines()[0].split()
     assert int(listen[2]) == TUNING.nginx.listen_backlog
     worker = node.check_output("pgrep -f 'nginx: worker process' | head -1")
     limits = node.check_output(f"grep 'Max open files' /proc/{worker}/limits").split()

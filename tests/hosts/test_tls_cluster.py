@@ -3,7 +3,8 @@
 Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py); then every secured
 web listener answers the control machine's login over https with the cluster CA, and refuses a
 request without a login and plain http; nginx's exporter and mtail, which nginx fronts, admit only
-their callers' certificates, and a flood of wrong logins there stalls nothing; nginx's site serves https without a login; Prometheus scrapes every target (over https where secured);
+their callers' certificates, and a flood of wrong logins there stalls nothing; nginx's site serves https without a login
+on its https port, its http port answering only a redirect there; Prometheus scrapes every target (over https where secured);
 toy-redis speaks RESP only over TLS; a second run changes nothing; no secret of the vault shows in the
 deploy's output, in a command line, in the journal or in a file others may read on any node. At the end the lab's own settings
 (TLS off) are deployed back, as the other lab tests expect.
@@ -30,7 +31,7 @@ from homelab.alerts.catalog import (NOT_A_CALLER_STATUS, TLS_CHECK_JOB, UNVERIFI
 from homelab.alerts.render import load_thresholds
 from homelab.lab.ssh import ssh_command
 from homelab.topology import CONTROL, METRICS_PATH, ROLES
-from homelab.types import seconds
+from homelab.types import SCHEME_PORTS, seconds
 from homelab.vault import load_vault
 from roles.toy_redis import PASSWORD_SECRET
 from tests.conftest import run_pyinfra
@@ -109,6 +110,28 @@ def test_sites_serve_https_with_the_node_certificate_and_no_login(tls_lab, tls_t
                     assert not plain.ok, f"{role.name} on {host}: answered plain http with {plain.status_code}"
                 checked.append((role.name, host))
     assert ("nginx", tls_topology.hosts_of("nginx")[0]) in checked
+
+
+def https_location(topology, host: str, path: str) -> str:
+    """Where nginx's redirect on ``host`` sends ``path``: the site's https URL, without HTTPS's own port."""
+    site = topology.endpoint("nginx", host)
+    port = "" if site.port == SCHEME_PORTS["https"] else f":{site.port}"
+    return f"https://{site.address}{port}{path}"
+
+
+def test_nginx_http_port_answers_only_a_redirect_to_the_https_site(tls_lab, tls_topology):
+    """With pki.tls on, nginx's plain port answers every request with a 301 to the same host and
+    path on the site's https port, which serves it with the node's certificate (the cluster CA)."""
+    for host in tls_topology.serving("nginx"):
+        plain = tls_topology.endpoint("nginx", host, "redirect")
+        site = access(tls_topology, "nginx", host)
+        assert plain.port != site.endpoint.port and site.url().startswith("https://")
+        for path in ("/healthz", "/no-such-page?x=1"):
+            answer = requests.get(plain.url(path), allow_redirects=False, timeout=10)
+            assert (answer.status_code, answer.headers.get("Location")) == (301, https_location(tls_topology, host, path)), \
+                f"{host} {path}: {answer.status_code} {answer.headers}"
+        followed = requests.get(plain.url("/healthz"), verify=site.verify, timeout=10)
+        assert (followed.status_code, followed.text) == (200, "ok\n") and followed.history[0].status_code == 301
 
 
 def test_mtail_and_the_exporter_listen_on_loopback_behind_nginx_and_strangers_are_dropped(tls_lab, tls_topology, lab):
@@ -306,6 +329,16 @@ def test_turning_tls_off_leaves_no_key_on_the_nodes_and_no_tls_alert(tls_lab, la
         left = subprocess.run(ssh_command(lab, node, "sh -c " + shlex.quote(script)), capture_output=True,
                               text=True, timeout=60)
         assert left.returncode == 0 and left.stdout == "", f"{node}: TLS off left {left.stdout.split()}"
+    # nginx's site is back on plain http, without a redirect, and nothing listens on the TLS run's https port.
+    for host in LAB_TOPOLOGY.serving("nginx"):
+        site = LAB_TOPOLOGY.access("nginx", host)
+        assert site.url().startswith("http://")
+        answer = site.get("/healthz", allow_redirects=False)
+        assert (answer.status_code, answer.text) == (200, "ok\n"), f"{host}: {answer.status_code} {answer.headers}"
+        https_port = LAB_TOPOLOGY.settings(host, "nginx").https_port
+        listening = subprocess.run(ssh_command(lab, host, f"ss -Hltn 'sport = :{https_port}'"), capture_output=True,
+                                   text=True, timeout=60)
+        assert listening.returncode == 0 and listening.stdout == "", f"{host}: {listening.stdout}{listening.stderr}"
 
     alert = load_thresholds().alerts.ScrapeTLSOrLoginFailing
     for host in LAB_TOPOLOGY.hosts_of("prometheus"):

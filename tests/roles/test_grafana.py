@@ -41,9 +41,9 @@ PINNED = {"install": {"version": "11.6.0"}}
 
 
 def settings(**data) -> Settings:
-    """Grafana's settings from group data, on nginx's default port unless the data sets http_port."""
+    """Grafana's settings from group data, on nginx's default ports unless the data sets them."""
     parsed = model_from_data("inventory data for master-node", Settings, {**PINNED, **data})
-    return parsed.on_nginx_port(NginxSettings().listen_port)
+    return parsed.on_nginx(NginxSettings())
 
 
 def ini(settings_: Settings, server_name: str = "master-node") -> configparser.ConfigParser:

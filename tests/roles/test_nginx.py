@@ -109,13 +109,24 @@ def test_with_tls_on_both_backends_are_fronted_for_the_callers_the_topology_name
 
 
 def test_tls_off_listens_without_ssl():
-    """With TLS off nothing listens with ssl (nginx.conf's certificate lines stay unused)."""
+    """With TLS off nothing listens with ssl (nginx.conf's certificate lines stay unused), nor on
+    https_port, and HTTP's port serves the site rather than a redirect."""
     conf = render_nginx_conf(Settings(), TUNING, "tuning.yaml")
     site = render_default_site(Settings(), TUNING)
     import re
 
     listens = re.findall(r"^\s*listen\s+([^;]*);", conf + site, re.M)
     assert listens and not [listen for listen in listens if " ssl" in listen]
+    assert not [listen for listen in listens if re.search(rf"(^|:){Settings().https_port}\b", listen)]
+    assert "return 301" not in site
+
+
+def test_the_redirect_names_the_https_port_only_when_it_is_not_https_own():
+    from homelab.types import SCHEME_PORTS
+    from roles.nginx import https_redirect
+
+    assert https_redirect(SCHEME_PORTS["https"]) == "return 301 https://$host$request_uri;"
+    assert https_redirect(8443) == "return 301 https://$host:8443$request_uri;"
 
 
 @pytest.fixture
@@ -151,7 +162,7 @@ def tls_nginx(tls_topology):
     (folder / "node.key").write_bytes(pair.key)
     (folder / "node.crt").write_bytes(pair.cert)
     with serving(Metrics) as backend:
-        settings = Settings(listen_port=free_port(), status_port=free_port(), mtail_port=free_port(),
+        settings = Settings(listen_port=free_port(), https_port=free_port(), status_port=free_port(), mtail_port=free_port(),
                             exporter_port=free_port(), mtail_loopback_port=backend.server_port)
         sites = folder / "sites"
         sites.mkdir()
@@ -214,11 +225,6 @@ def test_with_tls_on_nginx_fronts_mtail_for_the_callers_certificates_only(tls_ng
 
     folder, ca, settings, fronts = tls_nginx
     verify = str(folder / "ca.crt")
-    site = f"https://127.0.0.1:{settings.listen_port}"
-    # The site: https with the node's certificate, no login (the application behind has its own).
-    assert requests.get(f"{site}/healthz", verify=verify, timeout=5).text == "ok\n"
-    # nginx answers plain http on its TLS port with 400, never the page.
-    assert requests.get(f"http://127.0.0.1:{settings.listen_port}/healthz", timeout=5).status_code == 400
     mtail = f"https://127.0.0.1:{settings.mtail_port}/metrics"
 
     def status(cert=None, **kwargs) -> int:
@@ -247,6 +253,39 @@ def test_with_tls_on_nginx_fronts_mtail_for_the_callers_certificates_only(tls_ng
 
 
 @needs_nginx
+def test_with_tls_on_http_only_redirects_to_the_https_site_with_the_node_certificate(tls_nginx, tmp_path):
+    """HTTP's port answers every request with a 301 to the same host and path on https_port, where
+    the site is served with the node's certificate; a client trusting another CA refuses it."""
+    import requests
+
+    from homelab.pki import create_ca
+
+    folder, _, settings, _ = tls_nginx
+    verify = str(folder / "ca.crt")
+    plain = f"http://127.0.0.1:{settings.listen_port}"
+    for host, path in (("master-node", "/healthz"), ("grafana.home.arpa", "/d/x?orgId=1&from=now-1h"),
+                       ("127.0.0.1", "/")):
+        answer = requests.get(f"{plain}{path}", headers={"Host": host}, allow_redirects=False, timeout=5)
+        assert (answer.status_code, answer.headers["Location"]) == (
+            301, f"https://{host}:{settings.https_port}{path}"), (host, path, answer.text)
+    # Whatever the method: nothing but the redirect is served over plain http.
+    posted = requests.post(f"{plain}/healthz", data=b"x", allow_redirects=False, timeout=5)
+    assert posted.status_code == 301
+    # Followed, the redirect ends at the site over https, verified with the cluster CA.
+    followed = requests.get(f"{plain}/healthz", verify=verify, timeout=5)
+    assert (followed.status_code, followed.text, followed.url) == (
+        200, "ok\n", f"https://127.0.0.1:{settings.https_port}/healthz")
+    assert [hop.status_code for hop in followed.history] == [301]
+    # The site asks for no login (the application behind has its own); plain http on it gets 400.
+    assert requests.get(f"https://127.0.0.1:{settings.https_port}/", verify=verify, timeout=5).status_code in (200, 404)
+    assert requests.get(f"http://127.0.0.1:{settings.https_port}/healthz", timeout=5).status_code == 400
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(create_ca("another CA", timedelta(hours=1)).cert)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"https://127.0.0.1:{settings.https_port}/healthz", verify=str(other), timeout=5)
+
+
+@needs_nginx
 def test_a_flood_of_wrong_logins_on_a_fronted_port_does_not_stall_nginx(tls_nginx, tls_topology, tmp_path):
     """The hole client certificates close: with a bcrypt login, each wrong password held nginx's
     event loop ~80 ms. Under a flood of them (no certificate), the site and a caller's scrape still
@@ -268,7 +307,7 @@ def test_a_flood_of_wrong_logins_on_a_fronted_port_does_not_stall_nginx(tls_ngin
     before = handled_requests()
     flood = Flooder(settings.mtail_port, {"guess": FLOOD_THREADS}, FLOOD_S, tls=True)
     probes = {url: lambda url=url, cert=cert: requests.get(url, verify=verify, cert=cert, timeout=10).status_code
-              for url, cert in ((f"https://127.0.0.1:{settings.listen_port}/healthz", None),
+              for url, cert in ((f"https://127.0.0.1:{settings.https_port}/healthz", None),
                                 (f"https://127.0.0.1:{settings.mtail_port}/metrics", pair))}
     waited = median_wait(flood, probes, FLOOD_S / 2, at_least=FLOOD_AT_LEAST)
     assert waited < ANSWER_WITHIN_S, f"requests waited a median {waited:.2f}s"
@@ -306,11 +345,11 @@ def test_nginx_reads_the_key_as_root_only_and_serves_a_rotated_pair_after_a_relo
     from tests.loopback import wait_for
 
     wait_for(lambda: served_serial(settings.mtail_port, folder / "ca.crt") == new, 10, "the new certificate served")
-    assert served_serial(settings.listen_port, folder / "ca.crt") == new
+    assert served_serial(settings.https_port, folder / "ca.crt") == new
 
 
 @needs_nginx
-def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_port(tls_nginx):
+def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_https_port(tls_nginx):
     import requests
 
     from homelab.config import model_from_data
@@ -318,22 +357,27 @@ def test_grafanas_site_with_tls_on_is_served_over_https_on_nginxs_port(tls_nginx
 
     folder, _, settings, _ = tls_nginx
     own = model_from_data("inventory data for master-node", grafana.Settings,
-                          {"install": {"version": "11.6.0"}}).on_nginx_port(settings.listen_port)
+                          {"install": {"version": "11.6.0"}}).on_nginx(settings)
     (folder / "sites" / "grafana.conf").write_text(grafana.render_site(own, "grafana.test", 4, node_tls=True))
     for command in (["nginx", "-t", "-q"], ["nginx", "-s", "reload"]):
         done = subprocess.run([*command, "-c", str(folder / "nginx.conf")], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    assert grafana.root_url(own, "grafana.test", node_tls=True) == f"https://grafana.test:{settings.listen_port}/"
+    assert grafana.root_url(own, "grafana.test", node_tls=True) == f"https://grafana.test:{settings.https_port}/"
 
     def grafana_answer() -> int:
         # Grafana's socket is absent here: nginx's 502 from its upstream shows the request reached
         # Grafana's server block, over TLS with the node's certificate.
-        return requests.get(f"https://127.0.0.1:{settings.listen_port}/login", headers={"Host": "grafana.test"},
+        return requests.get(f"https://127.0.0.1:{settings.https_port}/login", headers={"Host": "grafana.test"},
                             verify=str(folder / "ca.crt"), timeout=5).status_code
 
     from tests.loopback import wait_for
 
     wait_for(lambda: grafana_answer() == 502, 10, "Grafana's server block answering over https")
+    # Its plain port only redirects, to the root_url's port.
+    moved = requests.get(f"http://127.0.0.1:{settings.listen_port}/login?next=1", headers={"Host": "grafana.test"},
+                         allow_redirects=False, timeout=5)
+    assert (moved.status_code, moved.headers["Location"]) == (
+        301, f"{grafana.root_url(own, 'grafana.test', node_tls=True)}login?next=1")
 
 
 @needs_nginx
@@ -356,12 +400,12 @@ def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off
     (tmp_path / "node.crt").write_bytes(pair.cert)
     (tmp_path / "node.key").write_bytes(pair.key)
 
-    settings = Settings(listen_port=18080)
+    settings = Settings(listen_port=18080, https_port=18443)
     sites = tmp_path / "sites"
     sites.mkdir()
     (sites / "default.conf").write_text(render_default_site(settings, TUNING, tls=default_tls))
     own = model_from_data("inventory data for master-node", grafana.Settings,
-                          {"install": {"version": "11.6.0"}}).on_nginx_port(settings.listen_port)
+                          {"install": {"version": "11.6.0"}}).on_nginx(settings)
     (sites / "grafana.conf").write_text(grafana.render_site(own, "grafana.test", 4, node_tls=grafana_tls))
     if fronted_present:
         from roles.nginx import topology_fronts
