@@ -79,6 +79,20 @@ def test_tls_changes_the_public_url_and_secures_cookies():
     assert ini(settings(http_port=8080))["server"]["root_url"] == "http://master-node:8080/"
 
 
+def test_with_pki_tls_on_grafana_is_https_on_nginxs_https_port_with_the_node_certificate():
+    nginx = NginxSettings()
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(grafana.render_grafana_ini(settings(), "master-node", node_tls=True))
+    assert conf["server"]["root_url"] == "https://master-node/"
+    assert conf["security"]["cookie_secure"] == "true"
+    site = grafana.render_site(settings(), "master-node", 4, node_tls=True)
+    assert f"listen {nginx.https_port} ssl http2;" in site and "ssl_certificate" not in site
+    # Plain HTTP's server block only redirects.
+    redirect = site[site.index(f"listen {nginx.listen_port};"):].split("}")[0]
+    assert "return 301 https://$host$request_uri;" in redirect and "proxy_pass" not in redirect
+    assert settings(https_port=8443).https_port == 8443 and settings().https_port == nginx.https_port
+
+
 def test_one_tls_file_without_the_other_is_a_one_line_error():
     with pytest.raises(ConfigError) as exc:
         settings(tls_certificate="/etc/ssl/grafana.pem")
