@@ -344,8 +344,9 @@ def test_nginx_reads_the_key_as_root_only_and_serves_a_rotated_pair_after_a_relo
     new = x509.load_pem_x509_certificate(pair.cert).serial_number
     from tests.loopback import wait_for
 
-    wait_for(lambda: served_serial(settings.mtail_port, folder / "ca.crt") == new, 10, "the new certificate served")
-    assert served_serial(settings.https_port, folder / "ca.crt") == new
+    # Each port on its own: an old worker still finishing its shutdown may take one more connection.
+    for port in (settings.mtail_port, settings.https_port):
+        wait_for(lambda: served_serial(port, folder / "ca.crt") == new, 10, f"the new certificate served on {port}")
 
 
 @needs_nginx
