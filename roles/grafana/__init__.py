@@ -4,11 +4,12 @@ Grafana listens on /run/grafana/grafana.sock only (tmpfiles.d recreates the fold
 nginx on the same node serves it on nginx's ports: over https on https_port with the node's
 certificate when pki.tls is on, or with Grafana's own when certificate files are set in group
 data, http_port then answering only a redirect there; else plain HTTP on http_port.
-Datasources (Prometheus, Loki, Alertmanager) point at the first host of each role, found by homelab.topology; where that listener is secured (pki.tls),
-over https with the cluster CA inline and the login `grafana`, whose password Grafana expands from
-$HOMELAB_WEB_PASSWORD, set by a unit drop-in's 0600 EnvironmentFile (provisioning files take
-environment variables, not $__file{}). Dashboards are the JSON files in templates/grafana/dashboards/, and a
-dashboard removed there is removed from Grafana on the next deploy.
+Datasources (Prometheus, Loki, Alertmanager) point at the first host of each role, found by
+homelab.topology; where that listener is secured (pki.tls), over https with the cluster CA inline
+and the login `grafana`, whose password Grafana expands from $HOMELAB_WEB_PASSWORD, set by a unit
+drop-in's 0600 EnvironmentFile (provisioning files take environment variables, not $__file{}).
+Dashboards are the JSON files in templates/grafana/dashboards/, and a dashboard removed there is
+removed from Grafana on the next deploy.
 
 The admin password is the vault secret grafana_admin_password, written to a 0640 root:grafana
 file that grafana.ini reads with $__file{}. A new database takes it from there; an existing one gets

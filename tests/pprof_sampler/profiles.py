@@ -16,12 +16,9 @@ def parse(body: bytes) -> Profile:
 
 def cpu_ns_by_leaf(profile: Profile) -> Counter:
     """CPU nanoseconds by the function on top of each sampled stack (pprof lists the leaf first)."""
-    strings = profile.string_table
-    functions = {function.id: strings[function.name] for function in profile.function}
-    locations = {location.id: functions[location.line[0].function_id] for location in profile.location}
     by_leaf: Counter = Counter()
-    for sample in profile.sample:
-        by_leaf[locations[sample.location_id[0]]] += sample.value[1]
+    for stack, cpu_ns in cpu_ns_by_stack(profile).items():
+        by_leaf[stack[0]] += cpu_ns
     return by_leaf
 
 

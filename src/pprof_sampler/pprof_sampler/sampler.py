@@ -6,9 +6,10 @@ nothing), and Python runs the handler in the main thread at its next bytecode bo
 frame it interrupted; the handler charges the main thread's CPU time since the last sample (its
 thread CPU clock) to that frame's stack. So the event loop is seen where its CPU goes: in the
 request handlers, and under Runner.run for the time its C code (uvloop's or asyncio's) runs between
-callbacks (py-spy names C time after the Python frame below it too). That C time reaches Python first at the next callback's entry: a
-stack whose leaf was interrupted at its first instruction is charged to its caller (a callback
-called from the loop's C code then counts for the frame that runs the loop, Runner.run).
+callbacks (py-spy names C time after the Python frame below it too). That C time reaches Python
+first at the next callback's entry: a stack whose leaf was interrupted at its first instruction is
+charged to its caller (a callback called from the loop's C code then counts for the frame that runs
+the loop, Runner.run).
 
 Every other thread is read by a timer thread `hz` times a second (sys._current_frames and the
 thread's own CPU clock, pthread_getcpuclockid), which charges the CPU time a thread used since the
@@ -16,8 +17,9 @@ last tick to the stack it is in now. That thread holds the GIL when it reads, so
 thread where the thread let the GIL go (at least every switch interval, 5 ms, for long Python
 stretches): this was the sampler's only method once, and it charged toy-redis's event loop under
 redis-benchmark 94-99% to Runner.run and nothing to Connection._send, which the main thread's own
-clock puts at about half its CPU, because the loop lets the GIL go in its C code between callbacks. The services' other threads (profile builds, the relay's Slack
-worker and intake pool) run long or rare stretches, which it sees well. Threads that used no CPU
+clock puts at about half its CPU, because the loop lets the GIL go in its C code between
+callbacks. The services' other threads (profile builds, the relay's Slack worker and intake pool)
+run long or rare stretches, which it sees well. Threads that used no CPU
 leave nothing, so what the sampler keeps is a CPU profile, and the profile adds up to the CPU
 time the kernel counts for the process: the timer thread profiles itself (under Sampler.sample),
 and the handler charges its own CPU to itself (Sampler._on_sigprof).
@@ -138,7 +140,8 @@ def sigprof_user() -> str | None:
     """What holds SIGPROF in this process (its handler or an ITIMER_PROF timer), or None."""
     handler = signal.getsignal(signal.SIGPROF)
     if handler not in (signal.SIG_DFL, signal.SIG_IGN):
-        return f"a SIGPROF handler ({'set outside Python' if handler is None else getattr(handler, '__qualname__', handler)})"
+        named = "set outside Python" if handler is None else getattr(handler, "__qualname__", handler)
+        return f"a SIGPROF handler ({named})"
     if signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0):
         return "an ITIMER_PROF timer"
     return None
