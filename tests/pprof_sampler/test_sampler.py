@@ -71,6 +71,65 @@ def test_each_frame_is_named_with_its_function_and_line(monkeypatch, cache_limit
     assert anywhere >= 0.5 * sum(stacks.values())
 
 
+def counting_ticks(sampler: Sampler) -> list[float]:
+    """The times of the sampler's timer-thread ticks from now on (the started sampler's thread looks
+    the method up on each tick)."""
+    ticks: list[float] = []
+    sample = sampler.sample
+
+    def counted() -> bool:
+        ticks.append(time.monotonic())
+        return sample()
+    sampler.sample = counted
+    return ticks
+
+
+def test_the_timer_thread_looks_rarely_while_only_the_main_thread_works_and_at_its_rate_while_others_do():
+    sampler = Sampler(MAX_HZ).start()
+    ticks = counting_ticks(sampler)
+    try:
+        spins(time.monotonic() + 1)
+        idle = len(ticks)
+        worker = threading.Thread(target=calls_spins, args=(time.monotonic() + 1,))
+        worker.start()
+        worker.join()
+        busy = len(ticks) - idle
+    finally:
+        sampler.stop()
+    assert idle <= 1 / sampler_module.IDLE_TICK_S + 2, f"{idle} ticks in a second of the main thread alone"
+    assert busy >= 0.5 * MAX_HZ, f"{busy} ticks in a second of another thread's work"
+
+
+def test_a_thread_that_begins_while_the_timer_thread_idles_is_charged_all_its_cpu(monkeypatch):
+    monkeypatch.setattr(sampler_module, "IDLE_TICK_S", 0.2)
+    sampler = Sampler(MAX_HZ).start()
+    ticks = counting_ticks(sampler)
+    worker_cpu_ns, worker_ended = [], []
+
+    def works():
+        calls_spins(time.monotonic() + 3 * sampler_module.IDLE_TICK_S)
+        worker_cpu_ns.append(time.thread_time_ns())
+        worker_ended.append(time.monotonic())
+    try:
+        time.sleep(3 * sampler_module.IDLE_TICK_S)  # the timer thread idles by now
+        seen = len(ticks)
+        while len(ticks) == seen:  # start right after a tick: the next is IDLE_TICK_S away
+            time.sleep(0.001)
+        worker = threading.Thread(target=works)
+        worker.start()
+        worker.join()
+    finally:
+        sampler.stop()
+    charged_ns = sum(ns for stack, ns in stacks_with_lines(sampler.profile(10)).items()
+                     if ("calls_spins", CALL_LINE) in stack)
+    # All of it but what it used after the last tick that found it working (no more than that stretch's
+    # length): also the first IDLE_TICK_S, before any tick had seen the thread.
+    unseen_s = worker_ended[0] - max(tick for tick in ticks if tick < worker_ended[0])
+    assert charged_ns >= worker_cpu_ns[0] - unseen_s * 1e9, (
+        f"charged {charged_ns / 1e6:.0f} ms of the worker's {worker_cpu_ns[0] / 1e6:.0f} ms of CPU "
+        f"({unseen_s * 1e3:.0f} ms after the last tick)")
+
+
 # The main thread's workload: two functions taking turns, each for STRETCH_S of CPU at a time, shorter
 # than the GIL's switch interval (5 ms) as an event loop's callbacks are.
 STRETCH_S = 0.0005

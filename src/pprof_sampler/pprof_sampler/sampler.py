@@ -13,7 +13,10 @@ the loop, Runner.run).
 
 Every other thread is read by a timer thread `hz` times a second (sys._current_frames and the
 thread's own CPU clock, pthread_getcpuclockid), which charges the CPU time a thread used since the
-last tick to the stack it is in now. That thread holds the GIL when it reads, so it finds a busy
+last tick to the stack it is in now (a thread seen for the first time: all the CPU it has used, it
+began while the sampler ran). While no other thread uses CPU (toy-redis under load: its event loop
+alone), the timer thread looks only every IDLE_TICK_S: each look takes the GIL from the main thread,
+and at `hz` those looks cost toy-redis more than everything else the sampler does (see IDLE_TICK_S). That thread holds the GIL when it reads, so it finds a busy
 thread where the thread let the GIL go (at least every switch interval, 5 ms, for long Python
 stretches): this was the sampler's only method once, and it charged toy-redis's event loop under
 redis-benchmark 94-99% to Runner.run and nothing to Connection._send, which the main thread's own
@@ -66,6 +69,12 @@ MAX_HZ = 100
 # Distinct stacks (an instruction apart counts) remembered per cache; a busy service shows hundreds.
 # A full cache of 22-frame stacks holds ~8 MiB when they share most frames, ~27 MiB when they share none.
 CACHE_LIMIT = 5_000
+# How often the timer thread looks for other threads' CPU while none used any since its last look. Each
+# look wakes a thread that must take the GIL from a busy main thread; at MAX_HZ under redis-benchmark
+# toy-redis's timer thread used 1.8% of the main thread's CPU itself and tripled the main thread's
+# involuntary context switches (7122 vs ~2200 in 10 s of CPU), where the SIGPROF handler took 0.2%.
+# A thread that starts working is found within this time (and charged all its CPU since it began).
+IDLE_TICK_S = 0.1
 # How long stop() waits for a SIGPROF already sent to be delivered before it restores the handler
 # it found (the default one ends the process).
 PENDING_WAIT_S = 1.0
@@ -136,6 +145,14 @@ def entry_offset(code: CodeType) -> int:
     return -1
 
 
+def thread_cpu_ns(ident: int) -> int | None:
+    """The CPU time thread ``ident`` has used, or None when it ended meanwhile."""
+    try:
+        return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+    except OSError:
+        return None
+
+
 def sigprof_user() -> str | None:
     """What holds SIGPROF in this process (its handler or an ITIMER_PROF timer), or None."""
     handler = signal.getsignal(signal.SIGPROF)
@@ -181,6 +198,10 @@ class Sampler:
                                f"switch off the other profiler or this sampler")
         self.started_ns = time.monotonic_ns()
         self.main_cpu_ns = time.thread_time_ns()
+        # The CPU the threads alive now used before sampling began is not the profile's; any thread
+        # that appears later began while it ran (sample() charges it from 0).
+        self.cpu_seen = {ident: cpu_ns for ident in sys._current_frames()
+                         if ident != self.main_ident and (cpu_ns := thread_cpu_ns(ident)) is not None}
         self.found_handler = signal.signal(signal.SIGPROF, self._on_sigprof)
         signal.siginterrupt(signal.SIGPROF, False)
         period_s = self.period_ns / 1e9
@@ -222,31 +243,29 @@ class Sampler:
         period_s = self.period_ns / 1e9
         due = time.monotonic()
         while not self.stopping:
-            # Ticks keep to the schedule (a late one does not shift the next), so the rate holds.
-            # time.sleep, not an Event's wait: a wake-up from it costs half the CPU.
-            due += period_s
+            # While others work, ticks keep to the schedule (a late one does not shift the next), so
+            # the rate holds. time.sleep, not an Event's wait: a wake-up from it costs half the CPU.
+            due = due + period_s if self.sample() else max(due + period_s, time.monotonic() + IDLE_TICK_S)
             time.sleep(max(0.0, due - time.monotonic()))
-            self.sample()
 
-    def sample(self) -> None:
-        """One tick of the timer thread: every thread but the main one (the handler's)."""
+    def sample(self) -> bool:
+        """One tick of the timer thread: every thread but the main one (the handler's). Whether a
+        thread besides this one used CPU since the last tick."""
         seen, busy = {}, []
         cpu_seen, stack_of, main = self.cpu_seen, self.thread_stacks.of, self.main_ident
-        clock, clock_of = time.clock_gettime_ns, time.pthread_getcpuclockid
+        others_worked = False
         for ident, frame in sys._current_frames().items():
-            if ident == main:
+            if ident == main or (cpu_ns := thread_cpu_ns(ident)) is None:
                 continue
-            try:
-                cpu_ns = clock(clock_of(ident))
-            except OSError:
-                continue  # the thread ended meanwhile
             seen[ident] = cpu_ns
-            used = cpu_ns - cpu_seen.get(ident, cpu_ns)
+            used = cpu_ns - cpu_seen.get(ident, 0)
             if used > 0:
                 busy.append((stack_of(frame), used))
+                others_worked = others_worked or ident != self.thread.ident
         self.cpu_seen = seen
         with self.lock:
             self.ticks.append((time.monotonic_ns(), tuple(busy)))
+        return others_worked
 
     def recent(self, seconds: int) -> tuple[Counter, int]:
         """CPU seconds by stack over the last ``seconds`` (at most WINDOW_S), and the nanoseconds covered."""
