@@ -9,8 +9,9 @@ each against a toy-redis with no profiler, measured in the same run. The servers
 redis-benchmark (few clients) on the other (toy_redis_common.pin); py-spy runs on the server's core,
 the worst case of a node (whose kernel would put it on an idle core if it had one: there it would
 cost the service nothing but memory reads). Each round measures every arm back to back, the first
-arm rotating, and a target is judged on the median of the per-round ratios, printed with their
-quartiles (no verdict when those lie more than MAX_SPREAD apart).
+arm rotating, each arm on a toy-redis started for that round, and a target is judged on the median
+of the per-round ratios, printed with their quartiles (no verdict when those lie more than
+MAX_SPREAD apart).
 
 Requests per second swing with whatever else runs on the machine; so each target is also judged on
 requests per CPU second of the server's core (the server's threads, plus py-spy's for py-spy, from
@@ -139,17 +140,21 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="profile-bench-"))
     users = workdir / "metrics-users.yml"
     users.write_text(f"basic_auth_users:\n  {USER}: '{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()}'\n")
-    plain, plain_port = start_toy(workdir, "off")
-    profiled, profiled_port = start_toy(workdir, "continuous", "--profiling-hz", str(args.sampler_hz),
-                                        "--metrics-users-file", str(users))
+    flags = {"off": (), "py-spy": (),
+             "continuous": ("--profiling-hz", str(args.sampler_hz), "--metrics-users-file", str(users))}
+    # The continuous arm's server of the latest round, kept running to fetch the sampler's profile at the end.
+    profiled: list[Server] = []
     samples: list[int] = []
     # Per round: CPU seconds of the server's core per request (the server's threads, plus py-spy's).
     cpu_per_request: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
 
     def arm(variant: str):
-        server, port = (profiled, profiled_port) if variant == "continuous" else (plain, plain_port)
-
         def run() -> dict[str, float]:
+            # A server of its own each round: two processes of the same toy-redis serve a few percent
+            # apart (hash seeds, memory layout), and one pair for all rounds judged that as much as the
+            # profiler; fresh processes make it one more noise that the median of the rounds evens out.
+            rounds_done = len(cpu_per_request[variant])
+            server, port = start_toy(workdir, f"{variant}-{rounds_done}", *flags[variant])
             measured = {}
 
             def measure() -> None:
@@ -157,19 +162,28 @@ def main() -> None:
                 measured.update(rps(port, args.requests))
                 measured["cpu_s"] = scheduled_cpu_seconds(server.process.pid) - cpu_before
 
-            if variant == "py-spy":
-                taken, py_spy_cpu_s = with_py_spy(py_spy, plain.process.pid, args.rate, workdir / "profile.json", measure)
-                samples.append(taken)
-                measured["cpu_s"] += py_spy_cpu_s
-            else:
-                measure()
+            try:
+                if variant == "py-spy":
+                    taken, py_spy_cpu_s = with_py_spy(py_spy, server.process.pid, args.rate,
+                                                      workdir / "profile.json", measure)
+                    samples.append(taken)
+                    measured["cpu_s"] += py_spy_cpu_s
+                else:
+                    measure()
+            finally:
+                if variant == "continuous":
+                    profiled[:] = [*profiled, server]
+                    while len(profiled) > 1:
+                        profiled.pop(0).stop()
+                else:
+                    server.stop()
             cpu_per_request[variant].append(measured["cpu_s"] / (args.requests * len(TESTS)))
             return measured
         return run
 
     try:
         results = rotated_rounds({variant: arm(variant) for variant in VARIANTS}, args.rounds)
-        response = requests.get(f"http://127.0.0.1:{metrics_port(profiled)}{PATH}?seconds={WINDOW_S}",
+        response = requests.get(f"http://127.0.0.1:{metrics_port(profiled[-1])}{PATH}?seconds={WINDOW_S}",
                                 auth=(USER, PASSWORD), timeout=30)
         response.raise_for_status()
         profile = Profile.FromString(gzip.decompress(response.content))
@@ -177,15 +191,16 @@ def main() -> None:
         by_leaf = cpu_s_by_leaf(profile)
         sampler_s = sum(seconds for leaf, seconds in by_leaf.items() if leaf.startswith("Sampler."))
     finally:
-        plain.stop()
-        profiled.stop()
+        for server in profiled:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     covered_s = profile.duration_nanos / 1e9
     top = sorted(by_leaf.items(), key=lambda item: -item[1])[:3]
+    # The handler samples hz times per CPU second of the process: sampled_s x hz samples.
     print(f"py-spy took {', '.join(map(str, samples))} samples in its {len(samples)} recordings; the in-process "
-          f"sampler's profile of the last {covered_s:.0f} s holds {sampled_s:.1f} s of CPU (on top: "
+          f"sampler's profile of the last round's server ({covered_s:.0f} s) holds {sampled_s:.1f} s of CPU (on top: "
           f"{', '.join(f'{leaf} {seconds / sampled_s:.0%}' for leaf, seconds in top)}), {sampler_s / sampled_s:.1%} "
-          f"of it the sampler's own: {sampler_s / (covered_s * args.sampler_hz) * 1e6:.0f} us per tick")
+          f"of it the sampler's own: {sampler_s / (sampled_s * args.sampler_hz) * 1e6:.0f} us per sample")
     print(f"redis-benchmark, {PINNED_CLIENTS} clients on core {CLIENT_CPU}, servers on core {SERVER_CPU}, "
           f"{args.requests} requests per test, {args.rounds} rounds (rps: median; ratio: median and "
           f"quartiles of the rounds' ratios)")
