@@ -16,16 +16,16 @@ thread's own CPU clock, pthread_getcpuclockid), which charges the CPU time a thr
 last tick to the stack it is in now (a thread seen for the first time: all the CPU it has used, it
 began while the sampler ran). While no other thread uses CPU (toy-redis under load: its event loop
 alone), the timer thread looks only every IDLE_TICK_S: each look takes the GIL from the main thread,
-and at `hz` those looks cost toy-redis more than everything else the sampler does (see IDLE_TICK_S). That thread holds the GIL when it reads, so it finds a busy
-thread where the thread let the GIL go (at least every switch interval, 5 ms, for long Python
-stretches): this was the sampler's only method once, and it charged toy-redis's event loop under
-redis-benchmark 94-99% to Runner.run and nothing to Connection._send, which the main thread's own
-clock puts at about half its CPU, because the loop lets the GIL go in its C code between
-callbacks. The services' other threads (profile builds, the relay's Slack worker and intake pool)
-run long or rare stretches, which it sees well. Threads that used no CPU
-leave nothing, so what the sampler keeps is a CPU profile, and the profile adds up to the CPU
-time the kernel counts for the process: the timer thread profiles itself (under Sampler.sample),
-and the handler charges its own CPU to itself (Sampler._on_sigprof).
+and at `hz` those looks cost toy-redis more than everything else the sampler does (see IDLE_TICK_S).
+That thread holds the GIL when it reads, so it finds a busy thread where the thread let the GIL go
+(at least every switch interval, 5 ms, for long Python stretches): this was the sampler's only
+method once, and it charged toy-redis's event loop under redis-benchmark 94-99% to Runner.run and
+nothing to Connection._send, which the main thread's own clock puts at about half its CPU, because
+the loop lets the GIL go in its C code between callbacks. The services' other threads (profile
+builds, the relay's Slack worker and intake pool) run long or rare stretches, which it sees well.
+Threads that used no CPU leave nothing, so what the sampler keeps is a CPU profile, and the profile
+adds up to the CPU time the kernel counts for the process: the timer thread profiles itself (under
+Sampler.sample), and the handler charges its own CPU to itself (Sampler._on_sigprof).
 
 SIGPROF is the sampler's while it runs: start() refuses (SigprofTaken, one line) when the process
 already has a SIGPROF handler or an ITIMER_PROF timer rather than override a profiler the service
