@@ -16,8 +16,15 @@ Here, per host:
   exactly pyinfra's; a fact that fails, lacks its program or cannot be parsed is left out of the
   batch and read the ordinary way, where pyinfra reports it.
 
-So a converged node answers in about as many round trips as the deepest chain of dependent facts,
-and a run that changes things pays at most what plain pyinfra pays. Installed by roles.common.
+- the facts the host's planning and operations asked on the previous run (fact names and
+  arguments, remembered per host on the control machine, never values) are read in one batch
+  before its planning (planning_reads_batched); then no operation misses a kept value and the
+  look-ahead above never runs: one round trip per converged node instead of three (planning's,
+  then the look-ahead's two rounds).
+
+So a converged node answers in one round trip, a node whose deploy changed since the last run in
+about as many as the deepest chain of dependent facts, and a run that changes things pays at most
+what plain pyinfra pays. Installed by roles.common.
 """
 
 from __future__ import annotations
@@ -66,6 +73,9 @@ class _HostFacts:
         self.prefetched = False
         self.collecting: dict[tuple, tuple] | None = None  # the look-ahead's wanted facts
         self.planning: dict[tuple, dict] | None = None  # facts the deploy file asked while planning
+        self.ahead: dict[tuple, dict] | None = None  # facts the look-ahead asked (all rounds)
+        self.executed: dict[tuple, dict] = {}  # facts operations asked while executing so far
+        self.remembering = False  # the deploy file plans inside planning_reads_batched
         self._defaults: dict | None = None
 
     def connector_defaults(self, host: Host) -> dict:
@@ -113,9 +123,14 @@ def get_fact(self: Host, name_or_cls, *args, **kwargs):
     key = _key(self, name_or_cls, args, kwargs)
     facts = _facts(self)
     if facts.planning is not None and not self.state.is_executing and not self.in_op:
-        _note_planning_read(facts, key, name_or_cls, args, kwargs)
+        _note_read(facts.planning, key, name_or_cls, args, kwargs)
+    looking_ahead = facts.collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD
+    if looking_ahead and facts.ahead is not None:
+        _note_read(facts.ahead, key, name_or_cls, args, kwargs)
+    elif facts.remembering and self.state.is_executing:
+        _note_read(facts.executed, key, name_or_cls, args, kwargs)
     if key not in facts.values:
-        if facts.collecting is not None and gevent.getcurrent() in _LOOKING_AHEAD:
+        if looking_ahead:
             facts.collecting[key] = _request(self, key, name_or_cls, args, kwargs)
             for companion, companion_kwargs in _companions(name_or_cls, args, kwargs):
                 _collect(self, companion, (), companion_kwargs)
@@ -146,8 +161,13 @@ def _planning_file(host: Host) -> Path:
     return planning_cache_dir() / f"{hashlib.sha1(identity.encode()).hexdigest()}.json"
 
 
-def _note_planning_read(facts: _HostFacts, key: tuple, cls, args, kwargs) -> None:
-    if key in facts.planning or key[3] != "[]":  # a read with connector arguments (sudo...): left alone
+def _ahead_file(host: Host) -> Path:
+    """Where the facts this host's operations asked while executing last time are listed."""
+    return _planning_file(host).with_suffix(".ahead.json")
+
+
+def _note_read(listing: dict[tuple, dict], key: tuple, cls, args, kwargs) -> None:
+    if key in listing or key[3] != "[]":  # a read with connector arguments (sudo...): left alone
         return
     entry = {"fact": f"{cls.__module__}:{cls.__qualname__}", "args": list(args), "kwargs": kwargs}
     try:
@@ -156,43 +176,54 @@ def _note_planning_read(facts: _HostFacts, key: tuple, cls, args, kwargs) -> Non
             return
     except (TypeError, ValueError):
         return
-    facts.planning[key] = entry
+    listing[key] = entry
+
+
+def _remembered(path: Path) -> list:
+    try:
+        remembered = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return remembered if isinstance(remembered, list) else []
+
+
+def _remember(path: Path, listing: dict[tuple, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = path.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(list(listing.values())))
+    staged.replace(path)
 
 
 @contextmanager
 def planning_reads_batched():
-    """Around the deploy file's planning of the current host: the facts its planning asked on the previous
-    run (remembered per host on the control machine: fact names and arguments, never values) are
-    read first, in one batch; each value is the node's answer now, kept until anything changes the
-    node, as every kept fact is. A fact planning asks that is not listed is read as usual, and the
-    list is replaced by what this run asked. Without this, planning read each fact in a round trip
-    of its own, one after another (about 8 per node: release, packages, current sysctls, ...)."""
+    """Around the deploy file's planning of the current host: the facts its planning and then its
+    operations asked on the previous run (remembered per host on the control machine: fact names
+    and arguments, never values) are read first, in one batch; each value is the node's answer now,
+    kept until anything changes the node, as every kept fact is. A fact not listed is read as usual
+    (by the look-ahead's batches for operations), and the lists are replaced by what this run asked.
+    Without this, planning read each fact in a round trip of its own, one after another (about 8 per
+    node: release, packages, current sysctls, ...), and the operations' facts took two more batches
+    (those that depend on the first's answers) once executing began."""
     host = ctx_host.get()
     facts = _facts(host)
     listing = _planning_file(host)
-    try:
-        remembered = json.loads(listing.read_text())
-    except (OSError, ValueError):
-        remembered = []
     wanted: dict[tuple, tuple] = {}
-    for entry in remembered if isinstance(remembered, list) else []:
+    for entry in _remembered(listing) + _remembered(_ahead_file(host)):
         try:
             module, _, name = entry["fact"].partition(":")
             cls = getattr(import_module(module), name)
             args, kwargs = tuple(entry["args"]), dict(entry["kwargs"])
             key = _key(host, cls, args, kwargs)
-            if key not in facts.values:
+            if key not in facts.values and key not in wanted:
                 wanted[key] = _request(host, key, cls, args, kwargs)
         except Exception:  # a fact that no longer exists or takes other arguments: not read ahead
             continue
     if wanted:
         _read_batch(host, wanted)
     facts.planning = {}
+    facts.remembering = True
     yield
-    listing.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staged = listing.with_suffix(f".{os.getpid()}.tmp")
-    staged.write_text(json.dumps(list(facts.planning.values())))
-    staged.replace(listing)
+    _remember(listing, facts.planning)
     facts.planning = None
 
 
@@ -207,6 +238,8 @@ def want(cls, *args, **kwargs) -> None:
 def _collect(host: Host, cls, args, kwargs) -> None:
     key = _key(host, cls, args, kwargs)
     facts = _facts(host)
+    if facts.ahead is not None:
+        _note_read(facts.ahead, key, cls, args, kwargs)
     if key not in facts.values and key not in facts.collecting:
         facts.collecting[key] = _request(host, key, cls, args, kwargs)
 
@@ -260,6 +293,20 @@ def _prefetch(host: Host) -> None:
     state = host.state
     pending = [state.ops[host][op_hash] for op_hash in state.get_op_order()
                if op_hash in state.ops[host] and not state.ops[host][op_hash].operation_meta.is_complete()]
+    facts = _facts(host)
+    # Only a deploy whose planning remembers its reads (planning_reads_batched) remembers these too:
+    # what the operations executed so far asked and what the look-ahead asks for the others. A run
+    # whose operations find every fact kept never looks ahead, and leaves the list as it was.
+    facts.ahead = dict(facts.executed) if facts.remembering else None
+    try:
+        _look_ahead(host, pending)
+    finally:
+        if facts.ahead is not None:
+            _remember(_ahead_file(host), facts.ahead)
+        facts.ahead = None
+
+
+def _look_ahead(host: Host, pending: list) -> None:
     facts = _facts(host)
     saved = (host.in_op, host.current_op_hash, host.current_op_global_arguments, host.current_op_deploy_data)
     for _ in range(PREFETCH_ROUNDS):

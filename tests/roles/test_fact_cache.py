@@ -110,8 +110,9 @@ with fact_cache.planning_reads_batched():
 
 
 def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_values(tmp_path):
-    """The facts a deploy file reads while planning are read first, together, from the second run
-    on (the list is kept per host, the values never): a changed node is seen at once."""
+    """The facts a deploy file reads while planning, and those its operations read while executing,
+    are read first, together, in one batch from the second run on (the lists are kept per host, the
+    values never): a changed node is seen at once."""
     deploy_file = tmp_path / "deploy_planning.py"
     deploy_file.write_text(PLANNING_DEPLOY)
     cache = tmp_path / "cache"
@@ -133,9 +134,16 @@ def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_val
     (tmp_path / "source").write_text("second text\n")
     second = deploy_planning()
     assert read_alone(second) == []
-    assert "facts in one batch" in second.stderr
     assert (tmp_path / "copy").read_text() == "second text\n"
-    [listing] = (cache / "homelab-ops" / "planning-facts").iterdir()
-    assert "FileContents" in listing.read_text() and "text" not in listing.read_text()
+    listings = sorted((cache / "homelab-ops" / "planning-facts").iterdir())
+    assert [path.name.split(".", 1)[1] for path in listings] == ["ahead.json", "json"]
+    assert "FileContents" in listings[1].read_text() and f"{tmp_path}/copy" in listings[0].read_text()
+    assert not any("text" in path.read_text() for path in listings)
 
-    assert deploy_planning().changed() == []
+    # files.put's facts now come with FileContents (the second run was the first to find the copy).
+    third = deploy_planning()
+    assert third.changed() == [] and third.stderr.count("facts in one batch") == 1
+    (tmp_path / "copy").write_text("drifted\n")
+    assert [name for name, _hosts in deploy_planning().changed()] == ["copy"]
+    assert (tmp_path / "copy").read_text() == "second text\n"
+
