@@ -53,7 +53,7 @@ from pyinfra.api.facts import FactBase, _handle_fact_kwargs, _make_command
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File, Socket
-from pyinfra.facts.server import Users
+from pyinfra.facts.server import Sysctl, Users
 from pyinfra.facts.systemd import SYSTEMD_UNIT_NAME_REGEX, SystemdEnabled, SystemdStatus
 
 # Rounds of the look-ahead: a no-op run needs 3 (e.g. File, then Sha1File, then what follows a match).
@@ -364,15 +364,17 @@ def _read_batch(host: Host, wanted: dict[tuple, tuple]) -> bool:
 
 def _reads(host: Host, requests: list) -> list[_Read]:
     """The commands answering ``requests``: the hashes of all files in one sha1sum, the metadata of
-    all paths in one stat, the states of all units in one systemctl (each fact's own command forks
-    its program once per file or unit: most of a converged node's time); any other fact by its own
-    command. A merged command that fails leaves its facts to be read the ordinary way."""
-    hashed, stated, units, single = [], [], [], []
+    all paths in one stat, the states of all units in one systemctl, the values of all sysctls in
+    one sysctl (each fact's own command forks its program once per file, unit or key: most of a
+    converged node's time); any other fact by its own command. A merged command that fails leaves its facts to be read the ordinary way."""
+    hashed, stated, units, sysctls, single = [], [], [], [], []
     for request in requests:
         _key, fact, fact_kwargs, _executor = request
         kind = type(fact)
         if kind is Sha1File and _plain_path(fact_kwargs):
             hashed.append(request)
+        elif kind is Sysctl and _plain_sysctls(fact_kwargs):
+            sysctls.append(request)
         elif kind in (File, Directory, Link, Socket) and _plain_path(fact_kwargs):
             stated.append(request)
         elif kind in (SystemdStatus, SystemdEnabled) and _plain_units(fact_kwargs):
@@ -386,6 +388,8 @@ def _reads(host: Host, requests: list) -> list[_Read]:
         reads.append(_stat_read(stated))
     if units:
         reads.append(_units_read(units))
+    if sysctls:
+        reads.append(_sysctls_read(sysctls))
     for request in single:
         command = _fact_command(host, request)
         if command is not None:
@@ -407,6 +411,27 @@ def _plain_units(fact_kwargs: dict) -> bool:
     return (fact_kwargs.get("user_mode") is False and fact_kwargs.get("machine") is None
             and fact_kwargs.get("user_name") is None and isinstance(services, (list, tuple)) and bool(services)
             and all(isinstance(unit, str) and re.fullmatch(SYSTEMD_UNIT_NAME_REGEX, unit) for unit in services))
+
+
+def _plain_sysctls(fact_kwargs: dict) -> bool:
+    keys = fact_kwargs.get("keys")
+    return (set(fact_kwargs) == {"keys"} and isinstance(keys, (list, tuple)) and bool(keys)
+            and all(isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", key) for key in keys))
+
+
+def _sysctls_read(requests: list) -> _Read:
+    # server.sysctl asks for one key at a time (a sysctl process each); one sysctl prints them all,
+    # "key = value" per line, each line given to the request for its key.
+    keys = list(dict.fromkeys(key for request in requests for key in request[2]["keys"]))
+    command = f"sysctl {' '.join(keys)} 2>/dev/null || true"
+
+    def split(lines: list[str], code: int) -> dict[tuple, list[str]]:
+        if code != 0:
+            return {}
+        by_key = {line.split("=", 1)[0].strip(): line for line in lines if "=" in line}
+        return {request[0]: [by_key[key] for key in request[2]["keys"] if key in by_key] for request in requests}
+
+    return _Read(requests, command, split)
 
 
 def _paths_of(requests: list) -> list[str]:

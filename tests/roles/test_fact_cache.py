@@ -147,3 +147,28 @@ def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_val
     assert [name for name, _hosts in deploy_planning().changed()] == ["copy"]
     assert (tmp_path / "copy").read_text() == "second text\n"
 
+
+def test_sysctls_read_together_answer_as_each_read_alone():
+    """server.sysctl's one-key Sysctl facts, read in one sysctl command, get what each fact's own
+    command gives (a missing key included), on this machine's kernel."""
+    import subprocess
+
+    from pyinfra.facts.server import Sysctl
+
+    from roles import fact_cache
+
+    keys = ["net.core.somaxconn", "net.ipv4.ip_local_port_range", "vm.overcommit_memory", "no.such.key"]
+    requests = [(("sysctl", key), Sysctl(), {"keys": [key]}, {}) for key in keys]
+    [read] = fact_cache._reads(None, requests)
+
+    def output(command: str) -> tuple[list[str], int]:
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+        return result.stdout.splitlines(), result.returncode
+
+    answers = read.split(*output(read.command))
+    for request_key, fact, fact_kwargs, _executor in requests:
+        alone, _code = output(fact.command(**fact_kwargs).get_raw_value())
+        expected = fact.process(alone) if alone else fact.default()
+        assert (fact.process(answers[request_key]) if answers[request_key] else fact.default()) == expected
+    assert answers[("sysctl", "net.ipv4.ip_local_port_range")] != []
+    assert answers[("sysctl", "no.such.key")] == []
