@@ -47,6 +47,7 @@ from pprof_sampler import ProfileEndpoint, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from service_kit.crowd import Unproven
+from service_kit.listen import tcp_listener
 
 from alert_relay import metrics
 from alert_relay.config import RelayTuning
@@ -733,9 +734,7 @@ class RelayServer:
         TLS handshake (asyncio's own server would hold any number of handshakes, uncounted)."""
         if self.profiles:  # first: a process whose SIGPROF is taken (SigprofTaken) opens nothing
             self.profiles.sampler.start()
-        self.listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG,
-                                             family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.listener.setblocking(False)
+        self.listener = tcp_listener(host, port, LISTEN_BACKLOG)
         self.accepting = asyncio.get_running_loop().create_task(self._accept())
         if self.web:
             self.allocations = AllocationEndpoint()

@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from service_kit.crowd import Unproven
+from service_kit.listen import tcp_listener
 from service_kit.logins import Logins
 
 from toy_redis.config import METRICS_MAX_CONNECTIONS
@@ -324,7 +325,5 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int, ssl=N
     (config.read_metrics_users refuses profiling without logins)."""
     # First: a process whose SIGPROF is taken (SigprofTaken) is refused before anything is opened.
     profiles = ProfileEndpoint(Sampler(profiling_hz).start()) if profiling_hz else None
-    sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                backlog=METRICS_LISTEN_BACKLOG)
-    sock.setblocking(False)
+    sock = tcp_listener(host, port, METRICS_LISTEN_BACKLOG)
     return MetricsListener(registry, sock, ssl, users, profiles)

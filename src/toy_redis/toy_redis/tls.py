@@ -17,6 +17,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from service_kit.listen import tcp_listener
 from service_kit.tls import ReloadingContext
 
 from . import logs
@@ -135,9 +136,7 @@ async def listen_tls(server: "Server", host: str, port: int) -> TlsListener:
     """Accept TLS clients on host:port, each counted from its accept (asyncio's own server would
     hold any number of handshakes, uncounted, each for its timeout)."""
     loop = asyncio.get_running_loop()
-    listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=LISTEN_BACKLOG)
-    listener.setblocking(False)
+    listener = tcp_listener(host, port, LISTEN_BACKLOG)
 
     async def accept() -> None:
         while True:
