@@ -69,6 +69,17 @@ def test_lab_nodes_skipping_grafana_packages_are_neither_scraped_nor_probed():
     assert "loki" not in {probe.role for probe in cluster.health_probes()}
 
 
+def test_a_health_probe_names_the_scheme_its_host_serves():
+    # web-1 with pki.tls on serves its site over https (on nginx's https_port); web-2 is plain.
+    cluster = topology({"web-1": {"pki": {"tls": True}}, "web-2": {}, "mon": {}}, nginx=["web-1", "web-2"],
+                       alert_relay=["mon"], blackbox=["mon"])
+    probes = {probe.endpoint.host: probe for probe in cluster.health_probes() if probe.role == "nginx"}
+    https_port = cluster.settings("web-1", "nginx").https_port
+    assert probes["web-1"].instance == f"https://web-1:{https_port}/healthz" and probes["web-1"].url.startswith("https://")
+    assert probes["web-2"].instance.startswith("http://web-2:") and probes["web-2"].url.startswith("http://")
+    assert probes["web-2"].endpoint.port == cluster.settings("web-2", "nginx").listen_port
+
+
 def test_scrapes_probes_and_flows_cover_every_declared_port():
     cluster = Topology(load_inventory(REPO / "inventory" / "homelab.py"))
     scraped = {(job.role, target.host, target.port) for job in cluster.scrape_jobs() for target in job.targets}

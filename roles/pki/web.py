@@ -51,7 +51,7 @@ _BCRYPT_ALPHABET = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
 
 def secured(topology: Topology, role: str, host_name: str, listener: str = "http") -> bool:
     """Whether ``role``'s ``listener`` on ``host_name`` serves TLS with a login."""
-    return ROLE_BY_NAME[role].listener(listener).secured and topology.settings(host_name, "pki").tls
+    return topology.serves_tls(host_name, role, listener)
 
 
 def salt_key(ca_key: str) -> bytes:

@@ -100,13 +100,9 @@ def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES
                               [target.host for target in job.targets]))
             for job in topology.scrape_jobs()]
     # Each probe: the URL blackbox fetches (https for a secured listener) and the module doing it.
-    probe_targets = []
-    for probe in probes if blackbox else []:
-        listener = next(l.name for l in ROLE_BY_NAME[probe.role].listeners if l.health == probe.path)
-        secure = client(topology, probe.role, probe.endpoint.host, listener, "blackbox", "").scheme == "https"
-        probe_targets.append((probe.endpoint.url(probe.path, "https" if secure else "http"), {
-            "instance": probe.instance,
-            "module": tls_module(blackbox.health_module) if secure else blackbox.health_module}))
+    probe_targets = [(probe.url, {"instance": probe.instance, "module": tls_module(blackbox.health_module)
+                                  if probe.scheme == "https" else blackbox.health_module})
+                     for probe in (probes if blackbox else [])]
     alertmanagers = topology.endpoints("alertmanager")
     return render(
         "prometheus/prometheus.yml.j2",

@@ -137,7 +137,7 @@ def access(topology: Topology, role: str, host: str | None = None, listener: str
     from homelab.topology import ROLE_BY_NAME
 
     endpoint = topology.endpoint(role, host, listener)
-    secured = ROLE_BY_NAME[role].listener(listener).secured and topology.settings(endpoint.host, "pki").tls
+    secured = topology.serves_tls(endpoint.host, role, listener)
     if not secured:
         return Access(endpoint, tls=False)
     vault_file = topology.data(endpoint.host, "vault_file")

@@ -230,15 +230,17 @@ class HealthProbe:
     role: str
     endpoint: Endpoint
     path: str
+    # "https" where the listener serves TLS on that host (Topology.serves_tls).
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return self.endpoint.url(self.path)
+        return self.endpoint.url(self.path, self.scheme)
 
     @property
     def instance(self) -> str:
         """The URL with the host's name in place of its address, for the `instance` label."""
-        return f"http://{self.endpoint.instance}{self.path}"
+        return f"{self.scheme}://{self.endpoint.instance}{self.path}"
 
 
 # The path Prometheus scrapes (its default metrics_path); every secured listener serves it.
@@ -382,6 +384,10 @@ class Topology:
     def serves(self, host: str, role: str, listener: str) -> bool:
         return any(served.name == listener for served in self.listeners(host, role))
 
+    def serves_tls(self, host: str, role: str, listener: str = _HTTP) -> bool:
+        """Whether ``role``'s ``listener`` on ``host`` serves TLS (Listener.secured, with the host's pki.tls on)."""
+        return ROLE_BY_NAME[role].listener(listener).secured and self.settings(host, "pki").tls
+
     def port(self, host: str, role: str, listener: str = _HTTP) -> int:
         spec = ROLE_BY_NAME[role].listener(listener)
         setting = spec.tls_setting if spec.tls_setting and self.settings(host, "pki").tls else spec.setting
@@ -424,7 +430,8 @@ class Topology:
     def health_probes(self) -> list[HealthProbe]:
         """blackbox_exporter's checks: each health path of every host serving its role."""
         return sorted(
-            HealthProbe(role.name, endpoint, listener.health)
+            HealthProbe(role.name, endpoint, listener.health,
+                        "https" if self.serves_tls(endpoint.host, role.name, listener.name) else "http")
             for role in ROLES for listener in role.listeners if listener.health
             for endpoint in self.endpoints(role.name, listener.name)
         )

@@ -165,6 +165,8 @@ def test_blackbox_sends_its_login_only_to_secured_listeners_over_https(tls_topol
     for target in probes["static_configs"]:
         [url] = target["targets"]
         module = modules[target["labels"]["module"]]
+        # The label names the host where the URL has its address, with the same scheme.
+        assert target["labels"]["instance"].split("://")[0] == url.split("://")[0]
         if url.startswith("https://"):
             assert module["http"]["tls_config"] == {"ca_file": CA_FILE}
             assert module["http"]["basic_auth"] == {"username": blackbox.WEB_USER,
