@@ -96,11 +96,18 @@ def cert_module(name: str) -> str:
     return f"{name}_tls_cert"
 
 
+def redirect_module(name: str) -> str:
+    """The module probing a listener that only redirects to https (Listener.redirect): ``name``'s,
+    expecting that redirect, not followed."""
+    return f"{name}_redirect"
+
+
 def render_config(settings: Settings, tls: bool = False) -> str:
     """The modules of group data; with ``tls`` (pki.tls), also tls_module(health_module), which
     sends blackbox's login only to secured (https) listeners, never over plain HTTP,
-    cert_module(health_module), which presents the node's certificate instead, and PORT_MODULE, a
-    TCP connect for the TLS checks."""
+    cert_module(health_module), which presents the node's certificate instead, PORT_MODULE, a
+    TCP connect for the TLS checks, and redirect_module(health_module)."""
+    from roles.nginx import REDIRECT_STATUS
     from roles.pki import CA_FILE, CERT_FILE, KEY_FILE
 
     modules = {name: module.model_dump(exclude_none=True) for name, module in settings.modules.items()}
@@ -112,6 +119,10 @@ def render_config(settings: Settings, tls: bool = False) -> str:
         modules[cert_module(settings.health_module)] = {
             **health, "http": {**health.get("http", {}),
                                "tls_config": {"ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}}}
+        modules[redirect_module(settings.health_module)] = {
+            **health, "http": {**health.get("http", {}), "valid_status_codes": [REDIRECT_STATUS],
+                               "follow_redirects": False,
+                               "fail_if_header_not_matches": [{"header": "Location", "regexp": "^https://"}]}}
         modules[PORT_MODULE] = {"prober": "tcp", **({"timeout": health["timeout"]} if "timeout" in health else {}),
                                 "tcp": {"preferred_ip_protocol": "ip4"}}
     body = yaml.safe_dump({"modules": modules}, sort_keys=False, default_flow_style=False)

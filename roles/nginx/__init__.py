@@ -97,11 +97,15 @@ def render_certificate_include() -> str:
     return render("nginx/node-certificate.conf.j2", cert_file=CERT_FILE, key_file=KEY_FILE)
 
 
+# What listen_port answers with pki.tls on (blackbox's redirect probe expects it).
+REDIRECT_STATUS = 301
+
+
 def https_redirect(https_port: int) -> str:
-    """nginx's `return` of a 301 to the same host and path over https on ``https_port`` (no port
-    in the URL when it is HTTPS's own)."""
+    """nginx's `return` of a REDIRECT_STATUS to the same host and path over https on ``https_port``
+    (no port in the URL when it is HTTPS's own)."""
     port = "" if https_port == SCHEME_PORTS["https"] else f":{https_port}"
-    return f"return 301 https://$host{port}$request_uri;"
+    return f"return {REDIRECT_STATUS} https://$host{port}$request_uri;"
 
 
 def render_default_site(settings: Settings, tuning, tls: bool = False) -> str:

@@ -91,7 +91,7 @@ def _one_client(topology: Topology, role: str, listener: str, hosts: list[str]) 
 
 
 def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES_DIR) -> str:
-    from roles.blackbox import tls_module
+    from roles.blackbox import redirect_module, tls_module
 
     probes = topology.health_probes()
     blackbox_hosts = topology.hosts_of("blackbox")
@@ -100,8 +100,12 @@ def render_config(settings: Settings, topology: Topology, rules_dir: str = RULES
                               [target.host for target in job.targets]))
             for job in topology.scrape_jobs()]
     # Each probe: the URL blackbox fetches (https for a secured listener) and the module doing it.
-    probe_targets = [(probe.url, {"instance": probe.instance, "module": tls_module(blackbox.health_module)
-                                  if probe.scheme == "https" else blackbox.health_module})
+    def module(probe) -> str:
+        if probe.redirect:
+            return redirect_module(blackbox.health_module)
+        return tls_module(blackbox.health_module) if probe.scheme == "https" else blackbox.health_module
+
+    probe_targets = [(probe.url, {"instance": probe.instance, "module": module(probe)})
                      for probe in (probes if blackbox else [])]
     alertmanagers = topology.endpoints("alertmanager")
     return render(

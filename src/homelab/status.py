@@ -45,7 +45,7 @@ from homelab.types import duration_text
 # instance labels: "worker-node-12:<port>", "worker-node-12", "http://worker-node-12:<port>/healthz"
 _INSTANCE_HOST = re.compile(r"^(?:https?://)?([^:/]+)")
 # Units of the listeners whose role runs more than one service; the others' is the role's SERVICE.
-_UNITS = {("nginx", "http"): "nginx", ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
+_UNITS = {("nginx", "http"): "nginx", ("nginx", "redirect"): "nginx", ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
 NO_VALUE = "-"
 
 
@@ -111,9 +111,7 @@ def expected_targets(topology: Topology) -> list[tuple[str, str, str, str]]:
     targets = [(endpoint.host, job.name, endpoint.instance, _unit(job.role, ROLE_BY_NAME[job.role].scrape[job.name]))
                for job in topology.scrape_jobs() for endpoint in job.targets]
     if topology.hosts_of("blackbox"):  # without a prober, nothing probes
-        listener_of = {(role.name, listener.health): listener.name for role in ROLE_BY_NAME.values()
-                       for listener in role.listeners if listener.health}
-        targets += [(probe.endpoint.host, PROBE_JOB, probe.instance, _unit(probe.role, listener_of[probe.role, probe.path]))
+        targets += [(probe.endpoint.host, PROBE_JOB, probe.instance, _unit(probe.role, probe.listener))
                     for probe in topology.health_probes()]
     targets += [(check.endpoint.host, TLS_CHECK_JOB, check.endpoint.instance, _unit(check.role, check.listener))
                 for check in topology.tls_checks()]

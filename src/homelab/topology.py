@@ -70,6 +70,9 @@ class Listener:
     # The Settings field holding its port on hosts with pki.tls on, where that differs from
     # ``setting`` (nginx's site moves to HTTPS's port; its HTTP port then only redirects).
     tls_setting: str | None = None
+    # Answers every request with a redirect to the role's https listener: its health probe expects
+    # that redirect (not followed), not a 2xx.
+    redirect: bool = False
 
     @property
     def web_login(self) -> bool:
@@ -120,7 +123,7 @@ ROLES: tuple[Role, ...] = (
     # listen_port answers only a redirect there.
     Role("nginx", "nginx", "nginx",
          (Listener(_HTTP, "listen_port", health="/healthz", secured=True, login=False, tls_setting="https_port"),
-          Listener("redirect", "listen_port", beside_tls=True),
+          Listener("redirect", "listen_port", health="/healthz", beside_tls=True, redirect=True),
           Listener("exporter", "exporter_port", secured=True, login=False, client_cert=True),
           Listener("mtail", "mtail_port", secured=True, login=False, client_cert=True)),
          {"nginx": "exporter", "mtail": "mtail"}),
@@ -225,13 +228,19 @@ class ScrapeJob:
 
 @dataclass(frozen=True, order=True)
 class HealthProbe:
-    """An HTTP health check of one host's service, made by blackbox_exporter."""
+    """An HTTP health check of one host's service, made by blackbox_exporter; of a redirect
+    listener (Listener.redirect), that it answers with the redirect to https."""
 
     role: str
     endpoint: Endpoint
     path: str
     # "https" where the listener serves TLS on that host (Topology.serves_tls).
     scheme: str = "http"
+    listener: str = _HTTP
+
+    @property
+    def redirect(self) -> bool:
+        return ROLE_BY_NAME[self.role].listener(self.listener).redirect
 
     @property
     def url(self) -> str:
@@ -431,7 +440,7 @@ class Topology:
         """blackbox_exporter's checks: each health path of every host serving its role."""
         return sorted(
             HealthProbe(role.name, endpoint, listener.health,
-                        "https" if self.serves_tls(endpoint.host, role.name, listener.name) else "http")
+                        "https" if self.serves_tls(endpoint.host, role.name, listener.name) else "http", listener.name)
             for role in ROLES for listener in role.listeners if listener.health
             for endpoint in self.endpoints(role.name, listener.name)
         )

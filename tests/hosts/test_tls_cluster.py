@@ -4,7 +4,8 @@ Deploys every node with `pki = TLS_ON` (as a user sets it in group_data/all.py);
 web listener answers the control machine's login over https with the cluster CA, and refuses a
 request without a login and plain http; nginx's exporter and mtail, which nginx fronts, admit only
 their callers' certificates, and a flood of wrong logins there stalls nothing; nginx's site serves https without a login
-on its https port, its http port answering only a redirect there; Prometheus scrapes every target (over https where secured);
+on its https port, its http port answering only a redirect there; Prometheus scrapes every target (over https where secured)
+and every health probe succeeds (nginx's http port: its redirect);
 toy-redis speaks RESP only over TLS; a second run changes nothing; no secret of the vault shows in the
 deploy's output, in a command line, in the journal or in a file others may read on any node. At the end the lab's own settings
 (TLS off) are deployed back, as the other lab tests expect.
@@ -235,6 +236,23 @@ def test_prometheus_scrapes_every_target_with_tls_on(tls_lab, tls_topology):
     secured = {check.endpoint.instance for check in tls_topology.tls_checks()}
     scraped_https = {t["labels"]["instance"] for t in active if t["scrapeUrl"].startswith("https://")}
     assert secured <= scraped_https, f"secured but scraped without TLS: {secured - scraped_https}"
+
+
+def test_every_health_probe_succeeds_with_tls_on(tls_lab, tls_topology):
+    """blackbox's probes as Prometheus records them: over https where the listener serves it (the
+    instance label says so), and nginx's plain port answering its redirect to https."""
+    probes = {probe.instance for probe in tls_topology.health_probes()}
+    assert {probe.instance for probe in tls_topology.health_probes() if probe.redirect}, "no redirect probed"
+    prometheus = access(tls_topology, "prometheus")
+    deadline = time.monotonic() + TARGETS_UP_WITHIN_S
+    while True:
+        results = prometheus.get("/api/v1/query", params={"query": f'probe_success{{job="{roles.prometheus.PROBE_JOB}"}}'},
+                                 timeout=10).json()["data"]["result"]
+        found = {result["metric"]["instance"]: result["value"][1] for result in results}
+        if all(found.get(instance) == "1" for instance in probes) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert {instance: found.get(instance) for instance in probes} == dict.fromkeys(probes, "1")
 
 
 def test_status_shows_each_secured_listeners_tls_check_up(tls_lab, tls_topology):

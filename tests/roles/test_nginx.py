@@ -417,3 +417,63 @@ def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off
     (tmp_path / "nginx.conf").write_text(conf)
     result = subprocess.run(["nginx", "-t", "-q", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@needs_nginx
+@pytest.mark.skipif(not shutil.which("prometheus-blackbox-exporter"), reason="needs Debian's prometheus-blackbox-exporter")
+def test_blackboxs_redirect_probe_passes_on_the_redirect_to_https_and_fails_on_anything_else(tls_nginx, tls_topology):
+    """The real blackbox with our modules: the probe of HTTP's port (Listener.redirect) expects
+    nginx's redirect to https and does not follow it; a 200, or a redirect to plain http, fails."""
+    import requests
+
+    from roles import blackbox
+    from roles.nginx import REDIRECT_STATUS
+    from roles.prometheus import render_config as prometheus_config
+    from roles.prometheus import Settings as PrometheusSettings
+    from tests.local_http import QuietHandler, serving
+    from tests.loopback import free_port, wait_for
+    from tests.local_monitoring import _stop
+    import yaml
+
+    folder, _, settings, _ = tls_nginx
+    # The module Prometheus gives the redirect listener's probe.
+    [job] = [job for job in yaml.safe_load(prometheus_config(PrometheusSettings(), tls_topology))["scrape_configs"]
+             if job["job_name"] == "blackbox"]
+    redirect = tls_topology.endpoint("nginx", tls_topology.serving("nginx")[0], "redirect")
+    [module] = [target["labels"]["module"] for target in job["static_configs"]
+                if target["targets"] == [redirect.url("/healthz")]]
+    (folder / "blackbox.yml").write_text(blackbox.render_config(blackbox.Settings(), tls=True))
+    port = free_port()
+    process = subprocess.Popen(["prometheus-blackbox-exporter", f"--config.file={folder / 'blackbox.yml'}",
+                                f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def probe(target: str) -> dict[str, float]:
+        def answer():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/probe", timeout=10,
+                                    params={"module": module, "target": target}).text
+            except requests.ConnectionError:
+                return None
+        text = wait_for(answer, 20, "blackbox to answer", interval=0.2)
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line and not line.startswith("#") and "{" not in line}
+
+    class Elsewhere(QuietHandler):
+        """A 200, or a redirect to plain http."""
+
+        def do_GET(self):
+            self.send_response(200 if self.path == "/ok" else REDIRECT_STATUS)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/ok")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    try:
+        passed = probe(f"http://127.0.0.1:{settings.listen_port}/healthz")
+        # Not followed: the status is the redirect's, not the https site's 200.
+        assert (passed["probe_success"], passed["probe_http_status_code"]) == (1, REDIRECT_STATUS)
+        with serving(Elsewhere) as other:
+            for path in ("/ok", "/healthz"):
+                assert probe(f"http://127.0.0.1:{other.server_port}{path}")["probe_success"] == 0, path
+    finally:
+        _stop(process)

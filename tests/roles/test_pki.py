@@ -172,8 +172,13 @@ def test_blackbox_sends_its_login_only_to_secured_listeners_over_https(tls_topol
             assert module["http"]["basic_auth"] == {"username": blackbox.WEB_USER,
                                                     "password_file": blackbox.WEB_PASSWORD_FILE}
         else:
-            assert target["labels"]["module"] == health and "basic_auth" not in module.get("http", {})
+            # Plain: the health module, or on a port that only redirects, the probe of that redirect.
+            assert target["labels"]["module"] in (health, blackbox.redirect_module(health))
+            assert "basic_auth" not in module.get("http", {})
     assert any(t["targets"][0].startswith("https://") for t in probes["static_configs"])
+    redirects = {t["targets"][0] for t in probes["static_configs"] if t["labels"]["module"] == blackbox.redirect_module(health)}
+    assert redirects == {tls_topology.endpoint("nginx", host, "redirect").url("/healthz")
+                         for host in tls_topology.serving("nginx")}
 
 
 def test_with_tls_off_nothing_changes_in_the_configs():
