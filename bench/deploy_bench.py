@@ -33,15 +33,25 @@ git REF (checked out in a temporary worktree), with pki.tls off and on, alternat
 by run (--runs each, median): a change's effect measured under the same load, and each tree's TLS
 on/off ratio (issue 13's target: at most 1.2x). Each run's CPU seconds (the pyinfra process and what it
 runs locally) are printed too: on a shared machine they vary far less than wall time. It leaves the
-lab up and deployed, TLS off.
+lab up and deployed, TLS off. The other tree runs with its own src/ first on PYTHONPATH, so its
+roles import its own homelab package, not this checkout's (the venv's editable install).
 
-Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --noop | --against REF]
+`--against REF --grown` instead compares the two trees on issue 17's scaling target: alternating
+no-op reruns on the 4-node lab, then on the lab grown by GROWN_BY plain workers (converged by this
+tree, SETTLE_S of rest), medians and each tree's grown/4 ratio; the lab is back to its 4 nodes,
+deployed, at the end. `--against REF --first-deploy` instead times first deploys of the 4 fresh
+nodes (lab taken down and up before each), the trees alternating, --runs each; it leaves the lab
+deployed by this tree.
+
+Run as root from the repo root: .venv/bin/python bench/deploy_bench.py [--cold] [--stack | --releases | --profile | --noop |
+    --against REF [--grown | --first-deploy]]
 It takes the lab down at the start and at the end (except --profile and --against).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -52,6 +62,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from homelab.lab.nodes import cgroup_parents
+from homelab.lab.settings import lab_settings
 from homelab.topology import ROLES, Topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +101,7 @@ def timed(*cmd: str, cwd: Path = REPO, cpu: list[float] | None = None) -> float:
     start, cpu_start = time.monotonic(), children_cpu()
     try:
         result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                timeout=COMMAND_TIMEOUT_S)
+                                timeout=COMMAND_TIMEOUT_S, env=tree_env(cwd))
     except subprocess.TimeoutExpired:
         sys.exit(f"bench: {' '.join(cmd)} did not finish within {COMMAND_TIMEOUT_S} s")
     elapsed = time.monotonic() - start
@@ -98,6 +110,40 @@ def timed(*cmd: str, cwd: Path = REPO, cpu: list[float] | None = None) -> float:
     if result.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
     return elapsed
+
+
+def lab_cpu() -> float:
+    """CPU seconds the lab's nodes have used so far (their cgroup's cpu.stat; 0 where there is none):
+    what a deploy costs the nodes, which the machine's other load does not inflate."""
+    for parent in cgroup_parents():
+        try:
+            stat = (parent / lab_settings().bridge / "cpu.stat").read_text()
+        except OSError:
+            continue
+        return int(stat.split("usage_usec ", 1)[1].split()[0]) / 1e6
+    return 0.0
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment a command run in ``tree`` gets: another checkout's packages ahead of the
+    venv's editable installs of this one, so that its deploy imports its own homelab (src/homelab)
+    and its own nested packages (src/<name>/<name>)."""
+    if tree == REPO:
+        return dict(os.environ)
+    src = tree / "src"
+    paths = [src, *sorted(folder for folder in src.iterdir() if (folder / folder.name / "__init__.py").exists())]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+@contextlib.contextmanager
+def checked_out(ref: str):
+    """git ``ref`` in a temporary worktree beside this one, removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="homelab-bench-base-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(base), ref], check=True)
+    try:
+        yield base
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
 
 
 def generated_inventory(nodes: int) -> Path:
@@ -236,30 +282,19 @@ def compare_with(ref: str, runs: int) -> None:
     """The whole stack's no-op rerun on the 4-node lab, this tree against git ``ref`` checked out
     beside it, with pki.tls off and on: ``runs`` reruns of each, alternating, so that the machine's
     load falls on both alike; medians, ratios, and the TLS on/off ratio of each (issue 13)."""
-    base = Path(tempfile.mkdtemp(prefix="homelab-bench-base-")) / "tree"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(base), ref], check=True)
     pyinfra = str(BIN / "pyinfra")
-    trees = {ref: base, "this tree": REPO}
     medians: dict[tuple, float] = {}
-    try:
+    with checked_out(ref) as base:
+        trees = {ref: base, "this tree": REPO}
         timed(str(BIN / "lab"), "up", str(REPO / "inventory" / "lab.py"))
         for label, data in (("TLS off", []), ("TLS on", TLS_ON)):
             timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data)  # converge
-            times: dict[str, list[float]] = {name: [] for name in trees}
-            cpu: dict[str, list[float]] = {name: [] for name in trees}
-            for _ in range(runs):
-                for name, tree in trees.items():
-                    times[name].append(timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py", *data, cwd=tree,
-                                             cpu=cpu[name]))
+            times, cpu = alternate(trees, runs, lambda: ("inventory/lab.py", "deploys/all.py", *data))
             for name in trees:
                 medians[(name, label)] = statistics.median(times[name])
-                medians[(name, label, "cpu")] = statistics.median(cpu[name])
-                print(f"{label}, {name}: no-op rerun median {medians[(name, label)]:.2f}s of "
-                      f"{' '.join(f'{t:.2f}' for t in times[name])}; its CPU median "
-                      f"{medians[(name, label, 'cpu')]:.2f}s of {' '.join(f'{t:.2f}' for t in cpu[name])}", flush=True)
+                medians[(name, label, "cpu")] = statistics.median(cpu[name]["pyinfra"])
+                print(f"{label}, {name}: no-op rerun {spread(times[name], cpu[name])}", flush=True)
         timed(pyinfra, "-y", "inventory/lab.py", "deploys/all.py")  # the lab's own settings back
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     for label in ("TLS off", "TLS on"):
         print(f"{label}: this tree / {ref} = {medians[('this tree', label)] / medians[(ref, label)]:.2f}x, "
               f"CPU {medians[('this tree', label, 'cpu')] / medians[(ref, label, 'cpu')]:.2f}x "
@@ -267,6 +302,84 @@ def compare_with(ref: str, runs: int) -> None:
     for name in trees:
         print(f"{name}: TLS on / off = {medians[(name, 'TLS on')] / medians[(name, 'TLS off')]:.2f}x "
               f"(issue 13 target <= 1.2x)")
+
+
+def alternate(trees: dict[str, Path], runs: int, arguments, before=None) -> tuple[dict, dict]:
+    """``runs`` timed pyinfra runs of each tree, alternating; ``arguments()`` gives a run's
+    arguments, ``before(tree)`` (untimed) what precedes each run. Wall seconds per tree, and CPU
+    seconds per tree: "pyinfra" (the process and what it runs locally) and "nodes" (the lab's)."""
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    cpu: dict[str, dict[str, list[float]]] = {name: {"pyinfra": [], "nodes": []} for name in trees}
+    for _ in range(runs):
+        for name, tree in trees.items():
+            if before is not None:
+                before(tree)
+            nodes_before = lab_cpu()
+            times[name].append(timed(str(BIN / "pyinfra"), "-y", *arguments(), cwd=tree, cpu=cpu[name]["pyinfra"]))
+            cpu[name]["nodes"].append(lab_cpu() - nodes_before)
+    return times, cpu
+
+
+def spread(times: list[float], cpu: dict[str, list[float]]) -> str:
+    shown = "; ".join(f"CPU of {kind} median {statistics.median(values):.2f}s of {' '.join(f'{v:.2f}' for v in values)}"
+                      for kind, values in cpu.items())
+    return f"median {statistics.median(times):.2f}s of {' '.join(f'{t:.2f}' for t in times)}; {shown}"
+
+
+def compare_grown_with(ref: str, runs: int) -> None:
+    """Issue 17's scaling target for this tree and git ``ref``, alternating: no-op reruns on the
+    4-node lab, then on the lab grown by GROWN_BY plain workers; each tree's grown/4 ratio."""
+    lab, pyinfra = str(BIN / "lab"), str(BIN / "pyinfra")
+    four, grown = REPO / "inventory" / "lab.py", grown_lab(GROWN_BY)
+    medians: dict[tuple, float] = {}
+    with checked_out(ref) as base:
+        trees = {ref: base, "this tree": REPO}
+        try:
+            for label, inventory in (("4 nodes", four), (f"{4 + GROWN_BY} nodes", grown)):
+                timed(lab, "up", str(inventory))
+                converge = timed(pyinfra, "-y", str(inventory), "deploys/all.py")
+                # Untimed: a checkout's first run builds its wheels, and writes its fact listings.
+                alternate(trees, 1, lambda: (str(inventory), "deploys/all.py"))
+                time.sleep(SETTLE_S)
+                load = os.getloadavg()[0]
+                times, cpu = alternate(trees, runs, lambda: (str(inventory), "deploys/all.py"))
+                print(f"{label} (converged in {converge:.1f}s, load {load:.1f} before the reruns):", flush=True)
+                for name in trees:
+                    medians[(name, label)] = statistics.median(times[name])
+                    medians[(name, label, "cpu")] = statistics.median(map(sum, zip(*cpu[name].values())))
+                    print(f"  {name}: no-op rerun {spread(times[name], cpu[name])}", flush=True)
+        finally:
+            timed(lab, "up", str(four))  # the grown lab's extra nodes removed
+            timed(pyinfra, "-y", str(four), "deploys/all.py")  # Prometheus's targets back to the 4
+            shutil.rmtree(grown.parent)
+    grown_label = f"{4 + GROWN_BY} nodes"
+    for name in trees:
+        ratio = medians[(name, grown_label)] / medians[(name, "4 nodes")]
+        cpu_ratio = medians[(name, grown_label, "cpu")] / medians[(name, "4 nodes", "cpu")]
+        print(f"{name}: {grown_label}/4 nodes = {ratio:.2f}x (CPU of pyinfra and nodes {cpu_ratio:.2f}x), "
+              f"target <= {GROWN_NOOP_RATIO}x: {verdict(ratio <= GROWN_NOOP_RATIO)}")
+    for label in ("4 nodes", grown_label):
+        print(f"{label}: this tree / {ref} = {medians[('this tree', label)] / medians[(ref, label)]:.2f}x, CPU of "
+              f"pyinfra and nodes {medians[('this tree', label, 'cpu')] / medians[(ref, label, 'cpu')]:.2f}x")
+
+
+def compare_first_deploy_with(ref: str, runs: int) -> None:
+    """Issue 17's first-deploy target judged fairly: first deploys of the 4 fresh lab nodes by this
+    tree and by git ``ref``, alternating (the lab down and up before each), medians of ``runs``."""
+    lab = str(BIN / "lab")
+
+    def fresh_lab(_tree: Path) -> None:
+        # This tree's lab tool for both: the nodes differ only by what is deployed on them.
+        timed(lab, "down")
+        timed(lab, "up", str(REPO / "inventory" / "lab.py"))
+
+    with checked_out(ref) as base:
+        trees = {ref: base, "this tree": REPO}
+        times, cpu = alternate(trees, runs, lambda: ("inventory/lab.py", "deploys/all.py"), before=fresh_lab)
+    for name in trees:
+        print(f"first deploy of 4 fresh nodes, {name}: {spread(times[name], cpu[name])}")
+    ratio = statistics.median(times["this tree"]) / statistics.median(times[ref])
+    print(f"this tree / {ref} = {ratio:.2f}x (load average now {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -282,8 +395,20 @@ def main() -> None:
     parser.add_argument("--against", metavar="GIT_REF",
                         help="only compare the whole stack's no-op rerun with this git ref's, TLS off and on, "
                              "alternating (e.g. main, to measure a change before landing it)")
-    parser.add_argument("--runs", type=int, default=5, help="no-op reruns of each tree per setting for --against")
+    parser.add_argument("--grown", action="store_true",
+                        help="with --against: no-op reruns on 4 nodes, then on 4 + GROWN_BY, each tree's ratio")
+    parser.add_argument("--first-deploy", action="store_true",
+                        help="with --against: first deploys of the 4 fresh lab nodes, alternating")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each tree per setting for --against")
     args = parser.parse_args()
+    if (args.grown or args.first_deploy) and not args.against:
+        parser.error("--grown and --first-deploy compare with --against REF")
+    if args.against and args.grown:
+        compare_grown_with(args.against, args.runs)
+        return
+    if args.against and args.first_deploy:
+        compare_first_deploy_with(args.against, args.runs)
+        return
     if args.against:
         compare_with(args.against, args.runs)
         return
