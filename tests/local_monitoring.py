@@ -126,3 +126,17 @@ def prometheus(directory: Path, topology: Topology, rule_files: dict[str, str]) 
                   [PROMETHEUS, f"--config.file={directory / 'prometheus.yml'}",
                    f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address={endpoint.netloc}"]) as url:
         yield url
+
+
+def blackbox_probe(port: int, module: str, target: str) -> dict[str, float]:
+    """The unlabelled samples of a probe of ``target`` with ``module`` by the blackbox exporter listening
+    on loopback ``port`` (waiting for it to answer)."""
+    def answer():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/probe", timeout=10,
+                                params={"module": module, "target": target}).text
+        except requests.ConnectionError:
+            return None
+    text = wait_for(answer, 20, "blackbox to answer", interval=0.2)
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line and not line.startswith("#") and "{" not in line}

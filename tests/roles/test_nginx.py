@@ -1,5 +1,6 @@
 """nginx's rendered config: tuning applied, checked by the real `nginx -t`, and the site check."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -424,15 +425,13 @@ def test_one_nginx_conf_passes_nginx_t_with_sites_halfway_between_tls_on_and_off
 def test_blackboxs_redirect_probe_passes_on_the_redirect_to_https_and_fails_on_anything_else(tls_nginx, tls_topology):
     """The real blackbox with our modules: the probe of HTTP's port (Listener.redirect) expects
     nginx's redirect to https and does not follow it; a 200, or a redirect to plain http, fails."""
-    import requests
-
     from roles import blackbox
     from roles.nginx import REDIRECT_STATUS
     from roles.prometheus import render_config as prometheus_config
     from roles.prometheus import Settings as PrometheusSettings
     from tests.local_http import QuietHandler, serving
-    from tests.loopback import free_port, wait_for
-    from tests.local_monitoring import _stop
+    from tests.loopback import free_port
+    from tests.local_monitoring import _stop, blackbox_probe
     import yaml
 
     folder, _, settings, _ = tls_nginx
@@ -448,16 +447,7 @@ def test_blackboxs_redirect_probe_passes_on_the_redirect_to_https_and_fails_on_a
                                 f"--web.listen-address=127.0.0.1:{port}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def probe(target: str) -> dict[str, float]:
-        def answer():
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/probe", timeout=10,
-                                    params={"module": module, "target": target}).text
-            except requests.ConnectionError:
-                return None
-        text = wait_for(answer, 20, "blackbox to answer", interval=0.2)
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line and not line.startswith("#") and "{" not in line}
+    probe = functools.partial(blackbox_probe, port, module)
 
     class Elsewhere(QuietHandler):
         """A 200, or a redirect to plain http."""

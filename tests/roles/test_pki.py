@@ -3,6 +3,7 @@ secured listeners over https with the cluster CA and their own logins (rendered,
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from roles.pki.web import (bcrypt_hash, bcrypt_salt, check_web_config, hash_cach
 from roles.prometheus import WEB_PASSWORD_FILE, render_config
 from roles.prometheus import Settings as PrometheusSettings
 from tests.conftest import run_pyinfra
+from tests.local_monitoring import blackbox_probe
 
 REPO = Path(__file__).resolve().parents[2]
 VAULT = load_vault(REPO / "secrets/lab.vault.yml", REPO / "secrets/lab.vault-password")
@@ -260,16 +262,7 @@ def test_blackbox_tells_a_refused_login_and_a_refused_certificate_from_a_listene
                                    f"--web.listen-address=127.0.0.1:{blackbox_port}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
-    def probe(module: str, target: str) -> dict[str, float]:
-        def answer():
-            try:
-                return requests.get(f"http://127.0.0.1:{blackbox_port}/probe", timeout=10,
-                                    params={"module": module, "target": target}).text
-            except requests.ConnectionError:
-                return None
-        text = wait_for(answer, 20, "blackbox to answer", interval=0.2)
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line and not line.startswith("#") and "{" not in line}
+    probe = functools.partial(blackbox_probe, blackbox_port)
 
     def serve(issuer, user_password: str):
         pair = ClusterCA(issuer).issue("node", "127.0.0.1", timedelta(hours=1))
