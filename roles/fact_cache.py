@@ -366,7 +366,8 @@ def _reads(host: Host, requests: list) -> list[_Read]:
     """The commands answering ``requests``: the hashes of all files in one sha1sum, the metadata of
     all paths in one stat, the states of all units in one systemctl, the values of all sysctls in
     one sysctl (each fact's own command forks its program once per file, unit or key: most of a
-    converged node's time); any other fact by its own command. A merged command that fails leaves its facts to be read the ordinary way."""
+    converged node's time); any other fact by its own command. A merged command that fails leaves
+    its facts to be read the ordinary way."""
     hashed, stated, units, sysctls, single = [], [], [], [], []
     for request in requests:
         _key, fact, fact_kwargs, _executor = request

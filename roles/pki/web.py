@@ -49,11 +49,6 @@ _BCRYPT_ALPHABET = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
                                    b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
-def secured(topology: Topology, role: str, host_name: str, listener: str = "http") -> bool:
-    """Whether ``role``'s ``listener`` on ``host_name`` serves TLS with a login."""
-    return topology.serves_tls(host_name, role, listener)
-
-
 def salt_key(ca_key: str) -> bytes:
     """The key of the web config salts, derived (with a label of its own) from the cluster CA's key,
     which only the control machine holds: without it nobody can work out a salt."""
@@ -152,7 +147,7 @@ def check_profiles_behind_a_login(role: str, profiling_hz: int) -> None:
     which this host has only with pki.tls on: refuse the setting otherwise, before anything changes
     (the service's own config check would refuse it on the node)."""
     web = _web_listener(role)
-    if profiling_hz and not secured(current_topology(), role, host.name, web):
+    if profiling_hz and not current_topology().serves_tls(host.name, role, web):
         raise ConfigError(f"inventory data for {host.name}", f"{role}.profiling_hz",
                           f"expected 0 with pki.tls off (CPU profiles are served only behind the metrics login, "
                           f"which comes with pki.tls), got {profiling_hz}")
@@ -197,7 +192,7 @@ def web_config_file(role: str, service_user: str) -> WrittenWebConfig | None:
     toy-redis) read the same file as exporter-toolkit does."""
     topology = current_topology()
     web = _web_listener(role)
-    if not secured(topology, role, host.name, web):
+    if not topology.serves_tls(host.name, role, web):
         return None
     text = render_web_config({user: login_hash(user) for user in callers(topology, role)})
     path = f"{WEB_CONFIG_DIR}/{role}.yml"
@@ -225,7 +220,7 @@ class Client:
 
 def client(topology: Topology, role: str, host_name: str, listener: str, caller: str, password_file: str) -> Client:
     """``caller``'s way to ``role``'s ``listener`` on ``host_name``; its password is in ``password_file``."""
-    if not secured(topology, role, host_name, listener):
+    if not topology.serves_tls(host_name, role, listener):
         return Client("http")
     if ROLE_BY_NAME[role].listener(listener).client_cert:
         return Client("https", CA_FILE, cert_file=CERT_FILE, key_file=KEY_FILE)

@@ -45,7 +45,8 @@ from homelab.types import duration_text
 # instance labels: "worker-node-12:<port>", "worker-node-12", "http://worker-node-12:<port>/healthz"
 _INSTANCE_HOST = re.compile(r"^(?:https?://)?([^:/]+)")
 # Units of the listeners whose role runs more than one service; the others' is the role's SERVICE.
-_UNITS = {("nginx", "http"): "nginx", ("nginx", "redirect"): "nginx", ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
+_UNITS = {("nginx", "http"): "nginx", ("nginx", "redirect"): "nginx",
+          ("nginx", "exporter"): "prometheus-nginx-exporter", ("nginx", "mtail"): "mtail"}
 NO_VALUE = "-"
 
 
