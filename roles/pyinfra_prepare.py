@@ -11,12 +11,21 @@ control machine's CPU going to two things pyinfra 3 recomputes for every operati
   of a TypedDict, evaluated anew for every operation and every fact read.
 
 Here the first walks the frames itself (the same file names and line numbers, so the same order
-and the same operation hashes) and the second is computed once. Installed by deploys/all.py.
+and the same operation hashes) and the second is computed once.
+
+A third cost grows with the hosts: host data. Every operation and every fact read asks each global
+argument's host default (host.data._sudo, ... some thirty names, nearly all unset), and pyinfra's
+HostData answers each by merging the host's groups' data into a new dict and walking five layers.
+Here the inventory's layers (override, host, groups, all) are merged once per host; the host's own
+overrides (host.data.x = ...) and the current @deploy's data defaults are still read at each call,
+in pyinfra's order. Inventory data is fixed once the inventory is built (pyinfra's CLI builds it,
+group data included, before any deploy code runs). Installed by deploys/all.py.
 """
 
 from __future__ import annotations
 
 import sys
+from copy import copy
 from functools import cache
 from importlib import import_module
 
@@ -28,7 +37,9 @@ arguments = import_module("pyinfra.api.arguments")
 facts = import_module("pyinfra.api.facts")
 util = import_module("pyinfra.api.util")
 
-_ORIGINAL = {"arguments": arguments.all_global_arguments}
+host_module = import_module("pyinfra.api.host")
+
+_ORIGINAL = {"arguments": arguments.all_global_arguments, "host_data": host_module.HostData.__getattr__}
 
 
 def get_operation_order_from_stack(state) -> list[int]:
@@ -70,8 +81,33 @@ def all_global_arguments() -> list[tuple[str, type]]:
     return list(_global_arguments())
 
 
+def _inventory_data(host) -> dict:
+    """The host's inventory layers merged as HostData reads them: override data over the host's,
+    over its groups' (the last group winning, as get_groups_data merges them), over the inventory's."""
+    inventory = host.inventory
+    merged: dict = {}
+    for layer in (inventory.get_data(), inventory.get_groups_data(host.groups),
+                  inventory.get_host_data(host.name), inventory.get_override_data()):
+        merged.update(layer)
+    return merged
+
+
+def host_data_getattr(self, key: str):
+    """HostData.__getattr__ with the inventory's layers merged once per host (kept on the Host, out
+    of the data's namespace): the same value (a shallow copy, as pyinfra returns) from the same layer."""
+    host = self.__dict__["host"]
+    inventory_data = host.__dict__.get("_inventory_data")
+    if inventory_data is None:
+        inventory_data = host.__dict__["_inventory_data"] = _inventory_data(host)
+    for layer in (self.__dict__["override_datas"], inventory_data, host.get_deploy_data()):
+        if key in layer:
+            return copy(layer[key])
+    raise AttributeError(f"Host `{host}` has no data `{key}`")
+
+
 def install() -> None:
-    """Swap both in (once per process); pyinfra's modules look them up by name at each call."""
+    """Swap them in (once per process); pyinfra's modules look them up by name at each call."""
     operation.get_operation_order_from_stack = get_operation_order_from_stack
     arguments.all_global_arguments = all_global_arguments
     facts.all_global_arguments = all_global_arguments
+    host_module.HostData.__getattr__ = host_data_getattr

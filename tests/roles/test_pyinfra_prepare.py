@@ -65,3 +65,51 @@ def test_operations_are_planned_in_pyinfras_order_with_its_hashes(tmp_path):
     plain = planned(tmp_path, patched=False)
     assert len(plain) == 7, plain
     assert planned(tmp_path, patched=True) == plain
+
+
+def test_host_data_reads_what_pyinfra_reads_layer_by_layer(monkeypatch):
+    """Every key of every layer (and absent ones) gives the same value or the same error with the
+    inventory's layers merged once: host data over groups' (the later group winning) over all
+    hosts', the --data override over them, the host's own assignments first, @deploy defaults last."""
+    from pyinfra.api.host import HostData
+    from pyinfra.api.inventory import Inventory
+
+    from roles import pyinfra_prepare
+
+    inventory = Inventory(
+        (["a", ("b", {"own": "b", "shared": "host b"})], {"shared": "all", "everyone": 1}),
+        override_data={"forced": "cli", "shared_override": "cli", "own": "cli"},
+        first=(["a", "b"], {"shared": "first", "grouped": "first", "nested": {"k": [1]}}),
+        second=(["b"], {"grouped": "second", "shared_override": "group"}),
+    )
+    keys = ["own", "shared", "everyone", "forced", "shared_override", "grouped", "nested", "absent",
+            "_sudo", "deployed", "assigned"]
+
+    def reads(host) -> list:
+        answers = []
+        for key in keys:
+            try:
+                answers.append(getattr(host.data, key))
+            except AttributeError as missing:
+                answers.append(("missing", str(missing)))
+        return answers
+
+    def every_read() -> list:
+        answers = []
+        for name in ("a", "b"):
+            host = inventory.get_host(name)
+            answers.append(reads(host))
+            host.current_deploy_data = {"deployed": "default", "shared": "deploy default"}
+            answers.append(reads(host))
+            host.data.assigned = host.data.shared = name
+            answers.append(reads(host))
+            host.current_deploy_data = None
+            host.data.override_datas.clear()
+        return answers
+
+    plain = every_read()
+    monkeypatch.setattr(HostData, "__getattr__", pyinfra_prepare.host_data_getattr)
+    assert every_read() == plain
+    # Values are copies, as pyinfra's: changing one leaves the inventory's alone.
+    inventory.get_host("a").data.nested["k"] = []
+    assert inventory.get_host("a").data.nested == {"k": [1]}
