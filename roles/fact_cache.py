@@ -42,6 +42,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
+from inspect import getcallargs
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,16 @@ def _facts(host: Host) -> _HostFacts:
     return facts
 
 
-def _request(host: Host, key: tuple, cls, args, kwargs) -> tuple[tuple, FactBase, dict, dict]:
-    """(key, fact, its arguments, connector arguments) as pyinfra would run it."""
-    fact_kwargs, global_kwargs = _handle_fact_kwargs(host.state, host, cls, args, kwargs)
+def _request(host: Host, key: tuple, cls, args, kwargs,
+             global_kwargs: dict | None = None) -> tuple[tuple, FactBase, dict, dict]:
+    """(key, fact, its arguments, connector arguments) as pyinfra would run it.
+
+    ``global_kwargs``: the global arguments in force, when the caller knows them and ``kwargs``
+    holds none (pyinfra would look up each of about thirty again for every fact)."""
+    if global_kwargs is None or any(name.startswith("_") for name in kwargs):
+        fact_kwargs, global_kwargs = _handle_fact_kwargs(host.state, host, cls, args, kwargs)
+    else:
+        fact_kwargs = getcallargs(cls().command, *args, **kwargs) if args or kwargs else {}
     fact_kwargs = {name: value for name, value in fact_kwargs.items() if name != "self"}
     executor = {name: value for name, value in global_kwargs.items() if name in CONNECTOR_ARGUMENT_KEYS}
     return key, cls(), fact_kwargs, executor
@@ -208,6 +216,9 @@ def planning_reads_batched():
     facts = _facts(host)
     listing = _planning_file(host)
     wanted: dict[tuple, tuple] = {}
+    global_kwargs = None  # in force for every remembered read: looked up once when they are the host's defaults
+    if host.current_op_global_arguments is None and host.current_deploy_kwargs is None:
+        global_kwargs, _keys = pop_global_arguments(host.state, host, {})
     for entry in _remembered(listing) + _remembered(_ahead_file(host)):
         try:
             module, _, name = entry["fact"].partition(":")
@@ -215,7 +226,7 @@ def planning_reads_batched():
             args, kwargs = tuple(entry["args"]), dict(entry["kwargs"])
             key = _key(host, cls, args, kwargs)
             if key not in facts.values and key not in wanted:
-                wanted[key] = _request(host, key, cls, args, kwargs)
+                wanted[key] = _request(host, key, cls, args, kwargs, global_kwargs)
         except Exception:  # a fact that no longer exists or takes other arguments: not read ahead
             continue
     if wanted:

@@ -12,7 +12,10 @@ import os
 import stat
 
 import pytest
+from pyinfra.api.arguments import pop_global_arguments
+from pyinfra.context import ctx_host, ctx_state
 
+from roles import fact_cache
 from tests.conftest import run_pyinfra
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes root-owned files through pyinfra's @local connector")
@@ -172,3 +175,26 @@ def test_sysctls_read_together_answer_as_each_read_alone():
         assert (fact.process(answers[request_key]) if answers[request_key] else fact.default()) == expected
     assert answers[("sysctl", "net.ipv4.ip_local_port_range")] != []
     assert answers[("sysctl", "no.such.key")] == []
+
+
+def test_a_remembered_read_runs_as_pyinfra_would_run_it():
+    """Planning's remembered reads look the host's global arguments up once, not per fact: each
+    request (fact arguments by name, connector arguments such as sudo from host data) must be what
+    pyinfra's own argument handling gives."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.facts.files import File
+    from pyinfra.facts.server import Command, Sysctl
+
+    inventory = Inventory((["node"], {"_sudo": True, "_sudo_user": "ops", "_env": {"LC_ALL": "C"}}))
+    state = State(inventory, Config())
+    host = inventory.get_host("node")
+    reads = [(File, ("/etc/hosts",), {}), (File, (), {"path": "/etc/hosts"}), (Command, ("uname -r",), {}),
+             (Sysctl, (), {"keys": ["net.core.somaxconn"]}), (fact_cache.Users, (), {})]
+    with ctx_state.use(state), ctx_host.use(host):
+        defaults, _keys = pop_global_arguments(state, host, {})
+        for cls, args, kwargs in reads:
+            key = fact_cache._key(host, cls, args, kwargs)
+            _key_, fact, fact_kwargs, executor = fact_cache._request(host, key, cls, args, kwargs, defaults)
+            _key_, plain_fact, plain_kwargs, plain_executor = fact_cache._request(host, key, cls, args, kwargs)
+            assert (type(fact), fact_kwargs, executor) == (type(plain_fact), plain_kwargs, plain_executor)
+            assert executor["_sudo"] is True and executor["_sudo_user"] == "ops"
