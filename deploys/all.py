@@ -20,6 +20,7 @@ from roles.node_exporter import stamp_deploy
 
 fact_cache.install()  # a converged node answers in a few round trips, not one per fact
 pyinfra_prepare.install()  # planning an operation costs no stack introspection
+pyinfra_prepare.hosts_run_independently()  # no host waits for the slowest at every operation
 
 only = host.data.get("only_roles")
 wanted = set(only.split(",")) if only else None

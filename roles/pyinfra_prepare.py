@@ -105,6 +105,32 @@ def host_data_getattr(self, key: str):
     raise AttributeError(f"Host `{host}` has no data `{key}`")
 
 
+def hosts_run_independently() -> None:
+    """This run's hosts each run their operations without waiting for the others at every operation
+    (pyinfra's --no-wait), unless the command line asks for --serial.
+
+    pyinfra's default makes every host wait at each operation for the slowest one, so a first
+    deploy took the sum over all operations of the slowest host's time: one node's wheel install
+    held the three others, then the next role's install on another node held it. The stack's roles
+    need no order between hosts: each configures its own node from the topology (certificates and
+    rendered files come from the control machine). Calls to another node's service during a run
+    tolerate it being down, as on a first deploy: a restart silence that finds Alertmanager
+    restarting goes on without one, with a warning; Promtail and Alloy retry Loki. A failure still
+    stops only its host. Measured on the 4-node lab, first deploy: 51.5 s against 70.5 s; a no-op
+    rerun: the same (0.99x).
+    Only through pyinfra's command line (the API's caller picks its own mode)."""
+    cli = sys.modules.get("pyinfra_cli.cli")
+    if cli is None or getattr(cli.run_ops, "hosts_independent", False):
+        return
+    run_ops = cli.run_ops
+
+    def run_hosts_independently(state, serial: bool = False, no_wait: bool = False):
+        return run_ops(state, serial=serial, no_wait=not serial)
+
+    run_hosts_independently.hosts_independent = True
+    cli.run_ops = run_hosts_independently
+
+
 def install() -> None:
     """Swap them in (once per process); pyinfra's modules look them up by name at each call."""
     operation.get_operation_order_from_stack = get_operation_order_from_stack

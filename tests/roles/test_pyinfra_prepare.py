@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import run_pyinfra
 
 HELPER = """
@@ -113,3 +115,43 @@ def test_host_data_reads_what_pyinfra_reads_layer_by_layer(monkeypatch):
     # Values are copies, as pyinfra's: changing one leaves the inventory's alone.
     inventory.get_host("a").data.nested["k"] = []
     assert inventory.get_host("a").data.nested == {"k": [1]}
+
+
+MODE_DEPLOY = """
+import inspect
+import os
+
+from pyinfra import host
+from pyinfra.operations import python
+
+from roles import pyinfra_prepare
+
+if host.data.get("independent"):
+    pyinfra_prepare.hosts_run_independently()
+
+
+def record_mode(state, host):  # taking both, pyinfra calls it in the greenlet running the operation
+    # That greenlet is spawned per operation and host (lockstep), per host for all its operations
+    # (_run_host_ops, independent), or none: the main one (serial, from _run_serial_ops).
+    callers = {frame.function for frame in inspect.stack()}
+    mode = "serial" if "_run_serial_ops" in callers else "independent" if "_run_host_ops" in callers else "lockstep"
+    with open(os.environ["MODE_FILE"], "w") as mode_file:
+        mode_file.write(mode)
+
+
+python.call(name="record how operations run", function=record_mode)
+"""
+
+
+@pytest.mark.parametrize(("args", "mode"), [
+    ((), "lockstep"),  # pyinfra's default, without the call
+    (("--data", "independent=1"), "independent"),
+    (("--data", "independent=1", "--serial"), "serial"),  # asked for on the command line: kept
+])
+def test_hosts_run_their_operations_independently_unless_serial_is_asked(tmp_path, args, mode):
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(MODE_DEPLOY)
+    mode_file = tmp_path / "mode"
+    run = run_pyinfra(str(deploy), *args, inventory="@local", env={"MODE_FILE": str(mode_file)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert mode_file.read_text() == mode
