@@ -155,3 +155,29 @@ def test_hosts_run_their_operations_independently_unless_serial_is_asked(tmp_pat
     run = run_pyinfra(str(deploy), *args, inventory="@local", env={"MODE_FILE": str(mode_file)})
     assert run.returncode == 0, run.stderr[-3000:]
     assert mode_file.read_text() == mode
+
+
+FAILING_DEPLOY = """
+import os
+
+from pyinfra.operations import server
+
+from roles import pyinfra_prepare
+
+pyinfra_prepare.hosts_run_independently()
+server.shell(name="fails", commands=["false"])
+server.shell(name="after the failure", commands=[f"touch {os.environ['AFTER']}"])
+"""
+
+
+def test_a_host_whose_operation_fails_fails_the_run_and_stops_there(tmp_path):
+    """pyinfra's own --no-wait (3.10) lets the failure escape the host's greenlet: a traceback, and
+    the run exits 0 as if the host had succeeded."""
+    deploy = tmp_path / "deploy.py"
+    deploy.write_text(FAILING_DEPLOY)
+    after = tmp_path / "after"
+    run = run_pyinfra(str(deploy), inventory="@local", env={"AFTER": str(after)})
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "No hosts remaining" in run.stderr  # its only host failed
+    assert not after.exists()
