@@ -24,6 +24,9 @@
    With that fixed (main 29e2399, 310+ samples per target at 1s, load 1.8-2.9): no-op 0.91x; every
    scrape within 2x (0.56-1.24x); the https probes of nginx, Prometheus and Alertmanager 2.1-2.8x
    (2-5 ms plain, 5-11 ms with the handshake each probe makes), the relay's 0.97x.
+   The same tree on a quiet machine (2026-11-30 20:48-21:07, 310 samples per target): no-op 1.00x;
+   scrapes 0.56-1.27x; probes 0.83-1.38x (alertmanager's the worst): the handshake's cost shows
+   against a few-millisecond probe only when the machine is loaded.
 
 Run as root from the repo root, under the lab lock:
     flock /tmp/homelab-lab.lock .venv/bin/python bench/tls_bench.py
