@@ -103,13 +103,14 @@ def _request(host: Host, key: tuple, cls, args, kwargs,
 
     ``global_kwargs``: the global arguments in force, when the caller knows them and ``kwargs``
     holds none (pyinfra would look up each of about thirty again for every fact)."""
+    fact = cls()
     if global_kwargs is None or any(name.startswith("_") for name in kwargs):
         fact_kwargs, global_kwargs = _handle_fact_kwargs(host.state, host, cls, args, kwargs)
     else:
-        fact_kwargs = getcallargs(cls().command, *args, **kwargs) if args or kwargs else {}
+        fact_kwargs = getcallargs(fact.command, *args, **kwargs) if args or kwargs else {}
     fact_kwargs = {name: value for name, value in fact_kwargs.items() if name != "self"}
     executor = {name: value for name, value in global_kwargs.items() if name in CONNECTOR_ARGUMENT_KEYS}
-    return key, cls(), fact_kwargs, executor
+    return key, fact, fact_kwargs, executor
 
 
 def _key(host: Host, cls, args, kwargs) -> tuple:
@@ -216,9 +217,9 @@ def planning_reads_batched():
     facts = _facts(host)
     listing = _planning_file(host)
     wanted: dict[tuple, tuple] = {}
-    global_kwargs = None  # in force for every remembered read: looked up once when they are the host's defaults
-    if host.current_op_global_arguments is None and host.current_deploy_kwargs is None:
-        global_kwargs, _keys = pop_global_arguments(host.state, host, {})
+    # In force for every remembered read when planning starts outside any operation and @deploy.
+    at_top = host.current_op_global_arguments is None and host.current_deploy_kwargs is None
+    global_kwargs = facts.connector_defaults(host) if at_top else None
     for entry in _remembered(listing) + _remembered(_ahead_file(host)):
         try:
             module, _, name = entry["fact"].partition(":")

@@ -45,7 +45,7 @@ operations = import_module("pyinfra.api.operations")
 
 host_module = import_module("pyinfra.api.host")
 
-_ORIGINAL = {"arguments": arguments.all_global_arguments, "host_data": host_module.HostData.__getattr__}
+_ORIGINAL = {"arguments": arguments.all_global_arguments}
 
 
 def get_operation_order_from_stack(state) -> list[int]:
