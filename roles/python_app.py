@@ -404,12 +404,15 @@ def unit(app: PythonApp, content: str) -> OperationMeta:
     return changed
 
 
+def restart_name(app: PythonApp) -> str:
+    return f"Restart {app.service} for new wheels, unit, config or data it reads at start"
+
+
 def running(app: PythonApp, role: str, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
     """Enabled and running from the venv ``installed`` made current; restarted when its wheels, unit or
     config changed (neither service reloads). Called last in the role: roles.common.running is the
     only place it starts, so nothing starts it before its venv fits the node's Python."""
-    service_running(app.service, role, f"Restart {app.service} for new wheels, unit or config",
-                    any_changed(installed, *restart_when_changed))
+    service_running(app.service, role, restart_name(app), any_changed(installed, *restart_when_changed))
     # Only now is no process running from the old venvs.
     server.shell(
         name=f"Remove {app.service}'s previous venvs",

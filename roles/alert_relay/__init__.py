@@ -27,6 +27,7 @@ import yaml
 from pydantic import field_validator
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
@@ -145,15 +146,18 @@ def check_open_file_limit(settings: Settings, nofile: int) -> None:
                           f"file, less {SPARE_FILE_DESCRIPTORS} for the queue and Slack), got {settings.max_connections}")
 
 
-def queue_repaired() -> None:
+def queue_repaired() -> list[OperationMeta]:
     """The queue files that exist back to QUEUE_OWNER and QUEUE_MODE (a restore cut short left them
     root's once, and the relay crash-looped through every later deploy). None is created: the relay
-    makes its queue itself. A relay that failed on them starts again at the role's end (running)."""
+    makes its queue itself. The relay checks its queue at start only, so a repair restarts it (with
+    systemd's own restart of a crash-looping relay, whether the role's start or systemd's came first
+    would depend on timing)."""
     user, group = QUEUE_OWNER.split(":")
-    for path in QUEUE_FILES:
-        if host.get_fact(File, path=path):  # None: absent; False: something else than a file
-            files.file(name=f"{path}: owner and mode", path=path, user=user, group=group, mode=QUEUE_MODE,
-                       touch=False)
+    return [
+        files.file(name=f"{path}: owner and mode", path=path, user=user, group=group, mode=QUEUE_MODE, touch=False)
+        for path in QUEUE_FILES
+        if host.get_fact(File, path=path)  # None: absent; False: something else than a file
+    ]
 
 
 def routes_check_command(boxed: container_runtime.Container | None = None) -> str:
@@ -191,7 +195,7 @@ def apply() -> None:
     files.directory(name=f"{CONFIG_DIR} folder", path=CONFIG_DIR, user="root", group=APP.service, mode="0750")
     # systemd would create it at start, but the config check before that wants the queue's folder.
     files.directory(name=f"{DATA_DIR} folder", path=DATA_DIR, user=APP.service, group=APP.service, mode="0750")
-    queue_repaired()
+    queue = queue_repaired()
     tokens = [
         secret_file(name=f"alert-relay token {secret}", dest=token_path(secret), secret=secret,
                     user="root", group=APP.service, mode=TOKEN_MODE)
@@ -214,8 +218,8 @@ def apply() -> None:
         mode="0640",
     )
     unit = python_app.unit(APP, container_runtime.render_unit(boxed) if boxed else render_unit(nofile))
-    # The relay reads its web config and certificate at start only.
-    changes = [*tokens, routes_changed, config, unit, *(web.changes if web else ())]
+    # The relay reads its queue, web config and certificate at start only.
+    changes = [*queue, *tokens, routes_changed, config, unit, *(web.changes if web else ())]
     if boxed:
         container_runtime.running(boxed, "alert_relay", [installed, *changes])
     else:

@@ -6,7 +6,7 @@ rerun of deploys/all.py for that node changes exactly the operations that own th
 (and what follows from them: the restart a config change causes, with its silence, the firewall's
 confirmation steps, the deploy stamp), the node is as the deploy wants it again, and a third run
 changes nothing. On the relay's node, its queue left root's (as a restore cut short once left it):
-the rerun gives it back to the relay, which starts again, and changes nothing else.
+the rerun gives it back to the relay and restarts it, and changes nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from roles.base import BASE_PACKAGES
 from roles.firewall import LISTING_INTACT, METRICS_UNIT, TABLE
 from roles.node_exporter import SERVICE as NODE_EXPORTER
-from roles import alert_relay
+from roles import alert_relay, python_app
 from roles.toy_redis import APP, CONFIG_PATH
 from tests.conftest import hosts_in, run_pyinfra
 from tests.hosts.test_firewall import loaded_state
@@ -61,7 +61,7 @@ def test_a_rerun_repairs_exactly_what_drifted(deployed, testinfra_hosts):
     expected = {
         # The edited file, and toy-redis restarted to read it, its alerts silenced meanwhile.
         "toy-redis config", f"Silence {APP.service}'s alerts on {HOST} during its restart",
-        f"Restart {APP.service} for new wheels, unit or config", f"Lift the silence of {APP.service}'s alerts on {HOST}",
+        python_app.restart_name(APP), f"Lift the silence of {APP.service}'s alerts on {HOST}",
         f"{NODE_EXPORTER} enabled and running",  # the stopped service
         "Base tools",  # the removed package
         # The deleted rule: the ruleset loaded again, checked, confirmed, its counters written.
@@ -107,7 +107,12 @@ def test_a_rerun_gives_the_relay_its_queue_back(deployed, testinfra_hosts):
     rerun = run_pyinfra("deploys/all.py", "--limit", RELAY_HOST)
     assert rerun.returncode == 0 and not rerun.failed(), rerun.stderr[-4000:]
     changed = {name.split(" | ")[-1] for name, hosts in rerun.changed()}
-    expected = {f"{queue}: owner and mode", f"{relay} running", "Deploy stamp for homelab status"}
+    # The repair restarts the relay (it reads its queue at start), its alerts silenced meanwhile.
+    expected = {
+        f"{queue}: owner and mode", f"Silence {relay}'s alerts on {RELAY_HOST} during its restart",
+        python_app.restart_name(alert_relay.APP), f"Lift the silence of {relay}'s alerts on {RELAY_HOST}",
+        "Deploy stamp for homelab status",
+    }
     assert changed == expected, f"changed but not drifted: {changed - expected}; drifted, not repaired: {expected - changed}"
 
     found = node.file(queue)
