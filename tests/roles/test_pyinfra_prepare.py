@@ -131,15 +131,20 @@ if host.data.get("independent"):
 
 
 def record_mode(state, host):  # taking both, pyinfra calls it in the greenlet running the operation
-    # That greenlet is spawned per operation and host (lockstep), per host for all its operations
-    # (_run_host_ops, independent), or none: the main one (serial, from _run_serial_ops).
-    callers = {frame.function for frame in inspect.stack()}
-    mode = "serial" if "_run_serial_ops" in callers else "independent" if "_run_host_ops" in callers else "lockstep"
+    # That greenlet is spawned per operation and host (pyinfra's lockstep), per host by
+    # roles.pyinfra_prepare (independent), or none: the main one (serial, from _run_serial_ops).
+    stack = inspect.stack()
+    if any(frame.function == "_run_serial_ops" for frame in stack):
+        mode = "serial"
+    elif any(frame.filename.endswith("roles/pyinfra_prepare.py") for frame in stack):
+        mode = "independent"
+    else:
+        mode = "lockstep"
     with open(os.environ["MODE_FILE"], "w") as mode_file:
         mode_file.write(mode)
 
 
-python.call(name="record how operations run", function=record_mode)
+python.call(name="record how operations run", function=record_mode, _run_once=bool(host.data.get("run_once")))
 """
 
 
@@ -147,6 +152,7 @@ python.call(name="record how operations run", function=record_mode)
     ((), "lockstep"),  # pyinfra's default, without the call
     (("--data", "independent=1"), "independent"),
     (("--data", "independent=1", "--serial"), "serial"),  # asked for on the command line: kept
+    (("--data", "independent=1", "--data", "run_once=1"), "lockstep"),  # an operation for one host only
 ])
 def test_hosts_run_their_operations_independently_unless_serial_is_asked(tmp_path, args, mode):
     deploy = tmp_path / "deploy.py"
@@ -155,6 +161,9 @@ def test_hosts_run_their_operations_independently_unless_serial_is_asked(tmp_pat
     run = run_pyinfra(str(deploy), *args, inventory="@local", env={"MODE_FILE": str(mode_file)})
     assert run.returncode == 0, run.stderr[-3000:]
     assert mode_file.read_text() == mode
+    starts = [line for line in run.stderr.splitlines() if re.search(r"Starting .*operation:", line)]
+    # Independent hosts' lines are interleaved: each names its host.
+    assert starts and all(("[@local]" in line) == (mode == "independent") for line in starts), starts
 
 
 FAILING_DEPLOY = """
