@@ -24,7 +24,9 @@ probes. Any inventory mistake found here is a one-line ConfigError naming the ho
 from __future__ import annotations
 
 import runpy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import wraps
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -314,12 +316,24 @@ def load_inventory(path: str | Path) -> Inventory:
                      **{group: (members, group_data.get(group, {})) for group, members in groups.items()})
 
 
+def _answered_once(question: Callable[["Topology"], list]) -> Callable[["Topology"], list]:
+    """A question about the whole inventory, worked out on first use: every host's roles ask them
+    (each firewall its inbound flows, each restart its probes), and the inventory does not change."""
+    @wraps(question)
+    def answer(self: "Topology") -> list:
+        if question.__name__ not in self._answers:
+            self._answers[question.__name__] = tuple(question(self))
+        return list(self._answers[question.__name__])
+    return answer
+
+
 class Topology:
     """Questions about one inventory; settings are validated once, on first use."""
 
     def __init__(self, inventory: Inventory):
         self._hosts = {member.name: member for member in inventory}
         self._settings: dict[tuple[str, str], BaseModel] = {}
+        self._answers: dict[str, tuple] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> "Topology":
@@ -426,6 +440,7 @@ class Topology:
 
     # --- who scrapes, probes and calls whom -------------------------------------------------
 
+    @_answered_once
     def scrape_jobs(self) -> list[ScrapeJob]:
         """Prometheus's jobs: for each role's scraped listener, every host serving the role."""
         jobs = []
@@ -436,6 +451,7 @@ class Topology:
                     jobs.append(ScrapeJob(job, role.name, tuple(targets)))
         return jobs
 
+    @_answered_once
     def health_probes(self) -> list[HealthProbe]:
         """blackbox_exporter's checks: each health path of every host serving its role."""
         return sorted(
@@ -445,6 +461,7 @@ class Topology:
             for endpoint in self.endpoints(role.name, listener.name)
         )
 
+    @_answered_once
     def tls_checks(self) -> list[TlsCheck]:
         """Every secured listener of every host serving it with pki.tls on, when a blackbox host
         exists to check them."""
@@ -457,6 +474,7 @@ class Topology:
                       for endpoint in self.endpoints(role.name, listener.name)
                       if self.settings(endpoint.host, "pki").tls)
 
+    @_answered_once
     def flows(self) -> list[Connection]:
         """Every connection between hosts' roles and external parties, scrapes and probes included."""
         connections = []
