@@ -156,10 +156,11 @@ def _run_each_host(state) -> None:
     operation a host does not have (two lines per host for each of ~140 operations, most of a
     16-node no-op's output)."""
     hosts = list(state.inventory.get_active_hosts())
+    op_order = state.get_op_order()  # a topological sort of every operation: once, not per host
     failed = set()
 
     def run_host(host) -> None:
-        for op_hash in state.get_op_order():
+        for op_hash in op_order:
             if op_hash in state.ops[host]:
                 util.log_operation_start(state.get_op_meta(op_hash), prefix=host.print_prefix)
                 if operations._run_host_op_with_context(state, host, op_hash) is False:
@@ -167,7 +168,7 @@ def _run_each_host(state) -> None:
                     return
             progress((host, op_hash))
 
-    with progress_spinner(list(product(hosts, state.get_op_order()))) as progress:
+    with progress_spinner(list(product(hosts, op_order))) as progress:
         gevent.joinall([state.pool.spawn(run_host, host) for host in hosts])
     state.fail_hosts(failed)
 
