@@ -21,10 +21,9 @@ from typing import Any, TypeVar
 import jinja2
 from pydantic import BaseModel
 from pyinfra import host, logger
-from pyinfra.api import operation
+from pyinfra.api import FactBase, operation
 from pyinfra.context import ctx_inventory
 from pyinfra.facts.files import File, Sha1File
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, python, systemd
 from pyinfra.operations.util import any_changed
@@ -58,16 +57,29 @@ def _topology_of(current) -> Topology:
     return Topology(current)
 
 
+class OsRelease(FactBase):
+    """ID, VERSION_ID and PRETTY_NAME of the node's /etc/os-release (empty strings where it has none),
+    read by the shell's own `.` and printf: pyinfra's LinuxDistribution runs ls, grep and a cat per
+    *-release file, ~2 ms of each node's CPU at every deploy."""
+
+    command = ('[ -r /etc/os-release ] && . /etc/os-release; '
+               'printf "%s\\n" "${ID:-}" "${VERSION_ID:-}" "${PRETTY_NAME:-}"')
+
+    def process(self, output: list[str]) -> tuple[str, str, str]:
+        identity, version, pretty = (list(output) + ["", "", ""])[:3]
+        return identity, version, pretty
+
+
 def node_release() -> DebianRelease:
     """The Debian release the host runs (its /etc/os-release), which roles adapt to."""
-    distribution = host.get_fact(LinuxDistribution)
+    identity, version, pretty = host.get_fact(OsRelease)
     try:
-        if distribution["name"] != "Debian":
+        if identity != "debian" or not version.isdigit():
             raise UnsupportedRelease
-        return debian_release(distribution["major"])
+        return debian_release(int(version))
     except UnsupportedRelease:
-        found = f"{distribution['name'] or 'an unknown system'} {distribution['major'] or ''}".strip()
-        raise ConfigError(f"inventory data for {host.name}", "", f"runs {found}; expected Debian {SUPPORTED}") from None
+        raise ConfigError(f"inventory data for {host.name}", "",
+                          f"runs {pretty or 'an unknown system'}; expected Debian {SUPPORTED}") from None
 
 
 @cache

@@ -294,23 +294,54 @@ def test_unit_check_refuses_a_unit_whose_binary_is_missing(tmp_path):
     assert "/opt/toy-redis/current/bin/toy-redis" in result.stderr
 
 
-@pytest.mark.parametrize("distribution, shown", [
-    ({"name": "Debian", "major": 11, "minor": 7, "release_meta": {}}, "Debian 11"),
-    ({"name": "Ubuntu", "major": 24, "minor": 4, "release_meta": {}}, "Ubuntu 24"),
+@pytest.mark.parametrize("os_release, shown", [
+    ('PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nNAME="Debian GNU/Linux"\nVERSION_ID="11"\nID=debian\n',
+     "Debian GNU/Linux 11 (bullseye)"),
+    ('PRETTY_NAME="Ubuntu 24.04.1 LTS"\nNAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\nID_LIKE=debian\n',
+     "Ubuntu 24.04.1 LTS"),
+    # testing and sid name no VERSION_ID
+    ('PRETTY_NAME="Debian GNU/Linux forky/sid"\nNAME="Debian GNU/Linux"\nID=debian\n', "Debian GNU/Linux forky/sid"),
+    (None, "an unknown system"),
 ])
-def test_a_node_on_an_unsupported_system_is_refused_in_one_line(monkeypatch, distribution, shown):
+def test_a_node_on_an_unsupported_system_is_refused_in_one_line(monkeypatch, tmp_path, os_release, shown):
     import roles.common
+
+    path = tmp_path / "os-release"
+    if os_release is not None:
+        path.write_text(os_release)
+    # The fact's own command, run by sh on that file as the node's shell runs it.
+    command = roles.common.OsRelease.command.replace("/etc/os-release", str(path))
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
 
     class OldNode:
         name = "old-node"
 
         def get_fact(self, fact):
-            return distribution
+            assert fact is roles.common.OsRelease
+            return fact().process(output)
 
     monkeypatch.setattr(roles.common, "host", OldNode())
     with pytest.raises(python_app.ConfigError) as failure:
         roles.common.node_release()
     assert str(failure.value) == f"inventory data for old-node: runs {shown}; expected Debian 12 (bookworm), 13 (trixie)"
+
+
+def test_a_debian_node_gets_its_release_from_os_release(monkeypatch, tmp_path):
+    import roles.common
+
+    path = tmp_path / "os-release"
+    path.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nVERSION_CODENAME=trixie\nID=debian\n')
+    command = roles.common.OsRelease.command.replace("/etc/os-release", str(path))
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+
+    class Node:
+        name = "new-node"
+
+        def get_fact(self, fact):
+            return fact().process(output)
+
+    monkeypatch.setattr(roles.common, "host", Node())
+    assert roles.common.node_release().codename == "trixie"
 
 
 # Plans the roles on @local and writes every operation, in the order they run, with its commands.
