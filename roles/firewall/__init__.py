@@ -208,9 +208,24 @@ def fingerprint_of(ruleset: str) -> str:
 
 
 def render_metrics_script(labels: dict[str, dict[str, str]], textfile_directory: str) -> str:
-    return render("firewall/homelab-firewall-metrics.py.j2", table=TABLE, metric=METRIC,
-                  labels=json.dumps(labels, indent=4, sort_keys=True),
-                  output=f"{textfile_directory.rstrip('/')}/{METRICS_FILE_NAME}")
+    """The metrics script: an awk program that knows each counter's labels, in a shell script."""
+    def awk_string(text: str) -> str:  # awk string literals escape as JSON's do (ASCII only here)
+        return json.dumps(text)
+
+    def label_set(labels_of: dict[str, str]) -> str:  # Prometheus's text format: \\, \" and \n escaped
+        return ",".join(f'{key}={json.dumps(value)}' for key, value in sorted(labels_of.items()))
+
+    program = "\n".join([
+        "BEGIN {",
+        f'    print {awk_string(f"# HELP {METRIC} Packets the node firewall dropped or refused, by the service port they were for.")}',
+        f'    print {awk_string(f"# TYPE {METRIC} counter")}',
+        *(f"    labels[{awk_string(name)}] = {awk_string(label_set(labels_of))}" for name, labels_of in labels.items()),
+        "}",
+        '$1 == "counter" { name = $2 }',
+        '$1 == "packets" && (name in labels) { print ' + awk_string(METRIC + "{") + ' labels[name] "} " $2; name = "" }',
+    ]) + "\n"
+    return render("firewall/homelab-firewall-metrics.sh.j2", table=TABLE, metric=METRIC, program=shlex.quote(program),
+                  output=shlex.quote(f"{textfile_directory.rstrip('/')}/{METRICS_FILE_NAME}"))
 
 
 def control_sources(settings: Settings) -> Sources:
@@ -288,7 +303,8 @@ def apply() -> None:
     systemd.service(name=f"{BOOT_UNIT} enabled", service=BOOT_UNIT, running=True, enabled=True)
 
     metrics_script = checked_file(name=f"Drop counters to node_exporter: {METRICS_SCRIPT}", dest=METRICS_SCRIPT,
-                                  mode="0755", content=render_metrics_script(labels, textfile_directory))
+                                  mode="0755", content=render_metrics_script(labels, textfile_directory),
+                                  check="sh -n {staged}")
     service_unit, timer_unit = (
         checked_file(name=f"{METRICS_UNIT}.{kind}", dest=f"/etc/systemd/system/{METRICS_UNIT}.{kind}",
                      content=render(f"firewall/{METRICS_UNIT}.{kind}.j2", script=METRICS_SCRIPT,

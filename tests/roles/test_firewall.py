@@ -240,10 +240,10 @@ def test_the_ruleset_in_a_namespace_lets_callers_in_drops_strangers_and_limits_f
 
         textfile = tmp_path / "textfile"
         textfile.mkdir()
-        script = tmp_path / "metrics.py"
+        script = tmp_path / "metrics.sh"
         script.write_text(render_metrics_script(counter_labels(service_ports(topology, "worker-node-12", settings), 22),
                                                 str(textfile)))
-        run("ip", "netns", "exec", node, sys.executable, str(script))
+        run("ip", "netns", "exec", node, "sh", str(script))
         metrics = (textfile / "homelab_firewall.prom").read_text()
     finally:
         for listener in listeners:
@@ -278,3 +278,18 @@ def test_nft_refuses_a_broken_ruleset_and_the_loaded_one_stays(netns, tmp_path):
     loaded = run("ip", "netns", "exec", node, "nft", "-f", str(tmp_path / "broken.nft"), check=False)
     assert loaded.returncode != 0
     assert run("ip", "netns", "exec", node, "nft", "list", "table", "inet", "homelab").stdout == before
+
+
+@needs_netns
+def test_without_its_table_the_metrics_script_leaves_no_stale_counters(netns, tmp_path):
+    node, _peer = netns
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    stale = textfile / "homelab_firewall.prom"
+    stale.write_text(f"{METRIC}{{reason=\"invalid\"}} 7\n")
+    script = tmp_path / "metrics.sh"
+    script.write_text(render_metrics_script(counter_labels(service_ports(namespaced_topology(), "worker-node-12",
+                                                                        Settings()), 22), str(textfile)))
+    result = run("ip", "netns", "exec", node, "sh", str(script), check=False)
+    assert result.returncode == 1 and result.stderr.startswith("nft: ")
+    assert list(textfile.iterdir()) == []  # neither the stale file nor a temporary one
