@@ -318,6 +318,16 @@ def _prefetch(host: Host) -> None:
         facts.ahead = None
 
 
+def executed_reads_remembered(host: Host) -> None:
+    """After all of ``host``'s operations ran: when they found every fact kept (no look-ahead ran),
+    what they asked becomes the list the next run reads ahead. Otherwise the list a changing run
+    left (the date for apt's lists, a temporary folder for uploads, staged files) was read again at
+    every later no-op."""
+    facts = _facts(host)
+    if facts.remembering and not facts.prefetched:
+        _remember(_ahead_file(host), facts.executed)
+
+
 def _look_ahead(host: Host, pending: list) -> None:
     facts = _facts(host)
     saved = (host.in_op, host.current_op_hash, host.current_op_global_arguments, host.current_op_deploy_data)

@@ -35,6 +35,8 @@ import pyinfra
 from pyinfra.context import ctx_state
 from pyinfra.progress import progress_spinner
 
+from roles import fact_cache
+
 # By module path: pyinfra.api re-exports functions named like these modules (operation, facts).
 operation = import_module("pyinfra.api.operation")
 arguments = import_module("pyinfra.api.arguments")
@@ -167,6 +169,7 @@ def _run_each_host(state) -> None:
                     failed.add(host)  # pyinfra has logged why
                     return
             progress((host, op_hash))
+        fact_cache.executed_reads_remembered(host)
 
     with progress_spinner(list(product(hosts, op_order))) as progress:
         gevent.joinall([state.pool.spawn(run_host, host) for host in hosts])

@@ -198,3 +198,60 @@ def test_a_remembered_read_runs_as_pyinfra_would_run_it():
             _key_, plain_fact, plain_kwargs, plain_executor = fact_cache._request(host, key, cls, args, kwargs)
             assert (type(fact), fact_kwargs, executor) == (type(plain_fact), plain_kwargs, plain_executor)
             assert executor["_sudo"] is True and executor["_sudo_user"] == "ops"
+
+
+AHEAD_DEPLOY = """
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.server import Date
+
+from roles import fact_cache
+from roles.pyinfra_prepare import hosts_run_independently
+
+fact_cache.install()
+hosts_run_independently()
+base = host.data.get("base")
+
+
+@operation()
+def stamp(path: str, wanted: str):
+    if host.get_fact(FileContents, path=path) != [wanted]:
+        host.get_fact(Date)  # a fact only a change asks
+        yield f"echo {wanted} > {path}"
+
+
+with fact_cache.planning_reads_batched():
+    stamp(name="stamp", path=f"{base}/stamp", wanted="converged")
+"""
+
+
+def test_a_no_op_run_forgets_the_reads_only_a_change_needed(tmp_path):
+    """The list of facts read ahead is what the operations asked on the last run: a read only a
+    changing run made (here the date) is not read again at every later no-op."""
+    deploy_file = tmp_path / "deploy_ahead.py"
+    deploy_file.write_text(AHEAD_DEPLOY)
+    cache = tmp_path / "cache"
+
+    def deploy_ahead():
+        run = run_pyinfra(str(deploy_file), "-vvv", "--data", f"base={tmp_path}", inventory="@local",
+                          timeout=300, env={"XDG_CACHE_HOME": str(cache)})
+        assert run.returncode == 0 and not run.failed(), run.stderr[-3000:]
+        return run
+
+    def ahead_listing() -> str:
+        [listing] = (cache / "homelab-ops" / "planning-facts").glob("*.ahead.json")
+        return listing.read_text()
+
+    assert [name for name, _hosts in deploy_ahead().changed()] == ["stamp"]
+    assert "server:Date" in ahead_listing() and "FileContents" in ahead_listing()
+
+    assert deploy_ahead().changed() == []  # read the date ahead once more, and no longer needs it
+    assert "server:Date" not in ahead_listing() and "FileContents" in ahead_listing()
+    third = deploy_ahead()
+    assert third.changed() == [] and third.stderr.count("facts in one batch") == 1
+
+    (tmp_path / "stamp").write_text("drifted\n")
+    assert [name for name, _hosts in deploy_ahead().changed()] == ["stamp"]
+    assert (tmp_path / "stamp").read_text() == "converged\n"
+    assert "server:Date" in ahead_listing()
