@@ -112,19 +112,25 @@ with fact_cache.planning_reads_batched():
 """
 
 
-def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_values(tmp_path):
-    """The facts a deploy file reads while planning, and those its operations read while executing,
-    are read first, together, in one batch from the second run on (the lists are kept per host, the
-    values never): a changed node is seen at once."""
-    deploy_file = tmp_path / "deploy_planning.py"
-    deploy_file.write_text(PLANNING_DEPLOY)
-    cache = tmp_path / "cache"
+def remembering_deploy(source: str, tmp_path, cache):
+    """A function that runs deploy ``source`` on @local, its lists of facts kept under ``cache``."""
+    deploy_file = tmp_path / "deploy_remembering.py"
+    deploy_file.write_text(source)
 
-    def deploy_planning():
+    def run_deploy():
         run = run_pyinfra(str(deploy_file), "-vvv", "--data", f"base={tmp_path}", inventory="@local",
                           timeout=300, env={"XDG_CACHE_HOME": str(cache)})
         assert run.returncode == 0 and not run.failed(), run.stderr[-3000:]
         return run
+    return run_deploy
+
+
+def test_planning_reads_what_it_asked_last_time_in_one_batch_and_never_keeps_values(tmp_path):
+    """The facts a deploy file reads while planning, and those its operations read while executing,
+    are read first, together, in one batch from the second run on (the lists are kept per host, the
+    values never): a changed node is seen at once."""
+    cache = tmp_path / "cache"
+    deploy_planning = remembering_deploy(PLANNING_DEPLOY, tmp_path, cache)
 
     def read_alone(run) -> list[str]:
         return [line for line in run.stderr.splitlines() if "Loaded fact files.FileContents" in line]
@@ -229,15 +235,8 @@ with fact_cache.planning_reads_batched():
 def test_a_no_op_run_forgets_the_reads_only_a_change_needed(tmp_path):
     """The list of facts read ahead is what the operations asked on the last run: a read only a
     changing run made (here the date) is not read again at every later no-op."""
-    deploy_file = tmp_path / "deploy_ahead.py"
-    deploy_file.write_text(AHEAD_DEPLOY)
     cache = tmp_path / "cache"
-
-    def deploy_ahead():
-        run = run_pyinfra(str(deploy_file), "-vvv", "--data", f"base={tmp_path}", inventory="@local",
-                          timeout=300, env={"XDG_CACHE_HOME": str(cache)})
-        assert run.returncode == 0 and not run.failed(), run.stderr[-3000:]
-        return run
+    deploy_ahead = remembering_deploy(AHEAD_DEPLOY, tmp_path, cache)
 
     def ahead_listing() -> str:
         [listing] = (cache / "homelab-ops" / "planning-facts").glob("*.ahead.json")
