@@ -137,8 +137,8 @@ def hosts_run_independently() -> None:
     run_ops = cli.run_ops
 
     def run_hosts_independently(state, serial: bool = False, no_wait: bool = False):
-        if serial or any(state.get_op_meta(op_hash).global_arguments[name]
-                         for op_hash in state.get_op_order() for name in ("_serial", "_run_once")):
+        if serial or any(meta.global_arguments[name]
+                         for meta in state.op_meta.values() for name in ("_serial", "_run_once")):
             return run_ops(state, serial=serial, no_wait=no_wait)  # host by host, or one host: pyinfra's
         state.is_executing = True
         with ctx_state.use(state):
