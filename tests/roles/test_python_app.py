@@ -310,7 +310,7 @@ def test_a_node_on_an_unsupported_system_is_refused_in_one_line(monkeypatch, tmp
     if os_release is not None:
         path.write_text(os_release)
     # The fact's own command, run by sh on that file as the node's shell runs it.
-    command = roles.common.OsRelease.command.replace("/etc/os-release", str(path))
+    command = roles.common.OsRelease().command().replace("/etc/os-release", str(path))
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
 
     class OldNode:
@@ -331,7 +331,7 @@ def test_a_debian_node_gets_its_release_from_os_release(monkeypatch, tmp_path):
 
     path = tmp_path / "os-release"
     path.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nVERSION_CODENAME=trixie\nID=debian\n')
-    command = roles.common.OsRelease.command.replace("/etc/os-release", str(path))
+    command = roles.common.OsRelease().command().replace("/etc/os-release", str(path))
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
 
     class Node:
