@@ -117,6 +117,59 @@ def test_host_data_reads_what_pyinfra_reads_layer_by_layer(monkeypatch):
     assert inventory.get_host("a").data.nested == {"k": [1]}
 
 
+def test_global_arguments_are_what_pyinfra_pops(monkeypatch):
+    """An operation's global arguments, from its keywords, the current @deploy's, host data (the
+    host's own, the --data override, its groups', all hosts', the @deploy's data defaults) and the
+    config: the same values, the same keys popped and left, the same refusal of a bad type."""
+    from pyinfra.api import Config, State
+    from pyinfra.api.arguments import pop_global_arguments as pyinfras
+    from pyinfra.api.exceptions import ArgumentTypeError
+    from pyinfra.api.inventory import Inventory
+
+    from roles import pyinfra_prepare
+
+    inventory = Inventory(
+        (["a", ("b", {"_sudo": True, "_env": {"HOST": "b"}})], {"_timeout": 30, "plain": 1}),
+        override_data={"_su_user": "cli"},
+        first=(["a", "b"], {"_sudo_user": "group", "_env": {"GROUP": "1"}}),
+    )
+    state = State(inventory, Config(SUDO_PASSWORD="secret", TIMEOUT=5))
+    calls = [
+        {},
+        {"_sudo": False, "name": "kept", "_ignore_errors": True},
+        {"_env": {"CALL": "1"}, "_shell_executable": "bash", "other": 2},
+        {"_timeout": "not a number"},  # refused: an int is expected
+    ]
+
+    def pops(pop) -> list:
+        answers = []
+        for name in ("a", "b"):
+            host = inventory.get_host(name)
+            for deploy_kwargs, deploy_data, assigned in [
+                (None, None, {}),
+                ({"_sudo": True, "_retries": 2}, {"_chdir": "/srv", "_sudo_user": "deploy"}, {}),
+                ({"_timeout": 7}, None, {"_sudo_user": "assigned", "_use_sudo_login": True}),
+            ]:
+                host.current_deploy_kwargs, host.current_deploy_data = deploy_kwargs, deploy_data
+                host.data.override_datas.clear()
+                host.data.override_datas.update(assigned)
+                for call in calls:
+                    kwargs = {key: (dict(value) if isinstance(value, dict) else value)
+                              for key, value in call.items()}
+                    try:
+                        arguments, found = pop(state, host, kwargs)
+                        answers.append((sorted(arguments.items(), key=repr), found, kwargs))
+                    except ArgumentTypeError as refused:
+                        answers.append(("refused", str(refused)))
+        return answers
+
+    plain = pops(pyinfras)
+    assert plain.count(("refused", "Invalid argument `_timeout`:: str is not an instance of int")) == 6
+    assert pops(pyinfra_prepare.pop_global_arguments) == plain
+    monkeypatch.setattr("pyinfra.api.host.HostData.__getattr__", pyinfra_prepare.host_data_getattr)
+    assert pops(pyinfra_prepare.pop_global_arguments) == plain
+
+
 MODE_DEPLOY = """
 import inspect
 import os
