@@ -42,7 +42,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
-from inspect import getcallargs
+from functools import cache
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,23 @@ def _request(host: Host, key: tuple, cls, args, kwargs,
     if global_kwargs is None or any(name.startswith("_") for name in kwargs):
         fact_kwargs, global_kwargs = _handle_fact_kwargs(host.state, host, cls, args, kwargs)
     else:
-        fact_kwargs = getcallargs(fact.command, *args, **kwargs) if args or kwargs else {}
+        fact_kwargs = _call_arguments(cls, args, kwargs) if args or kwargs else {}
     fact_kwargs = {name: value for name, value in fact_kwargs.items() if name != "self"}
     executor = {name: value for name, value in global_kwargs.items() if name in CONNECTOR_ARGUMENT_KEYS}
     return key, fact, fact_kwargs, executor
+
+
+@cache
+def _command_signature(cls) -> Any:
+    return signature(cls.command)
+
+
+def _call_arguments(cls, args, kwargs) -> dict:
+    """What inspect.getcallargs(cls().command, ...) gives (defaults filled in), from a signature
+    computed once per fact class: getcallargs rebuilds it at every call."""
+    bound = _command_signature(cls).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _key(host: Host, cls, args, kwargs) -> tuple:
@@ -473,7 +487,7 @@ def _hashes_read(requests: list) -> _Read:
             return {}
         found = {line[42:]: line for line in lines if len(line) > 42 and line[40:42] == "  "}
         for request in requests:
-            request[1].command(**request[2])  # Sha1File.process matches the path its command was made for
+            request[1].path = request[2]["path"]  # Sha1File.process matches it (its command sets it)
         return {request[0]: [found[request[2]["path"]]] if request[2]["path"] in found else [] for request in requests}
 
     return _Read(requests, command, split)

@@ -25,6 +25,7 @@ layers up once (pop_global_arguments), not once per argument. Installed by deplo
 
 from __future__ import annotations
 
+import inspect
 import sys
 from copy import copy
 from functools import cache
@@ -227,6 +228,8 @@ def _run_each_host(state) -> None:
 def install() -> None:
     """Swap them in (once per process); pyinfra's modules look them up by name at each call."""
     operation.get_operation_order_from_stack = get_operation_order_from_stack
+    # Each operation call checks its arguments against its function's signature, built anew each time.
+    operation.signature = cache(inspect.signature)
     arguments.all_global_arguments = all_global_arguments
     facts.all_global_arguments = all_global_arguments
     host_module.HostData.__getattr__ = host_data_getattr

@@ -188,14 +188,18 @@ def test_a_remembered_read_runs_as_pyinfra_would_run_it():
     request (fact arguments by name, connector arguments such as sudo from host data) must be what
     pyinfra's own argument handling gives."""
     from pyinfra.api import Config, Inventory, State
-    from pyinfra.facts.files import File
+    from pyinfra.facts.files import File, FindInFile, Sha1File
     from pyinfra.facts.server import Command, Sysctl
+    from pyinfra.facts.systemd import SystemdStatus
 
     inventory = Inventory((["node"], {"_sudo": True, "_sudo_user": "ops", "_env": {"LC_ALL": "C"}}))
     state = State(inventory, Config())
     host = inventory.get_host("node")
     reads = [(File, ("/etc/hosts",), {}), (File, (), {"path": "/etc/hosts"}), (Command, ("uname -r",), {}),
-             (Sysctl, (), {"keys": ["net.core.somaxconn"]}), (fact_cache.Users, (), {})]
+             (Sysctl, (), {"keys": ["net.core.somaxconn"]}), (fact_cache.Users, (), {}),
+             (Sha1File, (), {"path": "/etc/hosts"}), (SystemdStatus, (), {"services": ["ssh.service"]}),
+             (FindInFile, ("/etc/hosts", "localhost"), {}), (FindInFile, ("/etc/hosts",), {"pattern": "x",
+                                                                                          "interpolate_variables": True})]
     with ctx_state.use(state), ctx_host.use(host):
         defaults, _keys = pop_global_arguments(state, host, {})
         for cls, args, kwargs in reads:
