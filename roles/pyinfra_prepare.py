@@ -30,7 +30,6 @@ import sys
 from copy import copy
 from functools import cache
 from importlib import import_module
-from itertools import product
 
 import gevent
 import pyinfra
@@ -211,16 +210,21 @@ def _run_each_host(state) -> None:
     failed = set()
 
     def run_host(host) -> None:
-        for op_hash in op_order:
-            if op_hash in state.ops[host]:
-                util.log_operation_start(state.get_op_meta(op_hash), prefix=host.print_prefix)
-                if operations._run_host_op_with_context(state, host, op_hash) is False:
-                    failed.add(host)  # pyinfra has logged why
-                    return
-            progress((host, op_hash))
-        fact_cache.executed_reads_remembered(host)
+        try:
+            for op_hash in op_order:
+                if op_hash in state.ops[host]:
+                    util.log_operation_start(state.get_op_meta(op_hash), prefix=host.print_prefix)
+                    if operations._run_host_op_with_context(state, host, op_hash) is False:
+                        failed.add(host)  # pyinfra has logged why
+                        return
+            fact_cache.executed_reads_remembered(host)
+        finally:
+            progress(host)
 
-    with progress_spinner(list(product(hosts, op_order))) as progress:
+    # The spinner lists the hosts still running. Not one item per host and operation: in a terminal
+    # pyinfra's spinner formats every remaining item at each step, which made a 16-node no-op
+    # (2,400 items) spend 1.3 s of CPU on it.
+    with progress_spinner(hosts) as progress:
         gevent.joinall([state.pool.spawn(run_host, host) for host in hosts])
     state.fail_hosts(failed)
 
