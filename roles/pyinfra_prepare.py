@@ -128,10 +128,11 @@ def pop_global_arguments(state, host, kwargs: dict) -> tuple[dict, list[str]]:
     """pyinfra's pop_global_arguments with the host defaults looked up once per call.
 
     pyinfra asks host.data for each of its ~35 global arguments (nearly all unset, so each a raised
-    and caught AttributeError): 0.13 ms per operation, about half of planning a plain worker's
-    operations. Here the data layers are searched for the global arguments' names in one set
-    intersection per layer; every other step (config defaults, handlers, type checks, the
-    arguments popped from kwargs) is pyinfra's, in its order."""
+    and caught AttributeError): 0.13 ms per operation, some 40% of planning a plain worker's
+    operations (a 16-node no-op: 98 ms of the run's CPU; 30 ms here). Here the data layers are
+    searched for the global arguments' names in one set intersection per layer; every other step
+    (config defaults, handlers, type checks, the arguments popped from kwargs) is pyinfra's, in its
+    order."""
     config = state.config
     if arguments.ctx_config.isset():
         config = arguments.ctx_config.get()
