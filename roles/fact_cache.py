@@ -114,15 +114,15 @@ def _request(host: Host, key: tuple, cls, args, kwargs,
     return key, fact, fact_kwargs, executor
 
 
-@cache
-def _command_signature(cls) -> Any:
-    return signature(cls.command)
+# inspect.signature, built once per function: callers check arguments against it at every fact
+# request and (roles.pyinfra_prepare) every operation call, and it never changes.
+cached_signature = cache(signature)
 
 
 def _call_arguments(cls, args, kwargs) -> dict:
-    """What inspect.getcallargs(cls().command, ...) gives (defaults filled in), from a signature
-    computed once per fact class: getcallargs rebuilds it at every call."""
-    bound = _command_signature(cls).bind(None, *args, **kwargs)
+    """What inspect.getcallargs(cls().command, ...) gives (defaults filled in), from the command's
+    cached signature: getcallargs rebuilds it at every call."""
+    bound = cached_signature(cls.command).bind(None, *args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
 

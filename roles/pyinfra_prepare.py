@@ -25,7 +25,6 @@ layers up once (pop_global_arguments), not once per argument. Installed by deplo
 
 from __future__ import annotations
 
-import inspect
 import sys
 from copy import copy
 from functools import cache
@@ -234,7 +233,7 @@ def install() -> None:
     """Swap them in (once per process); pyinfra's modules look them up by name at each call."""
     operation.get_operation_order_from_stack = get_operation_order_from_stack
     # Each operation call checks its arguments against its function's signature, built anew each time.
-    operation.signature = cache(inspect.signature)
+    operation.signature = fact_cache.cached_signature
     arguments.all_global_arguments = all_global_arguments
     facts.all_global_arguments = all_global_arguments
     host_module.HostData.__getattr__ = host_data_getattr
