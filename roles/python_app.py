@@ -410,8 +410,9 @@ def restart_name(app: PythonApp) -> str:
 
 def running(app: PythonApp, role: str, restart_when_changed: list[OperationMeta], installed: OperationMeta) -> None:
     """Enabled and running from the venv ``installed`` made current; restarted when its wheels, unit,
-    config or other files it reads at start changed (neither service reloads). Called last in the role: roles.common.running is the
-    only place it starts, so nothing starts it before its venv fits the node's Python."""
+    config or other files it reads at start changed (neither service reloads). Called last in the
+    role: roles.common.running is the only place it starts, so nothing starts it before its venv fits
+    the node's Python."""
     service_running(app.service, role, restart_name(app), any_changed(installed, *restart_when_changed))
     # Only now is no process running from the old venvs.
     server.shell(
